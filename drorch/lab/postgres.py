@@ -1,0 +1,263 @@
+"""Real PostgreSQL 15 clusters for the lab and the tests.
+
+The server refuses to run as root, so when we are root every server binary
+runs through ``runuser -u postgres``; data directories are 0700 and owned by
+that user. Server logs live outside the data directory because
+``pg_basebackup`` would copy them. The postmaster PID is read from
+``postmaster.pid`` (``runuser`` forks, its PID is not the server's).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("DRORCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
+SUPERUSER = "postgres"
+
+LAB_SETTINGS: dict[str, str] = {
+    "listen_addresses": "'127.0.0.1'",
+    "wal_level": "logical",
+    "track_commit_timestamp": "on",
+    "wal_log_hints": "on",
+    "full_page_writes": "on",
+    "max_wal_senders": "10",
+    "max_replication_slots": "10",
+    "wal_keep_size": "'512MB'",
+    "hot_standby": "on",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "shared_buffers": "'32MB'",
+    "max_connections": "60",
+    "shared_preload_libraries": "''",
+}
+
+
+class PostgresUnavailable(RuntimeError):
+    """The PostgreSQL server binaries are not installed where we look."""
+
+
+def pg_available() -> bool:
+    return (PG_BIN / "postgres").exists() and (PG_BIN / "initdb").exists()
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def run_pg_tool(args: list[str], *, check: bool = True, timeout: float = 120) -> str:
+    """Run a PostgreSQL binary, as the ``postgres`` user when we are root."""
+    if not pg_available():
+        raise PostgresUnavailable(f"PostgreSQL binaries not found in {PG_BIN}")
+    cmd = [str(PG_BIN / args[0]), *args[1:]]
+    if _is_root():
+        cmd = ["runuser", "-u", SUPERUSER, "--", *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+        )
+    return proc.stdout
+
+
+def make_owned_dir(path: Path, mode: int = 0o700) -> None:
+    """Create a directory the server user owns (0700 for data directories)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+    if _is_root():
+        shutil.chown(path, SUPERUSER, SUPERUSER)
+
+
+def free_port(low: int = 20000, high: int = 32000) -> int:
+    """A free TCP port below the kernel's ephemeral range (FINDINGS: 32768+)."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
+
+
+@dataclass
+class PgNode:
+    """One PostgreSQL cluster on 127.0.0.1 with its data, socket and log paths."""
+
+    name: str
+    datadir: Path
+    port: int
+    rundir: Path
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def logfile(self) -> Path:
+        return self.rundir / f"{self.name}.log"
+
+    @property
+    def sockdir(self) -> Path:
+        return self.rundir / "sock"
+
+    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER) -> str:
+        return f"host=127.0.0.1 port={self.port} user={user} dbname={dbname} connect_timeout=5"
+
+    def _prepare_rundir(self) -> None:
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.rundir, 0o755)
+        make_owned_dir(self.sockdir, 0o755)
+        if not self.logfile.exists():
+            self.logfile.touch()
+        if _is_root():
+            shutil.chown(self.logfile, SUPERUSER, SUPERUSER)
+        parent = self.datadir.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(parent, 0o755)
+
+    def _pin_own_settings(self) -> None:
+        """Append settings that are per node; pg_rewind and basebackup copy the source's."""
+        own = {
+            **LAB_SETTINGS,
+            **self.settings,
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.sockdir}'",
+        }
+        with open(self.datadir / "postgresql.conf", "a") as fh:
+            fh.write(f"\n# drorch lab: {self.name}\n")
+            for key, value in own.items():
+                fh.write(f"{key} = {value}\n")
+
+    def init_primary(self) -> None:
+        self._prepare_rundir()
+        make_owned_dir(self.datadir)
+        run_pg_tool(
+            [
+                "initdb", "-D", str(self.datadir), "-U", SUPERUSER, "--auth=trust",
+                "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
+            ]
+        )
+        self._pin_own_settings()
+
+    def init_replica_of(self, primary: PgNode, slot: str | None = None) -> None:
+        """Base-backup from ``primary`` and configure streaming (standby.signal)."""
+        self._prepare_rundir()
+        make_owned_dir(self.datadir)
+        args = [
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", SUPERUSER,
+            "-D", str(self.datadir), "-R", "-X", "stream", "-c", "fast", "--no-sync",
+        ]
+        if slot:
+            args += ["-S", slot, "-C"]
+        run_pg_tool(args)
+        self._pin_own_settings()
+
+    def start(self, timeout: int = 60) -> None:
+        self._prepare_rundir()
+        run_pg_tool(
+            ["pg_ctl", "-D", str(self.datadir), "-l", str(self.logfile), "-w",
+             "-t", str(timeout), "start"],
+            timeout=timeout + 10,
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.is_running():
+            run_pg_tool(["pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop"], check=False)
+
+    def pid(self) -> int | None:
+        pidfile = self.datadir / "postmaster.pid"
+        try:
+            first = pidfile.read_text().splitlines()[0]
+            pid = int(first)
+        except (OSError, IndexError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def child_pids(self) -> list[int]:
+        pid = self.pid()
+        if pid is None:
+            return []
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                             text=True).stdout
+        return [int(p) for p in out.split()]
+
+    def kill(self) -> None:
+        """Kill the region's database like a crash: postmaster and children, SIGKILL."""
+        pid = self.pid()
+        if pid is None:
+            return
+        children = self.child_pids()
+        for p in [pid, *children]:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            alive = [p for p in [pid, *children] if _alive(p)]
+            if not alive:
+                break
+            time.sleep(0.02)
+        # A crashed server's lock file would name a PID that may linger as a zombie
+        # (PID 1 here reaps slowly) and make the next start refuse: drop it.
+        (self.datadir / "postmaster.pid").unlink(missing_ok=True)
+        for name in (f".s.PGSQL.{self.port}", f".s.PGSQL.{self.port}.lock"):
+            (self.sockdir / name).unlink(missing_ok=True)
+
+    def signal_all(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the postmaster and its children (SIGSTOP makes probes hang)."""
+        pid = self.pid()
+        if pid is None:
+            return
+        for p in [pid, *self.child_pids()]:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+
+    def destroy(self) -> None:
+        if self.is_running():
+            self.stop("immediate")
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def make_pair(workdir: Path, port_a: int | None = None, port_b: int | None = None,
+              names: tuple[str, str] = ("region-a", "region-b")) -> tuple[PgNode, PgNode]:
+    """Start a primary and a streaming replica of it; returns (primary, replica)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o755)
+    primary = PgNode(names[0], workdir / names[0] / "data", port_a or free_port(),
+                     workdir / names[0])
+    replica = PgNode(names[1], workdir / names[1] / "data", port_b or free_port(),
+                     workdir / names[1])
+    primary.init_primary()
+    primary.start()
+    replica.init_replica_of(primary)
+    replica.start()
+    return primary, replica
