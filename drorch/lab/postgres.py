@@ -9,6 +9,7 @@ that user. Server logs live outside the data directory because
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -199,10 +200,8 @@ class PgNode:
             return
         children = self.child_pids()
         for p in [pid, *children]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             alive = [p for p in [pid, *children] if _alive(p)]
@@ -221,10 +220,8 @@ class PgNode:
         if pid is None:
             return
         for p in [pid, *self.child_pids()]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, sig)
-            except ProcessLookupError:
-                pass
 
     def destroy(self) -> None:
         if self.is_running():

@@ -1,0 +1,48 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   the local two-region lab drill (lab up, failover, status, lab down)
+#   make test   the whole test suite against real PostgreSQL and moto
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PG_BIN := /usr/lib/postgresql/15/bin
+DEMO_STATE := $(CURDIR)/.drorch-demo
+
+.PHONY: demo test lint bench clean postgres
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# PostgreSQL 15 server binaries (Debian packages) when the machine lacks them.
+postgres:
+	@if [ ! -x $(PG_BIN)/postgres ]; then \
+	  echo "installing PostgreSQL 15 (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    postgresql-15 postgresql-contrib >/dev/null; \
+	fi
+
+demo: $(STAMP) postgres
+	@rm -rf $(DEMO_STATE)
+	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch lab up --runbook runbooks/lab.yaml
+	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch failover --runbook runbooks/lab.yaml \
+	  --actor demo --reason "make demo: lab failover drill" \
+	  || (DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch lab down --runbook runbooks/lab.yaml; exit 1)
+	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch status --runbook runbooks/lab.yaml
+	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch audit verify $(DEMO_STATE)/audit.jsonl
+	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch lab down --runbook runbooks/lab.yaml
+
+test: $(STAMP) postgres
+	$(BIN)/ruff check drorch tests bench
+	$(BIN)/pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(BIN)/ruff check drorch tests bench
+
+bench: $(STAMP) postgres
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean:
+	rm -rf $(VENV) .drorch .drorch-demo

@@ -1,0 +1,251 @@
+"""The ``drorch`` command line. Commands record intents (who, why) and let the
+engine act; output is for people (rich), logs are for machines (structlog)."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from drorch import logs
+from drorch.audit import AuditLog, verify
+from drorch.config import Runbook, RunbookError, load_runbook
+from drorch.incident import incident_record, rto_seconds
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="drorch: multi-region disaster-recovery orchestrator.")
+audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
+lab_app = typer.Typer(no_args_is_help=True, help="The local two-region lab.")
+app.add_typer(audit_app, name="audit")
+app.add_typer(lab_app, name="lab")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+RunbookOpt = Annotated[Path, typer.Option("--runbook", "-r", envvar="DRORCH_RUNBOOK",
+                                          help="Runbook YAML file.")]
+ActorOpt = Annotated[str | None, typer.Option(help="Who decided (a named human); "
+                                              "defaults to the login name.")]
+
+
+def _load(path: Path) -> Runbook:
+    try:
+        return load_runbook(path)
+    except RunbookError as exc:
+        err.print(f"[bold red]runbook error[/]\n{exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _context(runbook: Runbook) -> tuple[Any, Any, Any]:
+    from drorch.adapters.aws import AwsClients
+    from drorch.store.sqlite import SqliteStore
+
+    state = Path(runbook.state_dir)
+    store = SqliteStore(state / "journal.db")
+    audit = AuditLog(state / "audit.jsonl", redactor=logs.REDACTOR)
+    return store, audit, AwsClients(runbook.aws.endpoint_url)
+
+
+def _progress(step: str, status: str, sentence: str, detail: dict[str, Any]) -> None:
+    style = {"started": "cyan", "done": "green", "failed": "bold red",
+             "rolled_back": "yellow"}.get(status, "white")
+    wait = f" (waited {detail['wait_s']:.2f}s)" if "wait_s" in detail else ""
+    out.print(f"  [{style}]{status:>11}[/] {step:<28} {sentence}{wait}", highlight=False)
+
+
+def _print_summary(record: dict[str, Any]) -> None:
+    table = Table(title=f"incident {record['incident_id']}: {record['state']}")
+    for col in ("step", "status", "seconds", "of which waiting"):
+        table.add_column(col)
+    for s in record["steps"]:
+        d = s["detail"] or {}
+        dur = "" if s["duration_s"] is None else f"{s['duration_s']:.3f}"
+        wait = f"{d['wait_s']:.3f}" if "wait_s" in d else ""
+        table.add_row(s["id"], s["status"], dur, wait)
+    out.print(table)
+    rto = rto_seconds(record)
+    rpo = record["rpo"]
+    targets = record["targets"]
+    out.print(f"RTO: {'n/a' if rto is None else f'{rto:.2f} s'}"
+              f"{_vs(rto, targets.get('rto_seconds'), 's')}")
+    out.print(f"RPO: {_fmt(rpo['seconds'], 's')}, {_fmt(rpo['bytes'], 'bytes')} "
+              f"({rpo['method']}){_vs(rpo['seconds'], targets.get('rpo_seconds'), 's')}")
+
+
+def _fmt(value: Any, unit: str) -> str:
+    if value is None:
+        return f"unknown {unit}"
+    return f"{value:.3f} {unit}" if isinstance(value, float) else f"{value} {unit}"
+
+
+def _vs(value: float | None, target: float | None, unit: str) -> str:
+    if value is None or target is None:
+        return ""
+    ok = value <= target
+    return f" [{'green' if ok else 'bold red'}](target {target:g} {unit}: " \
+           f"{'met' if ok else 'MISSED'})[/]"
+
+
+@app.callback()
+def main(json_logs: Annotated[bool | None, typer.Option("--json-logs/--pretty-logs")] = None
+         ) -> None:
+    logs.configure(json_logs)
+
+
+@app.command()
+def plan(runbook: RunbookOpt) -> None:
+    """Print what a failover would do now, step by step. Changes nothing."""
+    _plan(_load(runbook))
+
+
+def _plan(rb: Runbook) -> None:
+    from drorch.engine import Engine
+
+    store, audit, aws = _context(rb)
+    engine = Engine(rb, store, audit, aws)
+    src = engine.active_region()
+    dst = next(r.name for r in rb.regions if r.name != src)
+    out.print(f"[bold]failover plan[/] for runbook {rb.name}: {src} -> {dst}")
+    for i, stage in enumerate(engine.plan(src, dst), 1):
+        parallel = " (in parallel)" if len(stage.steps) > 1 else ""
+        out.print(f"{i}. {stage.name}{parallel}")
+        for step in stage.steps:
+            irrev = " [bold yellow](irreversible)[/]" if step.irreversible else ""
+            out.print(f"   - {step.id}: {step.describe(_dry_ctx(rb, src, dst, aws))}{irrev}",
+                      highlight=False)
+
+
+def _dry_ctx(rb: Runbook, src: str, dst: str, aws: Any) -> Any:
+    from drorch.steps.base import StepContext
+
+    class _NoFacts:
+        def get(self, key: str, default: Any = None) -> Any:
+            return default
+
+        def set(self, key: str, value: Any) -> None:
+            raise RuntimeError("dry run: nothing is recorded")
+
+    return StepContext(rb, "dry-run", "dry-run", src, dst, aws, _NoFacts())
+
+
+@app.command()
+def failover(
+    runbook: RunbookOpt,
+    reason: Annotated[str | None, typer.Option(help="Why (goes to the journal and audit).")]
+    = None,
+    actor: ActorOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
+    = False,
+) -> None:
+    """Fail over now, by hand: skips the health window, records who and why."""
+    rb = _load(runbook)
+    if dry_run:
+        _plan(rb)
+        out.print("[yellow]dry run: nothing was changed[/]")
+        return
+    if not reason:
+        err.print("a manual failover needs --reason (it goes to the audit log)")
+        raise typer.Exit(2)
+    from drorch.engine import Engine
+
+    store, audit, aws = _context(rb)
+    engine = Engine(rb, store, audit, aws, progress=_progress)
+    try:
+        incident_id = engine.start_failover(actor=actor or getpass.getuser(), reason=reason,
+                                            trigger={"kind": "manual", "detail": reason})
+    except Exception as exc:  # noqa: BLE001
+        err.print(f"[bold red]refused:[/] {exc}")
+        raise typer.Exit(1) from None
+    out.print(f"[bold]incident {incident_id}[/]: failover {rb.name}")
+    _drive(engine, store, rb, incident_id)
+
+
+def _drive(engine: Any, store: Any, rb: Runbook, incident_id: str) -> None:
+    from drorch.engine import IncidentHalted, IncidentRolledBack
+
+    code = 0
+    try:
+        engine.run(incident_id)
+    except (IncidentHalted, IncidentRolledBack) as exc:
+        err.print(f"[bold red]{type(exc).__name__.removeprefix('Incident').lower()}:[/] {exc}")
+        code = 1
+    _print_summary(incident_record(store, rb, incident_id))
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def resume(
+    runbook: RunbookOpt,
+    incident: Annotated[str | None, typer.Option(help="Incident id (default: the open one).")]
+    = None,
+) -> None:
+    """Continue an interrupted or halted incident from its journal."""
+    rb = _load(runbook)
+    from drorch.engine import Engine
+
+    store, audit, aws = _context(rb)
+    engine = Engine(rb, store, audit, aws, progress=_progress)
+    inc = store.incident(incident) if incident else engine.open_incident()
+    if inc is None:
+        err.print("no incident to resume")
+        raise typer.Exit(1)
+    out.print(f"[bold]resuming {inc.id}[/] (state {inc.state})")
+    _drive(engine, store, rb, inc.id)
+
+
+@app.command()
+def status(runbook: RunbookOpt) -> None:
+    """Show the state of the latest incident and its last steps."""
+    rb = _load(runbook)
+    from drorch.engine import Engine
+
+    store, audit, aws = _context(rb)
+    engine = Engine(rb, store, audit, aws)
+    incidents = store.incidents(rb.name)
+    out.print(f"runbook {rb.name}: writes served by [bold]{engine.active_region()}[/]")
+    if not incidents:
+        out.print("no incidents recorded")
+        return
+    _print_summary(incident_record(store, rb, incidents[-1].id))
+
+
+@audit_app.command("verify")
+def audit_verify(path: Path) -> None:
+    """Exit 0 when the audit log is intact; 1, naming the first bad line, when not."""
+    result = verify(path)
+    (out if result.ok else err).print(result.message(), highlight=False)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@lab_app.command("up")
+def lab_up(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
+    """Start the lab the runbook describes (PostgreSQL pair, moto, records, secrets)."""
+    from drorch.lab import lab
+
+    rb = _load(runbook)
+    try:
+        state = lab.up(rb)
+    except Exception as exc:  # noqa: BLE001
+        err.print(f"[bold red]lab up failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    out.print(f"lab up: moto on 127.0.0.1:{state.moto_port}; "
+              + ", ".join(f"{n['name']} on :{n['port']}" for n in state.nodes))
+
+
+@lab_app.command("down")
+def lab_down(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
+    """Stop exactly what `lab up` started."""
+    from drorch.lab import lab
+
+    stopped = lab.down(_load(runbook))
+    out.print("lab down: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+if __name__ == "__main__":
+    sys.exit(app())

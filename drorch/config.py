@@ -1,0 +1,269 @@
+"""The runbook: a pydantic model of what drorch may do, validated once at start.
+
+A malformed runbook must never reach a step. ``load_runbook`` turns every
+problem (bad YAML, wrong type, missing field, unknown key, a reference to a
+region or database that does not exist) into one ``RunbookError`` whose message
+names the file, the line when known, the field path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class RunbookError(Exception):
+    """A runbook could not be loaded; the message is meant for a human."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Region(_Model):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    aws_region: str
+    role: Literal["primary", "secondary"]
+
+
+class Endpoint(_Model):
+    """Where a database listens in one region. The password is never here: it lives
+    in the connection secret or the environment (``password_env``)."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    dbname: str = "postgres"
+    user: str = "postgres"
+    password_env: str | None = None
+
+    def dsn(self, dbname: str | None = None, **extra: Any) -> str:
+        parts = {
+            "host": self.host,
+            "port": str(self.port),
+            "dbname": dbname or self.dbname,
+            "user": self.user,
+            "connect_timeout": "3",
+            "tcp_user_timeout": "3000",
+            **{k: str(v) for k, v in extra.items()},
+        }
+        if self.password_env and os.environ.get(self.password_env):
+            parts["password"] = os.environ[self.password_env]
+        return " ".join(f"{k}={v}" for k, v in parts.items())
+
+
+class DatabasePair(_Model):
+    name: str
+    kind: Literal["postgres"] = "postgres"
+    endpoints: dict[str, Endpoint]
+    app_roles: list[str] = Field(default_factory=list)
+    replication_role: str = "postgres"
+    max_lag_bytes: int | None = Field(default=None, ge=0)
+    promote_timeout_s: float = Field(default=60, gt=0)
+
+
+class ConnectionSecret(_Model):
+    secret_id: str
+    region: str
+    database: str
+    host_key: str = "host"
+    port_key: str = "port"
+
+
+class DnsRecord(_Model):
+    name: str
+    type: Literal["A", "AAAA", "CNAME"] = "A"
+    set_identifiers: dict[str, str]
+
+
+class Dns(_Model):
+    zone: str
+    records: list[DnsRecord]
+    active_weight: int = Field(default=100, ge=0, le=255)
+    insync_timeout_s: float = Field(default=120, gt=0)
+    nameservers: list[str] = Field(
+        default_factory=list,
+        description="host:port of authoritative servers the DNS step queries after the flip",
+    )
+    verify_timeout_s: float = Field(default=60, gt=0)
+
+
+class WriteFlag(_Model):
+    """An SSM parameter per region that applications and jobs honour."""
+
+    parameter: str
+
+
+class Thresholds(_Model):
+    failing_minutes: float = Field(default=3, gt=0)
+    probe_interval_s: float = Field(default=10, gt=0)
+
+
+class Targets(_Model):
+    rpo_seconds: float | None = Field(default=None, ge=0)
+    rto_seconds: float | None = Field(default=None, ge=0)
+
+
+class Aws(_Model):
+    endpoint_url: str | None = None
+
+
+class Runbook(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    state_dir: str = ".drorch"
+    aws: Aws = Aws()
+    regions: list[Region]
+    databases: list[DatabasePair]
+    secrets: list[ConnectionSecret] = Field(default_factory=list)
+    dns: Dns | None = None
+    write_flag: WriteFlag | None = None
+    thresholds: Thresholds = Thresholds()
+    targets: Targets = Targets()
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Runbook:
+        names = [r.name for r in self.regions]
+        if len(names) != len(set(names)):
+            raise ValueError("region names must be unique")
+        roles = sorted(r.role for r in self.regions)
+        if roles != ["primary", "secondary"]:
+            raise ValueError("exactly one primary and one secondary region are required")
+        db_names = [d.name for d in self.databases]
+        if not db_names:
+            raise ValueError("at least one database pair is required")
+        if len(db_names) != len(set(db_names)):
+            raise ValueError("database names must be unique")
+        for db in self.databases:
+            missing = set(names) - set(db.endpoints)
+            unknown = set(db.endpoints) - set(names)
+            if missing or unknown:
+                raise ValueError(
+                    f"database {db.name!r}: endpoints must name exactly the regions "
+                    f"{names} (missing {sorted(missing)}, unknown {sorted(unknown)})"
+                )
+        for s in self.secrets:
+            if s.region not in names:
+                raise ValueError(f"secret {s.secret_id!r}: unknown region {s.region!r}")
+            if s.database not in db_names:
+                raise ValueError(f"secret {s.secret_id!r}: unknown database {s.database!r}")
+        for rec in (self.dns.records if self.dns else []):
+            if set(rec.set_identifiers) != set(names):
+                raise ValueError(
+                    f"dns record {rec.name!r}: set_identifiers must name the regions {names}"
+                )
+        return self
+
+    @property
+    def primary(self) -> Region:
+        return next(r for r in self.regions if r.role == "primary")
+
+    @property
+    def secondary(self) -> Region:
+        return next(r for r in self.regions if r.role == "secondary")
+
+    def region(self, name: str) -> Region:
+        return next(r for r in self.regions if r.name == name)
+
+    def database(self, name: str) -> DatabasePair:
+        return next(d for d in self.databases if d.name == name)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(text: str) -> str:
+    """``${VAR}`` and ``${VAR:-default}``: lets tests and the lab move ports."""
+
+    def sub(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            if m.group(2) is None:
+                raise RunbookError(f"environment variable {m.group(1)} is not set")
+            return m.group(2)
+        return value
+
+    return _ENV_REF.sub(sub, text)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader that remembers the line of every mapping key."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
+    mapping = loader.construct_mapping(node, deep=True)
+    lines = {}
+    for key_node, _ in node.value:
+        lines[key_node.value] = key_node.start_mark.line + 1
+    mapping["__lines__"] = lines
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _strip_lines(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _strip_lines(v) for k, v in obj.items() if k != "__lines__"}
+    if isinstance(obj, list):
+        return [_strip_lines(v) for v in obj]
+    return obj
+
+
+def _line_of(raw: Any, loc: tuple[int | str, ...]) -> int | None:
+    """The line of the deepest key on ``loc`` that exists in the YAML."""
+    line = None
+    node = raw
+    for part in loc:
+        if isinstance(node, dict):
+            lines = node.get("__lines__", {})
+            if part in lines:
+                line = lines[part]
+            node = node.get(part) if isinstance(part, str) else None
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field (not part of the runbook format)"
+    return str(error["msg"])
+
+
+def load_runbook(path: str | Path) -> Runbook:
+    """Read and validate a runbook; raise ``RunbookError`` with a readable message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RunbookError(f"{path}: cannot read runbook: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.load(_expand_env(text), Loader=_LineLoader)  # noqa: S506 (SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RunbookError(f"{path}{where}: invalid YAML: {problem}") from None
+    if not isinstance(raw, dict):
+        raise RunbookError(f"{path}: a runbook must be a YAML mapping at the top level")
+    try:
+        return Runbook.model_validate(_strip_lines(raw))
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "(runbook)"
+            line = _line_of(raw, loc)
+            where = f":{line}" if line else ""
+            messages.append(f"{path}{where}: {field}: {_describe(err)}")
+        raise RunbookError("\n".join(messages)) from None

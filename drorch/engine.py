@@ -1,0 +1,273 @@
+"""Runs an incident's plan: check, apply, journal, audit; resumes from the journal.
+
+Order of every step: journal ``started`` -> ``apply`` -> journal ``done``, with
+``check`` first so a step finished by a process that was then killed is
+observed, not repeated. Only the lease holder acts, and every journal write
+carries its fencing token. Before an irreversible step (promotion) a failure
+rolls back (each done step's ``undo``, in reverse); after one, the incident
+halts with its reason, for a human to ``drorch resume``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from drorch.audit import AuditLog
+from drorch.config import Runbook
+from drorch.machine import Lifecycle, State
+from drorch.plan import failover_plan
+from drorch.steps.base import Clients, Stage, Step, StepContext, StepFailed
+from drorch.store.sqlite import Incident, SqliteStore, StaleLease, this_holder
+
+LEASE_TTL_S = 30.0
+log = structlog.get_logger("drorch.engine")
+
+ProgressFn = Callable[[str, str, str, dict[str, Any]], None]
+"""(step id, status, sentence, detail) -> None; the CLI renders it."""
+
+
+class IncidentHalted(Exception):
+    """The incident stopped where a human must look; the journal says why."""
+
+
+class IncidentRolledBack(Exception):
+    """A step failed before promotion; what was done was undone."""
+
+
+@dataclass
+class _Facts:
+    store: SqliteStore
+    incident_id: str
+    lease: str
+    token: int
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.store.fact(self.incident_id, key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self.store.set_fact(self.incident_id, key, value, lease=self.lease, token=self.token)
+
+
+def _fault(point: str) -> None:
+    """Test hook: ``DRORCH_FAULT_KILL_AT=promote:main:after_apply`` kills this process there,
+    the way ``kill -9`` would. Unset in production."""
+    if os.environ.get("DRORCH_FAULT_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def new_incident_id(runbook: Runbook) -> str:
+    return f"{runbook.name}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{_random.token_hex(2)}"
+
+
+class Engine:
+    def __init__(self, runbook: Runbook, store: SqliteStore, audit: AuditLog, aws: Clients,
+                 progress: ProgressFn | None = None) -> None:
+        self.runbook = runbook
+        self.store = store
+        self.audit = audit
+        self.aws = aws
+        self.progress = progress or (lambda *_: None)
+        self.lease_name = f"runbook:{runbook.name}"
+
+    # -- regions -------------------------------------------------------------
+    def active_region(self) -> str:
+        """The region serving writes: the runbook's primary, or where the last
+        completed failover moved it."""
+        active = self.runbook.primary.name
+        for inc in self.store.incidents(self.runbook.name):
+            if (inc.state in (State.FAILED_OVER, State.MONITORING) and inc.kind == "failover"
+                    and self.store.fact(inc.id, "completed")):
+                active = self.store.fact(inc.id, "to_region", active)
+        return active
+
+    def open_incident(self) -> Incident | None:
+        """An incident still in flight (failing over, or halted)."""
+        for inc in reversed(self.store.incidents(self.runbook.name)):
+            if inc.state in (State.FAILING_OVER, State.FAILING_BACK, State.HALTED):
+                return inc
+        return None
+
+    # -- starting ----------------------------------------------------------
+    def start_failover(self, *, actor: str, reason: str | None,
+                       trigger: dict[str, Any]) -> str:
+        if (inflight := self.open_incident()) is not None:
+            raise IncidentHalted(f"incident {inflight.id} is {inflight.state}: "
+                                 f"run `drorch resume` (or inspect it with `drorch status`)")
+        incidents = self.store.incidents(self.runbook.name)
+        if incidents and incidents[-1].state == State.FAILED_OVER:
+            last = incidents[-1]
+            raise IncidentHalted(
+                f"already failed over to {self.store.fact(last.id, 'to_region')} by incident "
+                f"{last.id}: the way back is `drorch failback`, not a second failover")
+        from_region = self.active_region()
+        to_region = next(r.name for r in self.runbook.regions if r.name != from_region)
+        now = time.time()
+        inc = Incident(new_incident_id(self.runbook), "failover", self.runbook.name, actor,
+                       reason, trigger, State.MONITORING.value, now, now)
+        self.store.create_incident(inc)
+        self.store.set_fact(inc.id, "from_region", from_region)
+        self.store.set_fact(inc.id, "to_region", to_region)
+        self.audit.record("incident.opened", actor=actor, incident=inc.id, reason=reason,
+                          inputs={"kind": "failover", "from": from_region, "to": to_region,
+                                  "trigger": trigger})
+        return inc.id
+
+    def plan(self, from_region: str, to_region: str) -> list[Stage]:
+        return failover_plan(self.runbook, from_region, to_region)
+
+    # -- running -----------------------------------------------------------
+    def run(self, incident_id: str) -> str:
+        inc = self.store.incident(incident_id)
+        if inc is None:
+            raise KeyError(f"no incident {incident_id}")
+        holder = this_holder()
+        token = self.store.acquire_lease(self.lease_name, holder, LEASE_TTL_S)
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(token, stop), daemon=True)
+        renewer.start()
+        try:
+            return self._run(inc, token)
+        finally:
+            stop.set()
+            renewer.join(timeout=1)
+            self.store.release_lease(self.lease_name, token)
+
+    def _renew(self, token: int, stop: threading.Event) -> None:
+        while not stop.wait(LEASE_TTL_S / 3):
+            try:
+                self.store.renew_lease(self.lease_name, token, LEASE_TTL_S)
+            except StaleLease:
+                log.error("lease.lost", token=token)
+                return
+
+    def _transition(self, inc: Incident, lc: Lifecycle, trigger: str, token: int,
+                    detail: dict[str, Any] | None = None) -> None:
+        before = lc.current
+        lc.fire(trigger)
+        self.store.append(inc.id, "transition", trigger, lc.current.value,
+                          {"from": before.value, **(detail or {})}, lease=self.lease_name,
+                          token=token, state=lc.current.value)
+        self.audit.record(f"machine.{trigger}", actor=inc.actor, incident=inc.id,
+                          inputs={"from": before.value, "to": lc.current.value},
+                          detail=detail)
+        log.info("machine.transition", incident=inc.id, trigger=trigger, state=lc.current.value)
+
+    def _run(self, inc: Incident, token: int) -> str:
+        lc = Lifecycle(State(inc.state))
+        facts = _Facts(self.store, inc.id, self.lease_name, token)
+        ctx = StepContext(self.runbook, inc.id, inc.actor, facts.get("from_region"),
+                          facts.get("to_region"), self.aws, facts)
+        if lc.current == State.HALTED:
+            self._transition(inc, lc, "resume_failover", token)
+        elif lc.current in (State.MONITORING, State.DEGRADED):
+            self._transition(inc, lc, "start_failover", token,
+                             {"from_region": ctx.from_region, "to_region": ctx.to_region})
+        plan = self.plan(ctx.from_region, ctx.to_region)
+        for stage in plan:
+            failure = self._run_stage(inc, stage, ctx, token)
+            if failure is None:
+                continue
+            step, exc = failure
+            if self._irreversible_done(inc, plan):
+                reason = f"{step.id} failed after promotion: {exc}"
+                self._transition(inc, lc, "halt", token, {"reason": reason, "step": step.id})
+                raise IncidentHalted(reason)
+            undo_error = self._roll_back(inc, plan, ctx, token)
+            if undo_error is not None:
+                reason = (f"{step.id} failed before promotion ({exc}) and the rollback "
+                          f"failed too: {undo_error}")
+                self._transition(inc, lc, "halt", token, {"reason": reason, "step": step.id})
+                raise IncidentHalted(reason)
+            self._transition(inc, lc, "roll_back", token,
+                             {"reason": f"{step.id} failed before promotion: {exc}"})
+            raise IncidentRolledBack(f"{step.id} failed before promotion ({exc}); "
+                                     "the freeze was undone")
+        facts.set("completed", time.time())
+        self._transition(inc, lc, "failover_done", token)
+        return lc.current.value
+
+    def _irreversible_done(self, inc: Incident, plan: list[Stage]) -> bool:
+        return any(step.irreversible and self.store.step_status(inc.id, step.id) == "done"
+                   for stage in plan for step in stage.steps)
+
+    def _run_stage(self, inc: Incident, stage: Stage, ctx: StepContext,
+                   token: int) -> tuple[Step, Exception] | None:
+        if len(stage.steps) == 1:
+            results = [self._run_step(inc, stage.steps[0], ctx, token)]
+        else:
+            with ThreadPoolExecutor(max_workers=len(stage.steps)) as pool:
+                results = list(pool.map(lambda s: self._run_step(inc, s, ctx, token),
+                                        stage.steps))
+        return next((r for r in results if r is not None), None)
+
+    def _run_step(self, inc: Incident, step: Step, ctx: StepContext,
+                  token: int) -> tuple[Step, Exception] | None:
+        if self.store.step_status(inc.id, step.id) == "done":
+            self.progress(step.id, "done", "already journaled as done", {})
+            return None
+        journal = dict(lease=self.lease_name, token=token)
+        try:
+            if step.check(ctx):
+                detail = {"observed": "already done; not applied again"}
+                self.store.append(inc.id, "step", step.id, "done", detail, **journal)
+                self.audit.record(f"step.{step.stage}.skipped", actor=inc.actor, incident=inc.id,
+                                  inputs={"step": step.id}, outcome="skipped", detail=detail)
+                self.progress(step.id, "done", "already done", detail)
+                return None
+            sentence = step.describe(ctx)
+            self.store.append(inc.id, "step", step.id, "started", {"plan": sentence}, **journal)
+            self.progress(step.id, "started", sentence, {})
+            _fault(f"{step.id}:before_apply")
+            detail = step.apply(ctx)
+            _fault(f"{step.id}:after_apply")
+            self.store.append(inc.id, "step", step.id, "done", detail, **journal)
+            self.audit.record(f"step.{step.stage}.applied", actor=inc.actor, incident=inc.id,
+                              inputs={"step": step.id}, detail=detail)
+            self.progress(step.id, "done", sentence, detail)
+            log.info("step.done", incident=inc.id, step=step.id)
+            return None
+        except StaleLease:
+            raise
+        except Exception as exc:  # noqa: BLE001 (every failure is journaled, then decided on)
+            detail = {"error": str(exc), "type": type(exc).__name__,
+                      **(exc.detail if isinstance(exc, StepFailed) else {})}
+            self.store.append(inc.id, "step", step.id, "failed", detail, **journal)
+            self.audit.record(f"step.{step.stage}.failed", actor=inc.actor, incident=inc.id,
+                              inputs={"step": step.id}, outcome="failed", detail=detail)
+            self.progress(step.id, "failed", str(exc), detail)
+            log.error("step.failed", incident=inc.id, step=step.id, error=str(exc))
+            return step, exc
+
+    def _roll_back(self, inc: Incident, plan: list[Stage], ctx: StepContext,
+                   token: int) -> str | None:
+        """Undo done steps in reverse; returns the first undo error (the rest stay done)."""
+        done = [s for stage in plan for s in stage.steps
+                if self.store.step_status(inc.id, s.id) == "done"]
+        for step in reversed(done):
+            try:
+                detail = step.undo(ctx)
+            except Exception as exc:  # noqa: BLE001 (journaled, then the incident halts)
+                self.store.append(inc.id, "step", step.id, "undo_failed", {"error": str(exc)},
+                                  lease=self.lease_name, token=token)
+                self.audit.record(f"step.{step.stage}.undo_failed", actor=inc.actor,
+                                  incident=inc.id, inputs={"step": step.id}, outcome="failed",
+                                  detail={"error": str(exc)})
+                return f"undo of {step.id}: {exc}"
+            if detail is None:
+                continue
+            self.store.append(inc.id, "step", step.id, "rolled_back", detail,
+                              lease=self.lease_name, token=token)
+            self.audit.record(f"step.{step.stage}.rolled_back", actor=inc.actor,
+                              incident=inc.id, inputs={"step": step.id}, detail=detail)
+            self.progress(step.id, "rolled_back", "undone", detail)
+        return None

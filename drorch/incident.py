@@ -1,0 +1,99 @@
+"""The incident record: everything the journal knows about one incident, as one
+JSON-able dict (the input of the report, of ``status`` and of the RPO/RTO summary).
+Derived from the journal every time; never stored separately.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drorch.config import Runbook
+from drorch.plan import failover_plan
+from drorch.store.sqlite import SqliteStore
+
+
+def incident_record(store: SqliteStore, runbook: Runbook, incident_id: str) -> dict[str, Any]:
+    inc = store.incident(incident_id)
+    if inc is None:
+        raise KeyError(f"no incident {incident_id}")
+    facts = store.facts(incident_id)
+    events = store.events(incident_id)
+    from_region, to_region = facts.get("from_region"), facts.get("to_region")
+    steps: dict[str, dict[str, Any]] = {}
+    for stage in failover_plan(runbook, from_region, to_region):
+        for step in stage.steps:
+            steps[step.id] = {"id": step.id, "stage": stage.name, "status": "pending",
+                              "started_at": None, "ended_at": None, "detail": {}}
+    transitions = []
+    for ev in events:
+        if ev.kind == "transition":
+            transitions.append({"at": ev.at, "trigger": ev.name, "state": ev.status,
+                                "detail": ev.detail})
+            continue
+        step = steps.setdefault(ev.name, {"id": ev.name, "stage": ev.name.split(":")[0],
+                                          "status": "pending", "started_at": None,
+                                          "ended_at": None, "detail": {}})
+        if ev.status == "started":
+            step["started_at"] = ev.at
+        else:
+            step["ended_at"] = ev.at
+            if step["started_at"] is None:
+                step["started_at"] = ev.at
+            step["detail"] = ev.detail
+        step["status"] = ev.status
+    for step in steps.values():
+        if step["started_at"] is not None and step["ended_at"] is not None:
+            step["duration_s"] = round(step["ended_at"] - step["started_at"], 4)
+        else:
+            step["duration_s"] = None
+    completed_at = facts.get("completed")
+    first_failure = inc.trigger.get("first_failure_at")
+    return {
+        "incident_id": inc.id,
+        "kind": inc.kind,
+        "runbook": inc.runbook,
+        "actor": inc.actor,
+        "reason": inc.reason,
+        "trigger": inc.trigger,
+        "state": inc.state,
+        "from_region": from_region,
+        "to_region": to_region,
+        "first_failure_at": first_failure,
+        "decided_at": inc.created_at,
+        "completed_at": completed_at,
+        "steps": list(steps.values()),
+        "transitions": transitions,
+        "flows": facts.get("flows", []),
+        "rpo": rpo_from_steps(list(steps.values())),
+        "targets": runbook.targets.model_dump(),
+        "audit": facts.get("audit"),
+    }
+
+
+def rpo_from_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Worst RPO over the promoted databases (bytes and seconds at promotion)."""
+    byte_values, second_values, exact = [], [], True
+    for step in steps:
+        if step["stage"] != "promote" or step["status"] != "done":
+            continue
+        d = step["detail"]
+        if d.get("observed"):
+            continue
+        exact &= bool(d.get("rpo_exact"))
+        if d.get("rpo_bytes") is not None:
+            byte_values.append(d["rpo_bytes"])
+        if d.get("rpo_seconds") is not None:
+            second_values.append(d["rpo_seconds"])
+    return {
+        "bytes": max(byte_values) if byte_values else None,
+        "seconds": max(second_values) if second_values else None,
+        "transactions": None,
+        "rows": None,
+        "method": "lsn-at-promotion" if exact else "estimate (old primary unreachable)",
+    }
+
+
+def rto_seconds(record: dict[str, Any]) -> float | None:
+    start = record.get("first_failure_at") or record["decided_at"]
+    end = record.get("completed_at")
+    return None if end is None else round(end - start, 4)

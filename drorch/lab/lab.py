@@ -1,0 +1,256 @@
+"""The local two-region lab: builds what a lab runbook names, on 127.0.0.1 only.
+
+``up`` starts a moto server (AWS), a PostgreSQL primary in the primary region
+and a streaming replica in the other for every database pair, then creates the
+Route 53 zone with weighted records, the connection secrets and the write
+flags. It writes ``<state_dir>/lab/state.json`` so ``down`` stops exactly what
+``up`` started. Nothing here is used by a real failover.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets as _random
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from drorch.adapters.aws import AwsClients
+from drorch.config import Runbook
+from drorch.lab import schema
+from drorch.lab.postgres import PgNode, make_owned_dir
+
+REGION_ADDRESS = {0: "127.0.1.1", 1: "127.0.2.1"}
+"""Each lab region's services listen on their own loopback address (DNS A records)."""
+
+
+@dataclass
+class LabState:
+    runbook: str
+    moto_pid: int | None = None
+    moto_port: int | None = None
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    services: dict[str, int] = field(default_factory=dict)
+    started_at: float = 0.0
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> LabState | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+
+
+def lab_dir(runbook: Runbook) -> Path:
+    return Path(runbook.state_dir) / "lab"
+
+
+def state_path(runbook: Runbook) -> Path:
+    return lab_dir(runbook) / "state.json"
+
+
+def region_address(runbook: Runbook, region: str) -> str:
+    return REGION_ADDRESS[[r.name for r in runbook.regions].index(region)]
+
+
+def pg_dir(runbook: Runbook) -> Path:
+    """Where the lab's clusters live. As root the server runs as ``postgres``, which
+    cannot enter a 0700 parent (``/root``, pytest's tmp): then a fixed place under
+    the system temp dir, derived from the state dir so every command finds it."""
+    base = lab_dir(runbook).resolve() / "pg"
+    if os.geteuid() != 0 or all(p.stat().st_mode & stat.S_IXOTH
+                                for p in base.parents if p.exists()):
+        return base
+    digest = hashlib.sha1(str(base).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"drorch-lab-{digest}"
+
+
+def node_for(runbook: Runbook, db: str, region: str) -> PgNode:
+    ep = runbook.database(db).endpoints[region]
+    base = pg_dir(runbook) / db / region
+    return PgNode(f"{db}-{region}", base / "data", ep.port, base)
+
+
+def _moto_port(runbook: Runbook) -> int:
+    url = runbook.aws.endpoint_url or ""
+    if not url.startswith("http://127.0.0.1:"):
+        raise ValueError("a lab runbook's aws.endpoint_url must be http://127.0.0.1:PORT")
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def start_moto(port: int, logfile: Path) -> int:
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited ({proc.returncode}); see {logfile}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=0.5)
+            return proc.pid
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"moto server did not answer on port {port} within 30s")
+
+
+def stop_pid(pid: int | None, timeout_s: float = 5) -> None:
+    if not pid:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _wait_streaming(primary: PgNode, replica: PgNode, timeout_s: float = 30) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        while time.monotonic() < deadline:
+            row = c.execute("SELECT count(*) FROM pg_stat_replication WHERE state='streaming'"
+                            ).fetchone()
+            if row and row[0] >= 1:
+                return
+            time.sleep(0.05)
+    raise RuntimeError(f"{replica.name} did not start streaming from {primary.name}")
+
+
+def _create_aws(runbook: Runbook, aws: AwsClients, password: str) -> None:
+    primary = runbook.primary.name
+    for region in runbook.regions:
+        ssm = aws("ssm", region.aws_region)
+        if runbook.write_flag:
+            ssm.put_parameter(Name=runbook.write_flag.parameter, Value="false", Type="String",
+                              Overwrite=True)
+    for spec in runbook.secrets:
+        db = runbook.database(spec.database)
+        ep = db.endpoints[primary]
+        value = {"engine": "postgres", spec.host_key: ep.host, spec.port_key: ep.port,
+                 "dbname": ep.dbname, "username": schema.APP_ROLE, "password": password}
+        client = aws("secretsmanager", runbook.region(spec.region).aws_region)
+        try:
+            client.create_secret(Name=spec.secret_id, SecretString=json.dumps(value))
+        except client.exceptions.ResourceExistsException:
+            client.put_secret_value(SecretId=spec.secret_id, SecretString=json.dumps(value))
+    if runbook.dns:
+        r53 = aws("route53", "us-east-1")
+        zone = r53.create_hosted_zone(Name=runbook.dns.zone,
+                                      CallerReference=f"drorch-lab-{time.time()}")
+        zone_id = zone["HostedZone"]["Id"].split("/")[-1]
+        changes = []
+        for rec in runbook.dns.records:
+            for region in runbook.regions:
+                changes.append({"Action": "UPSERT", "ResourceRecordSet": {
+                    "Name": rec.name, "Type": rec.type, "TTL": 5,
+                    "SetIdentifier": rec.set_identifiers[region.name],
+                    "Weight": runbook.dns.active_weight if region.name == primary else 0,
+                    "ResourceRecords": [{"Value": region_address(runbook, region.name)}]}})
+        r53.change_resource_record_sets(HostedZoneId=zone_id,
+                                        ChangeBatch={"Comment": "lab", "Changes": changes})
+
+
+def up(runbook: Runbook) -> LabState:
+    """Start the lab. Refuses when a lab from this state directory is still running."""
+    path = state_path(runbook)
+    existing = LabState.load(path)
+    if existing is not None:
+        raise RuntimeError(f"a lab is already up ({path}); run `drorch lab down` first")
+    base = lab_dir(runbook)
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o755)
+    state = LabState(runbook=runbook.name, started_at=time.time())
+    state.moto_port = _moto_port(runbook)
+    state.moto_pid = start_moto(state.moto_port, base / "moto.log")
+    state.save(path)
+    password = _random.token_urlsafe(18)
+    primary, secondary = runbook.primary.name, runbook.secondary.name
+    try:
+        make_owned_dir(pg_dir(runbook), 0o755)
+        for db in runbook.databases:
+            node_a = node_for(runbook, db.name, primary)
+            node_b = node_for(runbook, db.name, secondary)
+            make_owned_dir(node_a.rundir.parent, 0o755)
+            node_a.init_primary()
+            node_a.start()
+            state.nodes.append({"db": db.name, "region": primary, **_node_dict(node_a)})
+            state.save(path)
+            ep = db.endpoints[primary]
+            schema.create_database_and_schema(node_a.dsn(), password, dbname=ep.dbname)
+            import psycopg
+
+            with psycopg.connect(node_a.dsn(ep.dbname), autocommit=True) as c:
+                c.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+            node_b.init_replica_of(node_a)
+            node_b.start()
+            state.nodes.append({"db": db.name, "region": secondary, **_node_dict(node_b)})
+            state.save(path)
+            _wait_streaming(node_a, node_b)
+        _create_aws(runbook, AwsClients(runbook.aws.endpoint_url), password)
+    except BaseException:
+        down(runbook)
+        raise
+    return state
+
+
+def _node_dict(node: PgNode) -> dict[str, Any]:
+    return {"name": node.name, "datadir": str(node.datadir), "port": node.port,
+            "rundir": str(node.rundir)}
+
+
+def down(runbook: Runbook) -> list[str]:
+    """Stop exactly what ``up`` recorded and remove the lab's files. Safe to run twice."""
+    path = state_path(runbook)
+    state = LabState.load(path)
+    stopped: list[str] = []
+    if state is None:
+        return stopped
+    for name, pid in state.services.items():
+        stop_pid(pid)
+        stopped.append(name)
+    for n in state.nodes:
+        node = PgNode(n["name"], Path(n["datadir"]), n["port"], Path(n["rundir"]))
+        if node.is_running():
+            node.signal_all(signal.SIGCONT)
+            node.stop("immediate")
+            if node.is_running():
+                node.kill()
+        stopped.append(f"postgres {n['name']}")
+    stop_pid(state.moto_pid)
+    stopped.append("moto")
+    shutil.rmtree(pg_dir(runbook), ignore_errors=True)
+    shutil.rmtree(lab_dir(runbook), ignore_errors=True)
+    return stopped

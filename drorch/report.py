@@ -1,0 +1,352 @@
+"""The incident report: one stable JSON document, rendered as Markdown or HTML.
+
+``build_report(incident)`` turns the incident record (``drorch.incident``) into
+the report JSON documented in ``docs/report-json.md`` (``schema_version`` 1:
+keys are only ever added, never renamed or removed, within a version).
+``render_markdown`` and ``render_html`` read only that JSON, so every format
+says the same thing. The HTML is self-contained: inline CSS and an inline SVG
+Gantt chart of the phases and steps on a time axis; RTO/RPO misses are red.
+
+Secrets: the whole report passes through ``drorch.redact.redact`` before it is
+returned, and the renderers escape everything they print.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from drorch import metrics
+from drorch.redact import redact
+
+SCHEMA_VERSION = 1
+FORMATS = ("json", "md", "html")
+
+
+def _iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+
+
+def _outcome(incident: Mapping[str, Any], flows: list[Mapping[str, Any]]) -> str:
+    if incident.get("state") == "halted":
+        return "halted"
+    if any(not f.get("ok") for f in flows) or any(
+        s.get("status") == "failed" for s in incident.get("steps") or []
+    ):
+        return "failed"
+    return "completed" if incident.get("completed_at") is not None else "in_progress"
+
+
+def _timeline(incident: Mapping[str, Any], origin: float | None) -> list[dict[str, Any]]:
+    events: list[tuple[float, str, str]] = []
+    if incident.get("first_failure_at") is not None:
+        trigger = incident.get("trigger") or {}
+        events.append((incident["first_failure_at"], "first_failure",
+                       str(trigger.get("detail") or "first failing observation")))
+    if incident.get("decided_at") is not None:
+        events.append((incident["decided_at"], "decided",
+                       f"{incident.get('kind', 'incident')} decided by "
+                       f"{incident.get('actor') or 'unknown'}"
+                       + (f": {incident['reason']}" if incident.get("reason") else "")))
+    for tr in incident.get("transitions") or []:
+        if tr.get("at") is not None:
+            events.append((tr["at"], "transition", f"{tr.get('trigger')} -> {tr.get('state')}"))
+    for step in incident.get("steps") or []:
+        if step.get("started_at") is not None:
+            events.append((step["started_at"], "step_started", str(step.get("id"))))
+        if step.get("ended_at") is not None:
+            events.append((step["ended_at"], f"step_{step.get('status')}", str(step.get("id"))))
+    for flow in incident.get("flows") or []:
+        if flow.get("ended_at") is not None:
+            verdict = "flow_passed" if flow.get("ok") else "flow_failed"
+            events.append((flow["ended_at"], verdict,
+                           f"{flow.get('name')} after {flow.get('attempts')} attempt(s)"
+                           + (f": {flow['error']}" if flow.get("error") else "")))
+    if incident.get("completed_at") is not None:
+        events.append((incident["completed_at"], "completed", str(incident.get("state"))))
+    events.sort(key=lambda e: e[0])
+    return [
+        {"at": at, "at_iso": _iso(at),
+         "offset_s": None if origin is None else round(at - origin, 3),
+         "event": name, "detail": detail}
+        for at, name, detail in events
+    ]
+
+
+def _summary(report: Mapping[str, Any]) -> str:
+    def fmt(block: Mapping[str, Any], unit: str = "s") -> str:
+        value = block.get("value")
+        text = "unknown" if value is None else f"{value:.1f} {unit}"
+        if block.get("target") is not None:
+            text += f" (target {block['target']:g} {unit}, {'met' if block['met'] else 'MISSED'})"
+        return text
+
+    flows = report["flows"]
+    passed = sum(1 for f in flows if f.get("ok"))
+    rpo = report["rpo"]
+    rpo_text = fmt(rpo["seconds"])
+    if rpo.get("bytes") is not None:
+        rpo_text += f", {rpo['bytes']} bytes"
+    who = report["decided_by"]
+    return (
+        f"{report['kind'].capitalize()} {report['incident_id']} ({report['runbook']}, "
+        f"{report.get('from_region') or '?'} -> {report.get('to_region') or '?'}) "
+        f"decided by {who['actor']} on a {who['trigger'].get('kind', 'manual')} trigger: "
+        f"{report['outcome']}; {passed}/{len(flows)} flows passed; "
+        f"RTO {fmt(report['rto'])}; RPO {rpo_text}."
+    )
+
+
+def build_report(incident: Mapping[str, Any]) -> dict[str, Any]:
+    """The report JSON for one incident record (pure; secrets redacted)."""
+    flows = [dict(f) for f in incident.get("flows") or []]
+    numbers = metrics.summarize(incident)
+    trigger = dict(incident.get("trigger") or {"kind": "manual", "detail": ""})
+    phase_by_name = {p["name"]: p for p in numbers["phases"] if p["kind"] == "step"}
+    steps = []
+    for step in incident.get("steps") or []:
+        phase = phase_by_name.get(step.get("id"), {})
+        steps.append({
+            "id": step.get("id"), "stage": step.get("stage"), "status": step.get("status"),
+            "started_at": step.get("started_at"), "ended_at": step.get("ended_at"),
+            "duration_s": phase.get("duration_s"), "wait_s": phase.get("wait_s", 0.0),
+            "detail": step.get("detail") or {},
+        })
+    missed = [name for name, met in (("rto", numbers["rto"]["met"]),
+                                     ("rpo", numbers["rpo"]["seconds"]["met"])) if met is False]
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "incident_id": incident.get("incident_id"),
+        "kind": incident.get("kind") or "failover",
+        "runbook": incident.get("runbook"),
+        "from_region": incident.get("from_region"),
+        "to_region": incident.get("to_region"),
+        "state": incident.get("state"),
+        "outcome": _outcome(incident, flows),
+        "summary": "",
+        "decided_by": {
+            "actor": incident.get("actor") or "unknown",
+            "automatic": trigger.get("kind") != "manual",
+            "trigger": trigger,
+            "reason": incident.get("reason"),
+        },
+        "times": {
+            key: {"at": incident.get(key), "iso": _iso(incident.get(key))}
+            for key in ("first_failure_at", "decided_at", "completed_at")
+        },
+        "rto": numbers["rto"],
+        "rpo": numbers["rpo"],
+        "targets_missed": missed,
+        "detect_s": numbers["detect_s"],
+        "waits_s": numbers["waits_s"],
+        "overhead_s": numbers["overhead_s"],
+        "phases": numbers["phases"],
+        "steps": steps,
+        "flows": flows,
+        "timeline": _timeline(incident, numbers["rto"]["start"]),
+        "audit": incident.get("audit"),
+    }
+    report["summary"] = _summary(report)
+    # JSON round trip: the report is exactly what its JSON form says, nothing richer.
+    return json.loads(json.dumps(redact(report), default=str))
+
+
+def render(report: Mapping[str, Any], fmt: str) -> str:
+    """The report in ``fmt`` (``json``, ``md`` or ``html``); ValueError on anything else."""
+    if fmt == "json":
+        return json.dumps(report, indent=2) + "\n"
+    if fmt == "md":
+        return render_markdown(report)
+    if fmt == "html":
+        return render_html(report)
+    raise ValueError(f"unknown report format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+def _num(value: Any, unit: str = "s") -> str:
+    if value is None:
+        return "–"
+    return (f"{value:.3f} {unit}" if isinstance(value, float) else f"{value} {unit}").strip()
+
+
+def _verdict(block: Mapping[str, Any]) -> str:
+    if block.get("met") is None:
+        return "no target"
+    return "met" if block["met"] else "MISSED"
+
+
+def _target_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str, bool]]:
+    """(metric, value, target, verdict, missed) for the RTO/RPO table."""
+    rto, rpo_s = report["rto"], report["rpo"]["seconds"]
+    rows = [
+        ("RTO", _num(rto.get("value")), _num(rto.get("target")), _verdict(rto),
+         rto.get("met") is False),
+        ("RPO (time)", _num(rpo_s.get("value")), _num(rpo_s.get("target")), _verdict(rpo_s),
+         rpo_s.get("met") is False),
+        ("RPO (bytes)", _num(report["rpo"].get("bytes"), "B"), "–", "", False),
+    ]
+    for key in ("transactions", "rows"):
+        if report["rpo"].get(key) is not None:
+            rows.append((f"RPO ({key})", str(report["rpo"][key]), "–", "", False))
+    return rows
+
+
+def _md(text: Any) -> str:
+    return str(text if text is not None else "–").replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """A Markdown report: summary, decision, targets, steps, flows, timeline."""
+    who = report["decided_by"]
+    out = [f"# {report['kind'].capitalize()} report {report['incident_id']}", "",
+           report["summary"], "",
+           f"- **Outcome:** {report['outcome']} (state `{report['state']}`)",
+           f"- **Decided by:** {_md(who['actor'])} "
+           f"({'automatic' if who['automatic'] else 'manual'}, trigger "
+           f"{_md(who['trigger'].get('kind'))}: {_md(who['trigger'].get('detail'))})",
+           f"- **Reason:** {_md(who.get('reason'))}",
+           f"- **drorch overhead:** {_num(report.get('overhead_s'))} "
+           f"(waits {_num(report.get('waits_s'))}, detection {_num(report.get('detect_s'))})",
+           "", "## RPO and RTO", "", "| Metric | Value | Target | Verdict |", "|---|---|---|---|"]
+    for name, value, target, verdict, missed in _target_rows(report):
+        out.append(f"| {name} | {value} | {target} | {'**MISSED**' if missed else verdict} |")
+    out += ["", "## Phases and steps", "", "| Phase | Status | Duration | Wait |",
+            "|---|---|---|---|"]
+    for p in report["phases"]:
+        out.append(f"| {_md(p['name'])} | {_md(p.get('status', p['kind']))} | "
+                   f"{_num(p['duration_s'])} | {_num(p['wait_s'] or None)} |")
+    out += ["", "## Validation flows", "", "| Flow | Result | Attempts | Duration | Error |",
+            "|---|---|---|---|---|"]
+    for f in report["flows"]:
+        out.append(f"| {_md(f.get('name'))} | {'passed' if f.get('ok') else '**FAILED**'} | "
+                   f"{f.get('attempts')} | {_num(f.get('duration_s'))} | {_md(f.get('error'))} |")
+    out += ["", "## Timeline", "", "| +s | Event | Detail |", "|---|---|---|"]
+    for ev in report["timeline"]:
+        out.append(f"| {_num(ev['offset_s'], '')} | {ev['event']} | {_md(ev['detail'])} |")
+    if report.get("audit"):
+        out += ["", f"Audit log: `{report['audit'].get('path')}` "
+                    f"(head `{report['audit'].get('head')}`)"]
+    return "\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}.miss{color:#c00;font-weight:bold}
+.ok{color:#070}.fail{color:#c00;font-weight:bold}pre{background:#f7f7f7;padding:8px;
+overflow-x:auto;font-size:12px}svg text{font-size:11px;font-family:monospace}"""
+
+_BAR_COLOURS = {"done": "#4a9", "failed": "#d33", "rolled_back": "#e90", "skipped": "#bbb",
+                "pending": "#ddd", "detect": "#89c", "decide": "#a8c", "validate": "#48c"}
+
+
+def gantt_svg(report: Mapping[str, Any], width: int = 900) -> str:
+    """An inline SVG Gantt chart: one row per phase, one ``rect.bar`` per timed phase.
+
+    Step bars carry ``data-step="<id>"``; unavoidable waits are drawn as a
+    lighter band (``rect.wait``) at the end of their step's bar. Detection
+    (often minutes of failing window against seconds of steps) is kept off the
+    axis: its row shows a short stub and its length in words.
+    """
+    rows = report["phases"]
+    times = [t for p in rows if p["kind"] != "detect"
+             for t in (p["started_at"], p["ended_at"]) if t is not None]
+    label_w, row_h, top = 190, 22, 24
+    height = top + row_h * len(rows) + 10
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'role="img" aria-label="timeline of the incident">']
+    if not times:
+        return "".join(parts) + '<text x="4" y="16">no timed steps</text></svg>'
+    t0, t1 = min(times), max(times)
+    span = max(t1 - t0, 1e-3)
+    scale = (width - label_w - 20) / span
+    tick = next(t for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+                            7200, 86400) if span / t <= 10)
+    k = 0
+    while k * tick <= span + 1e-9:
+        x = label_w + k * tick * scale
+        parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 10}" '
+                     f'stroke="#eee"/><text x="{x:.1f}" y="{top - 10}">+{k * tick:g}s</text>')
+        k += 1
+    for i, p in enumerate(rows):
+        y = top + i * row_h
+        name = html.escape(str(p["name"]))
+        parts.append(f'<text x="4" y="{y + 15}">{name}</text>')
+        if p["started_at"] is None:
+            parts.append(f'<text x="{label_w}" y="{y + 15}" fill="#999">not started</text>')
+            continue
+        end = p["ended_at"] if p["ended_at"] is not None else p["started_at"]
+        x = label_w + (p["started_at"] - t0) * scale
+        w = max(2.0, (end - p["started_at"]) * scale)
+        if p["kind"] == "detect":
+            x, w = float(label_w), 16.0
+            parts.append(f'<text x="{label_w + 22}" y="{y + 15}" fill="#555">'
+                         f'{_num(p["duration_s"])} before the decision (not to scale)</text>')
+        key = p.get("status") if p["kind"] == "step" else p["kind"]
+        colour = _BAR_COLOURS.get(str(key), "#999")
+        attrs = f' data-step="{name}"' if p["kind"] == "step" else f' data-phase="{name}"'
+        parts.append(f'<rect class="bar {p["kind"]}"{attrs} x="{x:.1f}" y="{y + 3}" '
+                     f'width="{w:.1f}" height="{row_h - 6}" fill="{colour}"><title>{name}: '
+                     f'{_num(p["duration_s"])}</title></rect>')
+        if p.get("wait_s"):
+            ww = min(w, p["wait_s"] * scale)
+            parts.append(f'<rect class="wait" x="{x + w - ww:.1f}" y="{y + 3}" '
+                         f'width="{ww:.1f}" height="{row_h - 6}" fill="#fff" '
+                         f'fill-opacity="0.45"><title>wait {_num(p["wait_s"])}</title></rect>')
+    return "".join(parts) + "</svg>"
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """A self-contained HTML page (inline CSS and SVG, no scripts, nothing fetched)."""
+    e = html.escape
+    who = report["decided_by"]
+    outcome_cls = "ok" if report["outcome"] == "completed" else "fail"
+    body = [f"<h1>{e(report['kind'].capitalize())} report {e(str(report['incident_id']))}</h1>",
+            f"<p>{e(report['summary'])}</p>",
+            f"<p><b>Outcome:</b> <span class=\"{outcome_cls}\">{e(report['outcome'])}</span> "
+            f"&middot; <b>Decided by:</b> {e(who['actor'])} "
+            f"({'automatic' if who['automatic'] else 'manual'}; "
+            f"{e(str(who['trigger'].get('kind')))}: {e(str(who['trigger'].get('detail') or ''))})"
+            f" &middot; <b>Reason:</b> {e(str(who.get('reason') or '–'))}</p>",
+            "<h2>RPO and RTO</h2><table><tr><th>Metric</th><th>Value</th><th>Target</th>"
+            "<th>Verdict</th></tr>"]
+    for name, value, target, verdict, missed in _target_rows(report):
+        cls = ' class="miss"' if missed else ""
+        body.append(f"<tr{cls}><td>{name}</td><td>{e(value)}</td><td>{e(target)}</td>"
+                    f"<td>{'MISSED' if missed else e(verdict)}</td></tr>")
+    body.append(f"</table><p>drorch overhead {e(_num(report.get('overhead_s')))} (waits "
+                f"{e(_num(report.get('waits_s')))}, detection {e(_num(report.get('detect_s')))})"
+                f"</p><h2>Timeline</h2>{gantt_svg(report)}")
+    body.append("<h2>Steps</h2><table><tr><th>Step</th><th>Stage</th><th>Status</th>"
+                "<th>Duration</th><th>Wait</th><th>Detail</th></tr>")
+    for s in report["steps"]:
+        cls = ' class="fail"' if s["status"] == "failed" else ""
+        body.append(f"<tr><td>{e(str(s['id']))}</td><td>{e(str(s['stage']))}</td>"
+                    f"<td{cls}>{e(str(s['status']))}</td><td>{e(_num(s['duration_s']))}</td>"
+                    f"<td>{e(_num(s['wait_s'] or None))}</td>"
+                    f"<td><pre>{e(json.dumps(s['detail'], indent=1))}</pre></td></tr>")
+    body.append("</table><h2>Validation flows</h2><table><tr><th>Flow</th><th>Result</th>"
+                "<th>Attempts</th><th>Duration</th><th>Error</th><th>Evidence</th></tr>")
+    for f in report["flows"]:
+        result = '<span class="ok">passed</span>' if f.get("ok") else \
+            '<span class="fail">FAILED</span>'
+        evidence = json.dumps({"steps": f.get("steps"), "checks": f.get("checks")}, indent=1)
+        body.append(f"<tr><td>{e(str(f.get('name')))}</td><td>{result}</td>"
+                    f"<td>{e(str(f.get('attempts')))}</td><td>{e(_num(f.get('duration_s')))}</td>"
+                    f"<td>{e(str(f.get('error') or ''))}</td><td><details><summary>requests"
+                    f"</summary><pre>{e(evidence)}</pre></details></td></tr>")
+    body.append("</table><h2>Events</h2><table><tr><th>+s</th><th>Time (UTC)</th>"
+                "<th>Event</th><th>Detail</th></tr>")
+    for ev in report["timeline"]:
+        body.append(f"<tr><td>{e(_num(ev['offset_s'], ''))}</td><td>{e(str(ev['at_iso']))}</td>"
+                    f"<td>{e(ev['event'])}</td><td>{e(str(ev['detail']))}</td></tr>")
+    body.append("</table>")
+    if report.get("audit"):
+        body.append(f"<p>Audit log <code>{e(str(report['audit'].get('path')))}</code>, head "
+                    f"<code>{e(str(report['audit'].get('head')))}</code></p>")
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>drorch "
+            f"report {e(str(report['incident_id']))}</title><style>{_CSS}</style></head><body>"
+            + "\n".join(body) + "</body></html>\n")

@@ -1,0 +1,86 @@
+"""What every step is: ``check`` (already done?), ``apply``, and maybe ``undo``.
+
+The engine calls ``check`` before ``apply``, so a step the process finished just
+before it was killed is observed as done, not done twice. ``apply`` returns a
+JSON-able detail for the journal (never a secret). ``irreversible`` steps
+(promotion) forbid rollback once done: after them the machine goes forward or
+halts. Steps never read global configuration: everything is in the context.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from drorch.config import Runbook
+
+
+class Facts(Protocol):
+    """Durable values a step measured (journaled before the engine moves on)."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+    def set(self, key: str, value: Any) -> None: ...
+
+
+class Clients(Protocol):
+    def __call__(self, service: str, region: str) -> Any: ...
+
+
+@dataclass
+class StepContext:
+    runbook: Runbook
+    incident_id: str
+    actor: str
+    from_region: str
+    to_region: str
+    aws: Clients
+    facts: Facts
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def aws_region(self, region: str) -> str:
+        return self.runbook.region(region).aws_region
+
+
+class StepFailed(Exception):
+    """A step could not do its job; ``detail`` goes to the journal."""
+
+    def __init__(self, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or {}
+
+
+class Step(ABC):
+    stage: ClassVar[str]
+    irreversible: ClassVar[bool] = False
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}:{self.target}"
+
+    @abstractmethod
+    def describe(self, ctx: StepContext) -> str:
+        """One sentence for the plan and --dry-run."""
+
+    @abstractmethod
+    def check(self, ctx: StepContext) -> bool:
+        """True when the world already shows this step done. Must not change anything."""
+
+    @abstractmethod
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        """Do the step; return the journal detail. Raise StepFailed on failure."""
+
+    def undo(self, ctx: StepContext) -> dict[str, Any] | None:
+        """Reverse ``apply`` during a rollback; None when there is nothing to undo."""
+        return None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Steps that may run at once (e.g. every database pair's promotion)."""
+
+    name: str
+    steps: tuple[Step, ...]

@@ -1,0 +1,112 @@
+"""Promote the replica in the region we move to. Irreversible.
+
+When the old primary is still reachable (frozen), wait until the replica has
+replayed its last LSN first: RPO = 0 by construction. When it is not, promote
+what the replica has and record the best estimate; reconcile corrects it.
+The measurement is journaled before ``pg_promote`` so a kill cannot lose it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from drorch.adapters import postgres as pg
+from drorch.steps.base import Step, StepContext, StepFailed
+
+
+class PromoteDatabase(Step):
+    stage = "promote"
+    irreversible = True
+
+    def _dsns(self, ctx: StepContext) -> tuple[str, str]:
+        db = ctx.runbook.database(self.target)
+        return db.endpoints[ctx.from_region].dsn(), db.endpoints[ctx.to_region].dsn()
+
+    def describe(self, ctx: StepContext) -> str:
+        return (f"promote {self.target} in {ctx.to_region} (after it replays {ctx.from_region}'s "
+                "last LSN when that node is reachable)")
+
+    def check(self, ctx: StepContext) -> bool:
+        _, new = self._dsns(ctx)
+        try:
+            return not pg.in_recovery(new)
+        except pg.Unreachable as exc:
+            raise StepFailed(f"{self.target} in {ctx.to_region} is unreachable: {exc}") from exc
+
+    def _measure(self, ctx: StepContext, old: str, new: str) -> dict[str, Any]:
+        db = ctx.runbook.database(self.target)
+        try:
+            old_status: pg.NodeStatus | None = pg.status(old)
+        except pg.Unreachable:
+            old_status = None
+        if (old_status is not None and not old_status.in_recovery
+                and pg.system_identifier(old) != pg.system_identifier(new)):
+            raise StepFailed(f"{self.target}: {ctx.to_region} is not a replica of "
+                             f"{ctx.from_region} (system identifiers differ)")
+        wait_start = time.monotonic()
+        caught_up = None
+        if old_status is not None and not old_status.in_recovery:
+            caught_up = pg.wait_replayed(new, old_status.lsn, db.promote_timeout_s)
+        wait_s = time.monotonic() - wait_start
+        new_status = pg.status(new)
+        if not new_status.in_recovery:
+            raise StepFailed(f"{self.target} in {ctx.to_region} is not a standby")
+        rpo_bytes = rpo_seconds = None
+        if old_status is not None:
+            rpo_bytes = max(0, pg.lsn_to_int(old_status.lsn) - pg.lsn_to_int(new_status.lsn))
+            if old_status.last_commit_at and new_status.last_commit_at:
+                rpo_seconds = max(0.0, old_status.last_commit_at - new_status.last_commit_at)
+            elif rpo_bytes == 0:
+                rpo_seconds = 0.0
+        return {
+            "old_reachable": old_status is not None,
+            "old_lsn": old_status.lsn if old_status else None,
+            "replica_lsn": new_status.lsn,
+            "replica_receive_lsn": new_status.receive_lsn,
+            "caught_up": caught_up,
+            "catch_up_wait_s": round(wait_s, 4),
+            "rpo_bytes": rpo_bytes,
+            "rpo_seconds": rpo_seconds,
+            "rpo_exact": old_status is not None,
+            "note": None if old_status else
+            f"{ctx.from_region} unreachable: RPO unknown until reconcile reads its WAL",
+        }
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        old, new = self._dsns(ctx)
+        db = ctx.runbook.database(self.target)
+        key = f"promote:{self.target}:measured"
+        measured = ctx.facts.get(key)
+        if measured is None:
+            measured = self._measure(ctx, old, new)
+            ctx.facts.set(key, measured)
+        start = time.monotonic()
+        if not pg.promote(new, db.promote_timeout_s):
+            raise StepFailed(f"{self.target}: pg_promote did not finish in "
+                             f"{db.promote_timeout_s:.0f}s", measured)
+        promote_s = time.monotonic() - start
+        return {**measured, "promote_wait_s": round(promote_s, 4),
+                "wait_s": round(promote_s + measured["catch_up_wait_s"], 4),
+                "timeline": pg.timeline(new)}
+
+
+class OpenWrites(Step):
+    """Let the application roles into the new primary (a freeze on the old primary
+    replicated their NOLOGIN) and lower the write flag in the new region."""
+
+    stage = "open"
+
+    def describe(self, ctx: StepContext) -> str:
+        return f"let {ctx.runbook.database(self.target).app_roles} write to {self.target} in " \
+               f"{ctx.to_region}"
+
+    def _dsn(self, ctx: StepContext) -> str:
+        return ctx.runbook.database(self.target).endpoints[ctx.to_region].dsn()
+
+    def check(self, ctx: StepContext) -> bool:
+        return pg.writes_open(self._dsn(ctx), ctx.runbook.database(self.target).app_roles)
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        changed = pg.open_writes(self._dsn(ctx), ctx.runbook.database(self.target).app_roles)
+        return {"roles_let_in": changed}

@@ -1,0 +1,57 @@
+"""Point each connection secret at the new primary: one new version, the old kept
+as AWSPREVIOUS. Idempotent twice over: ``check`` compares the current value, and
+the version token is derived from the incident, so a retried call after a kill
+is the same version, not a second one.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from drorch.adapters import secrets
+from drorch.steps.base import Step, StepContext
+
+
+def secret_target(secret_id: str, region: str) -> str:
+    return f"{secret_id}@{region}"
+
+
+class RewriteSecret(Step):
+    stage = "secrets"
+
+    def _spec(self, ctx: StepContext) -> Any:
+        secret_id, _, region = self.target.rpartition("@")
+        return next(s for s in ctx.runbook.secrets
+                    if s.secret_id == secret_id and s.region == region)
+
+    def _client(self, ctx: StepContext) -> Any:
+        return ctx.aws("secretsmanager", ctx.aws_region(self._spec(ctx).region))
+
+    def _wanted(self, ctx: StepContext) -> tuple[str, int]:
+        ep = ctx.runbook.database(self._spec(ctx).database).endpoints[ctx.to_region]
+        return ep.host, ep.port
+
+    def describe(self, ctx: StepContext) -> str:
+        host, port = self._wanted(ctx)
+        spec = self._spec(ctx)
+        return f"rewrite secret {spec.secret_id} in {spec.region} to {host}:{port}"
+
+    def check(self, ctx: StepContext) -> bool:
+        spec = self._spec(ctx)
+        value = secrets.get_value(self._client(ctx), spec.secret_id)
+        host, port = self._wanted(ctx)
+        return value.get(spec.host_key) == host and int(value.get(spec.port_key, 0)) == port
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        spec = self._spec(ctx)
+        client = self._client(ctx)
+        previous = secrets.current_version(client, spec.secret_id)
+        value = secrets.get_value(client, spec.secret_id)
+        host, port = self._wanted(ctx)
+        value[spec.host_key] = host
+        value[spec.port_key] = port
+        token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"drorch:{ctx.incident_id}:{self.id}"))
+        version = secrets.put_value(client, spec.secret_id, value, token)
+        return {"secret_id": spec.secret_id, "region": spec.region, "host": host, "port": port,
+                "version_id": version, "previous_version_id": previous}

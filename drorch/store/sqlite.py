@@ -1,0 +1,260 @@
+"""Journal and lease in one SQLite file: the embedded default store.
+
+Contract (what the engine relies on):
+- every ``append`` is committed (WAL mode, synchronous=FULL) before it returns,
+  so a ``kill -9`` right after loses nothing the engine was told was written;
+- ``acquire_lease`` is compare-and-set inside ``BEGIN IMMEDIATE``: at most one
+  holder at a time, and every grant to a new holder gets a larger fencing token;
+- ``append`` with a token refuses (``StaleLease``) when that token is no longer
+  the current one, so an orchestrator that lost its lease cannot journal progress.
+A holder on this host whose process is gone (killed) loses its lease at once;
+elsewhere the lease expires after its time to live.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS incidents (
+  id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  runbook TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  reason TEXT,
+  trigger TEXT NOT NULL,
+  state TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  incident_id TEXT NOT NULL REFERENCES incidents(id),
+  at REAL NOT NULL,
+  kind TEXT NOT NULL,
+  name TEXT NOT NULL,
+  status TEXT NOT NULL,
+  detail TEXT NOT NULL,
+  token INTEGER
+);
+CREATE INDEX IF NOT EXISTS events_incident ON events(incident_id, seq);
+CREATE TABLE IF NOT EXISTS facts (
+  incident_id TEXT NOT NULL,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (incident_id, key)
+);
+CREATE TABLE IF NOT EXISTS lease (
+  name TEXT PRIMARY KEY,
+  holder TEXT NOT NULL,
+  token INTEGER NOT NULL,
+  expires_at REAL NOT NULL
+);
+"""
+
+
+class LeaseHeld(Exception):
+    """Another live orchestrator holds the lease."""
+
+
+class StaleLease(Exception):
+    """The fencing token is no longer current: stop acting."""
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: str
+    kind: str
+    runbook: str
+    actor: str
+    reason: str | None
+    trigger: dict[str, Any]
+    state: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    incident_id: str
+    at: float
+    kind: str
+    name: str
+    status: str
+    detail: dict[str, Any]
+
+
+def this_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _holder_is_dead(holder: str) -> bool:
+    host, _, pid = holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        # One connection shared by a stage's parallel steps: serialise its use.
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, query: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(query, args).fetchall()
+
+    # -- lease -------------------------------------------------------------
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int:
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT holder, token, expires_at FROM lease WHERE name=?",
+                             (name,)).fetchone()
+            if row is None:
+                token = 1
+                db.execute("INSERT INTO lease VALUES (?,?,?,?)", (name, holder, token, now + ttl_s))
+                return token
+            current, token, expires_at = row
+            if current == holder:
+                db.execute("UPDATE lease SET expires_at=? WHERE name=?", (now + ttl_s, name))
+                return int(token)
+            if expires_at > now and not _holder_is_dead(current):
+                raise LeaseHeld(f"lease {name!r} is held by {current} until "
+                                f"{time.strftime('%H:%M:%S', time.localtime(expires_at))}")
+            token = int(token) + 1
+            db.execute("UPDATE lease SET holder=?, token=?, expires_at=? WHERE name=?",
+                       (holder, token, now + ttl_s, name))
+            return token
+
+    def renew_lease(self, name: str, token: int, ttl_s: float) -> None:
+        with self._tx() as db:
+            cur = db.execute("UPDATE lease SET expires_at=? WHERE name=? AND token=?",
+                             (time.time() + ttl_s, name, token))
+            if cur.rowcount != 1:
+                raise StaleLease(f"lease {name!r}: token {token} is stale")
+
+    def release_lease(self, name: str, token: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE lease SET expires_at=0 WHERE name=? AND token=?", (name, token))
+
+    def _check_token(self, db: sqlite3.Connection, lease: str | None, token: int | None) -> None:
+        if lease is None or token is None:
+            return
+        row = db.execute("SELECT token FROM lease WHERE name=?", (lease,)).fetchone()
+        if row is None or int(row[0]) != token:
+            raise StaleLease(f"lease {lease!r}: token {token} is stale (current {row and row[0]})")
+
+    # -- incidents and events ---------------------------------------------
+    def create_incident(self, incident: Incident) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO incidents VALUES (?,?,?,?,?,?,?,?,?)",
+                (incident.id, incident.kind, incident.runbook, incident.actor, incident.reason,
+                 json.dumps(incident.trigger), incident.state, incident.created_at,
+                 incident.updated_at),
+            )
+
+    def incident(self, incident_id: str) -> Incident | None:
+        rows = self._read("SELECT * FROM incidents WHERE id=?", (incident_id,))
+        return _incident(rows[0]) if rows else None
+
+    def incidents(self, runbook: str | None = None) -> list[Incident]:
+        sql, args = "SELECT * FROM incidents", ()
+        if runbook is not None:
+            sql, args = sql + " WHERE runbook=?", (runbook,)
+        return [_incident(r) for r in self._read(sql + " ORDER BY created_at", args)]
+
+    def append(self, incident_id: str, kind: str, name: str, status: str,
+               detail: dict[str, Any] | None = None, *, lease: str | None = None,
+               token: int | None = None, state: str | None = None) -> int:
+        """Journal one event (and optionally the incident's new state) atomically."""
+        now = time.time()
+        with self._tx() as db:
+            self._check_token(db, lease, token)
+            cur = db.execute(
+                "INSERT INTO events (incident_id, at, kind, name, status, detail, token) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (incident_id, now, kind, name, status, json.dumps(detail or {}, default=str),
+                 token),
+            )
+            if state is not None:
+                db.execute("UPDATE incidents SET state=?, updated_at=? WHERE id=?",
+                           (state, now, incident_id))
+            return int(cur.lastrowid or 0)
+
+    def events(self, incident_id: str) -> list[Event]:
+        rows = self._read(
+            "SELECT seq, incident_id, at, kind, name, status, detail FROM events "
+            "WHERE incident_id=? ORDER BY seq", (incident_id,))
+        return [Event(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+    def step_status(self, incident_id: str, step: str) -> str | None:
+        rows = self._read(
+            "SELECT status FROM events WHERE incident_id=? AND kind='step' AND name=? "
+            "ORDER BY seq DESC LIMIT 1", (incident_id, step))
+        return rows[0][0] if rows else None
+
+    # -- facts: values steps measured and later steps or reports need ------
+    def set_fact(self, incident_id: str, key: str, value: Any, *, lease: str | None = None,
+                 token: int | None = None) -> None:
+        with self._tx() as db:
+            self._check_token(db, lease, token)
+            db.execute("INSERT INTO facts VALUES (?,?,?) ON CONFLICT(incident_id, key) "
+                       "DO UPDATE SET value=excluded.value",
+                       (incident_id, key, json.dumps(value, default=str)))
+
+    def fact(self, incident_id: str, key: str, default: Any = None) -> Any:
+        rows = self._read("SELECT value FROM facts WHERE incident_id=? AND key=?",
+                          (incident_id, key))
+        return json.loads(rows[0][0]) if rows else default
+
+    def facts(self, incident_id: str) -> dict[str, Any]:
+        rows = self._read("SELECT key, value FROM facts WHERE incident_id=?", (incident_id,))
+        return {k: json.loads(v) for k, v in rows}
+
+
+def _incident(row: tuple[Any, ...]) -> Incident:
+    return Incident(row[0], row[1], row[2], row[3], row[4], json.loads(row[5]), row[6], row[7],
+                    row[8])

@@ -1,0 +1,205 @@
+"""Failover on the real lab: PostgreSQL streaming replication, moto playing AWS."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from drorch.adapters import flags, route53, secrets
+from drorch.adapters import postgres as pg
+from drorch.adapters.aws import AwsClients
+from drorch.lab import lab as lab_mod
+from tests.conftest import Lab
+
+pytestmark = pytest.mark.postgres
+
+
+def _aws(lab: Lab) -> AwsClients:
+    return AwsClients(lab.runbook.aws.endpoint_url)
+
+
+def _weights(lab: Lab) -> dict[str, int]:
+    client = _aws(lab)("route53", "us-east-1")
+    zone = route53.zone_id(client, "lab.drorch.test.")
+    recs = route53.weighted_records(client, zone, "app.lab.drorch.test.", "A")
+    return {r.set_identifier: r.weight for r in recs}
+
+
+def _dsn(lab: Lab, region: str) -> str:
+    return lab.runbook.database("main").endpoints[region].dsn()
+
+
+def _promote_requests(lab: Lab) -> int:
+    log = lab_mod.node_for(lab.runbook, "main", "region-b").logfile
+    return len(re.findall("received promote request", log.read_text()))
+
+
+def _rrset_changes(lab: Lab) -> int:
+    log = lab_mod.lab_dir(lab.runbook) / "moto.log"
+    return len(re.findall(r"POST /2013-04-01/hostedzone/\S+/rrset", log.read_text()))
+
+
+def _secret_versions(lab: Lab) -> dict[str, int]:
+    aws = _aws(lab)
+    return {s.region: secrets.version_count(
+        aws("secretsmanager", lab.runbook.region(s.region).aws_region), s.secret_id)
+        for s in lab.runbook.secrets}
+
+
+def _incident_state(lab: Lab) -> str:
+    from drorch.store.sqlite import SqliteStore
+
+    store = SqliteStore(lab.state_dir / "journal.db")
+    try:
+        return store.incidents()[-1].state
+    finally:
+        store.close()
+
+
+def test_failover_moves_writes_secrets_and_dns(lab: Lab) -> None:
+    """After failover region-b is a writable primary, region-a refuses writes, the
+    secret points at region-b with the old value as AWSPREVIOUS, weights are 0/100."""
+    with psycopg.connect(_dsn(lab, "region-a"), autocommit=True) as c:
+        c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES (1, 100, 'a')")
+    result = lab.cli("failover", "--reason", "test", "--actor", "alice")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "RTO:" in result.stdout and "RPO:" in result.stdout
+
+    new, old = _dsn(lab, "region-b"), _dsn(lab, "region-a")
+    assert not pg.in_recovery(new)
+    with psycopg.connect(new, autocommit=True) as c:
+        c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES (1, 200, 'b')")
+        assert c.execute("SELECT count(*) FROM orders WHERE region='a'").fetchone()[0] == 1
+    app_dsn = lab.runbook.database("main").endpoints["region-a"].dsn(user="app")
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        psycopg.connect(app_dsn)
+    with psycopg.connect(old, autocommit=True) as c, pytest.raises(
+            psycopg.errors.ReadOnlySqlTransaction):
+        c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES (1, 300, 'a')")
+
+    aws = _aws(lab)
+    for spec in lab.runbook.secrets:
+        client = aws("secretsmanager", lab.runbook.region(spec.region).aws_region)
+        current = secrets.get_value(client, spec.secret_id)
+        previous = secrets.get_value(client, spec.secret_id, "AWSPREVIOUS")
+        assert current["port"] == lab.runbook.database("main").endpoints["region-b"].port
+        assert previous["port"] == lab.runbook.database("main").endpoints["region-a"].port
+        assert current["password"] == previous["password"]
+    assert _weights(lab) == {"region-a": 0, "region-b": 100}
+    assert flags.is_frozen(aws("ssm", "us-east-1"), "/drorch/lab/writes-frozen")
+    assert not flags.is_frozen(aws("ssm", "us-west-2"), "/drorch/lab/writes-frozen")
+    assert _promote_requests(lab) == 1
+    assert _incident_state(lab) == "failed_over"
+
+
+KILL_POINTS = [
+    "freeze:write-flag@region-a:after_apply",
+    "freeze:main:after_apply",
+    "promote:main:before_apply",
+    "promote:main:after_apply",
+    "open:main:after_apply",
+    "secrets:lab/main/db@region-a:after_apply",
+    "secrets:lab/main/db@region-b:after_apply",
+    "dns:lab.drorch.test.:after_apply",
+    "validate:main:after_apply",
+]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_then_resume_applies_each_step_once(lab: Lab, point: str) -> None:
+    """A kill -9 at any step, then `drorch resume`, finishes the failover with exactly
+    one promotion, one new secret version per secret and one DNS change."""
+    before_versions = _secret_versions(lab)
+    before_changes = _rrset_changes(lab)
+    killed = lab.cli("failover", "--reason", "kill test", "--actor", "bob",
+                     extra_env={"DRORCH_FAULT_KILL_AT": point})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert _incident_state(lab) == "failing_over"
+
+    resumed = lab.cli("resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _incident_state(lab) == "failed_over"
+    assert _promote_requests(lab) == 1
+    assert _secret_versions(lab) == {r: n + 1 for r, n in before_versions.items()}
+    assert _rrset_changes(lab) == before_changes + 1
+    assert _weights(lab) == {"region-a": 0, "region-b": 100}
+    assert lab.cli("audit", "verify", str(lab.state_dir / "audit.jsonl")).returncode == 0
+
+
+def test_failure_before_promotion_rolls_back_the_freeze(lab: Lab) -> None:
+    """When the replica cannot be promoted, the freeze is undone and the incident says so."""
+    lab_mod.node_for(lab.runbook, "main", "region-b").stop("immediate")
+    result = lab.cli("failover", "--reason", "replica down", "--actor", "carol")
+    assert result.returncode == 1
+    assert "failed before promotion" in result.stderr
+    assert _incident_state(lab) == "monitoring"
+    app_dsn = lab.runbook.database("main").endpoints["region-a"].dsn(user="app")
+    with psycopg.connect(app_dsn, autocommit=True) as c:
+        c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES (1, 1, 'a')")
+    assert not flags.is_frozen(_aws(lab)("ssm", "us-east-1"), "/drorch/lab/writes-frozen")
+    assert _weights(lab) == {"region-a": 100, "region-b": 0}
+
+
+def test_failure_after_promotion_halts_then_resume_finishes(lab: Lab) -> None:
+    """A failure after promotion halts with the reason journaled; no rollback. Once the
+    cause is fixed, `drorch resume` finishes without promoting again."""
+    client = _aws(lab)("secretsmanager", "us-west-2")
+    saved = client.get_secret_value(SecretId="lab/main/db")["SecretString"]
+    client.delete_secret(SecretId="lab/main/db", ForceDeleteWithoutRecovery=True)
+    result = lab.cli("failover", "--reason", "halt test", "--actor", "dave")
+    assert result.returncode == 1
+    assert "halted" in result.stderr and "after promotion" in result.stderr
+    assert _incident_state(lab) == "halted"
+    assert not pg.in_recovery(_dsn(lab, "region-b"))
+
+    client.create_secret(Name="lab/main/db", SecretString=saved)
+    resumed = lab.cli("resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _incident_state(lab) == "failed_over"
+    assert _promote_requests(lab) == 1
+    second = lab.cli("failover", "--reason", "again", "--actor", "dave")
+    assert second.returncode == 1 and "drorch failback" in second.stderr
+
+
+def test_dry_run_changes_nothing(lab: Lab) -> None:
+    """`--dry-run` prints every step and leaves databases, secrets and DNS alone."""
+    result = lab.cli("failover", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    for step in ("freeze:main", "promote:main", "secrets:lab/main/db@region-b",
+                 "dns:lab.drorch.test.", "validate:main"):
+        assert step in result.stdout
+    assert pg.in_recovery(_dsn(lab, "region-b"))
+    assert _weights(lab) == {"region-a": 100, "region-b": 0}
+    assert set(_secret_versions(lab).values()) == {1}
+    assert not (lab.state_dir / "journal.db").exists() or _no_incidents(lab.state_dir)
+
+
+def _no_incidents(state_dir: Path) -> bool:
+    from drorch.store.sqlite import SqliteStore
+
+    return SqliteStore(state_dir / "journal.db").incidents() == []
+
+
+def test_audit_log_has_no_secret_and_detects_tampering(lab: Lab) -> None:
+    """The audit log of a failover never holds the database password, and an edited
+    entry makes `drorch audit verify` exit 1 naming its line."""
+    assert lab.cli("failover", "--reason", "audit", "--actor", "erin").returncode == 0
+    password = secrets.get_value(_aws(lab)("secretsmanager", "us-east-1"),
+                                 "lab/main/db")["password"]
+    log = lab.state_dir / "audit.jsonl"
+    for path in (log, lab.state_dir / "journal.db"):
+        assert password.encode() not in path.read_bytes()
+    ok = lab.cli("audit", "verify", str(log))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = log.read_text().splitlines()
+    entry = json.loads(lines[3])
+    entry["actor"] = "mallory"
+    lines[3] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+    log.write_text("\n".join(lines) + "\n")
+    bad = lab.cli("audit", "verify", str(log))
+    assert bad.returncode == 1
+    assert "line 4" in (bad.stdout + bad.stderr)
