@@ -16,6 +16,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from drorch.health.config import HealthPolicy, RegionHealth
+from drorch.validate.spec import FlowSpec
+
 
 class RunbookError(Exception):
     """A runbook could not be loaded; the message is meant for a human."""
@@ -98,9 +101,28 @@ class WriteFlag(_Model):
     parameter: str
 
 
-class Thresholds(_Model):
-    failing_minutes: float = Field(default=3, gt=0)
-    probe_interval_s: float = Field(default=10, gt=0)
+class Validation(_Model):
+    """Flows that must pass in the new region before a failover is done.
+    ``variables`` are templates' inputs; keep passwords out (use ``${ENV}``)."""
+
+    variables: dict[str, str] = Field(default_factory=dict)
+    flows: list[FlowSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _variables_defined(self) -> Validation:
+        for flow in self.flows:
+            missing = flow.missing_variables(set(self.variables))
+            if missing:
+                raise ValueError(f"flow {flow.name!r} uses undefined variables {sorted(missing)}")
+        return self
+
+
+class LabPorts(_Model):
+    """Only for the local lab: where its extra services listen."""
+
+    app_port: int = Field(ge=1, le=65535)
+    dns_port: int = Field(ge=1, le=65535)
+    smtp_port: int = Field(ge=1, le=65535)
 
 
 class Targets(_Model):
@@ -122,8 +144,10 @@ class Runbook(_Model):
     secrets: list[ConnectionSecret] = Field(default_factory=list)
     dns: Dns | None = None
     write_flag: WriteFlag | None = None
-    thresholds: Thresholds = Thresholds()
+    health: HealthPolicy | None = None
+    validation: Validation | None = None
     targets: Targets = Targets()
+    lab: LabPorts | None = None
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Runbook:
@@ -156,7 +180,24 @@ class Runbook(_Model):
                 raise ValueError(
                     f"dns record {rec.name!r}: set_identifiers must name the regions {names}"
                 )
+        for rh in (self.health.regions if self.health else []):
+            if rh.region not in names:
+                raise ValueError(f"health: unknown region {rh.region!r}")
+        for flow in (self.validation.flows if self.validation else []):
+            for check in flow.checks:
+                if getattr(check, "database", None) not in (None, *db_names):
+                    raise ValueError(f"flow {flow.name!r}: unknown database "
+                                     f"{check.database!r}")  # type: ignore[union-attr]
         return self
+
+    def region_health(self, name: str) -> RegionHealth | None:
+        """A region's health spec, with its AWS region filled in from ``regions``."""
+        for rh in (self.health.regions if self.health else []):
+            if rh.region == name:
+                if rh.aws_region is None:
+                    return rh.model_copy(update={"aws_region": self.region(name).aws_region})
+                return rh
+        return None
 
     @property
     def primary(self) -> Region:

@@ -29,7 +29,7 @@ import httpx
 
 from drorch.adapters.aws import AwsClients
 from drorch.config import Runbook
-from drorch.lab import schema
+from drorch.lab import schema, services
 from drorch.lab.postgres import PgNode, make_owned_dir
 
 REGION_ADDRESS = {0: "127.0.1.1", 1: "127.0.2.1"}
@@ -114,25 +114,11 @@ def start_moto(port: int, logfile: Path) -> int:
     raise RuntimeError(f"moto server did not answer on port {port} within 30s")
 
 
-def stop_pid(pid: int | None, timeout_s: float = 5) -> None:
-    if not pid:
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+def stop_pid(pid: int | None) -> None:
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)  # a hung (SIGSTOPped) service must hear SIGTERM
+        services.stop_pid(pid)
 
 
 def _wait_streaming(primary: PgNode, replica: PgNode, timeout_s: float = 30) -> None:
@@ -220,10 +206,59 @@ def up(runbook: Runbook) -> LabState:
             state.save(path)
             _wait_streaming(node_a, node_b)
         _create_aws(runbook, AwsClients(runbook.aws.endpoint_url), password)
+        if runbook.lab is not None:
+            _start_services(runbook, state, path)
     except BaseException:
         down(runbook)
         raise
     return state
+
+
+def mail_dir(runbook: Runbook) -> Path:
+    return lab_dir(runbook) / "mail"
+
+
+def app_config(runbook: Runbook, region: str) -> dict[str, Any]:
+    assert runbook.lab is not None and runbook.aws.endpoint_url
+    secret = next(s for s in runbook.secrets if s.region == region)
+    return {
+        "region": region, "aws_region": runbook.region(region).aws_region,
+        "endpoint_url": runbook.aws.endpoint_url, "secret_id": secret.secret_id,
+        "flag_parameter": runbook.write_flag.parameter if runbook.write_flag else
+        "/drorch/lab/writes-frozen",
+        "smtp_host": "127.0.0.1", "smtp_port": runbook.lab.smtp_port,
+        "listen_host": region_address(runbook, region), "listen_port": runbook.lab.app_port,
+    }
+
+
+def start_app(runbook: Runbook, region: str) -> int:
+    """Start (or restart) one region's sample app and record its PID in the lab state."""
+    path = state_path(runbook)
+    state = LabState.load(path)
+    if state is None:
+        raise RuntimeError("the lab is not up")
+    stop_pid(state.services.get(f"app:{region}"))
+    pid = services.start_app(app_config(runbook, region), lab_dir(runbook) / f"app-{region}.log")
+    state.services[f"app:{region}"] = pid
+    state.save(path)
+    return pid
+
+
+def _start_services(runbook: Runbook, state: LabState, path: Path) -> None:
+    assert runbook.lab is not None and runbook.aws.endpoint_url
+    base = lab_dir(runbook)
+    state.services["smtp"] = services.start_smtp_sink(
+        "127.0.0.1", runbook.lab.smtp_port, store=mail_dir(runbook), log_path=base / "smtp.log")
+    state.save(path)
+    if runbook.dns:
+        state.services["dns"] = services.start_dns(
+            "127.0.0.1", runbook.lab.dns_port, endpoint_url=runbook.aws.endpoint_url,
+            zone=runbook.dns.zone, log_path=base / "dns.log")
+        state.save(path)
+    for region in runbook.regions:
+        state.services[f"app:{region.name}"] = services.start_app(
+            app_config(runbook, region.name), base / f"app-{region.name}.log")
+        state.save(path)
 
 
 def _node_dict(node: PgNode) -> dict[str, Any]:

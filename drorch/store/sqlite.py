@@ -54,6 +54,11 @@ CREATE TABLE IF NOT EXISTS facts (
   value TEXT NOT NULL,
   PRIMARY KEY (incident_id, key)
 );
+CREATE TABLE IF NOT EXISTS kv (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL,
+  updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS lease (
   name TEXT PRIMARY KEY,
   holder TEXT NOT NULL,
@@ -253,6 +258,20 @@ class SqliteStore:
     def facts(self, incident_id: str) -> dict[str, Any]:
         rows = self._read("SELECT key, value FROM facts WHERE incident_id=?", (incident_id,))
         return {k: json.loads(v) for k, v in rows}
+
+
+    # -- long-lived state outside incidents (the watcher's window, per runbook) --
+    def put(self, key: str, value: Any, *, lease: str | None = None,
+            token: int | None = None) -> None:
+        with self._tx() as db:
+            self._check_token(db, lease, token)
+            db.execute("INSERT INTO kv VALUES (?,?,?) ON CONFLICT(key) DO UPDATE SET "
+                       "value=excluded.value, updated_at=excluded.updated_at",
+                       (key, json.dumps(value, default=str), time.time()))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        rows = self._read("SELECT value FROM kv WHERE key=?", (key,))
+        return json.loads(rows[0][0]) if rows else default
 
 
 def _incident(row: tuple[Any, ...]) -> Incident:
