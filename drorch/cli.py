@@ -15,7 +15,8 @@ from rich.table import Table
 from drorch import logs
 from drorch.audit import AuditLog, verify
 from drorch.config import Runbook, RunbookError, load_runbook
-from drorch.incident import incident_record, rto_seconds
+from drorch.incident import incident_record
+from drorch.metrics import rto as rto_of
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="drorch: multi-region disaster-recovery orchestrator.")
@@ -68,7 +69,7 @@ def _print_summary(record: dict[str, Any]) -> None:
         wait = f"{d['wait_s']:.3f}" if "wait_s" in d else ""
         table.add_row(s["id"], s["status"], dur, wait)
     out.print(table)
-    rto = rto_seconds(record)
+    rto = rto_of(record)["seconds"]
     rpo = record["rpo"]
     targets = record["targets"]
     out.print(f"RTO: {'n/a' if rto is None else f'{rto:.2f} s'}"
@@ -215,6 +216,64 @@ def status(runbook: RunbookOpt) -> None:
     _print_summary(incident_record(store, rb, incidents[-1].id))
 
 
+@app.command()
+def watch(
+    runbook: RunbookOpt,
+    max_seconds: Annotated[float | None, typer.Option(help="Stop after this long (drills).")]
+    = None,
+) -> None:
+    """Watch region health; fail over by itself when the runbook's window says so."""
+    import signal
+    import threading
+
+    from drorch.watch import watch as run_watch
+
+    rb = _load(runbook)
+    store, audit, aws = _context(rb)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    incident_id = run_watch(rb, store, audit, aws, stop=stop, progress=_progress,
+                            max_seconds=max_seconds)
+    if incident_id:
+        record = incident_record(store, rb, incident_id)
+        _print_summary(record)
+        if record["state"] != "failed_over":
+            raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    runbook: RunbookOpt,
+    incident: Annotated[str | None, typer.Argument(help="Incident id (default: the latest).")]
+    = None,
+    fmt: Annotated[str, typer.Option("--format", help="json, md or html.")] = "md",
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+) -> None:
+    """The incident report: timeline, decisions, steps, flows, RPO/RTO against targets."""
+    from drorch.report import build_report, render
+
+    rb = _load(runbook)
+    store, _audit, _aws = _context(rb)
+    incidents = store.incidents(rb.name)
+    if not incidents:
+        err.print("no incidents recorded")
+        raise typer.Exit(1)
+    incident_id = incident or incidents[-1].id
+    if store.incident(incident_id) is None:
+        err.print(f"no incident {incident_id}")
+        raise typer.Exit(1)
+    if fmt not in ("json", "md", "html"):
+        err.print("--format must be json, md or html")
+        raise typer.Exit(2)
+    text = render(build_report(incident_record(store, rb, incident_id)), fmt)
+    if output:
+        output.write_text(text)
+        out.print(f"report written to {output}")
+    else:
+        sys.stdout.write(text)
+
+
 @audit_app.command("verify")
 def audit_verify(path: Path) -> None:
     """Exit 0 when the audit log is intact; 1, naming the first bad line, when not."""
@@ -236,6 +295,37 @@ def lab_up(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
         raise typer.Exit(1) from None
     out.print(f"lab up: moto on 127.0.0.1:{state.moto_port}; "
               + ", ".join(f"{n['name']} on :{n['port']}" for n in state.nodes))
+
+
+@lab_app.command("fail")
+def lab_fail(
+    region: str,
+    runbook: RunbookOpt = Path("runbooks/lab.yaml"),
+    mode: Annotated[str, typer.Option(help="stop, hang or flap")] = "stop",
+    period: Annotated[float, typer.Option(help="flap period in seconds")] = 2.0,
+    actor: ActorOpt = None,
+) -> None:
+    """Inject a fault into a lab region (audited like any other action)."""
+    from drorch.lab import faults
+
+    rb = _load(runbook)
+    if mode not in ("stop", "hang", "flap"):
+        err.print("--mode must be stop, hang or flap")
+        raise typer.Exit(2)
+    _store, audit, _aws = _context(rb)
+    out.print(faults.fail(rb, region, mode, period_s=period, audit=audit,  # type: ignore[arg-type]
+                          actor=actor or getpass.getuser()))
+
+
+@lab_app.command("heal")
+def lab_heal(region: str, runbook: RunbookOpt = Path("runbooks/lab.yaml"),
+             actor: ActorOpt = None) -> None:
+    """Undo a lab fault: restart what was stopped, resume what was frozen."""
+    from drorch.lab import faults
+
+    rb = _load(runbook)
+    _store, audit, _aws = _context(rb)
+    out.print(faults.heal(rb, region, audit=audit, actor=actor or getpass.getuser()))
 
 
 @lab_app.command("down")

@@ -91,9 +91,3 @@ def rpo_from_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "rows": None,
         "method": "lsn-at-promotion" if exact else "estimate (old primary unreachable)",
     }
-
-
-def rto_seconds(record: dict[str, Any]) -> float | None:
-    start = record.get("first_failure_at") or record["decided_at"]
-    end = record.get("completed_at")
-    return None if end is None else round(end - start, 4)

@@ -12,7 +12,7 @@ from drorch.steps.dns import FlipDns
 from drorch.steps.freeze import FreezeDatabase, LowerWriteFlag, RaiseWriteFlag
 from drorch.steps.promote import OpenWrites, PromoteDatabase
 from drorch.steps.secrets import RewriteSecret, secret_target
-from drorch.steps.validate import CanaryWrite
+from drorch.steps.validate import CanaryWrite, RunFlows
 
 
 def failover_plan(runbook: Runbook, from_region: str, to_region: str) -> list[Stage]:
@@ -33,5 +33,8 @@ def failover_plan(runbook: Runbook, from_region: str, to_region: str) -> list[St
     ]
     if runbook.dns:
         stages.append(Stage("dns", (FlipDns(runbook.dns.zone),)))
-    stages.append(Stage("validate", tuple(CanaryWrite(d) for d in dbs)))
+    validate: list = [CanaryWrite(d) for d in dbs]
+    if runbook.validation and runbook.validation.flows:
+        validate.append(RunFlows("flows"))
+    stages.append(Stage("validate", tuple(validate)))
     return [s for s in stages if s.steps]

@@ -37,11 +37,14 @@ class Lab:
 
 
 def lab_env(tmp_path: Path) -> dict[str, str]:
-    ports = set()
-    while len(ports) < 3:
+    ports: set[int] = set()
+    while len(ports) < 6:
         ports.add(free_port())
-    moto, pg_a, pg_b = sorted(ports)
+    moto, pg_a, pg_b, app, dns, smtp = sorted(ports)
     return {
+        "DRORCH_LAB_APP_PORT": str(app),
+        "DRORCH_LAB_DNS_PORT": str(dns),
+        "DRORCH_LAB_SMTP_PORT": str(smtp),
         "DRORCH_STATE_DIR": str(tmp_path / "state"),
         "DRORCH_LAB_MOTO_PORT": str(moto),
         "DRORCH_LAB_PG_A_PORT": str(pg_a),

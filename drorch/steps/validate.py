@@ -39,3 +39,58 @@ class CanaryWrite(Step):
                              f"{str(exc).strip().splitlines()[0]}",
                              {"host": host, "port": port}) from exc
         return {"secret_id": spec.secret_id, "host": host, "port": port, "user": user}
+
+
+class RunFlows(Step):
+    """The runbook's user journeys (login, checkout, email...) against whatever the
+    authoritative DNS now answers; every flow's evidence goes to the journal."""
+
+    stage = "validate"
+
+    def describe(self, ctx: StepContext) -> str:
+        names = [f.name for f in ctx.runbook.validation.flows] if ctx.runbook.validation else []
+        return f"run flows {names} in {ctx.to_region} (deadline and retries per flow)"
+
+    def check(self, ctx: StepContext) -> bool:
+        return False  # always proven again: flows are read-mostly and idempotent enough
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        from drorch.validate import HttpxTransport, lab_check_runners, run_flows
+
+        spec = ctx.runbook.validation
+        assert spec is not None
+
+        def query(database: str, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+            dsn = ctx.runbook.database(database).endpoints[ctx.to_region].dsn()
+            with pg.connect(dsn, 5000) as c:
+                return list(c.execute(sql, params).fetchall())
+
+        with HttpxTransport() as http:
+            results = run_flows(spec.flows, http=http, resolve=_resolver(ctx),
+                                checks=lab_check_runners(query), variables=spec.variables)
+        flows = [r.to_dict() for r in results]
+        ctx.facts.set("flows", flows)
+        failed = [f for f in flows if not f["ok"]]
+        if failed:
+            raise StepFailed(f"flow(s) {[f['name'] for f in failed]} failed: "
+                             f"{failed[0].get('error')}", {"flows": flows})
+        return {"flows": [{"name": f["name"], "ok": f["ok"], "attempts": f["attempts"],
+                           "duration_s": f["duration_s"]} for f in flows]}
+
+
+def _resolver(ctx: StepContext) -> Any:
+    """Resolve names through the runbook's authoritative servers, as users will."""
+    dns_spec = ctx.runbook.dns
+    if dns_spec is None or not dns_spec.nameservers:
+        return None
+    from drorch.adapters import dns as dnsq
+
+    nameserver = dns_spec.nameservers[0]
+
+    def resolve(host: str) -> str:
+        answers, _ = dnsq.answers(nameserver, host if host.endswith(".") else host + ".")
+        if not answers:
+            raise LookupError(f"{host}: no answer from {nameserver}")
+        return sorted(answers)[0]
+
+    return resolve
