@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -156,6 +157,7 @@ def failover(
 
     store, audit, aws = _context(rb)
     engine = Engine(rb, store, audit, aws, progress=_progress)
+    engine.warm_up()
     try:
         incident_id = engine.start_failover(actor=actor or getpass.getuser(), reason=reason,
                                             trigger={"kind": "manual", "detail": reason})
@@ -326,6 +328,37 @@ def lab_heal(region: str, runbook: RunbookOpt = Path("runbooks/lab.yaml"),
     rb = _load(runbook)
     _store, audit, _aws = _context(rb)
     out.print(faults.heal(rb, region, audit=audit, actor=actor or getpass.getuser()))
+
+
+@lab_app.command("drill")
+def lab_drill(
+    runbook: RunbookOpt = Path("runbooks/lab.yaml"),
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the lab up afterwards.")] = False,
+    mode: Annotated[str, typer.Option(help="How region-a dies: stop or hang.")] = "stop",
+) -> None:
+    """Lab up, traffic, kill the primary region, automatic failover, validate, report."""
+    from drorch.lab.drill import run_drill
+
+    rb = _load(runbook)
+    start = time.monotonic()
+
+    def say(text: str) -> None:
+        out.print(f"[bold blue]{time.monotonic() - start:7.2f}s[/] {text}", highlight=False)
+
+    try:
+        result = run_drill(rb, keep=keep, say=say, progress=_progress, mode=mode)
+    except Exception as exc:  # noqa: BLE001
+        err.print(f"[bold red]drill failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    if result.record is not None:
+        _print_summary(result.record)
+    t = result.traffic
+    out.print(f"traffic: {t['ok']} acknowledged checkouts per region, errors {t['errors']}")
+    out.print(f"acknowledged checkouts lost in the failover: {result.lost_checkouts}")
+    for fmt, path in result.reports.items():
+        out.print(f"report ({fmt}): {path}")
+    if result.state != "failed_over":
+        raise typer.Exit(1)
 
 
 @lab_app.command("down")

@@ -122,6 +122,17 @@ class Engine:
                                   "trigger": trigger})
         return inc.id
 
+    def warm_up(self) -> None:
+        """Create every AWS client a failover will use, before any decision: client
+        creation costs 40-150 ms each and must not sit inside the RTO."""
+        wanted = {("route53", "us-east-1")}
+        for region in self.runbook.regions:
+            wanted.add(("ssm", region.aws_region))
+        for spec in self.runbook.secrets:
+            wanted.add(("secretsmanager", self.runbook.region(spec.region).aws_region))
+        for service, region in sorted(wanted):
+            self.aws(service, region)
+
     def plan(self, from_region: str, to_region: str) -> list[Stage]:
         return failover_plan(self.runbook, from_region, to_region)
 
