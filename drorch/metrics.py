@@ -173,7 +173,13 @@ def summarize(incident: Mapping[str, Any]) -> dict[str, Any]:
     rpo_in = incident.get("rpo") or {}
     rto_info = rto(incident)
     phase_list = phases(incident)
-    waits = round(sum(p["wait_s"] for p in phase_list if p["kind"] == "step"), 3)
+    # Steps of one stage run in parallel: a stage waits as long as its longest wait.
+    stage_waits: dict[str, float] = {}
+    for p in phase_list:
+        if p["kind"] == "step":
+            stage = p.get("stage") or p["name"]
+            stage_waits[stage] = max(stage_waits.get(stage, 0.0), p["wait_s"])
+    waits = round(sum(stage_waits.values()), 3)
     detect = next((p["duration_s"] for p in phase_list if p["kind"] == "detect"), None)
     overhead = None
     if rto_info["seconds"] is not None:

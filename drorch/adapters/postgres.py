@@ -182,10 +182,18 @@ def wait_replayed(dsn: str, target_lsn: str, timeout_s: float) -> bool:
 
 def promote(dsn: str, timeout_s: float) -> bool:
     """Promote a standby and wait until it accepts writes. Not idempotent on its
-    own: callers check ``in_recovery`` first (a second call errors)."""
+    own: callers check ``in_recovery`` first (a second call errors).
+
+    ``pg_promote(wait => true)`` polls every 100 ms; asking without waiting and
+    polling ``pg_is_in_recovery()`` every 5 ms returns as soon as it is done."""
+    deadline = time.monotonic() + timeout_s
     with connect(dsn, int(timeout_s * 1000) + 5000) as c:
-        ok = c.execute("SELECT pg_promote(true, %s)", (int(timeout_s),)).fetchone()[0]  # type: ignore[index]
-    return bool(ok)
+        c.execute("SELECT pg_promote(false)")
+        while time.monotonic() < deadline:
+            if not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:  # type: ignore[index]
+                return True
+            time.sleep(0.005)
+    return False
 
 
 def in_recovery(dsn: str) -> bool:
