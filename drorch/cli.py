@@ -25,6 +25,8 @@ audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log
 lab_app = typer.Typer(no_args_is_help=True, help="The local two-region lab.")
 app.add_typer(audit_app, name="audit")
 app.add_typer(lab_app, name="lab")
+reconcile_app = typer.Typer(no_args_is_help=True, help="Divergent writes after a failover.")
+app.add_typer(reconcile_app, name="reconcile")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -51,6 +53,22 @@ def _context(runbook: Runbook) -> tuple[Any, Any, Any]:
     store = SqliteStore(state / "journal.db")
     audit = AuditLog(state / "audit.jsonl", redactor=logs.REDACTOR)
     return store, audit, AwsClients(runbook.aws.endpoint_url)
+
+
+def _engine(rb: Runbook, progress: Any = None) -> tuple[Any, Any]:
+    """The engine with this runbook's store, audit log, AWS clients and node control
+    (the lab's clusters for a lab runbook; none otherwise)."""
+    from drorch.engine import Engine
+
+    store, audit, aws = _context(rb)
+    nodes = None
+    if rb.lab is not None:
+        from drorch.lab import lab
+
+        def nodes(db: str, region: str) -> Any:
+            return lab.node_for(rb, db, region)
+
+    return Engine(rb, store, audit, aws, progress=progress, nodes=nodes), store
 
 
 def _progress(step: str, status: str, sentence: str, detail: dict[str, Any]) -> None:
@@ -105,15 +123,13 @@ def plan(runbook: RunbookOpt) -> None:
     _plan(_load(runbook))
 
 
-def _plan(rb: Runbook) -> None:
-    from drorch.engine import Engine
-
-    store, audit, aws = _context(rb)
-    engine = Engine(rb, store, audit, aws)
+def _plan(rb: Runbook, kind: str = "failover") -> None:
+    engine, _store = _engine(rb)
+    aws = engine.aws
     src = engine.active_region()
     dst = next(r.name for r in rb.regions if r.name != src)
-    out.print(f"[bold]failover plan[/] for runbook {rb.name}: {src} -> {dst}")
-    for i, stage in enumerate(engine.plan(src, dst), 1):
+    out.print(f"[bold]{kind} plan[/] for runbook {rb.name}: {src} -> {dst}")
+    for i, stage in enumerate(engine.plan(src, dst, kind), 1):
         parallel = " (in parallel)" if len(stage.steps) > 1 else ""
         out.print(f"{i}. {stage.name}{parallel}")
         for step in stage.steps:
@@ -153,19 +169,63 @@ def failover(
     if not reason:
         err.print("a manual failover needs --reason (it goes to the audit log)")
         raise typer.Exit(2)
-    from drorch.engine import Engine
+    _start(rb, "failover", actor, reason)
 
-    store, audit, aws = _context(rb)
-    engine = Engine(rb, store, audit, aws, progress=_progress)
+
+def _start(rb: Runbook, kind: str, actor: str | None, reason: str) -> None:
+    engine, store = _engine(rb, _progress)
     engine.warm_up()
+    start = engine.start_failover if kind == "failover" else engine.start_failback
     try:
-        incident_id = engine.start_failover(actor=actor or getpass.getuser(), reason=reason,
-                                            trigger={"kind": "manual", "detail": reason})
+        incident_id = start(actor=actor or getpass.getuser(), reason=reason,
+                            trigger={"kind": "manual", "detail": reason})
     except Exception as exc:  # noqa: BLE001
         err.print(f"[bold red]refused:[/] {exc}")
         raise typer.Exit(1) from None
-    out.print(f"[bold]incident {incident_id}[/]: failover {rb.name}")
+    out.print(f"[bold]incident {incident_id}[/]: {kind} {rb.name}")
     _drive(engine, store, rb, incident_id)
+
+
+@app.command()
+def failback(
+    runbook: RunbookOpt,
+    reason: Annotated[str | None, typer.Option(help="Why (goes to the journal and audit).")]
+    = None,
+    actor: ActorOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
+    = False,
+) -> None:
+    """Return to the original primary region: fence it, reconcile its divergent writes,
+    rebuild it as a replica, then switch back with zero loss."""
+    rb = _load(runbook)
+    if dry_run:
+        _plan(rb, "failback")
+        out.print("[yellow]dry run: nothing was changed[/]")
+        return
+    if not reason:
+        err.print("a failback needs --reason (it goes to the audit log)")
+        raise typer.Exit(2)
+    _start(rb, "failback", actor, reason)
+
+
+@app.command()
+def drill(
+    runbook: RunbookOpt,
+    actor: ActorOpt = None,
+    reason: Annotated[str, typer.Option(help="Why (goes to the audit log).")] = "DR drill",
+) -> None:
+    """A planned failover and failback cycle, each with zero loss, then the reports."""
+    rb = _load(runbook)
+    _start(rb, "failover", actor, f"{reason}: planned failover")
+    _start(rb, "failback", actor, f"{reason}: failback")
+    from drorch.report import build_report, render
+
+    store, _audit, _aws = _context(rb)
+    for inc in store.incidents(rb.name)[-2:]:
+        path = Path(rb.state_dir) / "reports" / f"{inc.id}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render(build_report(incident_record(store, rb, inc.id)), "md"))
+        out.print(f"report: {path}")
 
 
 def _drive(engine: Any, store: Any, rb: Runbook, incident_id: str) -> None:
@@ -190,10 +250,7 @@ def resume(
 ) -> None:
     """Continue an interrupted or halted incident from its journal."""
     rb = _load(runbook)
-    from drorch.engine import Engine
-
-    store, audit, aws = _context(rb)
-    engine = Engine(rb, store, audit, aws, progress=_progress)
+    engine, store = _engine(rb, _progress)
     inc = store.incident(incident) if incident else engine.open_incident()
     if inc is None:
         err.print("no incident to resume")
@@ -206,10 +263,7 @@ def resume(
 def status(runbook: RunbookOpt) -> None:
     """Show the state of the latest incident and its last steps."""
     rb = _load(runbook)
-    from drorch.engine import Engine
-
-    store, audit, aws = _context(rb)
-    engine = Engine(rb, store, audit, aws)
+    engine, store = _engine(rb)
     incidents = store.incidents(rb.name)
     out.print(f"runbook {rb.name}: writes served by [bold]{engine.active_region()}[/]")
     if not incidents:
@@ -274,6 +328,29 @@ def report(
         out.print(f"report written to {output}")
     else:
         sys.stdout.write(text)
+
+
+@reconcile_app.command("apply")
+def reconcile_apply(
+    conflict_file: Path,
+    runbook: RunbookOpt,
+    database: Annotated[str | None, typer.Option(help="Database pair (default: the first).")]
+    = None,
+    actor: ActorOpt = None,
+) -> None:
+    """Apply the resolutions a human wrote into a conflict file (idempotent)."""
+    from drorch.reconcile.resolve import apply_conflict_file
+
+    rb = _load(runbook)
+    engine, _store = _engine(rb)
+    db = rb.database(database) if database else rb.databases[0]
+    dsn = db.endpoints[engine.active_region()].dsn()
+    result = apply_conflict_file(conflict_file, dsn)
+    engine.audit.record("reconcile.conflicts_applied", actor=actor or getpass.getuser(),
+                        inputs={"file": str(conflict_file), "database": db.name},
+                        detail=result.to_dict())
+    out.print(f"applied {result.applied} resolution(s), {result.already_applied} already "
+              f"applied, {result.manual_pending} still unresolved")
 
 
 @audit_app.command("verify")

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drorch.health.config import HealthPolicy, RegionHealth
+from drorch.reconcile.config import ReconcileSpec
 from drorch.validate.spec import FlowSpec
 
 
@@ -67,6 +68,8 @@ class DatabasePair(_Model):
     replication_role: str = "postgres"
     max_lag_bytes: int | None = Field(default=None, ge=0)
     promote_timeout_s: float = Field(default=60, gt=0)
+    resync_timeout_s: float = Field(default=300, gt=0)
+    reconcile: ReconcileSpec | None = None
 
 
 class ConnectionSecret(_Model):

@@ -25,8 +25,8 @@ import structlog
 from drorch.audit import AuditLog
 from drorch.config import Runbook
 from drorch.machine import Lifecycle, State
-from drorch.plan import failover_plan
-from drorch.steps.base import Clients, Stage, Step, StepContext, StepFailed
+from drorch.plan import plan_for
+from drorch.steps.base import Clients, NodeControl, Stage, Step, StepContext, StepFailed
 from drorch.store.sqlite import Incident, SqliteStore, StaleLease, this_holder
 
 LEASE_TTL_S = 30.0
@@ -34,6 +34,25 @@ log = structlog.get_logger("drorch.engine")
 
 ProgressFn = Callable[[str, str, str, dict[str, Any]], None]
 """(step id, status, sentence, detail) -> None; the CLI renders it."""
+
+
+@dataclass(frozen=True)
+class IncidentPath:
+    """The machine's triggers for one kind of incident."""
+
+    initial: State
+    start: str
+    done: str
+    roll_back: str
+    resume: str
+
+
+PATHS = {
+    "failover": IncidentPath(State.MONITORING, "start_failover", "failover_done", "roll_back",
+                      "resume_failover"),
+    "failback": IncidentPath(State.FAILED_OVER, "start_failback", "failback_done",
+                      "roll_back_failback", "resume_failback"),
+}
 
 
 class IncidentHalted(Exception):
@@ -71,24 +90,30 @@ def new_incident_id(runbook: Runbook) -> str:
 
 class Engine:
     def __init__(self, runbook: Runbook, store: SqliteStore, audit: AuditLog, aws: Clients,
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, nodes: NodeControl | None = None) -> None:
         self.runbook = runbook
         self.store = store
         self.audit = audit
         self.aws = aws
+        self.nodes = nodes
         self.progress = progress or (lambda *_: None)
         self.lease_name = f"runbook:{runbook.name}"
 
     # -- regions -------------------------------------------------------------
+    def _completed(self) -> list[Incident]:
+        return [i for i in self.store.incidents(self.runbook.name)
+                if self.store.fact(i.id, "completed")]
+
     def active_region(self) -> str:
         """The region serving writes: the runbook's primary, or where the last
-        completed failover moved it."""
-        active = self.runbook.primary.name
-        for inc in self.store.incidents(self.runbook.name):
-            if (inc.state in (State.FAILED_OVER, State.MONITORING) and inc.kind == "failover"
-                    and self.store.fact(inc.id, "completed")):
-                active = self.store.fact(inc.id, "to_region", active)
-        return active
+        completed failover or failback moved it."""
+        done = self._completed()
+        return self.store.fact(done[-1].id, "to_region") if done else self.runbook.primary.name
+
+    def last_failover(self) -> Incident | None:
+        """The completed failover the service is still failed over by, if any."""
+        done = self._completed()
+        return done[-1] if done and done[-1].kind == "failover" else None
 
     def open_incident(self) -> Incident | None:
         """An incident still in flight (failing over, or halted)."""
@@ -100,25 +125,38 @@ class Engine:
     # -- starting ----------------------------------------------------------
     def start_failover(self, *, actor: str, reason: str | None,
                        trigger: dict[str, Any]) -> str:
-        if (inflight := self.open_incident()) is not None:
-            raise IncidentHalted(f"incident {inflight.id} is {inflight.state}: "
-                                 f"run `drorch resume` (or inspect it with `drorch status`)")
-        incidents = self.store.incidents(self.runbook.name)
-        if incidents and incidents[-1].state == State.FAILED_OVER:
-            last = incidents[-1]
+        if (last := self.last_failover()) is not None:
             raise IncidentHalted(
                 f"already failed over to {self.store.fact(last.id, 'to_region')} by incident "
                 f"{last.id}: the way back is `drorch failback`, not a second failover")
         from_region = self.active_region()
         to_region = next(r.name for r in self.runbook.regions if r.name != from_region)
+        return self._open("failover", actor, reason, trigger, from_region, to_region)
+
+    def start_failback(self, *, actor: str, reason: str | None,
+                       trigger: dict[str, Any]) -> str:
+        last = self.last_failover()
+        if last is None:
+            raise IncidentHalted("nothing to fail back from: no completed failover is in force")
+        from_region = self.store.fact(last.id, "to_region")
+        to_region = self.store.fact(last.id, "from_region")
+        incident_id = self._open("failback", actor, reason, trigger, from_region, to_region)
+        self.store.set_fact(incident_id, "failover_incident", last.id)
+        return incident_id
+
+    def _open(self, kind: str, actor: str, reason: str | None, trigger: dict[str, Any],
+              from_region: str, to_region: str) -> str:
+        if (inflight := self.open_incident()) is not None:
+            raise IncidentHalted(f"incident {inflight.id} is {inflight.state}: "
+                                 f"run `drorch resume` (or inspect it with `drorch status`)")
         now = time.time()
-        inc = Incident(new_incident_id(self.runbook), "failover", self.runbook.name, actor,
-                       reason, trigger, State.MONITORING.value, now, now)
+        inc = Incident(new_incident_id(self.runbook), kind, self.runbook.name, actor,
+                       reason, trigger, PATHS[kind].initial.value, now, now)
         self.store.create_incident(inc)
         self.store.set_fact(inc.id, "from_region", from_region)
         self.store.set_fact(inc.id, "to_region", to_region)
         self.audit.record("incident.opened", actor=actor, incident=inc.id, reason=reason,
-                          inputs={"kind": "failover", "from": from_region, "to": to_region,
+                          inputs={"kind": kind, "from": from_region, "to": to_region,
                                   "trigger": trigger})
         return inc.id
 
@@ -133,8 +171,8 @@ class Engine:
         for service, region in sorted(wanted):
             self.aws(service, region)
 
-    def plan(self, from_region: str, to_region: str) -> list[Stage]:
-        return failover_plan(self.runbook, from_region, to_region)
+    def plan(self, from_region: str, to_region: str, kind: str = "failover") -> list[Stage]:
+        return plan_for(kind, self.runbook, from_region, to_region)
 
     # -- running -----------------------------------------------------------
     def run(self, incident_id: str) -> str:
@@ -174,16 +212,23 @@ class Engine:
         log.info("machine.transition", incident=inc.id, trigger=trigger, state=lc.current.value)
 
     def _run(self, inc: Incident, token: int) -> str:
+        path = PATHS[inc.kind]
         lc = Lifecycle(State(inc.state))
         facts = _Facts(self.store, inc.id, self.lease_name, token)
+
+        def recorder(action: str, inputs: dict[str, Any], outcome: str = "ok") -> None:
+            self.audit.record(action, actor=inc.actor, incident=inc.id, inputs=inputs,
+                              outcome=outcome)
+
         ctx = StepContext(self.runbook, inc.id, inc.actor, facts.get("from_region"),
-                          facts.get("to_region"), self.aws, facts)
+                          facts.get("to_region"), self.aws, facts, nodes=self.nodes,
+                          recorder=recorder)
         if lc.current == State.HALTED:
-            self._transition(inc, lc, "resume_failover", token)
-        elif lc.current in (State.MONITORING, State.DEGRADED):
-            self._transition(inc, lc, "start_failover", token,
+            self._transition(inc, lc, path.resume, token)
+        elif lc.can(path.start):
+            self._transition(inc, lc, path.start, token,
                              {"from_region": ctx.from_region, "to_region": ctx.to_region})
-        plan = self.plan(ctx.from_region, ctx.to_region)
+        plan = self.plan(ctx.from_region, ctx.to_region, inc.kind)
         for stage in plan:
             failure = self._run_stage(inc, stage, ctx, token)
             if failure is None:
@@ -199,12 +244,12 @@ class Engine:
                           f"failed too: {undo_error}")
                 self._transition(inc, lc, "halt", token, {"reason": reason, "step": step.id})
                 raise IncidentHalted(reason)
-            self._transition(inc, lc, "roll_back", token,
+            self._transition(inc, lc, path.roll_back, token,
                              {"reason": f"{step.id} failed before promotion: {exc}"})
             raise IncidentRolledBack(f"{step.id} failed before promotion ({exc}); "
-                                     "the freeze was undone")
+                                     "what was frozen was unfrozen")
         facts.set("completed", time.time())
-        self._transition(inc, lc, "failover_done", token)
+        self._transition(inc, lc, path.done, token)
         return lc.current.value
 
     def _irreversible_done(self, inc: Incident, plan: list[Stage]) -> bool:

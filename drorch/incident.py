@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from drorch.config import Runbook
-from drorch.plan import failover_plan
+from drorch.plan import plan_for
 from drorch.store.sqlite import SqliteStore
 
 
@@ -20,7 +20,7 @@ def incident_record(store: SqliteStore, runbook: Runbook, incident_id: str) -> d
     events = store.events(incident_id)
     from_region, to_region = facts.get("from_region"), facts.get("to_region")
     steps: dict[str, dict[str, Any]] = {}
-    for stage in failover_plan(runbook, from_region, to_region):
+    for stage in plan_for(inc.kind, runbook, from_region, to_region):
         for step in stage.steps:
             steps[step.id] = {"id": step.id, "stage": stage.name, "status": "pending",
                               "started_at": None, "ended_at": None, "detail": {}}
@@ -64,7 +64,8 @@ def incident_record(store: SqliteStore, runbook: Runbook, incident_id: str) -> d
         "steps": list(steps.values()),
         "transitions": transitions,
         "flows": facts.get("flows", []),
-        "rpo": rpo_from_steps(list(steps.values())),
+        "rpo": _rpo(store, inc.id, inc.kind, list(steps.values()), facts),
+        "reconcile": _reconcile_facts(facts),
         "targets": runbook.targets.model_dump(),
         "audit": facts.get("audit"),
     }
@@ -91,3 +92,36 @@ def rpo_from_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
         "rows": None,
         "method": "lsn-at-promotion" if exact else "estimate (old primary unreachable)",
     }
+
+
+def _reconcile_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    return {k.split(":")[1]: v for k, v in facts.items()
+            if k.startswith("reconcile:") and k.endswith(":applied")}
+
+
+def _rpo(store: SqliteStore, incident_id: str, kind: str, steps: list[dict[str, Any]],
+         facts: dict[str, Any]) -> dict[str, Any]:
+    """RPO at promotion; for a failover, corrected to the exact counts once a failback
+    reconciled the old primary's WAL (transactions and rows diverged, rows recovered)."""
+    rpo = rpo_from_steps(steps)
+    if kind != "failover":
+        return rpo
+    for inc in store.incidents():
+        if inc.kind != "failback" or store.fact(inc.id, "failover_incident") != incident_id:
+            continue
+        back = store.facts(inc.id)
+        reports = [v for k, v in back.items() if k.startswith("reconcile:")
+                   and k.endswith(":report")]
+        applied = _reconcile_facts(back)
+        if not reports:
+            continue
+        totals = [r.get("totals", {}) for r in reports]
+        rpo.update({
+            "transactions": sum((r.get("transactions") or {}).get("old_committed") or 0
+                                for r in reports),
+            "rows": sum(t.get("old_only", 0) + t.get("conflicts", 0) for t in totals),
+            "rows_recovered": sum(a.get("rows_recovered", 0) for a in applied.values()),
+            "method": "exact: old primary's WAL read at failback (" +
+                      ", ".join(r.get("summary", "") for r in reports) + ")",
+        })
+    return rpo

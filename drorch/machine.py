@@ -40,6 +40,9 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "roll_back", "source": S.FAILING_OVER, "dest": S.MONITORING},
     {"trigger": "start_failback", "source": S.FAILED_OVER, "dest": S.FAILING_BACK},
     {"trigger": "failback_done", "source": S.FAILING_BACK, "dest": S.MONITORING},
+    # Before the old primary is promoted again, a failed failback leaves the
+    # service where it is (failed over), with what was frozen unfrozen.
+    {"trigger": "roll_back_failback", "source": S.FAILING_BACK, "dest": S.FAILED_OVER},
     {"trigger": "halt", "source": [S.FAILING_OVER, S.FAILING_BACK], "dest": S.HALTED},
     # A human resumes a halted incident; the engine picks up from the journal.
     {"trigger": "resume_failover", "source": S.HALTED, "dest": S.FAILING_OVER},

@@ -9,6 +9,12 @@ from __future__ import annotations
 from drorch.config import Runbook
 from drorch.steps.base import Stage
 from drorch.steps.dns import FlipDns
+from drorch.steps.failback import (
+    FenceOldPrimary,
+    ReconcileDivergence,
+    RejoinAsReplica,
+    ResyncAsReplica,
+)
 from drorch.steps.freeze import FreezeDatabase, LowerWriteFlag, RaiseWriteFlag
 from drorch.steps.promote import OpenWrites, PromoteDatabase
 from drorch.steps.secrets import RewriteSecret, secret_target
@@ -38,3 +44,23 @@ def failover_plan(runbook: Runbook, from_region: str, to_region: str) -> list[St
         validate.append(RunFlows("flows"))
     stages.append(Stage("validate", tuple(validate)))
     return [s for s in stages if s.steps]
+
+
+def failback_plan(runbook: Runbook, from_region: str, to_region: str) -> list[Stage]:
+    """Back from ``from_region`` (serving now) to ``to_region`` (the old primary):
+    fence it, reconcile its divergent writes, rebuild it as a replica; then the
+    planned switch (freeze, catch up, promote, ...); then the region we leave
+    rejoins as a replica."""
+    dbs = [d.name for d in runbook.databases]
+    return [
+        Stage("fence", tuple(FenceOldPrimary(d) for d in dbs)),
+        Stage("reconcile", tuple(ReconcileDivergence(d) for d in dbs)),
+        Stage("resync", tuple(ResyncAsReplica(d) for d in dbs)),
+        *failover_plan(runbook, from_region, to_region),
+        Stage("rejoin", tuple(RejoinAsReplica(d) for d in dbs)),
+    ]
+
+
+def plan_for(kind: str, runbook: Runbook, from_region: str, to_region: str) -> list[Stage]:
+    return (failback_plan if kind == "failback" else failover_plan)(
+        runbook, from_region, to_region)

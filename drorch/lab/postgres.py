@@ -33,7 +33,7 @@ LAB_SETTINGS: dict[str, str] = {
     "wal_keep_size": "'512MB'",
     "hot_standby": "on",
     "fsync": "off",
-    "synchronous_commit": "off",
+    "synchronous_commit": "on",  # acknowledged = in the WAL (off loses commits on SIGKILL)
     "shared_buffers": "'32MB'",
     "max_connections": "60",
     "shared_preload_libraries": "''",

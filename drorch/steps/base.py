@@ -10,6 +10,7 @@ halts. Steps never read global configuration: everything is in the context.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -27,6 +28,13 @@ class Clients(Protocol):
     def __call__(self, service: str, region: str) -> Any: ...
 
 
+NodeControl = Callable[[str, str], Any]
+"""(database, region) -> a node drorch may stop, start and rewind (``PgNodeLike``)."""
+
+Recorder = Callable[..., None]
+"""(action, inputs, outcome="ok") -> None: an audit entry for one decision."""
+
+
 @dataclass
 class StepContext:
     runbook: Runbook
@@ -36,10 +44,16 @@ class StepContext:
     to_region: str
     aws: Clients
     facts: Facts
+    nodes: NodeControl | None = None
+    recorder: Recorder | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def aws_region(self, region: str) -> str:
         return self.runbook.region(region).aws_region
+
+    def record(self, action: str, inputs: dict[str, Any], outcome: str = "ok") -> None:
+        if self.recorder is not None:
+            self.recorder(action, inputs, outcome)
 
 
 class StepFailed(Exception):

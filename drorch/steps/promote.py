@@ -49,6 +49,11 @@ class PromoteDatabase(Step):
         if old_status is not None and not old_status.in_recovery:
             caught_up = pg.wait_replayed(new, old_status.lsn, db.promote_timeout_s)
         wait_s = time.monotonic() - wait_start
+        if caught_up is False:
+            raise StepFailed(f"{self.target}: {ctx.to_region} did not replay {ctx.from_region}'s "
+                             f"last LSN {old_status.lsn} within {db.promote_timeout_s:.0f}s; "
+                             "not promoting (the old primary is reachable: that would lose "
+                             "acknowledged writes)")
         new_status = pg.status(new)
         if not new_status.in_recovery:
             raise StepFailed(f"{self.target} in {ctx.to_region} is not a standby")

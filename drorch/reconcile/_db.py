@@ -1,0 +1,51 @@
+"""Connections for reconciliation: fixed session settings so both nodes render rows alike.
+
+Rows are compared as ``to_jsonb`` text produced by each node; the rendering of
+timestamps, floats and bytea depends on session settings, so every connection
+sets them the same way. No statement timeout: reading a whole table (the full
+comparison) may take minutes; the connect timeout still bounds an unreachable
+node. DSNs may hold passwords: never log them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+SESSION_OPTIONS = (
+    "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=1 "
+    "-c bytea_output=hex -c statement_timeout=0 -c lock_timeout=30000"
+)
+
+Conn = psycopg.Connection[Any]
+
+
+def open_conn(dsn: str, *, autocommit: bool = True) -> Conn:
+    kwargs: dict[str, Any] = {"autocommit": autocommit, "options": SESSION_OPTIONS}
+    if "connect_timeout" not in dsn:
+        kwargs["connect_timeout"] = 5
+    return psycopg.connect(dsn, **kwargs)
+
+
+@contextmanager
+def connect(dsn: str, *, autocommit: bool = True) -> Iterator[Conn]:
+    conn = open_conn(dsn, autocommit=autocommit)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def scalar(conn: Conn, query: Any, params: Any = None) -> Any:
+    row = conn.execute(query, params).fetchone()
+    return None if row is None else row[0]
+
+
+def adopt(conn: Conn) -> None:
+    """Give a caller's connection the same rendering settings (session-wide SETs)."""
+    for name, value in (("TimeZone", "UTC"), ("DateStyle", "ISO"), ("IntervalStyle", "postgres"),
+                        ("extra_float_digits", "1"), ("bytea_output", "hex")):
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))

@@ -1,0 +1,113 @@
+"""What the catalog says about the configured tables on one node (read-only).
+
+Per table: primary key, the leaf relations that hold its rows (a partitioned
+table's partitions, or the table itself) with their on-disk file names as the
+WAL names them (``spcoid/dboid/filenode``) and their column layout (needed to
+decode logged keys), columns that cannot be written (generated, identity
+ALWAYS) and the sequences that feed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from psycopg import sql
+
+from drorch.reconcile._db import Conn
+from drorch.reconcile.tupledecode import Attr
+
+
+@dataclass(frozen=True)
+class RelMeta:
+    """One leaf relation: its qualified name (SQL-quoted) and column layout."""
+
+    qualified: str
+    attrs: tuple[Attr, ...]
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    name: str
+    oid: int
+    pk: list[str]
+    columns: list[str]
+    rels: dict[str, RelMeta]
+    """``spc/db/filenode`` -> leaf relation"""
+    pk_types: dict[str, str] = field(default_factory=dict)
+    generated: frozenset[str] = frozenset()
+    """Generated columns: never written."""
+    identity_always: frozenset[str] = frozenset()
+    """GENERATED ALWAYS AS IDENTITY: inserted with OVERRIDING SYSTEM VALUE, never updated."""
+    sequences: tuple[tuple[str, str], ...] = ()
+    """(sequence, column) pairs: serial and identity columns."""
+
+    @property
+    def ident(self) -> sql.Composable:
+        schema, table = self.name.split(".", 1)
+        return sql.Identifier(schema, table)
+
+
+@dataclass(frozen=True)
+class DbInfo:
+    oid: int
+    name: str
+    system_identifier: int
+
+
+def db_info(conn: Conn) -> DbInfo:
+    row = conn.execute(
+        "SELECT d.oid, d.datname, (SELECT system_identifier FROM pg_control_system()) "
+        "FROM pg_database d WHERE d.datname = current_database()").fetchone()
+    assert row is not None
+    return DbInfo(int(row[0]), str(row[1]), int(row[2]))
+
+
+def _attrs(conn: Conn, relid: int) -> tuple[Attr, ...]:
+    rows = conn.execute(
+        "SELECT a.attnum, a.attname, coalesce(t.typname, ''), a.attlen, a.attalign, "
+        "a.attisdropped FROM pg_attribute a LEFT JOIN pg_type t ON t.oid = a.atttypid "
+        "WHERE a.attrelid = %s AND a.attnum > 0 ORDER BY a.attnum", (relid,)).fetchall()
+    return tuple(Attr(int(r[0]), str(r[1]), str(r[2]), int(r[3]), str(r[4]), bool(r[5]))
+                 for r in rows)
+
+
+def load_table(conn: Conn, name: str) -> TableMeta | None:
+    """The table's metadata, or None when it does not exist on this node."""
+    schema, table = name.split(".", 1)
+    row = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        (schema, table)).fetchone()
+    if row is None:
+        return None
+    oid = int(row[0])
+    pk = [r[0] for r in conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s AND i.indisprimary "
+        "ORDER BY array_position(i.indkey::int2[], a.attnum)", (oid,))]
+    cols = conn.execute(
+        "SELECT a.attname, t.typname, a.attgenerated <> '', a.attidentity = 'a' "
+        "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        (oid,)).fetchall()
+    rels: dict[str, RelMeta] = {}
+    for relid, spc, dboid, filenode, qualified in conn.execute(
+            "SELECT c.oid, CASE c.reltablespace WHEN 0 THEN d.dattablespace "
+            "ELSE c.reltablespace END, d.oid, pg_relation_filenode(c.oid), "
+            "format('%%I.%%I', n.nspname, c.relname) "
+            "FROM (SELECT relid FROM pg_partition_tree(%s) WHERE isleaf UNION "
+            "SELECT oid FROM pg_class WHERE oid = %s AND relkind = 'r') AS p "
+            "JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "JOIN pg_database d ON d.datname = current_database()",
+            (oid, oid)).fetchall():
+        rels[f"{spc}/{dboid}/{filenode}"] = RelMeta(str(qualified), _attrs(conn, int(relid)))
+    seqs = []
+    for col, _t, _g, _i in cols:
+        seq = conn.execute("SELECT pg_get_serial_sequence(%s, %s)",
+                           (f'"{schema}"."{table}"', col)).fetchone()[0]  # type: ignore[index]
+        if seq:
+            seqs.append((str(seq), str(col)))
+    types = {str(r[0]): str(r[1]) for r in cols}
+    return TableMeta(name, oid, pk, [str(r[0]) for r in cols], rels, {c: types[c] for c in pk},
+                     frozenset(str(r[0]) for r in cols if r[2]),
+                     frozenset(str(r[0]) for r in cols if r[3]), tuple(seqs))

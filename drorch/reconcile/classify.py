@@ -1,0 +1,137 @@
+"""Pure decisions: which side changed a row, what kind of divergence it is, what to do.
+
+Rows are dicts as ``to_jsonb`` renders them (parsed with exact decimals), keys
+are canonical JSON strings of the primary-key values. ``a`` is the old
+primary's row, ``b`` the new primary's; None means the row is absent there.
+
+A *touch* says whether a side changed a key after the split: True, False or
+None (cannot tell). Identical rows are never a divergence, whoever touched them.
+Anything undetermined is treated as a conflict: a human (or the table's
+policy) decides, nothing is silently overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from decimal import Decimal
+from typing import Any, Literal
+
+from drorch.reconcile.config import Policy
+
+Row = dict[str, Any]
+Kind = Literal["old-only", "new-only", "conflict", "unkeyed"]
+Action = Literal["apply-old", "keep-new", "manual"]
+
+
+def canonical_key(values: list[Any]) -> str:
+    """One string per primary key, equal on both nodes for equal values."""
+    return json.dumps(values, separators=(",", ":"), default=str)
+
+
+def key_of(row: Row, pk: list[str]) -> str:
+    return canonical_key([row[c] for c in pk])
+
+
+def parse_row(text: str) -> Row:
+    """A ``to_jsonb(row)::text`` as a dict; numbers as exact decimals or ints."""
+    return json.loads(text, parse_float=Decimal)
+
+
+def differing_columns(a: Row | None, b: Row | None) -> list[str]:
+    """Columns whose values differ; every column of the present row when one is absent."""
+    if a is None and b is None:
+        return []
+    if a is None or b is None:
+        return sorted((a or b or {}).keys())
+    return sorted(c for c in set(a) | set(b) if a.get(c) != b.get(c))
+
+
+def classify(a: Row | None, b: Row | None, old: bool | None,
+             new: bool | None) -> tuple[Kind | None, bool]:
+    """(kind, undetermined). None when the two rows are equal: nothing diverged."""
+    if a == b:
+        return None, False
+    if old is True and new is False:
+        return "old-only", False
+    if old is False and new is True:
+        return "new-only", False
+    return "conflict", not (old is True and new is True)
+
+
+def attribute(a: Row | None, b: Row | None, old: bool | None, new: bool | None,
+              old_base: bool | None = None,
+              new_base: bool | None = None) -> tuple[bool | None, bool | None]:
+    """Fill in a side's unknown touch from the other side, for rows that differ.
+
+    Used by the full comparison, where a side known only from commit timestamps
+    cannot see its deletes. ``old``/``new``: each side's touch as known (True,
+    False, None); ``old_base``/``new_base``: whether that side's WAL says the key
+    existed at the split. Rules: an untouched side still holds the split's row,
+    so the other side's absence or presence there is that side's change.
+    """
+    if old is None and a is None:
+        if new is False:
+            old = True  # b is the split's row and a lacks it: the old side deleted it
+        elif new is True and new_base is not None:
+            old = new_base  # existed at the split and a lacks it -> deleted on the old side
+    if new is None and b is None:
+        if old is False:
+            new = True
+        elif old is True and old_base is not None:
+            new = old_base
+    return old, new
+
+
+def apply_op(source: Row | None, target: Row | None) -> str:
+    """What making ``target`` equal ``source`` takes: insert, update or delete."""
+    if source is None:
+        return "delete"
+    return "insert" if target is None else "update"
+
+
+def side_op(base_had: bool | None, now: Row | None) -> str:
+    """A side's net change since the split: insert, update, delete (``changed`` if unknown)."""
+    if base_had is None:
+        return "changed"
+    if base_had:
+        return "update" if now is not None else "delete"
+    return "insert" if now is not None else "none"
+
+
+def decide(kind: Kind, policy: Policy) -> Action:
+    """Old-only changes are applied, new-only kept, conflicts follow the table's policy.
+
+    ``unkeyed`` rows (a table without primary key) always go to a human."""
+    if kind == "unkeyed":
+        return "manual"
+    if kind == "old-only":
+        return "apply-old"
+    if kind == "new-only":
+        return "keep-new"
+    return {"old-wins": "apply-old", "new-wins": "keep-new", "manual": "manual"}[policy]  # type: ignore[return-value]
+
+
+def change_id(run_id: str, table: str, key: str) -> str:
+    """Stable id of one key's change in one run: a rerun finds the same ids."""
+    return hashlib.sha256(f"{run_id}\0{table}\0{key}".encode()).hexdigest()[:20]
+
+
+def fingerprint(row_text_or_none: str | None) -> str:
+    """Digest of a row (its canonical JSON), to notice a row changed since it was shown."""
+    if row_text_or_none is None:
+        return "absent"
+    canonical = json.dumps(parse_row(row_text_or_none), sort_keys=True, default=str,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def mask(row: Row | None, sensitive: set[str]) -> Row | None:
+    """A copy fit to show: sensitive columns' values replaced by ``***``."""
+    if row is None:
+        return None
+    return {c: ("***" if c in sensitive else _plain(v)) for c, v in row.items()}
+
+
+def _plain(v: Any) -> Any:
+    return str(v) if isinstance(v, Decimal) else v

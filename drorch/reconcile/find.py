@@ -1,0 +1,284 @@
+"""Find every divergent write, classify it, capture it on the new primary.
+
+Order of work, each an early return or a stop:
+
+1. The old primary must be fenced (a writable one is an alarm, not a warning),
+   belong to the same cluster (system identifier) and sit on the timeline the
+   split left. A run already captured is returned as stored: after apply has
+   begun, the new primary's own WAL holds drorch's writes and a recount would
+   be wrong.
+2. ``wal`` method: each node's WAL from the split names the keys it touched
+   (exact). ``auto`` falls back to ``full`` when either node's WAL cannot answer,
+   and the report says why.
+3. ``full`` method: a sorted COPY diff of each table gives the keys that differ;
+   which side changed them comes from any WAL side that could be read, else
+   from commit timestamps against the divergence time (a clock heuristic; what
+   stays unknown becomes a conflict).
+4. Rows of every differing key are read on both nodes, classified (old-only,
+   new-only, conflict), decided by the table's policy, and captured with the
+   report in one transaction on the new primary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+from psycopg import sql
+
+from drorch.reconcile import store
+from drorch.reconcile._db import Conn, connect, scalar
+from drorch.reconcile.catalog import TableMeta, db_info, load_table
+from drorch.reconcile.classify import (
+    attribute,
+    canonical_key,
+    change_id,
+    classify,
+    decide,
+    differing_columns,
+    parse_row,
+    side_op,
+)
+from drorch.reconcile.config import ReconcileSpec, ReconcileTable
+from drorch.reconcile.fence import FenceError, verify_fenced, wait_replay_idle
+from drorch.reconcile.fullcompare import compare_table
+from drorch.reconcile.model import Change, Divergence, DivergenceReport, TableReport
+from drorch.reconcile.unkeyed import unkeyed_table
+from drorch.reconcile.walread import SideTable, WalSide, WalUnavailable, read_side
+
+
+class ReconcileError(RuntimeError):
+    """Reconciliation cannot proceed safely; the message says what a human must check."""
+
+
+def run_id_for(database: str, divergence: Divergence) -> str:
+    return f"{database}@{divergence.timeline}:{divergence.lsn}"
+
+
+def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[dict[str, Any]], with_ts: bool
+                 ) -> dict[str, tuple[str, datetime | None]]:
+    """Rows (``to_jsonb`` text and commit time) of the given keys, by canonical key."""
+    if not keys:
+        return {}
+    t_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in meta.pk)
+    k_cols = sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(c)) for c in meta.pk)
+    ts = sql.SQL("pg_xact_commit_timestamp(t.xmin)" if with_ts else "NULL::timestamptz")
+    q = sql.SQL("SELECT to_jsonb(t)::text, {ts} FROM {tbl} AS t JOIN "
+                "jsonb_populate_recordset(NULL::{tbl}, %s::jsonb) AS k ON ({t}) = ({k})"
+                ).format(ts=ts, tbl=meta.ident, t=t_cols, k=k_cols)
+    out: dict[str, tuple[str, datetime | None]] = {}
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_hashjoin = off")
+        conn.execute("SET LOCAL enable_mergejoin = off")
+        for text, at in conn.execute(q, (json.dumps(keys, default=str),)):
+            out[canonical_key([parse_row(text)[c] for c in meta.pk])] = (text, at)
+    return out
+
+
+def _key_dict(meta: TableMeta, key: str) -> dict[str, Any]:
+    return dict(zip(meta.pk, json.loads(key), strict=True))
+
+
+def _base(a: Any, b: Any, ot: bool | None, nt: bool | None, obase: bool | None,
+          nbase: bool | None) -> bool | None:
+    """Did the key exist at the split? An untouched side still shows it."""
+    if nt is False:
+        return b is not None
+    if ot is False:
+        return a is not None
+    return obase if obase is not None else nbase
+
+
+def _classify_table(old: Conn, new: Conn, meta: TableMeta, cfg: ReconcileTable, run_id: str,
+                    wal_old: SideTable | None, wal_new: SideTable | None,
+                    lookup: list[dict[str, Any]], keys: set[str] | None, at: datetime | None,
+                    report: DivergenceReport) -> TableReport:
+    """Read both rows of every key in ``lookup``, classify, decide.
+
+    ``keys``: the canonical keys to judge (WAL method: every touched key); None
+    means every key found on either side (full method: the diff's keys)."""
+    with_ts = (wal_old is None or wal_new is None) and at is not None
+    a_rows = _rows_by_key(old, meta, lookup, with_ts)
+    b_rows = _rows_by_key(new, meta, lookup, with_ts)
+    report.rows_shipped += len(a_rows) + len(b_rows)
+    tr = TableReport(cfg.name, meta.pk, cfg.policy, list(cfg.sensitive_columns))
+    if wal_old is not None:
+        tr.old_touched, tr.old_transactions = len(wal_old.touched), len(wal_old.transactions)
+    if wal_new is not None:
+        tr.new_touched, tr.new_transactions = len(wal_new.touched), len(wal_new.transactions)
+    for key in sorted(keys if keys is not None else set(a_rows) | set(b_rows)):
+        a_ent, b_ent = a_rows.get(key), b_rows.get(key)
+        a = parse_row(a_ent[0]) if a_ent else None
+        b = parse_row(b_ent[0]) if b_ent else None
+        o_touch = wal_old.touched.get(key) if wal_old is not None else None
+        n_touch = wal_new.touched.get(key) if wal_new is not None else None
+        ot = (o_touch is not None) if wal_old is not None else _after(a_ent, at)
+        nt = (n_touch is not None) if wal_new is not None else _after(b_ent, at)
+        obase = o_touch.base_had if o_touch else None
+        nbase = n_touch.base_had if n_touch else None
+        ot, nt = attribute(a, b, ot, nt, obase, nbase)
+        kind, undetermined = classify(a, b, ot, nt)
+        if kind is None:
+            if o_touch is not None and n_touch is not None:
+                tr.converged += 1
+            continue
+        base = _base(a, b, ot, nt, obase, nbase)
+        tr.changes.append(Change(
+            change_id(run_id, cfg.name, key), cfg.name, _key_dict(meta, key), kind,
+            decide(kind, cfg.policy), differing_columns(a, b),
+            side_op(base, a) if ot is not False else None,
+            side_op(base, b) if nt is not False else None, undetermined,
+            a_ent[0] if a_ent else None, b_ent[0] if b_ent else None))
+    return tr
+
+
+def _after(entry: tuple[str, datetime | None] | None, at: datetime | None) -> bool | None:
+    """Commit-time heuristic: was this row written after the split? None if unknowable."""
+    if entry is None or at is None:
+        return None
+    return entry[1] is not None and entry[1] > at
+
+
+def _load_metas(old: Conn, new: Conn, spec: ReconcileSpec, problems: list[str]
+                ) -> dict[str, tuple[TableMeta, TableMeta]]:
+    out = {}
+    for t in spec.tables:
+        mo, mn = load_table(old, t.name), load_table(new, t.name)
+        if mo is None or mn is None:
+            where = " and ".join(n for n, m in (("old", mo), ("new", mn)) if m is None)
+            problems.append(f"{t.name}: missing on the {where} primary; not compared")
+        elif mo.pk != mn.pk or mo.columns != mn.columns:
+            problems.append(f"{t.name}: columns or primary key differ between nodes; "
+                            "not compared")
+        else:
+            out[t.name] = (mo, mn)
+    return out
+
+
+def _read_wal(old: Conn, new: Conn, divergence: Divergence, old_end: str, new_end: str,
+              metas: dict[str, tuple[TableMeta, TableMeta]], dboids: tuple[int, int],
+              why: list[str]) -> tuple[WalSide | None, WalSide | None]:
+    wal_old = wal_new = None
+    try:
+        wal_old = read_side(old, divergence.lsn, old_end, {n: m[0] for n, m in metas.items()},
+                            dboids[0], lookback=True, max_tli=divergence.parent_timeline)
+    except WalUnavailable as e:
+        why.append(f"old primary's WAL: {e}")
+    try:
+        wal_new = read_side(new, divergence.lsn, new_end, {n: m[1] for n, m in metas.items()},
+                            dboids[1], lookback=False, max_tli=None)
+    except WalUnavailable as e:
+        why.append(f"new primary's WAL: {e}")
+    return wal_old, wal_new
+
+
+def _other_tables(conn: Conn, side: WalSide | None) -> list[str]:
+    names = set()
+    for rel in side.other_rels if side else {}:
+        spc, _db, filenode = rel.split("/")
+        row = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE c.oid = pg_filenode_relation(%s, %s)",
+            (0 if spc == _default_spc(conn) else int(spc), int(filenode))).fetchone()
+        if row and row[0] not in ("pg_catalog", "pg_toast", "information_schema",
+                                  "drorch_reconcile"):
+            names.add(f"{row[0]}.{row[1]}")
+    return sorted(names)
+
+
+def _default_spc(conn: Conn) -> str:
+    return str(scalar(conn, "SELECT dattablespace FROM pg_database "
+                            "WHERE datname = current_database()"))
+
+
+def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence: Divergence,
+                    *, capture: bool = True) -> DivergenceReport:
+    """Every divergent write of ``spec``'s tables, classified; captured on the new primary.
+
+    Idempotent: a run already captured is returned as stored. ``capture=False``
+    only reports (benchmarks, dry runs). Raises :class:`FenceError` when the
+    old primary is not fenced, :class:`ReconcileError` when the nodes do not
+    belong together, :class:`WalUnavailable` when ``method='wal'`` and the WAL
+    cannot answer. Read-only on the old primary.
+    """
+    t0 = time.monotonic()
+    fence = verify_fenced(old_dsn)
+    if not fence.fenced or fence.state != "fenced":
+        raise FenceError(f"old primary not fenced ({fence.state}): {fence.reason}")
+    with connect(old_dsn) as old, connect(new_dsn) as new:
+        oi, ni = db_info(old), db_info(new)
+        if oi.system_identifier != ni.system_identifier:
+            raise ReconcileError("the two nodes are different clusters (system identifiers "
+                                 f"{oi.system_identifier} and {ni.system_identifier})")
+        run_id = run_id_for(ni.name, divergence)
+        if capture:
+            stored = store.load_report(new, run_id)
+            if stored is not None:
+                return stored
+        old_tli = int(scalar(old, "SELECT timeline_id FROM pg_control_checkpoint()"))
+        if old_tli != divergence.parent_timeline:
+            raise ReconcileError(f"old primary is on timeline {old_tli}, the split left "
+                                 f"timeline {divergence.parent_timeline}")
+        old_end = wait_replay_idle(old_dsn)
+        new_end = str(scalar(new, "SELECT pg_current_wal_flush_lsn()::text"))
+        report = DivergenceReport(run_id, ni.name, spec.method, "", divergence,
+                                  old_end_lsn=old_end, new_end_lsn=new_end)
+        metas = _load_metas(old, new, spec, report.problems)
+        why: list[str] = []
+        wal_old, wal_new = _read_wal(old, new, divergence, old_end, new_end, metas,
+                                     (oi.oid, ni.oid), why)
+        if spec.method == "wal" and why:
+            raise WalUnavailable("; ".join(why))
+        if spec.method == "full":
+            report.method, report.method_reason = "full", "method 'full' configured"
+            if why:
+                report.method_reason += "; WAL not usable to tell sides apart: " + "; ".join(why)
+        elif why:
+            report.method = "full"
+            report.method_reason = "fell back to a full comparison: " + "; ".join(why)
+        else:
+            report.method = "wal"
+            report.method_reason = "both nodes' WAL from the split was read"
+        at = datetime.fromisoformat(divergence.at) if divergence.at else None
+        report.attribution = {
+            side: ("wal" if w is not None else "commit-ts" if at is not None else "none")
+            for side, w in (("old", wal_old), ("new", wal_new))}
+        for w in (wal_old, wal_new):
+            report.rows_shipped += w.rows_shipped if w else 0
+        old_xids: set[int] = set()
+        for cfg in spec.tables:
+            if cfg.name not in metas:
+                continue
+            mo, _mn = metas[cfg.name]
+            so = wal_old.tables.get(cfg.name) if wal_old else None
+            sn = wal_new.tables.get(cfg.name) if wal_new else None
+            if not mo.pk:
+                entry, utr = unkeyed_table(old, new, cfg, mo, run_id, report, wal_old, wal_new)
+                report.tables_without_pk.append(entry)
+                report.tables.append(utr)
+                continue
+            if report.method == "wal":
+                assert so is not None and sn is not None
+                keys = set(so.touched) | set(sn.touched)
+                lookup = [_key_dict(mo, k) for k in keys]
+                tr = _classify_table(old, new, mo, cfg, run_id, so, sn, lookup, keys, at, report)
+            else:
+                diff = compare_table(old, new, mo)
+                report.rows_shipped += diff.rows_shipped
+                tr = _classify_table(old, new, mo, cfg, run_id, so, sn, diff.keys, None, at,
+                                     report)
+            old_xids |= so.transactions if so else set()
+            report.tables.append(tr)
+        old_xids |= wal_old.no_pk_transactions if wal_old else set()
+        report.transactions = {
+            "old_committed": wal_old.committed_top if wal_old else None,
+            "old_touching_tables": len(old_xids) if wal_old else None,
+            "new_committed": wal_new.committed_top if wal_new else None}
+        report.unconfigured_tables = _other_tables(old, wal_old)
+        report.seconds = time.monotonic() - t0
+        if capture:
+            store.capture(new, report)
+    return report
+

@@ -1,0 +1,99 @@
+"""Apply the resolutions a human wrote into a conflict file (idempotent).
+
+``old`` applies the old primary's captured row, ``new`` keeps the new
+primary's; both are recorded in ``drorch_reconcile.applied`` in the same
+transaction as any write, so applying the file again changes nothing. An
+``old`` resolution is refused as stale when the new primary's row no longer
+matches the fingerprint the human saw; the file is then rewritten with the
+current row and that entry's resolution cleared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from drorch.reconcile import conflicts, store
+from drorch.reconcile._db import Conn, adopt, connect
+from drorch.reconcile.apply import (
+    NotCaptured,
+    _decision,
+    _replica_role_txn,
+    _try_apply,
+    advance_sequences,
+    write_conflict_file,
+)
+from drorch.reconcile.catalog import TableMeta, load_table
+from drorch.reconcile.model import ApplyResult
+
+
+def apply_conflict_file(path: str | Path, conn: Conn | str) -> ApplyResult:
+    """Apply every resolved entry of the file at ``path`` to the new primary.
+
+    ``conn``: a superuser connection (its session rendering settings are set
+    to drorch's) or a DSN. Raises :class:`NotCaptured` for an unknown run and
+    ``ValueError`` for a malformed file or an entry this run does not have.
+    """
+    doc = conflicts.load(path)
+    if isinstance(conn, str):
+        with connect(conn) as c:
+            return _apply_file(doc, c, str(path))
+    adopt(conn)
+    return _apply_file(doc, conn, str(path))
+
+
+def _apply_file(doc: conflicts.ConflictFile, conn: Conn, path: str) -> ApplyResult:
+    run_id = doc.run_id
+    report = store.load_report(conn, run_id)
+    if report is None:
+        raise NotCaptured(f"run {run_id} was never captured on this database")
+    sens = {t.table: set(t.sensitive) for t in report.tables}
+    stored = {c.change_id: c for c in store.changes(conn, run_id)}
+    unknown = [e.change_id for e in doc.conflicts if e.change_id not in stored]
+    if unknown:
+        raise ValueError(f"conflict file names changes run {run_id} does not have: {unknown}")
+    metas: dict[str, TableMeta] = {}
+    res = ApplyResult(run_id, conflict_file=path)
+    stale: set[str] = set()
+    with _replica_role_txn(conn):
+        for e in doc.conflicts:
+            ch = stored[e.change_id]
+            s = sens.get(ch.table, set())
+            if e.resolution is None:
+                res.manual_pending += 1
+                res.decisions.append(_decision(ch, s, "pending"))
+                continue
+            meta = metas.get(ch.table) or load_table(conn, ch.table)
+            if meta is None:
+                raise ValueError(f"table {ch.table} no longer exists")
+            metas[ch.table] = meta
+            detail = None
+            if e.resolution == "old":
+                outcome, detail = _try_apply(conn, meta, run_id, ch, "resolved-old",
+                                             e.new_fingerprint, ("stale",))
+            else:
+                claimed = store.claim(conn, run_id, ch.change_id, "resolved-new", ("stale",))
+                outcome = "resolved-new" if claimed else "already"
+            if outcome == "resolved-old":
+                res.applied += 1
+            elif outcome == "resolved-new":
+                res.kept_new += 1
+            elif outcome == "already":
+                res.already_applied += 1
+                outcome = "already-decided"
+            elif outcome == "stale":
+                res.stale += 1
+                stale.add(ch.change_id)
+            else:
+                res.errors += 1
+            res.decisions.append(_decision(ch, s, outcome, detail))
+    res.sequences_advanced = advance_sequences(conn, list(metas.values()))
+    if stale:
+        fresh = store.changes(conn, run_id)
+        pending = [c for c in fresh if c.change_id in {e.change_id for e in doc.conflicts}
+                   and c.outcome in (None, "stale")]
+        for c in pending:
+            if c.table not in metas and (m := load_table(conn, c.table)) is not None:
+                metas[c.table] = m
+        pending = [c for c in pending if c.table in metas]
+        write_conflict_file(conn, run_id, pending, metas, sens, path, frozenset(stale))
+    return res

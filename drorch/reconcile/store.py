@@ -1,0 +1,141 @@
+"""Where captured divergent rows live: schema ``drorch_reconcile`` on the new primary.
+
+pg_rewind erases the old primary's divergent rows, so they are captured before
+any resync, into the database that survives: ``runs`` (one report per run, as
+``to_dict`` renders it: no values), ``changes`` (one row per differing key,
+with both rows as jsonb) and ``applied`` (one row per change once decided;
+its primary key is what makes applying idempotent). The schema is readable by
+superusers only: it holds the same values as the application tables,
+sensitive ones included, and they never leave the database except masked.
+
+A run is captured in one transaction: it exists completely or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from drorch.reconcile._db import Conn
+from drorch.reconcile.model import DivergenceReport
+
+DDL = """
+CREATE SCHEMA IF NOT EXISTS drorch_reconcile;
+REVOKE ALL ON SCHEMA drorch_reconcile FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS drorch_reconcile.runs (
+    run_id     text PRIMARY KEY,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    report     jsonb NOT NULL
+);
+CREATE TABLE IF NOT EXISTS drorch_reconcile.changes (
+    run_id       text NOT NULL REFERENCES drorch_reconcile.runs ON DELETE CASCADE,
+    change_id    text NOT NULL,
+    seq          int NOT NULL,
+    tbl          text NOT NULL,
+    key          jsonb NOT NULL,
+    kind         text NOT NULL,
+    action       text NOT NULL,
+    columns      text[] NOT NULL,
+    old_op       text,
+    new_op       text,
+    undetermined boolean NOT NULL,
+    old_row      jsonb,
+    new_row      jsonb,
+    PRIMARY KEY (run_id, change_id)
+);
+CREATE TABLE IF NOT EXISTS drorch_reconcile.applied (
+    run_id     text NOT NULL,
+    change_id  text NOT NULL,
+    outcome    text NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, change_id)
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredChange:
+    change_id: str
+    table: str
+    key: dict[str, Any]
+    kind: str
+    action: str
+    columns: list[str]
+    old_op: str | None
+    new_op: str | None
+    undetermined: bool
+    old_absent: bool
+    new_row: str | None
+    outcome: str | None
+    """What ``applied`` says about it (None: not decided yet)."""
+
+
+def ensure_schema(conn: Conn) -> None:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('drorch_reconcile.ddl'))")
+        conn.execute(DDL)
+
+
+def load_report(conn: Conn, run_id: str) -> DivergenceReport | None:
+    """The captured run's report, or None when it was never captured."""
+    exists = conn.execute("SELECT to_regclass('drorch_reconcile.runs') IS NOT NULL").fetchone()
+    if not exists or not exists[0]:
+        return None
+    row = conn.execute("SELECT report::text FROM drorch_reconcile.runs WHERE run_id = %s",
+                       (run_id,)).fetchone()
+    return DivergenceReport.from_dict(json.loads(row[0])) if row else None
+
+
+def capture(conn: Conn, report: DivergenceReport) -> bool:
+    """Store the report and every change's rows; False if the run was already captured."""
+    ensure_schema(conn)
+    with conn.transaction():
+        inserted = conn.execute(
+            "INSERT INTO drorch_reconcile.runs (run_id, report) VALUES (%s, %s::jsonb) "
+            "ON CONFLICT (run_id) DO NOTHING RETURNING 1",
+            (report.run_id, json.dumps(report.to_dict(), default=str))).fetchone()
+        if not inserted:
+            return False
+        rows = []
+        seq = 0
+        for t in report.tables:
+            for c in t.changes:
+                seq += 1
+                rows.append((report.run_id, c.change_id, seq, c.table,
+                             json.dumps(c.key, default=str), c.kind, c.action, c.columns,
+                             c.old_op, c.new_op, c.undetermined, c.old_row, c.new_row))
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO drorch_reconcile.changes (run_id, change_id, seq, tbl, key, kind, "
+                "action, columns, old_op, new_op, undetermined, old_row, new_row) VALUES "
+                "(%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)", rows)
+    return True
+
+
+def changes(conn: Conn, run_id: str) -> list[StoredChange]:
+    """Every change of a run in capture order, with what has been decided so far."""
+    rows = conn.execute(
+        "SELECT c.change_id, c.tbl, c.key::text, c.kind, c.action, c.columns, c.old_op, "
+        "c.new_op, c.undetermined, c.old_row IS NULL, c.new_row::text, a.outcome "
+        "FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a "
+        "USING (run_id, change_id) WHERE c.run_id = %s ORDER BY c.seq", (run_id,)).fetchall()
+    return [StoredChange(r[0], r[1], json.loads(r[2]), r[3], r[4], list(r[5]), r[6], r[7],
+                         bool(r[8]), bool(r[9]), r[10], r[11]) for r in rows]
+
+
+def claim(conn: Conn, run_id: str, change_id: str, outcome: str,
+          replace: tuple[str, ...] = ()) -> bool:
+    """Record a decision unless one is recorded; True when this call recorded it.
+
+    Must run in the same transaction as the write it records: a kill before
+    commit undoes both, a rerun then finds nothing recorded and applies once.
+    ``replace``: earlier outcomes this decision may overwrite (``stale`` when a
+    human resolves it)."""
+    row = conn.execute(
+        "INSERT INTO drorch_reconcile.applied AS a (run_id, change_id, outcome) "
+        "VALUES (%s, %s, %s) ON CONFLICT (run_id, change_id) DO UPDATE "
+        "SET outcome = EXCLUDED.outcome, decided_at = now() "
+        "WHERE a.outcome = ANY(%s::text[]) RETURNING 1",
+        (run_id, change_id, outcome, list(replace))).fetchone()
+    return row is not None

@@ -1,0 +1,114 @@
+"""Pure: from one node's committed heap records to the keys it changed after the split.
+
+Each node's records are read on that node and only compared with that node's
+tuples: xids and TIDs collide across nodes. A key is *touched* on a side when a
+committed divergent record created a live tuple holding it (insert, update),
+deleted it, or moved it away (key-changing update). Whether the key existed at
+the split (``base_had``) is found by walking each tuple's chain back through the
+update records' old TIDs: a chain that starts with an insert in the window means
+the key is new on that side; one that leaves the window means it existed.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from drorch.reconcile.walparse import UPDATE_CONTAINS_OLD_KEY, HeapRecord
+
+Tid = tuple[int, int]
+RelTid = tuple[str, Tid]
+
+
+@dataclass(frozen=True)
+class Touch:
+    """A key one side changed: did it exist at the split (None: cannot tell)."""
+
+    base_had: bool | None
+    head_lsn: int
+
+
+class KeysNotLogged(ValueError):
+    """A committed delete (or key change) carries no old key: the WAL cannot name it."""
+
+
+def committed_records(records: Iterable[HeapRecord], committed: set[int]) -> list[HeapRecord]:
+    return sorted((r for r in records if r.xid in committed), key=lambda r: r.lsn)
+
+
+def created_tids(records: Iterable[HeapRecord]) -> dict[str, set[Tid]]:
+    """TIDs of the tuples the (committed, expanded) records created, per relation."""
+    out: dict[str, set[Tid]] = defaultdict(set)
+    for r in records:
+        if r.tid is not None:
+            out[r.rel].add(r.tid)
+    return out
+
+
+class _Chains:
+    def __init__(self, records: list[HeapRecord], key_changed: set[int]) -> None:
+        self.creators: dict[RelTid, list[HeapRecord]] = defaultdict(list)
+        for r in records:
+            if r.tid is not None:
+                self.creators[(r.rel, r.tid)].append(r)
+        self.key_changed = key_changed
+
+    def head(self, rel: str, tid: Tid, before: int) -> tuple[bool | None, int]:
+        """(key existed at the split?, LSN where the chain starts) for the tuple at ``tid``."""
+        changed = False
+        head_lsn = before
+        for _ in range(100_000):
+            lst = self.creators.get((rel, tid), [])
+            i = bisect_left([r.lsn for r in lst], before)
+            if i == 0:
+                return (None if changed else True), head_lsn
+            rec = lst[i - 1]
+            head_lsn = rec.lsn
+            if rec.op == "insert":
+                return (None if changed else False), head_lsn
+            if rec.lsn in self.key_changed:
+                changed = True
+            assert rec.old_tid is not None
+            tid, before = rec.old_tid, rec.lsn
+        raise RuntimeError("update chain too long")
+
+
+def touched_keys(records: list[HeapRecord], live: Mapping[RelTid, str],
+                 old_keys: Mapping[int, str]) -> dict[str, Touch]:
+    """Every key the committed ``records`` changed, with whether it existed at the split.
+
+    ``records``: committed heap records of one table, bulk inserts expanded,
+    ordered by LSN. ``live``: key (canonical JSON) of each live tuple fetched at a
+    created TID, keyed by ``(rel, tid)``. ``old_keys``: key logged by a delete or
+    key-changing update, keyed by record LSN. Raises :class:`KeysNotLogged` when a
+    delete has no logged key.
+    """
+    key_changed = {r.lsn for r in records
+                   if r.op == "update" and r.flags & UPDATE_CONTAINS_OLD_KEY}
+    chains = _Chains(records, key_changed)
+    out: dict[str, Touch] = {}
+
+    def note(key: str, base: bool | None, head_lsn: int) -> None:
+        cur = out.get(key)
+        if cur is None or head_lsn < cur.head_lsn:
+            out[key] = Touch(base, head_lsn)
+
+    for (rel, tid), key in live.items():
+        base, head_lsn = chains.head(rel, tid, 1 << 64)
+        note(key, base, head_lsn)
+    for r in records:
+        if r.op == "delete" or (r.op == "update" and r.lsn in old_keys):
+            key = old_keys.get(r.lsn)
+            if key is None:
+                raise KeysNotLogged(f"delete at LSN {r.lsn:X} on {r.rel} carries no old key")
+            assert r.old_tid is not None
+            base, head_lsn = chains.head(r.rel, r.old_tid, r.lsn)
+            note(key, base, min(head_lsn, r.lsn))
+    return out
+
+
+def transactions_touching(records: Iterable[HeapRecord], top_of: Mapping[int, int]) -> set[int]:
+    """Top-level xids (on this node) whose committed records touched these records' tables."""
+    return {top_of.get(r.xid, r.xid) for r in records}

@@ -1,0 +1,307 @@
+"""Pure parsing of what ``pg_walinspect`` (PostgreSQL 15) says about WAL records.
+
+PG 15's ``pg_get_wal_records_info`` gives each record as text: a resource
+manager, a record type, a description and a block reference string. Formats
+(measured on 15.18)::
+
+    Heap INSERT       "off 44 flags 0x08"          "blkref #0: rel 1663/5/16390 fork main blk 6"
+    Heap UPDATE       "off 10 xmax 729 flags 0x10 ; new off 45 xmax 0"
+                      "blkref #0: rel ... blk 6 blkref #1: rel ... blk 0"   (#0 new page, #1 old)
+    Heap DELETE       "off 12 flags 0x04 KEYS_UPDATED "
+    Heap2 MULTI_INSERT "109 tuples flags 0x08"      (offsets only in the record's main data)
+    Transaction COMMIT "2026-11-23 10:50:07.165219+00; subxacts: 733 735"
+    Standby RUNNING_XACTS "nextXid 728 latestCompletedXid 727 oldestRunningXid 728"
+
+Records whose bytes we need (old keys of deletes, offsets of bulk inserts) are
+located in the WAL files by :func:`record_tail_spans`: WAL pages carry a 24-byte
+header (40 at a segment start) that a record's bytes skip. Xids are 32-bit and
+wrap: compare them with :func:`xid_precedes`, and never across two nodes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+XLOG_PAGE_SHORT_HEADER = 24
+XLOG_PAGE_LONG_HEADER = 40
+
+# xl_heap_delete.flags / xl_heap_update.flags (heapam_xlog.h, PG 15)
+DELETE_CONTAINS_OLD_TUPLE = 0x02
+DELETE_CONTAINS_OLD_KEY = 0x04
+DELETE_IS_SUPER = 0x08
+UPDATE_CONTAINS_OLD_TUPLE = 0x04
+UPDATE_CONTAINS_OLD_KEY = 0x08
+SIZE_OF_HEAP_DELETE = 8
+SIZE_OF_HEAP_UPDATE = 14
+SIZE_OF_HEAP_HEADER = 5
+
+HEAP_OPS = {"INSERT": "insert", "UPDATE": "update", "HOT_UPDATE": "update", "DELETE": "delete"}
+
+_BLKREF = re.compile(r"blkref #(\d+): rel (\d+)/(\d+)/(\d+)(?: fork (\w+))? blk (\d+)")
+_OFF = re.compile(r"^off (\d+)")
+_NEW_OFF = re.compile(r"new off (\d+)")
+_FLAGS = re.compile(r"flags 0x([0-9A-Fa-f]+)")
+_NTUPLES = re.compile(r"^(\d+) tuples")
+_SUBXACTS = re.compile(r"subxacts:((?: \d+)+)")
+_NEXT_XID = re.compile(r"nextXid (\d+)")
+_PREPARED_XID = re.compile(r"^(\d+): ")
+_TRUNCATE_RELIDS = re.compile(r"\brelids((?: \d+)+)")
+_COMMIT_TS = re.compile(r"^(?:\d+: )?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?[+-]\d\d(?::?\d\d)?)")
+_STORAGE_PATH = re.compile(r"(\d+)/(\d+)$")
+
+
+class WalFormatError(ValueError):
+    """A WAL record did not look the way this module expects (a new PG version?)."""
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    block_id: int
+    rel: str
+    """``spcoid/dboid/filenode``"""
+    fork: str
+    blk: int
+
+
+@dataclass(frozen=True)
+class HeapRecord:
+    """One heap change: which tuple it created and which it ended, by TID on its own node."""
+
+    lsn: int
+    xid: int
+    op: str
+    """``insert`` | ``update`` | ``delete`` | ``multi_insert``"""
+    rel: str
+    tid: tuple[int, int] | None
+    """The tuple this record created (insert, update's new version); None for delete.
+    A bulk insert (``multi_insert``) holds ``(block, 0)`` until its offsets are read."""
+    old_tid: tuple[int, int] | None
+    """The tuple this record ended (update's old version, the deleted tuple)."""
+    flags: int
+    record_length: int
+    main_data_length: int
+    init_page: bool = False
+    ntuples: int = 0
+
+
+def parse_block_refs(text: str | None) -> list[BlockRef]:
+    """Every ``blkref #N: rel S/D/F [fork F] blk B`` in a block reference string."""
+    refs = []
+    for m in _BLKREF.finditer(text or ""):
+        refs.append(BlockRef(int(m[1]), f"{m[2]}/{m[3]}/{m[4]}", m[5] or "main", int(m[6])))
+    return refs
+
+
+def _flags(desc: str) -> int:
+    m = _FLAGS.search(desc)
+    return int(m[1], 16) if m else 0
+
+
+def parse_heap_record(lsn: int, xid: int, rm: str, record_type: str, desc: str,
+                      block_ref: str | None, record_length: int,
+                      main_data_length: int) -> HeapRecord | None:
+    """A heap data change (insert, update, delete, bulk insert) or None for anything else."""
+    base, _, suffix = record_type.partition("+")
+    init = suffix == "INIT"
+    refs = [r for r in parse_block_refs(block_ref) if r.fork == "main"]
+    if rm == "Heap2" and base == "MULTI_INSERT":
+        if not refs:
+            raise WalFormatError(f"MULTI_INSERT at {lsn:X} without a block reference")
+        m = _NTUPLES.search(desc)
+        if not m:
+            raise WalFormatError(f"MULTI_INSERT description not understood: {desc!r}")
+        return HeapRecord(lsn, xid, "multi_insert", refs[0].rel, (refs[0].blk, 0), None,
+                          _flags(desc),
+                          record_length, main_data_length, init, int(m[1]))
+    if rm != "Heap" or base not in HEAP_OPS:
+        return None
+    op = HEAP_OPS[base]
+    by_id = {r.block_id: r for r in refs}
+    if 0 not in by_id:
+        raise WalFormatError(f"{record_type} at {lsn:X} without block #0: {block_ref!r}")
+    blk0 = by_id[0]
+    off_m = _OFF.search(desc)
+    if not off_m:
+        raise WalFormatError(f"{record_type} description not understood: {desc!r}")
+    off = int(off_m[1])
+    if op == "insert":
+        return HeapRecord(lsn, xid, op, blk0.rel, (blk0.blk, off), None, _flags(desc),
+                          record_length, main_data_length, init)
+    if op == "delete":
+        return HeapRecord(lsn, xid, op, blk0.rel, None, (blk0.blk, off), _flags(desc),
+                          record_length, main_data_length)
+    new_m = _NEW_OFF.search(desc)
+    if not new_m:
+        raise WalFormatError(f"{record_type} without a new offset: {desc!r}")
+    old_blk = by_id[1].blk if 1 in by_id else blk0.blk
+    flags_part = desc.split(";", 1)[0]
+    return HeapRecord(lsn, xid, op, blk0.rel, (blk0.blk, int(new_m[1])), (old_blk, off),
+                      _flags(flags_part), record_length, main_data_length, init)
+
+
+def commit_xids(xid: int, desc: str, record_type: str = "COMMIT") -> list[int]:
+    """The top-level xid of a COMMIT record followed by the subtransactions it committed.
+
+    Only the parent's COMMIT names its subtransactions; a subtransaction rolled
+    back to a savepoint is not listed (its changes never became visible). A
+    COMMIT_PREPARED names the prepared transaction's xid first (``735: ...``).
+    """
+    if record_type == "COMMIT_PREPARED":
+        p = _PREPARED_XID.search(desc)
+        if not p:
+            raise WalFormatError(f"COMMIT_PREPARED description not understood: {desc!r}")
+        xid = int(p[1])
+    m = _SUBXACTS.search(desc)
+    subs = [int(s) for s in m[1].split()] if m else []
+    return [xid, *subs]
+
+
+def commit_time(desc: str) -> datetime | None:
+    """The commit timestamp at the start of a COMMIT description (the writer's clock)."""
+    m = _COMMIT_TS.search(desc)
+    if not m:
+        return None
+    text = m[1]
+    if re.search(r"[+-]\d\d$", text):
+        text += ":00"
+    return datetime.fromisoformat(text)
+
+
+def running_xacts_next_xid(desc: str) -> int:
+    m = _NEXT_XID.search(desc)
+    if not m:
+        raise WalFormatError(f"RUNNING_XACTS description not understood: {desc!r}")
+    return int(m[1])
+
+
+def storage_create_filenode(desc: str) -> tuple[int, int] | None:
+    """``(dboid, filenode)`` of a Storage CREATE record (``base/5/16390``)."""
+    m = _STORAGE_PATH.search(desc.strip())
+    return (int(m[1]), int(m[2])) if m else None
+
+
+def truncate_relids(desc: str) -> list[int]:
+    """Relation OIDs a Heap TRUNCATE record names."""
+    m = _TRUNCATE_RELIDS.search(desc)
+    return [int(x) for x in m[1].split()] if m else []
+
+
+def xid_precedes(a: int, b: int) -> bool:
+    """``a`` was assigned before ``b`` on the same node (mod 2^32, as TransactionIdPrecedes)."""
+    diff = (a - b) & 0xFFFFFFFF
+    return diff >= 0x80000000
+
+
+def lsn_to_int(lsn: str) -> int:
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def int_to_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def lookback_starts(split: int, seg_size: int, oldest: int, first: int = 1 << 20
+                    ) -> list[int]:
+    """Where to start reading when looking back from ``split``, nearest first.
+
+    A start inside a segment may land after an XLOG SWITCH (zeros until the
+    segment ends: no record can be found), so every start but a first short
+    one in the split's own segment is a segment boundary; the reach grows 4x.
+    """
+    seg_start = split - split % seg_size
+    out = [split - first] if split - first > seg_start else []
+    k = 0
+    while True:
+        lo = max(oldest, seg_start - k * seg_size)
+        out.append(lo)
+        if lo <= oldest:
+            return out
+        k = 1 if k == 0 else k * 4
+
+
+def wal_file_name(timeline: int, segno: int, seg_size: int) -> str:
+    per_id = 0x100000000 // seg_size
+    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
+
+
+def parse_wal_file_name(name: str, seg_size: int) -> tuple[int, int] | None:
+    """``(timeline, segno)`` of a WAL segment file name; None for anything else."""
+    if len(name) != 24 or not all(c in "0123456789ABCDEF" for c in name):
+        return None
+    per_id = 0x100000000 // seg_size
+    return int(name[:8], 16), int(name[8:16], 16) * per_id + int(name[16:], 16)
+
+
+def record_tail_spans(lsn: int, total_len: int, tail_len: int, seg_size: int,
+                      page_size: int = 8192) -> list[tuple[int, int, int]]:
+    """Where the last ``tail_len`` bytes of a record lie: ``[(segno, offset, length)]``.
+
+    A record's bytes are contiguous except where they cross a page: each page
+    starts with a header (long at a segment start) that the record skips.
+    """
+    if tail_len > total_len:
+        raise WalFormatError("tail longer than the record")
+    spans: list[tuple[int, int, int]] = []
+    pos, remaining, skip = lsn, total_len, total_len - tail_len
+    while remaining > 0:
+        in_page = pos % page_size
+        if in_page == 0:
+            pos += XLOG_PAGE_LONG_HEADER if pos % seg_size == 0 else XLOG_PAGE_SHORT_HEADER
+            in_page = pos % page_size
+        n = min(remaining, page_size - in_page)
+        take_from = min(skip, n)
+        if n - take_from > 0:
+            start = pos + take_from
+            spans.append((start // seg_size, start % seg_size, n - take_from))
+        skip -= take_from
+        pos += n
+        remaining -= n
+    return _merge(spans)
+
+
+def _merge(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    out: list[tuple[int, int, int]] = []
+    for seg, off, n in spans:
+        if out and out[-1][0] == seg and out[-1][1] + out[-1][2] == off:
+            out[-1] = (seg, out[-1][1], out[-1][2] + n)
+        else:
+            out.append((seg, off, n))
+    return out
+
+
+def old_tuple_of(op: str, main: bytes) -> bytes | None:
+    """The logged old key (or whole old tuple) of a delete or update, header included.
+
+    Returns ``xl_heap_header`` (5 bytes) + tuple bytes from ``t_bits`` on, or
+    None when the record carries no old key (not ``wal_level=logical``, no
+    replica identity, or an update that kept its key)."""
+    if op == "delete":
+        if len(main) < SIZE_OF_HEAP_DELETE:
+            raise WalFormatError("delete main data too short")
+        flags = main[7]
+        if flags & (DELETE_CONTAINS_OLD_KEY | DELETE_CONTAINS_OLD_TUPLE):
+            return main[SIZE_OF_HEAP_DELETE:]
+        return None
+    if op == "update":
+        if len(main) < SIZE_OF_HEAP_UPDATE:
+            raise WalFormatError("update main data too short")
+        flags = main[7]
+        if flags & (UPDATE_CONTAINS_OLD_KEY | UPDATE_CONTAINS_OLD_TUPLE):
+            return main[SIZE_OF_HEAP_UPDATE:]
+        return None
+    raise WalFormatError(f"no old tuple in a {op} record")
+
+
+def multi_insert_offsets(main: bytes, ntuples: int, init_page: bool) -> list[int]:
+    """Line pointers a bulk insert (COPY) filled: logged, or 1..n on a fresh page."""
+    if init_page:
+        return list(range(1, ntuples + 1))
+    if len(main) < 4 + 2 * ntuples:
+        raise WalFormatError("MULTI_INSERT main data too short for its offsets")
+    logged = int.from_bytes(main[2:4], "little")
+    if logged != ntuples:
+        raise WalFormatError(f"MULTI_INSERT says {ntuples} tuples, main data {logged}")
+    return [int.from_bytes(main[4 + 2 * i: 6 + 2 * i], "little") for i in range(ntuples)]

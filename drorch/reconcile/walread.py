@@ -1,0 +1,319 @@
+"""Read one node's WAL from the split: its committed divergent changes, key by key.
+
+On each node separately (xids and TIDs collide across nodes):
+
+1. ``pg_get_wal_records_info`` from the split to the node's end: COMMIT records
+   (with their subtransactions), heap inserts, updates, deletes and bulk inserts
+   of this database, TRUNCATE and Storage CREATE (a rewritten table defeats the
+   method). On the old primary, transactions that began before the split and
+   committed after it wrote records before the split: the reader walks back to
+   a RUNNING_XACTS record older than all of them (``lookback``).
+2. The bytes of the few records whose payload matters (old keys of deletes and
+   key-changing updates, offsets of bulk inserts) with ``pg_read_binary_file``.
+3. The live tuples at the created TIDs whose ``xmin`` is a committed divergent
+   xid, in one Tid Scan per relation.
+
+Cost follows the divergent WAL, not the table size. Needs superuser (or
+pg_read_server_files and EXECUTE on pg_walinspect). Raises
+:class:`WalUnavailable` when the WAL is gone or cannot be used exactly; the
+caller then falls back to a full comparison.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from drorch.reconcile import walparse as wp
+from drorch.reconcile._db import Conn
+from drorch.reconcile.catalog import TableMeta
+from drorch.reconcile.classify import canonical_key, parse_row
+from drorch.reconcile.tupledecode import UnsupportedKey, decode_logged_tuple
+from drorch.reconcile.walchanges import (
+    KeysNotLogged,
+    Touch,
+    committed_records,
+    created_tids,
+    touched_keys,
+    transactions_touching,
+)
+
+_RECORDS_SQL = """
+SELECT start_lsn::text, xid::text, resource_manager, record_type, record_length,
+       main_data_length, coalesce(description, ''), block_ref
+FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn)
+WHERE (resource_manager = 'Transaction' AND record_type IN ('COMMIT', 'COMMIT_PREPARED'))
+   OR (resource_manager = 'Heap' AND block_ref LIKE %(dbpat)s
+       AND split_part(record_type, '+', 1) IN ('INSERT', 'UPDATE', 'HOT_UPDATE', 'DELETE'))
+   OR (resource_manager = 'Heap2' AND block_ref LIKE %(dbpat)s
+       AND split_part(record_type, '+', 1) = 'MULTI_INSERT')
+   OR (resource_manager = 'Heap' AND record_type = 'TRUNCATE')
+   OR (resource_manager = 'Storage' AND record_type = 'CREATE')
+"""
+
+_LOOKBACK_SQL = """
+SELECT start_lsn::text, xid::text, resource_manager, record_type, record_length,
+       main_data_length, coalesce(description, ''), block_ref
+FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn)
+WHERE (resource_manager = 'Standby' AND record_type = 'RUNNING_XACTS')
+   OR (resource_manager IN ('Heap', 'Heap2') AND xid = ANY(%(xids)s::xid[])
+       AND block_ref LIKE %(dbpat)s)
+"""
+
+
+class WalUnavailable(Exception):
+    """This node's WAL cannot give the exact answer; the message says why."""
+
+
+@dataclass
+class SideTable:
+    """One table's changes on one side: touched keys, and the live rows read by TID."""
+
+    touched: dict[str, Touch] = field(default_factory=dict)
+    rows: dict[str, str] = field(default_factory=dict)
+    """key -> ``to_jsonb`` text of the live row read by TID"""
+    transactions: set[int] = field(default_factory=set)
+    """Top-level xids (this node's) that touched the table."""
+    records: int = 0
+
+
+@dataclass
+class WalSide:
+    end_lsn: str
+    committed_top: int
+    tables: dict[str, SideTable] = field(default_factory=dict)
+    no_pk_records: dict[str, int] = field(default_factory=dict)
+    no_pk_transactions: set[int] = field(default_factory=set)
+    no_pk_rows: dict[str, list[str]] = field(default_factory=dict)
+    """Tables without a key: live rows this side wrote after the split (``to_jsonb``)."""
+    other_rels: dict[str, int] = field(default_factory=dict)
+    """``spc/db/filenode`` of unconfigured relations -> committed records"""
+    rows_shipped: int = 0
+
+
+@dataclass(frozen=True)
+class _WalFiles:
+    seg_size: int
+    names: dict[int, list[tuple[int, str]]]
+    """segno -> [(timeline, file name)]"""
+
+    def file_for(self, segno: int, max_tli: int | None) -> str:
+        cands = [(t, n) for t, n in self.names.get(segno, []) if max_tli is None or t <= max_tli]
+        if not cands:
+            raise WalUnavailable(f"WAL segment {segno:X} is no longer in pg_wal")
+        return max(cands)[1]
+
+    def oldest_lsn(self) -> int:
+        return min(self.names) * self.seg_size if self.names else 0
+
+
+def _wal_files(conn: Conn) -> _WalFiles:
+    seg = int(conn.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"
+                           ).fetchone()[0])  # type: ignore[index]
+    names: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for (name,) in conn.execute("SELECT name FROM pg_ls_waldir()"):
+        parsed = wp.parse_wal_file_name(name, seg)
+        if parsed:
+            names[parsed[1]].append((parsed[0], name))
+    return _WalFiles(seg, dict(names))
+
+
+def _query(conn: Conn, q: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    try:
+        return conn.execute(q, params).fetchall()
+    except psycopg.errors.UndefinedFunction as e:
+        raise WalUnavailable("extension pg_walinspect is not installed in this database") from e
+    except psycopg.Error as e:
+        raise WalUnavailable(f"reading WAL failed: {str(e).splitlines()[0]}") from e
+
+
+def _lookback(conn: Conn, files: _WalFiles, split: int, xids: list[int],
+              dbpat: str) -> list[tuple[Any, ...]]:
+    """Records before the split of transactions that committed after it."""
+    need = xids[0]
+    for x in xids[1:]:
+        if wp.xid_precedes(x, need):
+            need = x
+    for lo in wp.lookback_starts(split, files.seg_size, files.oldest_lsn()):
+        rows = _query(conn, _LOOKBACK_SQL, {"start": wp.int_to_lsn(lo), "end": wp.int_to_lsn(split),
+                                            "xids": [str(x) for x in xids], "dbpat": dbpat})
+        starts = [wp.lsn_to_int(r[0]) for r in rows if r[2] == "Standby"
+                  and not wp.xid_precedes(need, wp.running_xacts_next_xid(r[6]))]
+        if starts:
+            cutoff = max(starts)
+            return [r for r in rows if r[2] != "Standby" and wp.lsn_to_int(r[0]) > cutoff]
+    raise WalUnavailable("a divergent transaction began before the oldest WAL kept")
+
+
+def _read_tails(conn: Conn, files: _WalFiles, recs: list[wp.HeapRecord],
+                max_tli: int | None) -> dict[int, bytes]:
+    """Main data (the record's last bytes) of each record, by LSN, in one query."""
+    fnames, offs, lens, owners = [], [], [], []
+    for r in recs:
+        for segno, off, n in wp.record_tail_spans(r.lsn, r.record_length, r.main_data_length,
+                                                  files.seg_size):
+            fnames.append("pg_wal/" + files.file_for(segno, max_tli))
+            offs.append(off)
+            lens.append(n)
+            owners.append(r.lsn)
+    if not fnames:
+        return {}
+    rows = _query(conn, "SELECT i, pg_read_binary_file(f, o, n) FROM unnest(%(f)s::text[], "
+                  "%(o)s::bigint[], %(n)s::bigint[]) WITH ORDINALITY AS u(f, o, n, i) ORDER BY i",
+                  {"f": fnames, "o": offs, "n": lens})
+    out: dict[int, bytearray] = defaultdict(bytearray)
+    for i, chunk in rows:
+        out[owners[int(i) - 1]] += bytes(chunk)
+    return {k: bytes(v) for k, v in out.items()}
+
+
+def _canonical_keys(conn: Conn, meta: TableMeta, raw: dict[int, dict[str, Any]]) -> dict[int, str]:
+    """Decoded keys rendered by the server, so they equal keys read from rows."""
+    if not raw:
+        return {}
+    lsns = list(raw)
+    payload = json.dumps([raw[k] for k in lsns], default=str)
+    rows = conn.execute(sql.SQL("SELECT to_jsonb(r)::text FROM jsonb_populate_recordset("
+                                "NULL::{}, %s::jsonb) AS r").format(meta.ident),
+                        (payload,)).fetchall()
+    return {lsn: canonical_key([parse_row(t)[c] for c in meta.pk])
+            for lsn, (t,) in zip(lsns, rows, strict=True)}
+
+
+def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], dboid: int, *,
+              lookback: bool, max_tli: int | None) -> WalSide:
+    """This node's committed changes after ``start`` to the configured tables."""
+    files = _wal_files(conn)
+    dbpat = f"%rel %/{dboid}/%"
+    split = wp.lsn_to_int(start)
+    rows = _query(conn, _RECORDS_SQL, {"start": start, "end": end, "dbpat": dbpat})
+    top_of: dict[int, int] = {}
+    heap: list[wp.HeapRecord] = []
+    created: set[int] = set()
+    truncated: set[int] = set()
+    for lsn, xid, rm, rt, rlen, mlen, desc, bref in rows:
+        if rm == "Transaction":
+            ids = wp.commit_xids(int(xid), desc, rt)
+            top_of.update({x: ids[0] for x in ids})
+        elif rm == "Storage":
+            node = wp.storage_create_filenode(desc)
+            if node and node[0] == dboid:
+                created.add(node[1])
+        elif rt == "TRUNCATE":
+            truncated.update(wp.truncate_relids(desc))
+        else:
+            rec = wp.parse_heap_record(wp.lsn_to_int(lsn), int(xid), rm, rt, desc, bref,
+                                       int(rlen), int(mlen))
+            if rec:
+                heap.append(rec)
+    committed = set(top_of)
+    if lookback and committed:
+        for r in _lookback(conn, files, split, sorted(committed), dbpat):
+            rec = wp.parse_heap_record(wp.lsn_to_int(r[0]), int(r[1]), r[2], r[3], r[6], r[7],
+                                       int(r[4]), int(r[5]))
+            if rec:
+                heap.append(rec)
+    heap = committed_records(heap, committed)
+    side = WalSide(end, len({t for t in top_of.values()}))
+    by_rel: dict[str, list[wp.HeapRecord]] = defaultdict(list)
+    for r in heap:
+        by_rel[r.rel].append(r)
+    mine = {rel for m in tables.values() for rel in m.rels}
+    for rel, recs in by_rel.items():
+        if rel not in mine:
+            side.other_rels[rel] = len(recs)
+    for name, meta in tables.items():
+        recs = [r for rel in meta.rels for r in by_rel.get(rel, [])]
+        rewritten = {int(rel.rsplit("/", 1)[1]) for rel in meta.rels} & created
+        if rewritten or meta.oid in truncated:
+            raise WalUnavailable(f"{name} was truncated or rewritten after the split")
+        if not meta.pk:
+            side.no_pk_records[name] = len(recs)
+            side.no_pk_transactions |= transactions_touching(recs, top_of)
+            side.no_pk_rows[name] = _fetch_unkeyed(conn, meta, recs, set(top_of))
+            side.rows_shipped += len(side.no_pk_rows[name])
+            continue
+        side.tables[name] = _table_changes(conn, files, meta, sorted(recs, key=lambda r: r.lsn),
+                                           top_of, max_tli, side)
+    return side
+
+
+def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.HeapRecord],
+                   top_of: dict[int, int], max_tli: int | None, side: WalSide) -> SideTable:
+    needs_bytes = [r for r in recs if (r.op == "multi_insert" and not r.init_page)
+                   or (r.op == "delete" and not r.flags & wp.DELETE_IS_SUPER)
+                   or (r.op == "update" and r.flags & (wp.UPDATE_CONTAINS_OLD_KEY
+                                                       | wp.UPDATE_CONTAINS_OLD_TUPLE))]
+    tails = _read_tails(conn, files, needs_bytes, max_tli)
+    expanded: list[wp.HeapRecord] = []
+    raw_keys: dict[int, dict[str, Any]] = {}
+    want = set(meta.pk)
+    try:
+        for r in recs:
+            if r.op == "multi_insert":
+                assert r.tid is not None
+                blk = r.tid[0]
+                for off in wp.multi_insert_offsets(tails.get(r.lsn, b""), r.ntuples, r.init_page):
+                    expanded.append(wp.HeapRecord(r.lsn, r.xid, "insert", r.rel, (blk, off), None,
+                                                  r.flags, r.record_length, r.main_data_length))
+                continue
+            if r.op == "delete" and r.flags & wp.DELETE_IS_SUPER:
+                continue  # a speculative insertion taken back: the row never existed
+            expanded.append(r)
+            if r.lsn in tails and r.op in ("delete", "update"):
+                blob = wp.old_tuple_of(r.op, tails[r.lsn])
+                if blob is not None:
+                    raw_keys[r.lsn] = decode_logged_tuple(blob, list(meta.rels[r.rel].attrs), want)
+    except (UnsupportedKey, wp.WalFormatError) as e:
+        raise WalUnavailable(f"{meta.name}: {e}") from e
+    old_keys = _canonical_keys(conn, meta, raw_keys)
+    live, rows = _fetch_live(conn, meta, expanded, set(top_of))
+    side.rows_shipped += len(rows) + len(old_keys)
+    try:
+        touched = touched_keys(expanded, live, old_keys)
+    except KeysNotLogged as e:
+        raise WalUnavailable(f"{meta.name}: {e} (needs wal_level=logical and a primary key)"
+                             ) from e
+    txns = transactions_touching(expanded, top_of)
+    return SideTable(touched, rows, txns, len(expanded))
+
+
+def _fetch_live(conn: Conn, meta: TableMeta, recs: list[wp.HeapRecord], committed: set[int]
+                ) -> tuple[dict[tuple[str, tuple[int, int]], str], dict[str, str]]:
+    """Live tuples at the created TIDs written by committed divergent xids, per relation."""
+    live: dict[tuple[str, tuple[int, int]], str] = {}
+    rows: dict[str, str] = {}
+    xids = [str(x) for x in committed]
+    for rel, tids in created_tids(recs).items():
+        q = sql.SQL("SELECT ctid::text, to_jsonb(t)::text FROM ONLY {} AS t "
+                    "WHERE ctid = ANY(%s::tid[]) AND xmin = ANY(%s::xid[])").format(
+            sql.SQL(meta.rels[rel].qualified))
+        for ctid, text in conn.execute(q, ([f"({b},{o})" for b, o in tids], xids)):
+            b, o = ctid.strip("()").split(",")
+            key = canonical_key([parse_row(text)[c] for c in meta.pk])
+            live[(rel, (int(b), int(o)))] = key
+            rows[key] = text
+    return live, rows
+
+
+def _fetch_unkeyed(conn: Conn, meta: TableMeta, recs: list[wp.HeapRecord], committed: set[int]
+                   ) -> list[str]:
+    """Live rows a table without a key got after the split (bulk inserts: whole blocks)."""
+    out: list[str] = []
+    xids = [str(x) for x in committed]
+    tids: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    for r in recs:
+        if r.op == "multi_insert" and r.tid is not None:
+            tids[r.rel].update((r.tid[0], off) for off in range(1, 292))
+        elif r.tid is not None:
+            tids[r.rel].add(r.tid)
+    for rel, tset in tids.items():
+        q = sql.SQL("SELECT to_jsonb(t)::text FROM ONLY {} AS t WHERE ctid = ANY(%s::tid[]) "
+                    "AND xmin = ANY(%s::xid[])").format(sql.SQL(meta.rels[rel].qualified))
+        out += [r[0] for r in conn.execute(q, ([f"({b},{o})" for b, o in tset], xids))]
+    return sorted(out)

@@ -1,0 +1,161 @@
+"""The failback-only steps: fence the old primary, reconcile its divergent writes,
+rebuild it as a replica. They run before anything is frozen, so a failure
+leaves the service where it is (failed over) and the machine rolls back.
+
+They need to control the old primary's node (stop, write ``standby.signal``,
+``pg_rewind``): ``ctx.nodes(db, region)`` provides it (the lab gives its
+clusters; a production agent on the database host would be another provider).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drorch.adapters import postgres as pg
+from drorch.steps.base import Step, StepContext, StepFailed
+
+
+def _node(ctx: StepContext, db: str, region: str) -> Any:
+    if ctx.nodes is None:
+        raise StepFailed(f"{db} in {region}: fencing and resync need control of the database "
+                         "node (stop/start, standby.signal, pg_rewind); this runbook has none "
+                         "(only the lab provides it today)")
+    return ctx.nodes(db, region)
+
+
+def _dsn(ctx: StepContext, db: str, region: str) -> str:
+    return ctx.runbook.database(db).endpoints[region].dsn()
+
+
+class FenceOldPrimary(Step):
+    """Restart the old primary as a standby with no upstream: read-only, writes no WAL,
+    prunes nothing, so its divergent commits stay readable. Verified, never assumed."""
+
+    stage = "fence"
+
+    def describe(self, ctx: StepContext) -> str:
+        return f"fence {self.target} in {ctx.to_region} as a standby with no upstream"
+
+    def check(self, ctx: StepContext) -> bool:
+        from drorch.reconcile import fence
+
+        node = _node(ctx, self.target, ctx.to_region)
+        if not node.is_running():
+            return False
+        status = fence.verify_fenced(node.dsn(ctx.runbook.database(self.target)
+                                              .endpoints[ctx.to_region].dbname))
+        return status.state == "fenced"
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        from drorch.reconcile import fence
+
+        node = _node(ctx, self.target, ctx.to_region)
+        if node.is_running():
+            before = fence.verify_fenced(node.dsn())
+            if before.alarm:
+                ctx.record("fence.alarm", {"database": self.target, "region": ctx.to_region,
+                                           "found": before.to_dict()}, outcome="alarm")
+        status = fence.fence_as_standby(node, start=True)
+        if status.state != "fenced":
+            ctx.record("fence.alarm", {"database": self.target, "region": ctx.to_region,
+                                       "found": status.to_dict()}, outcome="alarm")
+            raise StepFailed(f"{self.target} in {ctx.to_region} is not fenced: {status.reason}",
+                             status.to_dict())
+        return status.to_dict()
+
+
+class ReconcileDivergence(Step):
+    """Find every write the old primary committed after the split (its WAL, exactly),
+    capture it on the new primary, apply the non-conflicting ones, write the rest to
+    the conflict file. Idempotent: a captured run and applied changes are recorded
+    on the new primary and not redone."""
+
+    stage = "reconcile"
+
+    def describe(self, ctx: StepContext) -> str:
+        spec = ctx.runbook.database(self.target).reconcile
+        tables = [t.name for t in spec.tables] if spec else []
+        return (f"find {self.target}'s divergent writes in {ctx.to_region} (method "
+                f"{spec.method if spec else '-'}), apply to {ctx.from_region}: {tables}")
+
+    def check(self, ctx: StepContext) -> bool:
+        return ctx.facts.get(f"reconcile:{self.target}:applied") is not None
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        from drorch.reconcile.apply import apply_reconciliation
+        from drorch.reconcile.find import find_divergence
+        from drorch.reconcile.timeline import divergence_point
+
+        db = ctx.runbook.database(self.target)
+        if db.reconcile is None:
+            raise StepFailed(f"{self.target}: no reconcile section in the runbook; divergent "
+                             "writes would be lost silently, so drorch will not resync")
+        new_dsn = _dsn(ctx, self.target, ctx.from_region)
+        old_dsn = _node(ctx, self.target, ctx.to_region).dsn(db.endpoints[ctx.to_region].dbname)
+        divergence = divergence_point(new_dsn)
+        report = find_divergence(old_dsn, new_dsn, db.reconcile, divergence)
+        ctx.facts.set(f"reconcile:{self.target}:report", {
+            "run_id": report.run_id, "summary": report.summary(), "totals": report.totals(),
+            "transactions": report.transactions, "method": report.method,
+            "divergence": divergence.to_dict()})
+        for decision in report.decisions():
+            ctx.record("reconcile.decision", {"database": self.target, **decision})
+        result = apply_reconciliation(report, new_dsn, db.reconcile)
+        applied = result.to_dict()
+        ctx.facts.set(f"reconcile:{self.target}:applied", applied)
+        return {"run_id": report.run_id, "summary": report.summary(), "totals": report.totals(),
+                "divergence": divergence.to_dict(), "applied": applied,
+                "conflict_file": db.reconcile.conflict_file}
+
+
+class ResyncAsReplica(Step):
+    """Rebuild the old primary (``ctx.to_region``) as a streaming replica of the serving
+    one (``ctx.from_region``): pg_rewind, or a fresh base backup; wait until caught up.
+    Refuses until its divergent writes were captured (a rewind erases them)."""
+
+    stage = "resync"
+
+    def _roles(self, ctx: StepContext) -> tuple[str, str]:
+        """(region whose node is rebuilt, region it will follow)."""
+        return ctx.to_region, ctx.from_region
+
+    def describe(self, ctx: StepContext) -> str:
+        rebuilt, source = self._roles(ctx)
+        return f"rebuild {self.target} in {rebuilt} as a replica of {source}"
+
+    def check(self, ctx: StepContext) -> bool:
+        return False  # resync_as_replica returns at once when it already streams
+
+    def _captured(self, ctx: StepContext) -> bool:
+        return ctx.facts.get(f"reconcile:{self.target}:applied") is not None
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        from drorch.reconcile.resync import resync_as_replica
+
+        rebuilt, source = self._roles(ctx)
+        result = resync_as_replica(_node(ctx, self.target, rebuilt),
+                                   _dsn(ctx, self.target, source),
+                                   captured=self._captured(ctx),
+                                   timeout_s=ctx.runbook.database(self.target).resync_timeout_s)
+        return result.to_dict()
+
+
+class RejoinAsReplica(ResyncAsReplica):
+    """After the switch back, the region we left becomes the replica again, ready for
+    the next failover. It was frozen and caught up before the promotion, so nothing
+    diverged there: there is nothing to capture."""
+
+    stage = "rejoin"
+
+    def _roles(self, ctx: StepContext) -> tuple[str, str]:
+        return ctx.from_region, ctx.to_region
+
+    def _captured(self, ctx: StepContext) -> bool:
+        promoted = ctx.facts.get(f"promote:{self.target}:measured") or {}
+        return bool(promoted.get("caught_up"))
+
+    def check(self, ctx: StepContext) -> bool:
+        try:
+            return pg.in_recovery(_dsn(ctx, self.target, ctx.from_region))
+        except pg.Unreachable:
+            return False
