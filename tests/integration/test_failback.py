@@ -78,6 +78,9 @@ def _split_brain(lab: Lab) -> Writer:
     writer.commit([("UPDATE orders SET amount_cents = -1 WHERE id = %s", (i,))
                    for i in range(1, 11)])
     writer.commit([("DELETE FROM orders WHERE id = %s", (i,)) for i in range(50, 55)])
+    with psycopg.connect(a, autocommit=True) as c:  # a users conflict with a sensitive column
+        c.execute("UPDATE users SET email = 'bob@a.example', password_hash = 'A-SECRET-HASH' "
+                  "WHERE email = 'bob@example.com'")
     with psycopg.connect(a) as c, c.cursor().copy(
             "COPY orders (id, user_id, amount_cents, region) FROM STDIN") as cp:
         for i in range(2001, 2021):
@@ -91,6 +94,8 @@ def _split_brain(lab: Lab) -> Writer:
     with psycopg.connect(b, autocommit=True) as c:
         c.execute("UPDATE orders SET amount_cents = -2 WHERE id IN (1, 2, 3)")  # conflicts
         c.execute("DELETE FROM orders WHERE id = 4")                             # conflict
+        c.execute("UPDATE users SET password_hash = 'B-SECRET-HASH' "
+                  "WHERE email = 'bob@example.com'")
         c.execute("UPDATE orders SET amount_cents = 1234 WHERE id IN (100, 101)")  # new-only
         c.execute("INSERT INTO orders(id, user_id, amount_cents, region) "
                   "VALUES (3001, 4, 900, 'b-new')")
@@ -104,6 +109,8 @@ def _conflict_keys(lab: Lab) -> set[int]:
     doc = json.loads(path.read_text())
     keys = set()
     for entry in doc.get("conflicts", []):
+        if entry["table"] != "public.orders":
+            continue
         key = entry.get("key")
         keys.add(int(key["id"] if isinstance(key, dict) else json.loads(key)[0]))
     return keys
@@ -150,14 +157,33 @@ def test_failback_finds_every_divergent_write_and_loses_none(lab: Lab) -> None:
     report = store.fact(failback.id, "reconcile:main:report")
     assert report["method"] == "wal"
     totals = report["totals"]
-    # 10 inserts, 10 updates (+1 savepoint update), 5 deletes, 20 COPY rows = 45 keys
-    assert totals["old_only"] + totals["conflicts"] == 45
-    assert totals["conflicts"] == 4
+    # orders: 10 inserts, 10 updates (+ savepoint updates), 5 deletes, 20 COPY rows = 45
+    # keys; users: bob's row = 46
+    assert totals["old_only"] + totals["conflicts"] == 46
+    assert report["totals"]["conflicts"] == 5  # 4 orders + bob's user row
     record = lab.cli("report", failover.id, "--format", "json")
     rpo = json.loads(record.stdout)["rpo"]
-    assert rpo["rows"] == 45 and rpo["transactions"] == 4
-    assert "password_hash" not in (lab.state_dir / "conflicts-main.json").read_text() or \
-        "pbkdf2" not in (lab.state_dir / "conflicts-main.json").read_text()
+    assert rpo["rows"] == 46 and rpo["transactions"] == 5
+    for path in (lab.state_dir / "conflicts-main.json", lab.state_dir / "audit.jsonl",
+                 lab.state_dir / "journal.db"):
+        text = path.read_bytes()
+        assert b"A-SECRET-HASH" not in text and b"B-SECRET-HASH" not in text, path
+
+    # A human resolves two conflicts; `drorch reconcile apply` applies them, once.
+    conflict_file = lab.state_dir / "conflicts-main.json"
+    doc = json.loads(conflict_file.read_text())
+    for entry in doc["conflicts"]:
+        if entry["table"] == "public.orders" and entry["key"] == {"id": 1}:
+            entry["resolution"] = "old"
+        if entry["table"] == "public.orders" and entry["key"] == {"id": 2}:
+            entry["resolution"] = "new"
+    conflict_file.write_text(json.dumps(doc))
+    for _ in range(2):
+        applied = lab.cli("reconcile", "apply", str(conflict_file), "--actor", "dba")
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+    with psycopg.connect(_dsn(lab, "region-a")) as c:
+        rows = dict(c.execute("SELECT id, amount_cents FROM orders WHERE id IN (1, 2)"))
+    assert rows == {1: writer.acked[1][2], 2: -2}
 
 
 @pytest.mark.parametrize("point", ["reconcile:main:after_apply", "resync:main:before_apply",
