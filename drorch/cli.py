@@ -136,6 +136,23 @@ def _plan(rb: Runbook, kind: str = "failover") -> None:
             irrev = " [bold yellow](irreversible)[/]" if step.irreversible else ""
             out.print(f"   - {step.id}: {step.describe(_dry_ctx(rb, src, dst, aws))}{irrev}",
                       highlight=False)
+    _warn_wal_retention(rb, src)
+
+
+def _warn_wal_retention(rb: Runbook, region: str) -> None:
+    """Exact reconciliation after an unplanned failover needs the old primary's WAL
+    back to the split: say now, not at failback, when a database would not keep it."""
+    from drorch.reconcile.retention import wal_retention_warning
+
+    for db in rb.databases:
+        try:
+            warning = wal_retention_warning(db.endpoints[region].dsn())
+        except Exception as exc:  # noqa: BLE001 (a plan must still print)
+            warning = f"could not check ({str(exc).strip().splitlines()[0]})"
+        if warning:
+            out.print(f"[bold yellow]warning[/] {db.name} in {region}: divergent writes could "
+                      f"not be found exactly after an unplanned failover: {warning}",
+                      highlight=False)
 
 
 def _dry_ctx(rb: Runbook, src: str, dst: str, aws: Any) -> Any:

@@ -203,3 +203,15 @@ def test_audit_log_has_no_secret_and_detects_tampering(lab: Lab) -> None:
     bad = lab.cli("audit", "verify", str(log))
     assert bad.returncode == 1
     assert "line 4" in (bad.stdout + bad.stderr)
+
+
+def test_plan_warns_when_wal_would_not_be_kept(lab: Lab) -> None:
+    """`drorch plan` is silent when the primary keeps enough WAL for exact
+    reconciliation, and warns, naming the database, when it does not."""
+    quiet = lab.cli("plan")
+    assert quiet.returncode == 0 and "warning" not in quiet.stdout
+    with psycopg.connect(_dsn(lab, "region-a"), autocommit=True) as c:
+        c.execute("ALTER SYSTEM SET wal_keep_size = 0")
+        c.execute("SELECT pg_reload_conf()")
+    loud = lab.cli("plan")
+    assert "warning main in region-a" in loud.stdout and "wal_keep_size" in loud.stdout
