@@ -202,3 +202,25 @@ def test_kill_during_failback_then_resume_applies_nothing_twice(lab: Lab, point:
         twice = c.execute("SELECT count(*) FROM (SELECT id FROM orders GROUP BY id "
                           "HAVING count(*) > 1) d").fetchone()[0]
     assert twice == 0
+
+
+def test_planned_drill_is_a_zero_loss_round_trip(lab: Lab) -> None:
+    """`drorch drill` fails over and back with RPO 0 both ways (replay checked before each
+    promotion), ends with region-a primary and region-b its replica, and writes reports."""
+    with psycopg.connect(_dsn(lab, "region-a"), autocommit=True) as c:
+        c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES (1, 77, 'pre')")
+    result = lab.cli("drill", "--actor", "sre", "--reason", "quarterly drill")
+    assert result.returncode == 0, result.stdout + result.stderr
+    store = SqliteStore(lab.state_dir / "journal.db")
+    failover, failback = store.incidents()[-2:]
+    assert (failover.kind, failover.state) == ("failover", "failed_over")
+    assert (failback.kind, failback.state) == ("failback", "monitoring")
+    for inc in (failover, failback):
+        measured = store.fact(inc.id, "promote:main:measured")
+        assert measured["caught_up"] is True and measured["rpo_bytes"] == 0
+        assert (lab.state_dir / "reports" / f"{inc.id}.md").exists()
+    with psycopg.connect(_dsn(lab, "region-b")) as c:
+        assert c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    with psycopg.connect(_dsn(lab, "region-a")) as c:
+        assert not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        assert c.execute("SELECT count(*) FROM orders WHERE region='pre'").fetchone()[0] == 1
