@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   the local two-region lab drill (lab up, failover, status, lab down)
+#   make demo   the local two-region lab drill (region-a dies under traffic, automatic failover)
 #   make test   the whole test suite against real PostgreSQL and moto
 PYTHON ?= python3
 VENV   := .venv
@@ -26,13 +26,8 @@ postgres:
 
 demo: $(STAMP) postgres
 	@rm -rf $(DEMO_STATE)
-	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch lab up --runbook runbooks/lab.yaml
-	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch failover --runbook runbooks/lab.yaml \
-	  --actor demo --reason "make demo: lab failover drill" \
-	  || (DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch lab down --runbook runbooks/lab.yaml; exit 1)
-	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch status --runbook runbooks/lab.yaml
+	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch lab drill --runbook runbooks/lab.yaml
 	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch audit verify $(DEMO_STATE)/audit.jsonl
-	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch lab down --runbook runbooks/lab.yaml
 
 test: $(STAMP) postgres
 	$(BIN)/ruff check drorch tests bench

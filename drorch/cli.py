@@ -97,6 +97,20 @@ def _print_summary(record: dict[str, Any]) -> None:
               f"({rpo['method']}){_vs(rpo['seconds'], targets.get('rpo_seconds'), 's')}")
 
 
+def _print_health(rb: Runbook, store: Any) -> None:
+    """What the watcher saw last: each region's verdict, window progress and probes."""
+    if rb.health is None:
+        return
+    from drorch.watch import health_summary
+
+    for row in health_summary(rb, store):
+        probes = ", ".join(f"{p['probe']} {'ok' if p['ok'] else 'FAIL'}"
+                           for p in row.get("probes", []))
+        out.print(f"  {row['region']} ({row['role']}): {row['status']} - "
+                  f"{row.get('progress') or 'no observation yet'}"
+                  + (f" [{probes}]" if probes else ""), highlight=False)
+
+
 def _fmt(value: Any, unit: str) -> str:
     if value is None:
         return f"unknown {unit}"
@@ -283,6 +297,7 @@ def status(runbook: RunbookOpt) -> None:
     engine, store = _engine(rb)
     incidents = store.incidents(rb.name)
     out.print(f"runbook {rb.name}: writes served by [bold]{engine.active_region()}[/]")
+    _print_health(rb, store)
     if not incidents:
         out.print("no incidents recorded")
         return
@@ -306,8 +321,12 @@ def watch(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    incident_id = run_watch(rb, store, audit, aws, stop=stop, progress=_progress,
-                            max_seconds=max_seconds)
+    try:
+        incident_id = run_watch(rb, store, audit, aws, stop=stop, progress=_progress,
+                                max_seconds=max_seconds)
+    except ValueError as exc:
+        err.print(f"[bold red]cannot watch:[/] {exc}")
+        raise typer.Exit(2) from None
     if incident_id:
         record = incident_record(store, rb, incident_id)
         _print_summary(record)
@@ -398,7 +417,7 @@ def lab_fail(
     region: str,
     runbook: RunbookOpt = Path("runbooks/lab.yaml"),
     mode: Annotated[str, typer.Option(help="stop, hang or flap")] = "stop",
-    period: Annotated[float, typer.Option(help="flap period in seconds")] = 2.0,
+    period: Annotated[float, typer.Option(help="flap period in seconds")] = 4.0,
     actor: ActorOpt = None,
 ) -> None:
     """Inject a fault into a lab region (audited like any other action)."""

@@ -51,8 +51,8 @@ class Endpoint(_Model):
             "port": str(self.port),
             "dbname": dbname or self.dbname,
             "user": self.user,
-            "connect_timeout": "3",
-            "tcp_user_timeout": "3000",
+            "connect_timeout": "2",  # libpq's floor; a hung region must not stall a step
+            "tcp_user_timeout": "2000",
             **{k: str(v) for k, v in extra.items()},
         }
         if self.password_env and os.environ.get(self.password_env):

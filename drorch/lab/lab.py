@@ -273,6 +273,9 @@ def down(runbook: Runbook) -> list[str]:
     stopped: list[str] = []
     if state is None:
         return stopped
+    from drorch.lab import faults
+
+    stopped += faults.release_all(runbook)
     for name, pid in state.services.items():
         stop_pid(pid)
         stopped.append(name)

@@ -1,0 +1,271 @@
+"""Fault injection in the lab: make a region fail the way real regions do, then heal it.
+
+Modes (``fail``):
+- ``stop``: every PostgreSQL node of the region is killed like a crash (SIGKILL of the
+  postmaster and its children) and its app is stopped: probes are *refused*.
+- ``hang``: the same processes are frozen with SIGSTOP: connections open (the kernel
+  still accepts them) but nothing answers, so probes *time out*, the hard case.
+- ``flap``: a detached ``python -m drorch.lab.faults flap`` process freezes the
+  region for half of each period and thaws it for the other half. Freezing rather
+  than restarting keeps the period exact (a restart takes about a second).
+
+``heal`` undoes any of them: stops the flapper, SIGCONTs everything, starts the
+PostgreSQL nodes that are down and the app if it is gone. It is safe to run twice
+and on a region that has no fault. Every injection and heal is audited like any
+other action (``lab.fault.injected``, ``lab.fault.healed``). What is in force is
+kept in ``<lab_dir>/faults.json``; the flapper exits on its own once its entry is
+gone from it (after ``heal``, or ``lab down`` removing the lab directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from drorch.audit import AuditLog
+from drorch.config import Runbook
+from drorch.lab import lab, services
+from drorch.lab.postgres import PgNode
+
+Mode = Literal["stop", "hang", "flap"]
+MODES: tuple[str, ...] = ("stop", "hang", "flap")
+
+
+class FaultError(RuntimeError):
+    """The fault cannot be injected (no lab, unknown region, a fault already in force)."""
+
+
+def faults_path(runbook: Runbook) -> Path:
+    return lab.lab_dir(runbook) / "faults.json"
+
+
+def active_faults(runbook: Runbook) -> dict[str, dict[str, Any]]:
+    """Faults in force, by region: ``{"mode", "since", "period_s"?, "pid"?}``."""
+    try:
+        return dict(json.loads(faults_path(runbook).read_text()))
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _write_faults(runbook: Runbook, faults: dict[str, dict[str, Any]]) -> None:
+    path = faults_path(runbook)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(faults, indent=1))
+    tmp.replace(path)
+
+
+def _nodes(runbook: Runbook, region: str) -> list[PgNode]:
+    return [lab.node_for(runbook, db.name, region) for db in runbook.databases]
+
+
+def _app_pid(state_file: Path, region: str) -> int | None:
+    state = lab.LabState.load(state_file)
+    return state.services.get(f"app:{region}") if state else None
+
+
+def _signal_pid(pid: int | None, sig: signal.Signals) -> None:
+    """Signal a lab service and, when it leads its own process group, the whole group."""
+    if pid is None or not services.pid_alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+def _signal_node(node: PgNode, sig: signal.Signals) -> None:
+    """Postmaster first, then its children as they are *after* that (a stopped postmaster
+    forks no new backend, so none escapes a SIGSTOP)."""
+    pid = node.pid()
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    for child in node.child_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, sig)
+
+
+def _freeze_region(nodes: list[PgNode], app_pid: int | None, sig: signal.Signals) -> None:
+    for node in nodes:
+        _signal_node(node, sig)
+    _signal_pid(app_pid, sig)
+
+
+def _region_checked(runbook: Runbook, region: str) -> lab.LabState:
+    if region not in [r.name for r in runbook.regions]:
+        raise FaultError(f"unknown region {region!r} (the runbook has "
+                         f"{[r.name for r in runbook.regions]})")
+    state = lab.LabState.load(lab.state_path(runbook))
+    if state is None:
+        raise FaultError("the lab is not up: run `drorch lab up` first")
+    return state
+
+
+def fail(runbook: Runbook, region: str, mode: Mode, *, period_s: float = 2.0,
+         audit: AuditLog | None = None, actor: str = "lab") -> str:
+    """Inject ``mode`` into ``region``; returns what was done, in one sentence.
+
+    Not idempotent: a region that already has a fault raises ``FaultError`` (heal it
+    first), so two faults never overlap and ``heal`` always knows what to undo.
+    """
+    state = _region_checked(runbook, region)
+    if mode not in MODES:
+        raise FaultError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    if period_s <= 0:
+        raise FaultError("the flap period must be positive")
+    faults = active_faults(runbook)
+    if region in faults:
+        raise FaultError(f"{region} already has a {faults[region]['mode']} fault: "
+                         f"run `drorch lab heal {region}` first")
+    nodes = _nodes(runbook, region)
+    app_pid = state.services.get(f"app:{region}")
+    entry: dict[str, Any] = {"mode": mode, "since": time.time()}
+    names = ", ".join(n.name for n in nodes)
+    if mode == "stop":
+        for node in nodes:
+            node.signal_all(signal.SIGCONT)  # a frozen node must be able to die
+            node.kill()
+        if app_pid is not None:
+            lab.stop_pid(app_pid)
+        sentence = f"{region} stopped: PostgreSQL {names} killed, app stopped"
+    elif mode == "hang":
+        _freeze_region(nodes, app_pid, signal.SIGSTOP)
+        sentence = f"{region} hung: PostgreSQL {names} and app frozen (SIGSTOP)"
+    else:
+        # Recorded before the flapper starts: it exits as soon as its entry is missing.
+        faults[region] = {**entry, "period_s": period_s, "pid": None}
+        _write_faults(runbook, faults)
+        entry.update(period_s=period_s, pid=_start_flapper(runbook, region, period_s))
+        sentence = (f"{region} flapping: PostgreSQL {names} and app frozen for "
+                    f"{period_s / 2:g}s of every {period_s:g}s (flapper pid {entry['pid']})")
+    faults[region] = entry
+    _write_faults(runbook, faults)
+    if audit is not None:
+        audit.record("lab.fault.injected", actor=actor, reason=sentence,
+                     inputs={"region": region, "mode": mode,
+                             **({"period_s": period_s} if mode == "flap" else {})},
+                     detail={"nodes": [n.name for n in nodes], "app_pid": app_pid})
+    return sentence
+
+
+def heal(runbook: Runbook, region: str, *, audit: AuditLog | None = None,
+         actor: str = "lab") -> str:
+    """Bring ``region`` back: stop the flapper, resume frozen processes, start what is
+    down. Idempotent; returns what was done, in one sentence."""
+    _region_checked(runbook, region)
+    faults = active_faults(runbook)
+    entry = faults.pop(region, None)
+    _write_faults(runbook, faults)  # first: a flapper that outlives its stop sees this
+    done: list[str] = []
+    if entry and entry.get("pid"):
+        services.stop_pid(int(entry["pid"]))
+        done.append("flapper stopped")
+    nodes = _nodes(runbook, region)
+    app_pid = _app_pid(lab.state_path(runbook), region)
+    _freeze_region(nodes, app_pid, signal.SIGCONT)
+    for node in nodes:
+        if not node.is_running():
+            node.start()
+            done.append(f"PostgreSQL {node.name} started")
+    if runbook.lab is not None and (app_pid is None or not services.pid_alive(app_pid)):
+        lab.start_app(runbook, region)
+        done.append("app started")
+    sentence = f"{region} healed" + (f": {', '.join(done)}" if done else " (resumed)")
+    if audit is not None:
+        audit.record("lab.fault.healed", actor=actor, reason=sentence,
+                     inputs={"region": region, "mode": entry["mode"] if entry else None},
+                     detail={"done": done})
+    return sentence
+
+
+def release_all(runbook: Runbook) -> list[str]:
+    """For ``lab down``: stop every flapper and thaw every frozen process, start nothing.
+    Call it before stopping the servers (a server frozen again mid-stop stalls it)."""
+    done = []
+    for region, entry in active_faults(runbook).items():
+        if entry.get("pid"):
+            services.stop_pid(int(entry["pid"]))
+            done.append(f"flapper {region}")
+    if faults_path(runbook).exists():
+        _write_faults(runbook, {})
+    state_file = lab.state_path(runbook)
+    for region in runbook.regions:
+        _freeze_region(_nodes(runbook, region.name), _app_pid(state_file, region.name),
+                       signal.SIGCONT)
+    return done
+
+
+# -- the flapper: a detached process ---------------------------------------------------
+def _start_flapper(runbook: Runbook, region: str, period_s: float) -> int:
+    base = lab.lab_dir(runbook)
+    spec = {
+        "region": region, "period_s": period_s,
+        "faults": str(faults_path(runbook).resolve()),
+        "lab_state": str(lab.state_path(runbook).resolve()),
+        "nodes": [{"name": n.name, "datadir": str(n.datadir), "port": n.port,
+                   "rundir": str(n.rundir)} for n in _nodes(runbook, region)],
+    }
+    spec_file = base / f"flap-{region}.json"
+    spec_file.write_text(json.dumps(spec, indent=1))
+    with open(base / f"flap-{region}.log", "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "drorch.lab.faults", "flap", "--spec", str(spec_file)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    return proc.pid
+
+
+def _still_wanted(spec: dict[str, Any]) -> bool:
+    """The flapper's own entry is still in faults.json (heal or lab down removes it)."""
+    try:
+        entry = json.loads(Path(spec["faults"]).read_text()).get(spec["region"], {})
+    except (FileNotFoundError, ValueError):
+        return False
+    return entry.get("mode") == "flap" and entry.get("pid") in (None, os.getpid())
+
+
+def flap(spec: dict[str, Any], stop: threading.Event) -> None:
+    """Freeze the region for half of each period, thaw it for the other half, until
+    ``stop`` is set or the fault is no longer recorded; always leaves it thawed."""
+    nodes = [PgNode(n["name"], Path(n["datadir"]), n["port"], Path(n["rundir"]))
+             for n in spec["nodes"]]
+    state_file, region = Path(spec["lab_state"]), spec["region"]
+    half = float(spec["period_s"]) / 2
+    frozen = False
+    try:
+        while not stop.is_set() and _still_wanted(spec):
+            frozen = not frozen
+            sig = signal.SIGSTOP if frozen else signal.SIGCONT
+            _freeze_region(nodes, _app_pid(state_file, region), sig)
+            print(json.dumps({"at": time.time(), "event": "flap", "frozen": frozen}),
+                  flush=True)
+            stop.wait(half)
+    finally:
+        _freeze_region(nodes, _app_pid(state_file, region), signal.SIGCONT)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m drorch.lab.faults")
+    sub = parser.add_subparsers(dest="command", required=True)
+    flap_cmd = sub.add_parser("flap", help="run the flapper (started by `drorch lab fail`)")
+    flap_cmd.add_argument("--spec", type=Path, required=True)
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    flap(json.loads(args.spec.read_text()), stop)
+
+
+if __name__ == "__main__":
+    main()
