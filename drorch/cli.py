@@ -182,25 +182,36 @@ def _dry_ctx(rb: Runbook, src: str, dst: str, aws: Any) -> Any:
     return StepContext(rb, "dry-run", "dry-run", src, dst, aws, _NoFacts())
 
 
+ReasonOpt = Annotated[str | None, typer.Option(help="Why (goes to the journal and audit).")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
+
+
 @app.command()
-def failover(
-    runbook: RunbookOpt,
-    reason: Annotated[str | None, typer.Option(help="Why (goes to the journal and audit).")]
-    = None,
-    actor: ActorOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
-    = False,
-) -> None:
+def failover(runbook: RunbookOpt, reason: ReasonOpt = None, actor: ActorOpt = None,
+             dry_run: DryRunOpt = False) -> None:
     """Fail over now, by hand: skips the health window, records who and why."""
+    _manual("failover", runbook, reason, actor, dry_run)
+
+
+@app.command()
+def failback(runbook: RunbookOpt, reason: ReasonOpt = None, actor: ActorOpt = None,
+             dry_run: DryRunOpt = False) -> None:
+    """Return to the original primary region: fence it, reconcile its divergent writes,
+    rebuild it as a replica, then switch back with zero loss."""
+    _manual("failback", runbook, reason, actor, dry_run)
+
+
+def _manual(kind: str, runbook: Path, reason: str | None, actor: str | None,
+            dry_run: bool) -> None:
     rb = _load(runbook)
     if dry_run:
-        _plan(rb)
+        _plan(rb, kind)
         out.print("[yellow]dry run: nothing was changed[/]")
         return
     if not reason:
-        err.print("a manual failover needs --reason (it goes to the audit log)")
+        err.print(f"a manual {kind} needs --reason (it goes to the audit log)")
         raise typer.Exit(2)
-    _start(rb, "failover", actor, reason)
+    _start(rb, kind, actor, reason)
 
 
 def _start(rb: Runbook, kind: str, actor: str | None, reason: str) -> None:
@@ -215,28 +226,6 @@ def _start(rb: Runbook, kind: str, actor: str | None, reason: str) -> None:
         raise typer.Exit(1) from None
     out.print(f"[bold]incident {incident_id}[/]: {kind} {rb.name}")
     _drive(engine, store, rb, incident_id)
-
-
-@app.command()
-def failback(
-    runbook: RunbookOpt,
-    reason: Annotated[str | None, typer.Option(help="Why (goes to the journal and audit).")]
-    = None,
-    actor: ActorOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
-    = False,
-) -> None:
-    """Return to the original primary region: fence it, reconcile its divergent writes,
-    rebuild it as a replica, then switch back with zero loss."""
-    rb = _load(runbook)
-    if dry_run:
-        _plan(rb, "failback")
-        out.print("[yellow]dry run: nothing was changed[/]")
-        return
-    if not reason:
-        err.print("a failback needs --reason (it goes to the audit log)")
-        raise typer.Exit(2)
-    _start(rb, "failback", actor, reason)
 
 
 @app.command()

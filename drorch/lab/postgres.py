@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drorch.procs import pid_alive
+
 PG_BIN = Path(os.environ.get("DRORCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERUSER = "postgres"
 
@@ -180,7 +182,7 @@ class PgNode:
             pid = int(first)
         except (OSError, IndexError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -204,7 +206,7 @@ class PgNode:
                 os.kill(p, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            alive = [p for p in [pid, *children] if _alive(p)]
+            alive = [p for p in [pid, *children] if pid_alive(p)]
             if not alive:
                 break
             time.sleep(0.02)
@@ -227,21 +229,6 @@ class PgNode:
         if self.is_running():
             self.stop("immediate")
         shutil.rmtree(self.datadir, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def make_pair(workdir: Path, port_a: int | None = None, port_b: int | None = None,

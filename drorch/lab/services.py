@@ -31,6 +31,8 @@ from typing import Any
 import structlog
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
+from drorch.procs import pid_alive
+
 
 class ServiceStartError(RuntimeError):
     """A lab service did not answer within its start timeout."""
@@ -169,21 +171,6 @@ def start_smtp_sink(host: str, port: int, *, store: Path, log_path: Path,
     proc = _spawn("drorch.lab.smtp_sink", ["--listen", f"{host}:{port}", "--store", str(store)],
                   log_path)
     return _wait_ready(proc, lambda: _smtp_answers(host, port), log_path, timeout)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def stop_pid(pid: int, *, timeout: float = 5) -> bool:
