@@ -15,7 +15,7 @@ import time
 
 import psycopg
 
-from drorch.reconcile._db import connect
+from drorch.reconcile._db import Conn, connect
 from drorch.reconcile.model import FenceStatus
 from drorch.reconcile.node import PgNodeLike, set_conf_lines, write_owned
 
@@ -66,28 +66,29 @@ def verify_fenced(target: str | PgNodeLike) -> FenceStatus:
                        True, False, False)
 
 
-def wait_replay_idle(dsn: str, timeout_s: float = 60) -> str:
+def wait_replay_idle(dsn: str | Conn, timeout_s: float = 60) -> str:
     """Wait until a fenced standby has replayed all its local WAL; returns the replay LSN.
 
-    With no upstream, the startup process waits in ``RecoveryRetrieveRetryInterval``
-    once it reached the end of its WAL; the replay LSN must also hold still
-    between two looks. Raises TimeoutError.
+    With no upstream, the startup process only waits in
+    ``RecoveryRetrieveRetryInterval`` after it failed to read a next record:
+    everything in its pg_wal is replayed and nothing can add more. Raises
+    TimeoutError.
     """
-    deadline = time.monotonic() + timeout_s
-    last = None
-    with connect(dsn) as c:
-        while True:
-            row = c.execute(
-                "SELECT pg_last_wal_replay_lsn()::text, EXISTS (SELECT 1 FROM pg_stat_activity "
-                "WHERE backend_type = 'startup' AND wait_event = 'RecoveryRetrieveRetryInterval')"
-            ).fetchone()
-            assert row is not None
-            if row[1] and row[0] == last:
-                return str(row[0])
-            last = row[0] if row[1] else None
-            if time.monotonic() > deadline:
-                raise TimeoutError("the fenced standby did not finish replaying its WAL")
-            time.sleep(0.05)
+    if isinstance(dsn, str):
+        with connect(dsn) as c:
+            return wait_replay_idle(c, timeout_s)
+    c, deadline = dsn, time.monotonic() + timeout_s
+    while True:
+        row = c.execute(
+            "SELECT pg_last_wal_replay_lsn()::text, EXISTS (SELECT 1 FROM pg_stat_activity "
+            "WHERE backend_type = 'startup' AND wait_event = 'RecoveryRetrieveRetryInterval')"
+        ).fetchone()
+        assert row is not None
+        if row[1]:
+            return str(row[0])
+        if time.monotonic() > deadline:
+            raise TimeoutError("the fenced standby did not finish replaying its WAL")
+        time.sleep(0.02)
 
 
 def fence_as_standby(node: PgNodeLike, *, start: bool = True, timeout_s: float = 60) -> FenceStatus:

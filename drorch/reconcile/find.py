@@ -57,23 +57,31 @@ def run_id_for(database: str, divergence: Divergence) -> str:
     return f"{database}@{divergence.timeline}:{divergence.lsn}"
 
 
-def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[dict[str, Any]], with_ts: bool
+def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[dict[str, Any]], with_ts: bool,
+                 known: dict[str, str] | None, report: DivergenceReport
                  ) -> dict[str, tuple[str, datetime | None]]:
-    """Rows (``to_jsonb`` text and commit time) of the given keys, by canonical key."""
+    """Rows (``to_jsonb`` text and commit time) of the given keys, by canonical key.
+
+    ``known``: rows this node already gave by TID (live, so current): not asked again.
+    Rows read here are added to ``report.rows_shipped``."""
+    out: dict[str, tuple[str, datetime | None]] = {}
+    if known and not with_ts:
+        out = {k: (v, None) for k, v in known.items()}
+        keys = [kd for kd in keys if canonical_key([kd[c] for c in meta.pk]) not in out]
     if not keys:
-        return {}
+        return out
     t_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in meta.pk)
     k_cols = sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(c)) for c in meta.pk)
     ts = sql.SQL("pg_xact_commit_timestamp(t.xmin)" if with_ts else "NULL::timestamptz")
     q = sql.SQL("SELECT to_jsonb(t)::text, {ts} FROM {tbl} AS t JOIN "
                 "jsonb_populate_recordset(NULL::{tbl}, %s::jsonb) AS k ON ({t}) = ({k})"
                 ).format(ts=ts, tbl=meta.ident, t=t_cols, k=k_cols)
-    out: dict[str, tuple[str, datetime | None]] = {}
     with conn.transaction():
         conn.execute("SET LOCAL enable_hashjoin = off")
         conn.execute("SET LOCAL enable_mergejoin = off")
         for text, at in conn.execute(q, (json.dumps(keys, default=str),)):
             out[canonical_key([parse_row(text)[c] for c in meta.pk])] = (text, at)
+            report.rows_shipped += 1
     return out
 
 
@@ -100,9 +108,11 @@ def _classify_table(old: Conn, new: Conn, meta: TableMeta, cfg: ReconcileTable, 
     ``keys``: the canonical keys to judge (WAL method: every touched key); None
     means every key found on either side (full method: the diff's keys)."""
     with_ts = (wal_old is None or wal_new is None) and at is not None
-    a_rows = _rows_by_key(old, meta, lookup, with_ts)
-    b_rows = _rows_by_key(new, meta, lookup, with_ts)
-    report.rows_shipped += len(a_rows) + len(b_rows)
+    # rows read by TID answer the WAL method's lookups; the full method judges only its diff
+    a_known = wal_old.rows if wal_old is not None and keys is not None else None
+    b_known = wal_new.rows if wal_new is not None and keys is not None else None
+    a_rows = _rows_by_key(old, meta, lookup, with_ts, a_known, report)
+    b_rows = _rows_by_key(new, meta, lookup, with_ts, b_known, report)
     tr = TableReport(cfg.name, meta.pk, cfg.policy, list(cfg.sensitive_columns))
     if wal_old is not None:
         tr.old_touched, tr.old_transactions = len(wal_old.touched), len(wal_old.transactions)
@@ -221,7 +231,7 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
         if old_tli != divergence.parent_timeline:
             raise ReconcileError(f"old primary is on timeline {old_tli}, the split left "
                                  f"timeline {divergence.parent_timeline}")
-        old_end = wait_replay_idle(old_dsn)
+        old_end = wait_replay_idle(old)
         new_end = str(scalar(new, "SELECT pg_current_wal_flush_lsn()::text"))
         report = DivergenceReport(run_id, ni.name, spec.method, "", divergence,
                                   old_end_lsn=old_end, new_end_lsn=new_end)

@@ -62,7 +62,8 @@ def _key_plan(meta: TableMeta) -> tuple[sql.Composable, list[Callable[[str], Any
     """ORDER BY for the key, and how Python orders the same key's text (must agree)."""
     order, parsers = [], []
     for col in meta.pk:
-        ident, t = sql.Identifier(col), meta.pk_types[col]
+        # qualified: a bare name in ORDER BY would mean the output column (the ::text copy)
+        ident, t = sql.Identifier("t", col), meta.pk_types[col]
         if t in _INTS:
             order.append(ident)
             parsers.append(int)

@@ -13,6 +13,7 @@ import re
 
 import psycopg
 
+from drorch.reconcile import walbytes as wb
 from drorch.reconcile import walparse as wp
 from drorch.reconcile._db import Conn, connect
 from drorch.reconcile.model import Divergence
@@ -39,13 +40,13 @@ def _wal_bounds(c: Conn) -> tuple[int, int]:
     seg = int(c.execute("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'"
                         ).fetchone()[0])  # type: ignore[index]
     segnos = [p[1] for (n,) in c.execute("SELECT name FROM pg_ls_waldir()")
-              if (p := wp.parse_wal_file_name(n, seg))]
+              if (p := wb.parse_wal_file_name(n, seg))]
     return seg, (min(segnos) * seg if segnos else 0)
 
 
 def _last_commit_before(c: Conn, split: int) -> str | None:
     seg, oldest = _wal_bounds(c)
-    for lo in wp.lookback_starts(split, seg, oldest)[:4]:
+    for lo in wb.lookback_starts(split, seg, oldest)[:4]:
         try:
             row = c.execute(
                 "SELECT description FROM pg_get_wal_records_info(%s::pg_lsn, %s::pg_lsn) "

@@ -29,16 +29,17 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from drorch.reconcile import walbytes as wb
 from drorch.reconcile import walparse as wp
 from drorch.reconcile._db import Conn
 from drorch.reconcile.catalog import TableMeta
 from drorch.reconcile.classify import canonical_key, parse_row
+from drorch.reconcile.tidfetch import fetch_live, fetch_unkeyed
 from drorch.reconcile.tupledecode import UnsupportedKey, decode_logged_tuple
 from drorch.reconcile.walchanges import (
     KeysNotLogged,
     Touch,
     committed_records,
-    created_tids,
     touched_keys,
     transactions_touching,
 )
@@ -117,7 +118,7 @@ def _wal_files(conn: Conn) -> _WalFiles:
                            ).fetchone()[0])  # type: ignore[index]
     names: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for (name,) in conn.execute("SELECT name FROM pg_ls_waldir()"):
-        parsed = wp.parse_wal_file_name(name, seg)
+        parsed = wb.parse_wal_file_name(name, seg)
         if parsed:
             names[parsed[1]].append((parsed[0], name))
     return _WalFiles(seg, dict(names))
@@ -139,7 +140,7 @@ def _lookback(conn: Conn, files: _WalFiles, split: int, xids: list[int],
     for x in xids[1:]:
         if wp.xid_precedes(x, need):
             need = x
-    for lo in wp.lookback_starts(split, files.seg_size, files.oldest_lsn()):
+    for lo in wb.lookback_starts(split, files.seg_size, files.oldest_lsn()):
         rows = _query(conn, _LOOKBACK_SQL, {"start": wp.int_to_lsn(lo), "end": wp.int_to_lsn(split),
                                             "xids": [str(x) for x in xids], "dbpat": dbpat})
         starts = [wp.lsn_to_int(r[0]) for r in rows if r[2] == "Standby"
@@ -155,7 +156,7 @@ def _read_tails(conn: Conn, files: _WalFiles, recs: list[wp.HeapRecord],
     """Main data (the record's last bytes) of each record, by LSN, in one query."""
     fnames, offs, lens, owners = [], [], [], []
     for r in recs:
-        for segno, off, n in wp.record_tail_spans(r.lsn, r.record_length, r.main_data_length,
+        for segno, off, n in wb.record_tail_spans(r.lsn, r.record_length, r.main_data_length,
                                                   files.seg_size):
             fnames.append("pg_wal/" + files.file_for(segno, max_tli))
             offs.append(off)
@@ -191,7 +192,8 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
     files = _wal_files(conn)
     dbpat = f"%rel %/{dboid}/%"
     split = wp.lsn_to_int(start)
-    rows = _query(conn, _RECORDS_SQL, {"start": start, "end": end, "dbpat": dbpat})
+    rows = (_query(conn, _RECORDS_SQL, {"start": start, "end": end, "dbpat": dbpat})
+            if wp.lsn_to_int(end) > split else [])
     top_of: dict[int, int] = {}
     heap: list[wp.HeapRecord] = []
     created: set[int] = set()
@@ -235,7 +237,7 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
         if not meta.pk:
             side.no_pk_records[name] = len(recs)
             side.no_pk_transactions |= transactions_touching(recs, top_of)
-            side.no_pk_rows[name] = _fetch_unkeyed(conn, meta, recs, set(top_of))
+            side.no_pk_rows[name] = fetch_unkeyed(conn, meta, recs, set(top_of))
             side.rows_shipped += len(side.no_pk_rows[name])
             continue
         side.tables[name] = _table_changes(conn, files, meta, sorted(recs, key=lambda r: r.lsn),
@@ -258,7 +260,7 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
             if r.op == "multi_insert":
                 assert r.tid is not None
                 blk = r.tid[0]
-                for off in wp.multi_insert_offsets(tails.get(r.lsn, b""), r.ntuples, r.init_page):
+                for off in wb.multi_insert_offsets(tails.get(r.lsn, b""), r.ntuples, r.init_page):
                     expanded.append(wp.HeapRecord(r.lsn, r.xid, "insert", r.rel, (blk, off), None,
                                                   r.flags, r.record_length, r.main_data_length))
                 continue
@@ -266,13 +268,13 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
                 continue  # a speculative insertion taken back: the row never existed
             expanded.append(r)
             if r.lsn in tails and r.op in ("delete", "update"):
-                blob = wp.old_tuple_of(r.op, tails[r.lsn])
+                blob = wb.old_tuple_of(r.op, tails[r.lsn])
                 if blob is not None:
                     raw_keys[r.lsn] = decode_logged_tuple(blob, list(meta.rels[r.rel].attrs), want)
     except (UnsupportedKey, wp.WalFormatError) as e:
         raise WalUnavailable(f"{meta.name}: {e}") from e
     old_keys = _canonical_keys(conn, meta, raw_keys)
-    live, rows = _fetch_live(conn, meta, expanded, set(top_of))
+    live, rows = fetch_live(conn, meta, expanded, set(top_of))
     side.rows_shipped += len(rows) + len(old_keys)
     try:
         touched = touched_keys(expanded, live, old_keys)
@@ -281,39 +283,3 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
                              ) from e
     txns = transactions_touching(expanded, top_of)
     return SideTable(touched, rows, txns, len(expanded))
-
-
-def _fetch_live(conn: Conn, meta: TableMeta, recs: list[wp.HeapRecord], committed: set[int]
-                ) -> tuple[dict[tuple[str, tuple[int, int]], str], dict[str, str]]:
-    """Live tuples at the created TIDs written by committed divergent xids, per relation."""
-    live: dict[tuple[str, tuple[int, int]], str] = {}
-    rows: dict[str, str] = {}
-    xids = [str(x) for x in committed]
-    for rel, tids in created_tids(recs).items():
-        q = sql.SQL("SELECT ctid::text, to_jsonb(t)::text FROM ONLY {} AS t "
-                    "WHERE ctid = ANY(%s::tid[]) AND xmin = ANY(%s::xid[])").format(
-            sql.SQL(meta.rels[rel].qualified))
-        for ctid, text in conn.execute(q, ([f"({b},{o})" for b, o in tids], xids)):
-            b, o = ctid.strip("()").split(",")
-            key = canonical_key([parse_row(text)[c] for c in meta.pk])
-            live[(rel, (int(b), int(o)))] = key
-            rows[key] = text
-    return live, rows
-
-
-def _fetch_unkeyed(conn: Conn, meta: TableMeta, recs: list[wp.HeapRecord], committed: set[int]
-                   ) -> list[str]:
-    """Live rows a table without a key got after the split (bulk inserts: whole blocks)."""
-    out: list[str] = []
-    xids = [str(x) for x in committed]
-    tids: dict[str, set[tuple[int, int]]] = defaultdict(set)
-    for r in recs:
-        if r.op == "multi_insert" and r.tid is not None:
-            tids[r.rel].update((r.tid[0], off) for off in range(1, 292))
-        elif r.tid is not None:
-            tids[r.rel].add(r.tid)
-    for rel, tset in tids.items():
-        q = sql.SQL("SELECT to_jsonb(t)::text FROM ONLY {} AS t WHERE ctid = ANY(%s::tid[]) "
-                    "AND xmin = ANY(%s::xid[])").format(sql.SQL(meta.rels[rel].qualified))
-        out += [r[0] for r in conn.execute(q, ([f"({b},{o})" for b, o in tset], xids))]
-    return sorted(out)

@@ -1,0 +1,90 @@
+"""Finding divergent writes on the issue's story: exact from the WAL, same by full comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from drorch.reconcile import DivergenceReport, find_divergence, verify_fenced
+from tests.integration.reconcile.reconcile_story import SECRET_MARK, Story, expected, spec
+
+pytestmark = pytest.mark.postgres
+KEYED = ("accounts", "orders", "events", "ledger")
+
+
+def _kinds(report: DivergenceReport, table: str) -> dict[str, set[int]]:
+    tr = report.table(f"public.{table}")
+    return {k: {c.key["id"] for c in tr.changes if c.kind == k}
+            for k in ("old-only", "new-only", "conflict")}
+
+
+def test_wal_method_finds_every_acknowledged_divergent_write_exactly(
+        shared_story: Story, tmp_path: Path) -> None:
+    """Every key in the writers' lists is classified exactly; nothing unacknowledged appears."""
+    st = shared_story
+    rep = find_divergence(st.a.dsn(), st.b.dsn(), spec(tmp_path / "c.json"), st.divergence,
+                          capture=False)
+    assert rep.method == "wal" and rep.attribution == {"old": "wal", "new": "wal"}
+    for table in KEYED:
+        assert _kinds(rep, table) == expected(st, table), table
+    found = {c.key.get("id") for t in rep.tables for c in t.changes}
+    assert not found & {11002, 12001, 13001}  # rolled back, aborted, in flight at the crash
+    assert {5, 9001} <= {c.key["id"] for t in rep.tables[:2] for c in t.changes}  # straddler
+    assert rep.transactions["old_touching_tables"] == st.wa.transactions
+    assert rep.transactions["new_committed"] == st.wb.transactions
+    orders = {c.key["id"]: c for c in rep.table("public.orders").changes}
+    assert (orders[70].old_op, orders[70].new_op) == ("update", "delete")
+    assert (orders[80].old_op, orders[80].new_op) == ("delete", "update")
+    assert (orders[20001].old_op, orders[20001].new_op) == ("insert", "insert")
+    assert orders[10001].columns == ["account_id", "amount", "id", "status"]
+    assert rep.table("public.events").converged == 1  # events 7: both set the same value
+    no_pk = rep.tables_without_pk[0]
+    assert no_pk["table"] == "public.audit_log" and no_pk["rows_written_by_old"] == 2
+    assert rep.unconfigured_tables == []
+    text = json.dumps(rep.to_dict())
+    assert SECRET_MARK not in text and "a-note" not in text
+
+
+def test_full_comparison_classifies_the_same(shared_story: Story, tmp_path: Path) -> None:
+    """method='full' (COPY both sides, sorted diff) finds the same keys in the same classes."""
+    st = shared_story
+    rep = find_divergence(st.a.dsn(), st.b.dsn(), spec(tmp_path / "c.json", "full"),
+                          st.divergence, capture=False)
+    assert rep.method == "full" and "configured" in rep.method_reason
+    for table in KEYED:
+        assert _kinds(rep, table) == expected(st, table), table
+    assert rep.tables_without_pk[0]["rows_only_on_old"] == 2
+    assert rep.tables_without_pk[0]["rows_only_on_new"] == 1
+
+
+def test_divergence_point_and_fence_of_the_story(shared_story: Story) -> None:
+    """The split is on the new primary's timeline 2, known in time; region-a is fenced."""
+    st = shared_story
+    assert (st.divergence.timeline, st.divergence.parent_timeline) == (2, 1)
+    assert st.divergence.at is not None
+    status = verify_fenced(st.a.dsn())
+    assert (status.state, status.fenced, status.alarm) == ("fenced", True, False)
+
+
+def test_auto_falls_back_to_full_when_the_old_wal_is_gone_and_resyncs_by_base_backup(
+        story: Story, tmp_path: Path) -> None:
+    """With region-a's WAL removed, auto says why it compared tables, and classifies the same."""
+    from drorch.reconcile import resync_as_replica, walbytes, walparse
+
+    seg = 16 * 1024 * 1024
+    segno = walparse.lsn_to_int(story.divergence.lsn) // seg
+    (story.a.datadir / "pg_wal" / walbytes.wal_file_name(1, segno, seg)).unlink()
+    rep = find_divergence(story.a.dsn(), story.b.dsn(), spec(tmp_path / "c.json"),
+                          story.divergence)
+    assert rep.method == "full"
+    assert "old primary's WAL" in rep.method_reason and "removed" in rep.method_reason
+    assert rep.attribution == {"old": "commit-ts", "new": "wal"}
+    for table in KEYED:
+        assert _kinds(rep, table) == expected(story, table), table
+    result = resync_as_replica(story.a, story.b, captured=True, no_sync=True, timeout_s=60)
+    assert result.method == "basebackup" and "pg_rewind failed" in result.reason
+    assert result.kept_datadir and Path(result.kept_datadir).is_dir()
+    for table in (*KEYED, "audit_log"):
+        assert story.checksum(story.a, table) == story.checksum(story.b, table)

@@ -1,0 +1,94 @@
+"""Pure decisions: who changed a row, what kind of divergence, what the policy does."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from drorch.reconcile.classify import (
+    apply_op,
+    attribute,
+    canonical_key,
+    change_id,
+    classify,
+    decide,
+    differing_columns,
+    fingerprint,
+    mask,
+    parse_row,
+    side_op,
+)
+
+A = {"id": 1, "v": "a"}
+B = {"id": 1, "v": "b"}
+
+
+@pytest.mark.parametrize(("old", "new", "kind", "undetermined"), [
+    (True, False, "old-only", False),
+    (False, True, "new-only", False),
+    (True, True, "conflict", False),
+    (None, True, "conflict", True),
+    (True, None, "conflict", True),
+    (False, False, "conflict", True),
+])
+def test_classification_of_differing_rows(old: bool | None, new: bool | None, kind: str,
+                                          undetermined: bool) -> None:
+    """Who touched a differing row decides its kind; anything unknown is a conflict."""
+    assert classify(A, B, old, new) == (kind, undetermined)
+
+
+def test_equal_rows_never_diverge() -> None:
+    """Both sides made the same change (or both deleted it): nothing to do."""
+    assert classify(A, dict(A), True, True) == (None, False)
+    assert classify(None, None, True, True) == (None, False)
+
+
+def test_untouched_side_reveals_the_other_sides_delete() -> None:
+    """Without WAL a side cannot see its deletes; the other side's split-time row shows them."""
+    assert attribute(None, B, None, False) == (True, False)  # old deleted b's row
+    assert attribute(A, None, False, None) == (False, True)  # new deleted a's row
+    assert attribute(None, B, None, True, None, True) == (True, True)  # existed: old deleted
+    assert attribute(None, B, None, True, None, False) == (False, True)  # new inserted it
+    assert attribute(None, B, None, True) == (None, True)  # cannot tell
+
+
+def test_policies_decide_conflicts_only() -> None:
+    """Old-only changes are applied and new-only kept whatever the policy."""
+    assert decide("old-only", "new-wins") == "apply-old"
+    assert decide("new-only", "old-wins") == "keep-new"
+    assert [decide("conflict", p) for p in ("old-wins", "new-wins", "manual")] == [
+        "apply-old", "keep-new", "manual"]
+    assert decide("unkeyed", "old-wins") == "manual"
+
+
+def test_operations_and_columns() -> None:
+    """Columns that differ are named; a missing row differs in all its columns."""
+    assert differing_columns(A, B) == ["v"]
+    assert differing_columns(None, B) == ["id", "v"]
+    assert (apply_op(A, None), apply_op(None, B), apply_op(A, B)) == ("insert", "delete", "update")
+    assert side_op(True, None) == "delete" and side_op(False, A) == "insert"
+    assert side_op(True, A) == "update" and side_op(None, A) == "changed"
+
+
+def test_rows_parse_with_exact_decimals_and_keys_are_canonical() -> None:
+    """Numbers keep every digit; equal keys give equal strings; ids are stable."""
+    row = parse_row('{"id": 5, "amount": 0.12345678901234567890123}')
+    assert row["amount"] == Decimal("0.12345678901234567890123")
+    assert canonical_key([5, "x"]) == '[5,"x"]'
+    assert change_id("r", "public.t", "[5]") == change_id("r", "public.t", "[5]")
+    assert change_id("r", "public.t", "[5]") != change_id("r", "public.t", "[6]")
+
+
+def test_fingerprint_ignores_key_order_and_notices_changes() -> None:
+    """The same row in another key order has the same fingerprint; a changed value does not."""
+    assert fingerprint('{"a": 1, "b": 2}') == fingerprint('{"b": 2, "a": 1}')
+    assert fingerprint('{"a": 1}') != fingerprint('{"a": 2}')
+    assert fingerprint(None) == "absent"
+
+
+def test_mask_hides_sensitive_values_only() -> None:
+    """Sensitive columns keep their name, never their value."""
+    assert mask({"id": 1, "token": "s3cret", "n": Decimal("1.5")}, {"token"}) == {
+        "id": 1, "token": "***", "n": "1.5"}
+    assert mask(None, {"token"}) is None

@@ -1,0 +1,32 @@
+"""The reconcile section of a runbook is validated once, with errors a human can act on."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from drorch.reconcile.config import ReconcileSpec, ReconcileTable
+
+
+def test_defaults_and_table_lookup() -> None:
+    """Tables default to manual; a manual table needs a conflict file; names are schema.table."""
+    spec = ReconcileSpec(tables=[ReconcileTable(name="public.orders", policy="old-wins")])
+    assert spec.method == "auto" and spec.table("public.orders").table_name == "orders"
+    spec2 = ReconcileSpec(tables=[ReconcileTable(name="app.users", sensitive_columns=["pw"])],
+                          conflict_file="/tmp/c.json")
+    assert spec2.tables[0].policy == "manual" and spec2.tables[0].schema_name == "app"
+
+
+@pytest.mark.parametrize("bad", [
+    {"tables": [{"name": "orders", "policy": "old-wins"}]},
+    {"tables": [{"name": "public.t", "policy": "newest"}]},
+    {"tables": [{"name": "public.t", "policy": "old-wins", "colour": "red"}]},
+    {"tables": [{"name": "public.t", "policy": "old-wins"}] * 2},
+    {"tables": [{"name": "public.t"}]},
+    {"tables": [{"name": "public.t", "policy": "old-wins"}], "method": "guess"},
+    {"tables": []},
+])
+def test_invalid_specs_are_refused(bad: dict) -> None:
+    """Missing schema, unknown policy or key, duplicates, manual without file, bad method."""
+    with pytest.raises(ValidationError):
+        ReconcileSpec.model_validate(bad)
