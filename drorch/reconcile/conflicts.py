@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict
 
 INSTRUCTIONS = (
     "For each conflict set \"resolution\" to \"old\" (apply the old primary's row) or "
-    "\"new\" (keep the new primary's row), then run drorch's apply_conflict_file on this "
-    "file. Values marked *** are sensitive and never shown; they are kept in the database. "
+    "\"new\" (keep the new primary's row), then run `drorch reconcile apply <this file> "
+    "--runbook <runbook>`. Values marked *** are sensitive and never shown; they are kept "
+    "in the database. "
     "Entries left null stay pending. Re-applying the file changes nothing twice."
 )
 
