@@ -273,6 +273,9 @@ class Engine:
             return None
         journal = dict(lease=self.lease_name, token=token)
         try:
+            # Journaled before ``check`` so a step's duration includes finding out.
+            sentence = step.describe(ctx)
+            self.store.append(inc.id, "step", step.id, "started", {"plan": sentence}, **journal)
             if step.check(ctx):
                 detail = {"observed": "already done; not applied again"}
                 self.store.append(inc.id, "step", step.id, "done", detail, **journal)
@@ -280,8 +283,6 @@ class Engine:
                                   inputs={"step": step.id}, outcome="skipped", detail=detail)
                 self.progress(step.id, "done", "already done", detail)
                 return None
-            sentence = step.describe(ctx)
-            self.store.append(inc.id, "step", step.id, "started", {"plan": sentence}, **journal)
             self.progress(step.id, "started", sentence, {})
             _fault(f"{step.id}:before_apply")
             detail = step.apply(ctx)

@@ -107,6 +107,7 @@ class _Watcher:
         self.runbook, self.store, self.audit, self.aws = runbook, store, audit, aws
         self.policy, self.specs = health_specs(runbook)
         self.engine = Engine(runbook, store, audit, aws, progress)
+        self.engine.warm_up()  # client creation must not sit inside the RTO
         self.key = record_key(runbook)
         saved = ws.from_json(store.get(self.key))
         self.record = replace(saved, windows={k: v for k, v in saved.windows.items()
