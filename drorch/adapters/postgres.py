@@ -166,18 +166,36 @@ def writes_open(dsn: str, roles: list[str]) -> bool:
 
 
 # -- promotion -------------------------------------------------------------
-def wait_replayed(dsn: str, target_lsn: str, timeout_s: float) -> bool:
-    """Wait until a standby has replayed ``target_lsn``; False on timeout."""
+def write_barrier(dsn: str) -> str:
+    """Commit a WAL record on a (frozen) primary and return its LSN.
+
+    The flush pointer is no target to wait for: it can sit on a page boundary
+    in the middle of a record, which a standby cannot replay until the
+    walwriter flushes the rest (up to ``wal_writer_delay`` later). A committed
+    logical message is flushed whole; once a standby has replayed past it,
+    it has everything committed before it."""
+    with connect(dsn) as c:
+        row = c.execute("SELECT pg_logical_emit_message(true, 'drorch', 'barrier')::text"
+                        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def wait_replayed(dsn: str, target_lsn: str, timeout_s: float, *, past: bool = False) -> bool:
+    """Wait until a standby has replayed ``target_lsn`` (beyond it with ``past``, for a
+    barrier's start LSN); False on timeout."""
     deadline = time.monotonic() + timeout_s
     target = lsn_to_int(target_lsn)
     with connect(dsn) as c:
         while True:
             row = c.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()
-            if row and row[0] and lsn_to_int(row[0]) >= target:
-                return True
+            if row and row[0]:
+                replayed = lsn_to_int(row[0])
+                if replayed > target or (replayed == target and not past):
+                    return True
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.01)
+            time.sleep(0.002)
 
 
 def promote(dsn: str, timeout_s: float) -> bool:

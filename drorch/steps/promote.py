@@ -46,27 +46,27 @@ class PromoteDatabase(Step):
                              f"{ctx.from_region} (system identifiers differ)")
         wait_start = time.monotonic()
         caught_up = None
+        barrier = None
         if old_status is not None and not old_status.in_recovery:
-            caught_up = pg.wait_replayed(new, old_status.lsn, db.promote_timeout_s)
+            self._freeze_if_back(ctx, old)
+            barrier = pg.write_barrier(old)
+            caught_up = pg.wait_replayed(new, barrier, db.promote_timeout_s, past=True)
         wait_s = time.monotonic() - wait_start
         if caught_up is False:
             raise StepFailed(f"{self.target}: {ctx.to_region} did not replay {ctx.from_region}'s "
-                             f"last LSN {old_status.lsn} within {db.promote_timeout_s:.0f}s; "
+                             f"write barrier {barrier} within {db.promote_timeout_s:.0f}s; "
                              "not promoting (the old primary is reachable: that would lose "
                              "acknowledged writes)")
         new_status = pg.status(new)
         if not new_status.in_recovery:
             raise StepFailed(f"{self.target} in {ctx.to_region} is not a standby")
         rpo_bytes = rpo_seconds = None
-        if old_status is not None:
-            rpo_bytes = max(0, pg.lsn_to_int(old_status.lsn) - pg.lsn_to_int(new_status.lsn))
-            if old_status.last_commit_at and new_status.last_commit_at:
-                rpo_seconds = max(0.0, old_status.last_commit_at - new_status.last_commit_at)
-            elif rpo_bytes == 0:
-                rpo_seconds = 0.0
+        if caught_up:  # replayed past a barrier committed after the freeze: nothing lost
+            rpo_bytes, rpo_seconds = 0, 0.0
         return {
             "old_reachable": old_status is not None,
             "old_lsn": old_status.lsn if old_status else None,
+            "barrier_lsn": barrier,
             "replica_lsn": new_status.lsn,
             "replica_receive_lsn": new_status.receive_lsn,
             "caught_up": caught_up,
@@ -77,6 +77,20 @@ class PromoteDatabase(Step):
             "note": None if old_status else
             f"{ctx.from_region} unreachable: RPO unknown until reconcile reads its WAL",
         }
+
+    def _freeze_if_back(self, ctx: StepContext, old: str) -> None:
+        """The old primary was unreachable at freeze time but answers now: freeze it
+        before anything else, or its clients could write after the barrier."""
+        roles = ctx.runbook.database(self.target).app_roles
+        if pg.is_frozen(old, roles):
+            return
+        key = f"freeze:{self.target}"
+        prior = ctx.facts.get(key) or {}
+        record = pg.freeze(old, roles, None if prior.get("unreachable") or not prior
+                           else pg.FreezeRecord.from_dict(prior))
+        ctx.facts.set(key, record.to_dict())
+        ctx.record("step.promote.froze_returning_primary",
+                   {"database": self.target, "region": ctx.from_region, **record.to_dict()})
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         old, new = self._dsns(ctx)

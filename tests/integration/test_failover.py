@@ -215,3 +215,27 @@ def test_plan_warns_when_wal_would_not_be_kept(lab: Lab) -> None:
         c.execute("SELECT pg_reload_conf()")
     loud = lab.cli("plan")
     assert "warning main in region-a" in loud.stdout and "wal_keep_size" in loud.stdout
+
+
+def test_old_primary_back_before_promotion_is_frozen_then_caught_up(lab: Lab) -> None:
+    """Region-a down at freeze time but back before promotion: the promote step freezes
+    it first, then promotes only after region-b replayed past a barrier written after
+    that freeze (RPO 0), so no write can slip in between."""
+    node_a = lab_mod.node_for(lab.runbook, "main", "region-a")
+    node_a.stop("fast")
+    killed = lab.cli("failover", "--reason", "flap", "--actor", "ops",
+                     extra_env={"DRORCH_FAULT_KILL_AT": "freeze:main:after_apply"})
+    assert killed.returncode == -9
+    node_a.start()
+    with psycopg.connect(_dsn(lab, "region-a"), autocommit=True) as c:
+        c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES (1, 5, 'late')")
+    resumed = lab.cli("resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    app_dsn = lab.runbook.database("main").endpoints["region-a"].dsn(user="app")
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        psycopg.connect(app_dsn)
+    with psycopg.connect(_dsn(lab, "region-b")) as c:
+        assert c.execute("SELECT count(*) FROM orders WHERE region='late'").fetchone()[0] == 1
+    actions = [json.loads(line)["action"]
+               for line in (lab.state_dir / "audit.jsonl").read_text().splitlines()]
+    assert "step.promote.froze_returning_primary" in actions
