@@ -24,16 +24,34 @@ def lsn_to_int(lsn: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
-@contextmanager
-def connect(dsn: str, statement_timeout_ms: int = 10000) -> Iterator[psycopg.Connection[Any]]:
-    # drorch's own sessions are exempt from the read-only default its freeze sets.
-    conn = psycopg.connect(dsn, autocommit=True,
+def open_conn(dsn: str, statement_timeout_ms: int = 10000) -> psycopg.Connection[Any]:
+    """A connection the caller closes. drorch's own sessions are exempt from the
+    read-only default its freeze sets."""
+    return psycopg.connect(dsn, autocommit=True,
                            options=f"-c statement_timeout={statement_timeout_ms} "
                                    "-c default_transaction_read_only=off")
+
+
+@contextmanager
+def connect(dsn: str, statement_timeout_ms: int = 10000) -> Iterator[psycopg.Connection[Any]]:
+    conn = open_conn(dsn, statement_timeout_ms)
     try:
         yield conn
     finally:
         conn.close()
+
+
+Target = str | psycopg.Connection[Any]
+"""A DSN (a connection is opened and closed) or an open connection to reuse."""
+
+
+@contextmanager
+def _use(target: Target, statement_timeout_ms: int = 10000) -> Iterator[psycopg.Connection[Any]]:
+    if isinstance(target, str):
+        with connect(target, statement_timeout_ms) as conn:
+            yield conn
+    else:
+        yield target
 
 
 def reachable(dsn: str) -> bool:
@@ -55,8 +73,8 @@ class NodeStatus:
     """Primary: last commit time. Standby: last replayed commit time (unix seconds)."""
 
 
-def status(dsn: str) -> NodeStatus:
-    with connect(dsn, 5000) as c:
+def status(dsn: Target) -> NodeStatus:
+    with _use(dsn, 5000) as c:
         in_recovery = bool(c.execute("SELECT pg_is_in_recovery()").fetchone()[0])  # type: ignore[index]
         if in_recovery:
             row = c.execute(
@@ -89,7 +107,7 @@ class FreezeRecord:
         return cls(list(d["roles_locked"]), str(d["read_only_was"]), int(d["sessions_ended"]))
 
 
-def freeze(dsn: str, app_roles: list[str], previous: FreezeRecord | None = None) -> FreezeRecord:
+def freeze(dsn: Target, app_roles: list[str], previous: FreezeRecord | None = None) -> FreezeRecord:
     """Stop every application write on this node; replication keeps streaming.
 
     Locks the application roles out (NOLOGIN), makes read-only the default for
@@ -97,7 +115,7 @@ def freeze(dsn: str, app_roles: list[str], previous: FreezeRecord | None = None)
     second call keeps the first call's record (``previous``) so unfreeze still
     restores the original settings.
     """
-    with connect(dsn) as c:
+    with _use(dsn) as c:
         read_only_was = c.execute("SHOW default_transaction_read_only").fetchone()[0]  # type: ignore[index]
         can_login = {
             r[0] for r in c.execute(
@@ -118,8 +136,8 @@ def freeze(dsn: str, app_roles: list[str], previous: FreezeRecord | None = None)
     return FreezeRecord(sorted(can_login), str(read_only_was), int(ended))
 
 
-def is_frozen(dsn: str, app_roles: list[str]) -> bool:
-    with connect(dsn) as c:
+def is_frozen(dsn: Target, app_roles: list[str]) -> bool:
+    with _use(dsn) as c:
         ro = c.execute("SELECT setting FROM pg_settings "
                        "WHERE name='default_transaction_read_only'").fetchone()[0]  # type: ignore[index]
         can_login = c.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s) "
@@ -166,7 +184,7 @@ def writes_open(dsn: str, roles: list[str]) -> bool:
 
 
 # -- promotion -------------------------------------------------------------
-def write_barrier(dsn: str) -> str:
+def write_barrier(dsn: Target) -> str:
     """Commit a WAL record on a (frozen) primary and return its LSN.
 
     The flush pointer is no target to wait for: it can sit on a page boundary
@@ -174,19 +192,19 @@ def write_barrier(dsn: str) -> str:
     walwriter flushes the rest (up to ``wal_writer_delay`` later). A committed
     logical message is flushed whole; once a standby has replayed past it,
     it has everything committed before it."""
-    with connect(dsn) as c:
+    with _use(dsn) as c:
         row = c.execute("SELECT pg_logical_emit_message(true, 'drorch', 'barrier')::text"
                         ).fetchone()
     assert row is not None
     return str(row[0])
 
 
-def wait_replayed(dsn: str, target_lsn: str, timeout_s: float, *, past: bool = False) -> bool:
+def wait_replayed(dsn: Target, target_lsn: str, timeout_s: float, *, past: bool = False) -> bool:
     """Wait until a standby has replayed ``target_lsn`` (beyond it with ``past``, for a
     barrier's start LSN); False on timeout."""
     deadline = time.monotonic() + timeout_s
     target = lsn_to_int(target_lsn)
-    with connect(dsn) as c:
+    with _use(dsn) as c:
         while True:
             row = c.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()
             if row and row[0]:
@@ -198,14 +216,14 @@ def wait_replayed(dsn: str, target_lsn: str, timeout_s: float, *, past: bool = F
             time.sleep(0.002)
 
 
-def promote(dsn: str, timeout_s: float) -> bool:
+def promote(dsn: Target, timeout_s: float) -> bool:
     """Promote a standby and wait until it accepts writes. Not idempotent on its
     own: callers check ``in_recovery`` first (a second call errors).
 
     ``pg_promote(wait => true)`` polls every 100 ms; asking without waiting and
     polling ``pg_is_in_recovery()`` every 5 ms returns as soon as it is done."""
     deadline = time.monotonic() + timeout_s
-    with connect(dsn, int(timeout_s * 1000) + 5000) as c:
+    with _use(dsn, int(timeout_s * 1000) + 5000) as c:
         c.execute("SELECT pg_promote(false)")
         while time.monotonic() < deadline:
             if not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:  # type: ignore[index]
@@ -214,13 +232,13 @@ def promote(dsn: str, timeout_s: float) -> bool:
     return False
 
 
-def in_recovery(dsn: str) -> bool:
-    with connect(dsn, 3000) as c:
+def in_recovery(dsn: Target) -> bool:
+    with _use(dsn, 3000) as c:
         return bool(c.execute("SELECT pg_is_in_recovery()").fetchone()[0])  # type: ignore[index]
 
 
-def timeline(dsn: str) -> int:
-    with connect(dsn, 3000) as c:
+def timeline(dsn: Target) -> int:
+    with _use(dsn, 3000) as c:
         return int(c.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0])  # type: ignore[index]
 
 
@@ -247,6 +265,6 @@ def canary_write(dsn: str, marker: str) -> str:
     return str(row[0])
 
 
-def system_identifier(dsn: str) -> int:
-    with connect(dsn, 3000) as c:
+def system_identifier(dsn: Target) -> int:
+    with _use(dsn, 3000) as c:
         return int(c.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])  # type: ignore[index]

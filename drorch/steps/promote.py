@@ -34,12 +34,21 @@ class PromoteDatabase(Step):
         except pg.Unreachable as exc:
             raise StepFailed(f"{self.target} in {ctx.to_region} is unreachable: {exc}") from exc
 
-    def _measure(self, ctx: StepContext, old: str, new: str) -> dict[str, Any]:
+    def _measure(self, ctx: StepContext, old_dsn: str, new: pg.Target) -> dict[str, Any]:
         db = ctx.runbook.database(self.target)
         try:
-            old_status: pg.NodeStatus | None = pg.status(old)
+            old_conn = pg.open_conn(old_dsn)
         except pg.Unreachable:
-            old_status = None
+            old_conn = None
+        try:
+            return self._measure_with(ctx, db, old_conn, new)
+        finally:
+            if old_conn is not None:
+                old_conn.close()
+
+    def _measure_with(self, ctx: StepContext, db: Any, old: Any,
+                      new: pg.Target) -> dict[str, Any]:
+        old_status = pg.status(old) if old is not None else None
         if (old_status is not None and not old_status.in_recovery
                 and pg.system_identifier(old) != pg.system_identifier(new)):
             raise StepFailed(f"{self.target}: {ctx.to_region} is not a replica of "
@@ -78,7 +87,7 @@ class PromoteDatabase(Step):
             f"{ctx.from_region} unreachable: RPO unknown until reconcile reads its WAL",
         }
 
-    def _freeze_if_back(self, ctx: StepContext, old: str) -> None:
+    def _freeze_if_back(self, ctx: StepContext, old: pg.Target) -> None:
         """The old primary was unreachable at freeze time but answers now: freeze it
         before anything else, or its clients could write after the barrier."""
         roles = ctx.runbook.database(self.target).app_roles
@@ -93,21 +102,22 @@ class PromoteDatabase(Step):
                    {"database": self.target, "region": ctx.from_region, **record.to_dict()})
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
-        old, new = self._dsns(ctx)
+        old, new_dsn = self._dsns(ctx)
         db = ctx.runbook.database(self.target)
         key = f"promote:{self.target}:measured"
-        measured = ctx.facts.get(key)
-        if measured is None:
-            measured = self._measure(ctx, old, new)
-            ctx.facts.set(key, measured)
-        start = time.monotonic()
-        if not pg.promote(new, db.promote_timeout_s):
-            raise StepFailed(f"{self.target}: pg_promote did not finish in "
-                             f"{db.promote_timeout_s:.0f}s", measured)
-        promote_s = time.monotonic() - start
-        return {**measured, "promote_wait_s": round(promote_s, 4),
-                "wait_s": round(promote_s + measured["catch_up_wait_s"], 4),
-                "timeline": pg.timeline(new)}
+        with pg.connect(new_dsn, int(db.promote_timeout_s * 1000) + 5000) as new:
+            measured = ctx.facts.get(key)
+            if measured is None:
+                measured = self._measure(ctx, old, new)
+                ctx.facts.set(key, measured)
+            start = time.monotonic()
+            if not pg.promote(new, db.promote_timeout_s):
+                raise StepFailed(f"{self.target}: pg_promote did not finish in "
+                                 f"{db.promote_timeout_s:.0f}s", measured)
+            promote_s = time.monotonic() - start
+            return {**measured, "promote_wait_s": round(promote_s, 4),
+                    "wait_s": round(promote_s + measured["catch_up_wait_s"], 4),
+                    "timeline": pg.timeline(new)}
 
 
 class OpenWrites(Step):
