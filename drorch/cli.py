@@ -5,125 +5,34 @@ from __future__ import annotations
 
 import getpass
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from drorch import logs
-from drorch.audit import AuditLog, verify
-from drorch.config import Runbook, RunbookError, load_runbook
+from drorch.audit import verify
+from drorch.cli_common import (
+    ActorOpt,
+    RunbookOpt,
+    engine_for,
+    err,
+    load_or_exit,
+    open_context,
+    out,
+)
+from drorch.cli_lab import lab_app
+from drorch.config import Runbook
+from drorch.console import print_health, print_summary, show_progress
 from drorch.incident import incident_record
-from drorch.metrics import rto as rto_of
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="drorch: multi-region disaster-recovery orchestrator.")
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
-lab_app = typer.Typer(no_args_is_help=True, help="The local two-region lab.")
 app.add_typer(audit_app, name="audit")
 app.add_typer(lab_app, name="lab")
 reconcile_app = typer.Typer(no_args_is_help=True, help="Divergent writes after a failover.")
 app.add_typer(reconcile_app, name="reconcile")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-RunbookOpt = Annotated[Path, typer.Option("--runbook", "-r", envvar="DRORCH_RUNBOOK",
-                                          help="Runbook YAML file.")]
-ActorOpt = Annotated[str | None, typer.Option(help="Who decided (a named human); "
-                                              "defaults to the login name.")]
-
-
-def _load(path: Path) -> Runbook:
-    try:
-        return load_runbook(path)
-    except RunbookError as exc:
-        err.print(f"[bold red]runbook error[/]\n{exc}", highlight=False)
-        raise typer.Exit(2) from None
-
-
-def _context(runbook: Runbook) -> tuple[Any, Any, Any]:
-    from drorch.adapters.aws import AwsClients
-    from drorch.store.sqlite import SqliteStore
-
-    state = Path(runbook.state_dir)
-    store = SqliteStore(state / "journal.db")
-    audit = AuditLog(state / "audit.jsonl", redactor=logs.REDACTOR)
-    return store, audit, AwsClients(runbook.aws.endpoint_url)
-
-
-def _engine(rb: Runbook, progress: Any = None) -> tuple[Any, Any]:
-    """The engine with this runbook's store, audit log, AWS clients and node control
-    (the lab's clusters for a lab runbook; none otherwise)."""
-    from drorch.engine import Engine
-
-    store, audit, aws = _context(rb)
-    nodes = None
-    if rb.lab is not None:
-        from drorch.lab import lab
-
-        def nodes(db: str, region: str) -> Any:
-            return lab.node_for(rb, db, region)
-
-    return Engine(rb, store, audit, aws, progress=progress, nodes=nodes), store
-
-
-def _progress(step: str, status: str, sentence: str, detail: dict[str, Any]) -> None:
-    style = {"started": "cyan", "done": "green", "failed": "bold red",
-             "rolled_back": "yellow"}.get(status, "white")
-    wait = f" (waited {detail['wait_s']:.2f}s)" if "wait_s" in detail else ""
-    out.print(f"  [{style}]{status:>11}[/] {step:<28} {sentence}{wait}", highlight=False)
-
-
-def _print_summary(record: dict[str, Any]) -> None:
-    table = Table(title=f"incident {record['incident_id']}: {record['state']}")
-    for col in ("step", "status", "seconds", "of which waiting"):
-        table.add_column(col)
-    for s in record["steps"]:
-        d = s["detail"] or {}
-        dur = "" if s["duration_s"] is None else f"{s['duration_s']:.3f}"
-        wait = f"{d['wait_s']:.3f}" if "wait_s" in d else ""
-        table.add_row(s["id"], s["status"], dur, wait)
-    out.print(table)
-    rto = rto_of(record)["seconds"]
-    rpo = record["rpo"]
-    targets = record["targets"]
-    out.print(f"RTO: {'n/a' if rto is None else f'{rto:.2f} s'}"
-              f"{_vs(rto, targets.get('rto_seconds'), 's')}")
-    out.print(f"RPO: {_fmt(rpo['seconds'], 's')}, {_fmt(rpo['bytes'], 'bytes')} "
-              f"({rpo['method']}){_vs(rpo['seconds'], targets.get('rpo_seconds'), 's')}")
-
-
-def _print_health(rb: Runbook, store: Any) -> None:
-    """What the watcher saw last: each region's verdict, window progress and probes."""
-    if rb.health is None:
-        return
-    from drorch.watch import health_summary
-
-    for row in health_summary(rb, store):
-        probes = ", ".join(f"{p['probe']} {'ok' if p['ok'] else 'FAIL'}"
-                           for p in row.get("probes", []))
-        out.print(f"  {row['region']} ({row['role']}): {row['status']} - "
-                  f"{row.get('progress') or 'no observation yet'}"
-                  + (f" [{probes}]" if probes else ""), highlight=False)
-
-
-def _fmt(value: Any, unit: str) -> str:
-    if value is None:
-        return f"unknown {unit}"
-    return f"{value:.3f} {unit}" if isinstance(value, float) else f"{value} {unit}"
-
-
-def _vs(value: float | None, target: float | None, unit: str) -> str:
-    if value is None or target is None:
-        return ""
-    ok = value <= target
-    return f" [{'green' if ok else 'bold red'}](target {target:g} {unit}: " \
-           f"{'met' if ok else 'MISSED'})[/]"
-
 
 @app.callback()
 def main(json_logs: Annotated[bool | None, typer.Option("--json-logs/--pretty-logs")] = None
@@ -134,11 +43,11 @@ def main(json_logs: Annotated[bool | None, typer.Option("--json-logs/--pretty-lo
 @app.command()
 def plan(runbook: RunbookOpt) -> None:
     """Print what a failover would do now, step by step. Changes nothing."""
-    _plan(_load(runbook))
+    _plan(load_or_exit(runbook))
 
 
 def _plan(rb: Runbook, kind: str = "failover") -> None:
-    engine, _store = _engine(rb)
+    engine, _store = engine_for(rb)
     aws = engine.aws
     src = engine.active_region()
     dst = next(r.name for r in rb.regions if r.name != src)
@@ -203,7 +112,7 @@ def failback(runbook: RunbookOpt, reason: ReasonOpt = None, actor: ActorOpt = No
 
 def _manual(kind: str, runbook: Path, reason: str | None, actor: str | None,
             dry_run: bool) -> None:
-    rb = _load(runbook)
+    rb = load_or_exit(runbook)
     if dry_run:
         _plan(rb, kind)
         out.print("[yellow]dry run: nothing was changed[/]")
@@ -215,7 +124,7 @@ def _manual(kind: str, runbook: Path, reason: str | None, actor: str | None,
 
 
 def _start(rb: Runbook, kind: str, actor: str | None, reason: str) -> None:
-    engine, store = _engine(rb, _progress)
+    engine, store = engine_for(rb, show_progress)
     engine.warm_up()
     start = engine.start_failover if kind == "failover" else engine.start_failback
     try:
@@ -235,12 +144,12 @@ def drill(
     reason: Annotated[str, typer.Option(help="Why (goes to the audit log).")] = "DR drill",
 ) -> None:
     """A planned failover and failback cycle, each with zero loss, then the reports."""
-    rb = _load(runbook)
+    rb = load_or_exit(runbook)
     _start(rb, "failover", actor, f"{reason}: planned failover")
     _start(rb, "failback", actor, f"{reason}: failback")
     from drorch.report import build_report, render
 
-    store, _audit, _aws = _context(rb)
+    store, _audit, _aws = open_context(rb)
     for inc in store.incidents(rb.name)[-2:]:
         path = Path(rb.state_dir) / "reports" / f"{inc.id}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +166,7 @@ def _drive(engine: Any, store: Any, rb: Runbook, incident_id: str) -> None:
     except (IncidentHalted, IncidentRolledBack) as exc:
         err.print(f"[bold red]{type(exc).__name__.removeprefix('Incident').lower()}:[/] {exc}")
         code = 1
-    _print_summary(incident_record(store, rb, incident_id))
+    print_summary(incident_record(store, rb, incident_id))
     if code:
         raise typer.Exit(code)
 
@@ -269,8 +178,8 @@ def resume(
     = None,
 ) -> None:
     """Continue an interrupted or halted incident from its journal."""
-    rb = _load(runbook)
-    engine, store = _engine(rb, _progress)
+    rb = load_or_exit(runbook)
+    engine, store = engine_for(rb, show_progress)
     inc = store.incident(incident) if incident else engine.open_incident()
     if inc is None:
         err.print("no incident to resume")
@@ -282,15 +191,16 @@ def resume(
 @app.command()
 def status(runbook: RunbookOpt) -> None:
     """Show the state of the latest incident and its last steps."""
-    rb = _load(runbook)
-    engine, store = _engine(rb)
+    rb = load_or_exit(runbook)
+    engine, store = engine_for(rb)
     incidents = store.incidents(rb.name)
-    out.print(f"runbook {rb.name}: writes served by [bold]{engine.active_region()}[/]")
-    _print_health(rb, store)
+    active = engine.active_region()
+    out.print(f"runbook {rb.name}: writes served by [bold]{active}[/]")
+    print_health(rb, store, active)
     if not incidents:
         out.print("no incidents recorded")
         return
-    _print_summary(incident_record(store, rb, incidents[-1].id))
+    print_summary(incident_record(store, rb, incidents[-1].id))
 
 
 @app.command()
@@ -305,20 +215,20 @@ def watch(
 
     from drorch.watch import watch as run_watch
 
-    rb = _load(runbook)
-    store, audit, aws = _context(rb)
+    rb = load_or_exit(runbook)
+    store, audit, aws = open_context(rb)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        incident_id = run_watch(rb, store, audit, aws, stop=stop, progress=_progress,
+        incident_id = run_watch(rb, store, audit, aws, stop=stop, progress=show_progress,
                                 max_seconds=max_seconds)
     except ValueError as exc:
         err.print(f"[bold red]cannot watch:[/] {exc}")
         raise typer.Exit(2) from None
     if incident_id:
         record = incident_record(store, rb, incident_id)
-        _print_summary(record)
+        print_summary(record)
         if record["state"] != "failed_over":
             raise typer.Exit(1)
 
@@ -334,8 +244,8 @@ def report(
     """The incident report: timeline, decisions, steps, flows, RPO/RTO against targets."""
     from drorch.report import build_report, render
 
-    rb = _load(runbook)
-    store, _audit, _aws = _context(rb)
+    rb = load_or_exit(runbook)
+    store, _audit, _aws = open_context(rb)
     incidents = store.incidents(rb.name)
     if not incidents:
         err.print("no incidents recorded")
@@ -366,8 +276,8 @@ def reconcile_apply(
     """Apply the resolutions a human wrote into a conflict file (idempotent)."""
     from drorch.reconcile.resolve import apply_conflict_file
 
-    rb = _load(runbook)
-    engine, _store = _engine(rb)
+    rb = load_or_exit(runbook)
+    engine, _store = engine_for(rb)
     db = rb.database(database) if database else rb.databases[0]
     dsn = db.endpoints[engine.active_region()].dsn()
     result = apply_conflict_file(conflict_file, dsn)
@@ -384,92 +294,6 @@ def audit_verify(path: Path) -> None:
     result = verify(path)
     (out if result.ok else err).print(result.message(), highlight=False)
     raise typer.Exit(0 if result.ok else 1)
-
-
-@lab_app.command("up")
-def lab_up(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
-    """Start the lab the runbook describes (PostgreSQL pair, moto, records, secrets)."""
-    from drorch.lab import lab
-
-    rb = _load(runbook)
-    try:
-        state = lab.up(rb)
-    except Exception as exc:  # noqa: BLE001
-        err.print(f"[bold red]lab up failed:[/] {exc}")
-        raise typer.Exit(1) from None
-    out.print(f"lab up: moto on 127.0.0.1:{state.moto_port}; "
-              + ", ".join(f"{n['name']} on :{n['port']}" for n in state.nodes))
-
-
-@lab_app.command("fail")
-def lab_fail(
-    region: str,
-    runbook: RunbookOpt = Path("runbooks/lab.yaml"),
-    mode: Annotated[str, typer.Option(help="stop, hang or flap")] = "stop",
-    period: Annotated[float, typer.Option(help="flap period in seconds")] = 4.0,
-    actor: ActorOpt = None,
-) -> None:
-    """Inject a fault into a lab region (audited like any other action)."""
-    from drorch.lab import faults
-
-    rb = _load(runbook)
-    if mode not in ("stop", "hang", "flap"):
-        err.print("--mode must be stop, hang or flap")
-        raise typer.Exit(2)
-    _store, audit, _aws = _context(rb)
-    out.print(faults.fail(rb, region, mode, period_s=period, audit=audit,  # type: ignore[arg-type]
-                          actor=actor or getpass.getuser()))
-
-
-@lab_app.command("heal")
-def lab_heal(region: str, runbook: RunbookOpt = Path("runbooks/lab.yaml"),
-             actor: ActorOpt = None) -> None:
-    """Undo a lab fault: restart what was stopped, resume what was frozen."""
-    from drorch.lab import faults
-
-    rb = _load(runbook)
-    _store, audit, _aws = _context(rb)
-    out.print(faults.heal(rb, region, audit=audit, actor=actor or getpass.getuser()))
-
-
-@lab_app.command("drill")
-def lab_drill(
-    runbook: RunbookOpt = Path("runbooks/lab.yaml"),
-    keep: Annotated[bool, typer.Option("--keep", help="Leave the lab up afterwards.")] = False,
-    mode: Annotated[str, typer.Option(help="How region-a dies: stop or hang.")] = "stop",
-) -> None:
-    """Lab up, traffic, kill the primary region, automatic failover, validate, report."""
-    from drorch.lab.drill import run_drill
-
-    rb = _load(runbook)
-    start = time.monotonic()
-
-    def say(text: str) -> None:
-        out.print(f"[bold blue]{time.monotonic() - start:7.2f}s[/] {text}", highlight=False)
-
-    try:
-        result = run_drill(rb, keep=keep, say=say, progress=_progress, mode=mode)
-    except Exception as exc:  # noqa: BLE001
-        err.print(f"[bold red]drill failed:[/] {exc}")
-        raise typer.Exit(1) from None
-    if result.record is not None:
-        _print_summary(result.record)
-    t = result.traffic
-    out.print(f"traffic: {t['ok']} acknowledged checkouts per region, errors {t['errors']}")
-    out.print(f"acknowledged checkouts lost in the failover: {result.lost_checkouts}")
-    for fmt, path in result.reports.items():
-        out.print(f"report ({fmt}): {path}")
-    if result.state != "failed_over":
-        raise typer.Exit(1)
-
-
-@lab_app.command("down")
-def lab_down(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
-    """Stop exactly what `lab up` started."""
-    from drorch.lab import lab
-
-    stopped = lab.down(_load(runbook))
-    out.print("lab down: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 if __name__ == "__main__":

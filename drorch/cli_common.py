@@ -1,0 +1,58 @@
+"""What every drorch command shares: consoles, options, loading the runbook,
+and the engine with its store, audit log, AWS clients and node control."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from drorch import logs
+from drorch.audit import AuditLog
+from drorch.config import Runbook, RunbookError, load_runbook
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+RunbookOpt = Annotated[Path, typer.Option("--runbook", "-r", envvar="DRORCH_RUNBOOK",
+                                          help="Runbook YAML file.")]
+ActorOpt = Annotated[str | None, typer.Option(help="Who decided (a named human); "
+                                              "defaults to the login name.")]
+
+
+def load_or_exit(path: Path) -> Runbook:
+    try:
+        return load_runbook(path)
+    except RunbookError as exc:
+        err.print(f"[bold red]runbook error[/]\n{exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def open_context(runbook: Runbook) -> tuple[Any, Any, Any]:
+    from drorch.adapters.aws import AwsClients
+    from drorch.store.sqlite import SqliteStore
+
+    state = Path(runbook.state_dir)
+    store = SqliteStore(state / "journal.db")
+    audit = AuditLog(state / "audit.jsonl", redactor=logs.REDACTOR)
+    return store, audit, AwsClients(runbook.aws.endpoint_url)
+
+
+def engine_for(rb: Runbook, progress: Any = None) -> tuple[Any, Any]:
+    """The engine with this runbook's store, audit log, AWS clients and node control
+    (the lab's clusters for a lab runbook; none otherwise)."""
+    from drorch.engine import Engine
+
+    store, audit, aws = open_context(rb)
+    nodes = None
+    if rb.lab is not None:
+        from drorch.lab import lab
+
+        def nodes(db: str, region: str) -> Any:
+            return lab.node_for(rb, db, region)
+
+    return Engine(rb, store, audit, aws, progress=progress, nodes=nodes), store
+
+

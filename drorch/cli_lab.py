@@ -1,0 +1,101 @@
+"""``drorch lab ...``: the local two-region lab (up, fail, heal, drill, down)."""
+
+from __future__ import annotations
+
+import getpass
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from drorch.cli_common import ActorOpt, RunbookOpt, err, load_or_exit, open_context, out
+from drorch.console import print_summary, show_progress
+
+lab_app = typer.Typer(no_args_is_help=True, help="The local two-region lab.")
+
+
+@lab_app.command("up")
+def lab_up(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
+    """Start the lab the runbook describes (PostgreSQL pair, moto, records, secrets)."""
+    from drorch.lab import lab
+
+    rb = load_or_exit(runbook)
+    try:
+        state = lab.up(rb)
+    except Exception as exc:  # noqa: BLE001
+        err.print(f"[bold red]lab up failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    out.print(f"lab up: moto on 127.0.0.1:{state.moto_port}; "
+              + ", ".join(f"{n['name']} on :{n['port']}" for n in state.nodes))
+
+
+@lab_app.command("fail")
+def lab_fail(
+    region: str,
+    runbook: RunbookOpt = Path("runbooks/lab.yaml"),
+    mode: Annotated[str, typer.Option(help="stop, hang or flap")] = "stop",
+    period: Annotated[float, typer.Option(help="flap period in seconds")] = 4.0,
+    actor: ActorOpt = None,
+) -> None:
+    """Inject a fault into a lab region (audited like any other action)."""
+    from drorch.lab import faults
+
+    rb = load_or_exit(runbook)
+    if mode not in ("stop", "hang", "flap"):
+        err.print("--mode must be stop, hang or flap")
+        raise typer.Exit(2)
+    _store, audit, _aws = open_context(rb)
+    out.print(faults.fail(rb, region, mode, period_s=period, audit=audit,  # type: ignore[arg-type]
+                          actor=actor or getpass.getuser()))
+
+
+@lab_app.command("heal")
+def lab_heal(region: str, runbook: RunbookOpt = Path("runbooks/lab.yaml"),
+             actor: ActorOpt = None) -> None:
+    """Undo a lab fault: restart what was stopped, resume what was frozen."""
+    from drorch.lab import faults
+
+    rb = load_or_exit(runbook)
+    _store, audit, _aws = open_context(rb)
+    out.print(faults.heal(rb, region, audit=audit, actor=actor or getpass.getuser()))
+
+
+@lab_app.command("drill")
+def lab_drill(
+    runbook: RunbookOpt = Path("runbooks/lab.yaml"),
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the lab up afterwards.")] = False,
+    mode: Annotated[str, typer.Option(help="How region-a dies: stop or hang.")] = "stop",
+) -> None:
+    """Lab up, traffic, kill the primary region, automatic failover, validate, report."""
+    from drorch.lab.drill import run_drill
+
+    rb = load_or_exit(runbook)
+    start = time.monotonic()
+
+    def say(text: str) -> None:
+        out.print(f"[bold blue]{time.monotonic() - start:7.2f}s[/] {text}", highlight=False)
+
+    try:
+        result = run_drill(rb, keep=keep, say=say, progress=show_progress, mode=mode)
+    except Exception as exc:  # noqa: BLE001
+        err.print(f"[bold red]drill failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    if result.record is not None:
+        print_summary(result.record)
+    t = result.traffic
+    out.print(f"traffic: {t['ok']} acknowledged checkouts per region, errors {t['errors']}")
+    out.print(f"acknowledged checkouts lost in the failover: {result.lost_checkouts}")
+    for fmt, path in result.reports.items():
+        out.print(f"report ({fmt}): {path}")
+    if result.state != "failed_over":
+        raise typer.Exit(1)
+
+
+@lab_app.command("down")
+def lab_down(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
+    """Stop exactly what `lab up` started."""
+    from drorch.lab import lab
+
+    stopped = lab.down(load_or_exit(runbook))
+    out.print("lab down: " + (", ".join(stopped) if stopped else "nothing was running"))

@@ -1,0 +1,67 @@
+"""How drorch shows progress, incident summaries and health on a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from drorch.cli_common import out
+from drorch.config import Runbook
+from drorch.metrics import rto as rto_of
+
+
+def show_progress(step: str, status: str, sentence: str, detail: dict[str, Any]) -> None:
+    style = {"started": "cyan", "done": "green", "failed": "bold red",
+             "rolled_back": "yellow"}.get(status, "white")
+    wait = f" (waited {detail['wait_s']:.2f}s)" if "wait_s" in detail else ""
+    out.print(f"  [{style}]{status:>11}[/] {step:<28} {sentence}{wait}", highlight=False)
+
+
+def print_summary(record: dict[str, Any]) -> None:
+    table = Table(title=f"incident {record['incident_id']}: {record['state']}")
+    for col in ("step", "status", "seconds", "of which waiting"):
+        table.add_column(col)
+    for s in record["steps"]:
+        d = s["detail"] or {}
+        dur = "" if s["duration_s"] is None else f"{s['duration_s']:.3f}"
+        wait = f"{d['wait_s']:.3f}" if "wait_s" in d else ""
+        table.add_row(s["id"], s["status"], dur, wait)
+    out.print(table)
+    rto = rto_of(record)["seconds"]
+    rpo = record["rpo"]
+    targets = record["targets"]
+    out.print(f"RTO: {'n/a' if rto is None else f'{rto:.2f} s'}"
+              f"{_vs(rto, targets.get('rto_seconds'), 's')}")
+    out.print(f"RPO: {_fmt(rpo['seconds'], 's')}, {_fmt(rpo['bytes'], 'bytes')} "
+              f"({rpo['method']}){_vs(rpo['seconds'], targets.get('rpo_seconds'), 's')}")
+
+
+def print_health(rb: Runbook, store: Any, active: str) -> None:
+    """What the watcher saw last: each region's verdict, window progress and probes.
+    ``active`` is the region serving writes now (the journal knows, the watcher may not)."""
+    if rb.health is None:
+        return
+    from drorch.watch import health_summary
+
+    for row in health_summary(rb, store):
+        role = "primary" if row["region"] == active else "secondary"
+        probes = ", ".join(f"{p['probe']} {'ok' if p['ok'] else 'FAIL'}"
+                           for p in row.get("probes", []))
+        out.print(f"  {row['region']} ({role}): {row['status']} - "
+                  f"{row.get('progress') or 'no observation yet'}"
+                  + (f" [{probes}]" if probes else ""), highlight=False)
+
+
+def _fmt(value: Any, unit: str) -> str:
+    if value is None:
+        return f"unknown {unit}"
+    return f"{value:.3f} {unit}" if isinstance(value, float) else f"{value} {unit}"
+
+
+def _vs(value: float | None, target: float | None, unit: str) -> str:
+    if value is None or target is None:
+        return ""
+    ok = value <= target
+    return f" [{'green' if ok else 'bold red'}](target {target:g} {unit}: " \
+           f"{'met' if ok else 'MISSED'})[/]"
