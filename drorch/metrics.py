@@ -188,7 +188,7 @@ def summarize(incident: Mapping[str, Any]) -> dict[str, Any]:
         "rto": {**compare(rto_info["seconds"], targets.get("rto_seconds")),
                 **{k: v for k, v in rto_info.items() if k != "seconds"}},
         "rpo": {
-            "seconds": compare(rpo_in.get("seconds"), targets.get("rpo_seconds")),
+            "seconds": _rpo_seconds(rpo_in.get("seconds"), targets.get("rpo_seconds")),
             "bytes": rpo_in.get("bytes"),
             "transactions": rpo_in.get("transactions"),
             "rows": rpo_in.get("rows"),
@@ -199,3 +199,13 @@ def summarize(incident: Mapping[str, Any]) -> dict[str, Any]:
         "waits_s": waits,
         "overhead_s": overhead,
     }
+
+
+def _rpo_seconds(value: float | None, target: float | None) -> dict[str, Any]:
+    """An RPO not measured yet (the old primary was unreachable at promotion) is
+    unknown, not missed: failback reads the old primary's WAL and corrects it."""
+    block = compare(value, target)
+    if value is None and target is not None:
+        block["met"] = None
+        block["unknown"] = True
+    return block

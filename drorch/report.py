@@ -83,7 +83,9 @@ def _summary(report: Mapping[str, Any]) -> str:
         value = block.get("value")
         text = "unknown" if value is None else f"{value:.1f} {unit}"
         if block.get("target") is not None:
-            text += f" (target {block['target']:g} {unit}, {'met' if block['met'] else 'MISSED'})"
+            verdict = "not measured yet" if block.get("unknown") else \
+                "met" if block["met"] else "MISSED"
+            text += f" (target {block['target']:g} {unit}, {verdict})"
         return text
 
     flows = report["flows"]
@@ -174,6 +176,8 @@ def _num(value: Any, unit: str = "s") -> str:
 
 
 def _verdict(block: Mapping[str, Any]) -> str:
+    if block.get("unknown"):
+        return "unknown until failback reads the old primary's WAL"
     if block.get("met") is None:
         return "no target"
     return "met" if block["met"] else "MISSED"

@@ -238,8 +238,11 @@ def in_recovery(dsn: Target) -> bool:
 
 
 def timeline(dsn: Target) -> int:
+    """The timeline a primary writes on now (``pg_control_checkpoint()`` lags until
+    the next checkpoint after a promotion)."""
     with _use(dsn, 3000) as c:
-        return int(c.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0])  # type: ignore[index]
+        name = c.execute("SELECT pg_walfile_name(pg_current_wal_insert_lsn())").fetchone()[0]  # type: ignore[index]
+    return int(name[:8], 16)
 
 
 def ensure_canary(admin_dsn: str, grant_to: str) -> None:

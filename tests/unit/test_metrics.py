@@ -130,3 +130,16 @@ def test_malformed_waits_count_as_zero() -> None:
     assert metrics.step_wait({"wait_s": True}) == 0.0
     assert metrics.step_wait({"wait_s": -3}) == 0.0
     assert metrics.step_wait(None) == 0.0
+
+
+def test_unmeasured_rpo_is_unknown_not_missed() -> None:
+    """An RPO the old primary could not give at promotion is reported unknown (to be
+    corrected at failback), not as a missed target; a measured one is compared."""
+    from drorch.metrics import summarize
+
+    base = {"decided_at": 0.0, "completed_at": 1.0, "steps": [], "flows": [],
+            "targets": {"rpo_seconds": 5, "rto_seconds": 30}}
+    unknown = summarize({**base, "rpo": {"seconds": None}})["rpo"]["seconds"]
+    assert unknown["met"] is None and unknown["unknown"] is True
+    measured = summarize({**base, "rpo": {"seconds": 9.0}})["rpo"]["seconds"]
+    assert measured["met"] is False and "unknown" not in measured
