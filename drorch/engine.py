@@ -27,7 +27,7 @@ from drorch.config import Runbook
 from drorch.machine import Lifecycle, State
 from drorch.plan import plan_for
 from drorch.steps.base import Clients, NodeControl, Stage, Step, StepContext, StepFailed
-from drorch.store.sqlite import Incident, SqliteStore, StaleLease, this_holder
+from drorch.store.sqlite import Incident, LeaseHeld, SqliteStore, StaleLease, this_holder
 
 LEASE_TTL_S = 30.0
 log = structlog.get_logger("drorch.engine")
@@ -125,36 +125,54 @@ class Engine:
     # -- starting ----------------------------------------------------------
     def start_failover(self, *, actor: str, reason: str | None,
                        trigger: dict[str, Any]) -> str:
-        if (last := self.last_failover()) is not None:
-            raise IncidentHalted(
-                f"already failed over to {self.store.fact(last.id, 'to_region')} by incident "
-                f"{last.id}: the way back is `drorch failback`, not a second failover")
-        from_region = self.active_region()
-        to_region = next(r.name for r in self.runbook.regions if r.name != from_region)
-        return self._open("failover", actor, reason, trigger, from_region, to_region)
+        def where() -> tuple[str, str, dict[str, Any]]:
+            if (last := self.last_failover()) is not None:
+                raise IncidentHalted(
+                    f"already failed over to {self.store.fact(last.id, 'to_region')} by "
+                    f"incident {last.id}: the way back is `drorch failback`, not a second "
+                    "failover")
+            src = self.active_region()
+            return src, next(r.name for r in self.runbook.regions if r.name != src), {}
+
+        return self._open("failover", actor, reason, trigger, where)
 
     def start_failback(self, *, actor: str, reason: str | None,
                        trigger: dict[str, Any]) -> str:
-        last = self.last_failover()
-        if last is None:
-            raise IncidentHalted("nothing to fail back from: no completed failover is in force")
-        from_region = self.store.fact(last.id, "to_region")
-        to_region = self.store.fact(last.id, "from_region")
-        incident_id = self._open("failback", actor, reason, trigger, from_region, to_region)
-        self.store.set_fact(incident_id, "failover_incident", last.id)
-        return incident_id
+        def where() -> tuple[str, str, dict[str, Any]]:
+            last = self.last_failover()
+            if last is None:
+                raise IncidentHalted("nothing to fail back from: no completed failover is in "
+                                     "force")
+            return (self.store.fact(last.id, "to_region"), self.store.fact(last.id, "from_region"),
+                    {"failover_incident": last.id})
+
+        return self._open("failback", actor, reason, trigger, where)
 
     def _open(self, kind: str, actor: str, reason: str | None, trigger: dict[str, Any],
-              from_region: str, to_region: str) -> str:
-        if (inflight := self.open_incident()) is not None:
-            raise IncidentHalted(f"incident {inflight.id} is {inflight.state}: "
-                                 f"run `drorch resume` (or inspect it with `drorch status`)")
+              where: Callable[[], tuple[str, str, dict[str, Any]]]) -> str:
+        """Open an incident under the lease: opening is acting, so two orchestrators that
+        both saw the region die open one incident, not two. ``run`` keeps the lease;
+        a refusal gives it back."""
+        holder = this_holder()
+        try:
+            token = self.store.acquire_lease(self.lease_name, holder, LEASE_TTL_S)
+        except LeaseHeld as exc:
+            raise IncidentHalted(f"another orchestrator is acting: {exc}") from None
+        try:
+            if (inflight := self.open_incident()) is not None:
+                raise IncidentHalted(f"incident {inflight.id} is {inflight.state}: run "
+                                     "`drorch resume` (or inspect it with `drorch status`)")
+            from_region, to_region, facts = where()
+        except IncidentHalted:
+            self.store.release_lease(self.lease_name, token)
+            raise
         now = time.time()
         inc = Incident(new_incident_id(self.runbook), kind, self.runbook.name, actor,
                        reason, trigger, PATHS[kind].initial.value, now, now)
         self.store.create_incident(inc)
-        self.store.set_fact(inc.id, "from_region", from_region)
-        self.store.set_fact(inc.id, "to_region", to_region)
+        for key, value in {"from_region": from_region, "to_region": to_region,
+                           **facts}.items():
+            self.store.set_fact(inc.id, key, value, lease=self.lease_name, token=token)
         self.audit.record("incident.opened", actor=actor, incident=inc.id, reason=reason,
                           inputs={"kind": kind, "from": from_region, "to": to_region,
                                   "trigger": trigger})
