@@ -26,7 +26,7 @@ postgres:
 
 demo: $(STAMP) postgres
 	@rm -rf $(DEMO_STATE)
-	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch lab drill --runbook runbooks/lab.yaml
+	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch --log-level warning lab drill --runbook runbooks/lab.yaml
 	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch audit verify $(DEMO_STATE)/audit.jsonl
 
 test: $(STAMP) postgres

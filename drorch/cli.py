@@ -35,9 +35,19 @@ reconcile_app = typer.Typer(no_args_is_help=True, help="Divergent writes after a
 app.add_typer(reconcile_app, name="reconcile")
 
 @app.callback()
-def main(json_logs: Annotated[bool | None, typer.Option("--json-logs/--pretty-logs")] = None
-         ) -> None:
-    logs.configure(json_logs)
+def main(
+    json_logs: Annotated[bool | None, typer.Option("--json-logs/--pretty-logs",
+                                                   help="Log format (default: pretty on a "
+                                                   "terminal, JSON otherwise).")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    import logging
+
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        err.print(f"--log-level: unknown level {log_level!r}")
+        raise typer.Exit(2)
+    logs.configure(json_logs, level)
 
 
 @app.command()

@@ -13,7 +13,7 @@ from drorch.metrics import rto as rto_of
 
 def show_progress(step: str, status: str, sentence: str, detail: dict[str, Any]) -> None:
     style = {"started": "cyan", "done": "green", "failed": "bold red",
-             "rolled_back": "yellow"}.get(status, "white")
+             "rolled_back": "yellow", "healthy": "green", "degraded": "yellow"}.get(status, "white")
     wait = f" (waited {detail['wait_s']:.2f}s)" if "wait_s" in detail else ""
     out.print(f"  [{style}]{status:>11}[/] {step:<28} {sentence}{wait}", highlight=False)
 
@@ -33,7 +33,14 @@ def print_summary(record: dict[str, Any]) -> None:
     targets = record["targets"]
     out.print(f"RTO: {'n/a' if rto is None else f'{rto:.2f} s'}"
               f"{_vs(rto, targets.get('rto_seconds'), 's')}")
-    out.print(f"RPO: {_fmt(rpo['seconds'], 's')}, {_fmt(rpo['bytes'], 'bytes')} "
+    if rpo["seconds"] is None and rpo["bytes"] is None and not rpo.get("rows"):
+        out.print(f"RPO: not measurable at promotion ({record.get('from_region')} was "
+                  "unreachable); `drorch failback` reads its WAL and corrects it to exact "
+                  "transactions and rows")
+        return
+    rows = f", {rpo['rows']} rows in {rpo['transactions']} transactions" \
+        if rpo.get("rows") is not None else ""
+    out.print(f"RPO: {_fmt(rpo['seconds'], 's')}, {_fmt(rpo['bytes'], 'bytes')}{rows} "
               f"({rpo['method']}){_vs(rpo['seconds'], targets.get('rpo_seconds'), 's')}")
 
 

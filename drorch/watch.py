@@ -105,6 +105,7 @@ class _Watcher:
     def __init__(self, runbook: Runbook, store: SqliteStore, audit: AuditLog, aws: Clients,
                  progress: ProgressFn | None) -> None:
         self.runbook, self.store, self.audit, self.aws = runbook, store, audit, aws
+        self.progress = progress
         self.policy, self.specs = health_specs(runbook)
         self.engine = Engine(runbook, store, audit, aws, progress)
         self.engine.warm_up()  # client creation must not sit inside the RTO
@@ -251,6 +252,8 @@ class _Watcher:
                                       "alarms": list(v.alarms)})
             log.info("watch.verdict", region=v.region, previous=old, status=v.status,
                      reason=v.reason)
+            if self.progress is not None:
+                self.progress(f"health:{v.region}", v.status, v.reason, {})
         return record
 
     def _refused(self, d: WatchDecision, primary: str) -> None:
