@@ -20,7 +20,10 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,41 +139,61 @@ def _wait_streaming(primary: PgNode, replica: PgNode, timeout_s: float = 30) -> 
 
 
 def _create_aws(runbook: Runbook, aws: AwsClients, password: str) -> None:
-    primary = runbook.primary.name
-    for region in runbook.regions:
-        ssm = aws("ssm", region.aws_region)
-        if runbook.write_flag:
-            ssm.put_parameter(Name=runbook.write_flag.parameter, Value="false", Type="String",
-                              Overwrite=True)
-    for spec in runbook.secrets:
-        db = runbook.database(spec.database)
-        ep = db.endpoints[primary]
-        value = {"engine": "postgres", spec.host_key: ep.host, spec.port_key: ep.port,
-                 "dbname": ep.dbname, "username": schema.APP_ROLE, "password": password}
-        client = aws("secretsmanager", runbook.region(spec.region).aws_region)
-        try:
-            client.create_secret(Name=spec.secret_id, SecretString=json.dumps(value))
-        except client.exceptions.ResourceExistsException:
-            client.put_secret_value(SecretId=spec.secret_id, SecretString=json.dumps(value))
+    calls: list[tuple[Any, ...]] = []
+    if runbook.write_flag:
+        calls += [(_create_flag, runbook, aws, region.aws_region) for region in runbook.regions]
+    calls += [(_create_secret, runbook, aws, spec, password) for spec in runbook.secrets]
     if runbook.dns:
-        r53 = aws("route53", "us-east-1")
-        zone = r53.create_hosted_zone(Name=runbook.dns.zone,
-                                      CallerReference=f"drorch-lab-{time.time()}")
-        zone_id = zone["HostedZone"]["Id"].split("/")[-1]
-        changes = []
-        for rec in runbook.dns.records:
-            for region in runbook.regions:
-                changes.append({"Action": "UPSERT", "ResourceRecordSet": {
-                    "Name": rec.name, "Type": rec.type, "TTL": 5,
-                    "SetIdentifier": rec.set_identifiers[region.name],
-                    "Weight": runbook.dns.active_weight if region.name == primary else 0,
-                    "ResourceRecords": [{"Value": region_address(runbook, region.name)}]}})
-        r53.change_resource_record_sets(HostedZoneId=zone_id,
-                                        ChangeBatch={"Comment": "lab", "Changes": changes})
+        calls.append((_create_zone, runbook, aws))
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        _all(pool, calls)
+
+
+def _create_flag(runbook: Runbook, aws: AwsClients, aws_region: str) -> None:
+    assert runbook.write_flag is not None
+    aws("ssm", aws_region).put_parameter(Name=runbook.write_flag.parameter, Value="false",
+                                         Type="String", Overwrite=True)
+
+
+def _create_secret(runbook: Runbook, aws: AwsClients, spec: Any, password: str) -> None:
+    primary = runbook.primary.name
+    db = runbook.database(spec.database)
+    ep = db.endpoints[primary]
+    value = {"engine": "postgres", spec.host_key: ep.host, spec.port_key: ep.port,
+             "dbname": ep.dbname, "username": schema.APP_ROLE, "password": password}
+    client = aws("secretsmanager", runbook.region(spec.region).aws_region)
+    try:
+        client.create_secret(Name=spec.secret_id, SecretString=json.dumps(value))
+    except client.exceptions.ResourceExistsException:
+        client.put_secret_value(SecretId=spec.secret_id, SecretString=json.dumps(value))
+
+
+def _create_zone(runbook: Runbook, aws: AwsClients) -> None:
+    assert runbook.dns is not None
+    primary = runbook.primary.name
+    r53 = aws("route53", "us-east-1")
+    zone = r53.create_hosted_zone(Name=runbook.dns.zone,
+                                  CallerReference=f"drorch-lab-{time.time()}")
+    zone_id = zone["HostedZone"]["Id"].split("/")[-1]
+    changes = []
+    for rec in runbook.dns.records:
+        for region in runbook.regions:
+            changes.append({"Action": "UPSERT", "ResourceRecordSet": {
+                "Name": rec.name, "Type": rec.type, "TTL": 5,
+                "SetIdentifier": rec.set_identifiers[region.name],
+                "Weight": runbook.dns.active_weight if region.name == primary else 0,
+                "ResourceRecords": [{"Value": region_address(runbook, region.name)}]}})
+    r53.change_resource_record_sets(HostedZoneId=zone_id,
+                                    ChangeBatch={"Comment": "lab", "Changes": changes})
 
 
 def up(runbook: Runbook) -> LabState:
-    """Start the lab. Refuses when a lab from this state directory is still running."""
+    """Start the lab. Refuses when a lab from this state directory is still running.
+
+    Independent parts start side by side (moto while the clusters initialise, one
+    thread per database pair, the services together): most of the time is spent
+    waiting for other processes, so threads cut ``up`` to about the slowest part.
+    """
     path = state_path(runbook)
     existing = LabState.load(path)
     if existing is not None:
@@ -178,40 +201,73 @@ def up(runbook: Runbook) -> LabState:
     base = lab_dir(runbook)
     base.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o755)
-    state = LabState(runbook=runbook.name, started_at=time.time())
-    state.moto_port = _moto_port(runbook)
-    state.moto_pid = start_moto(state.moto_port, base / "moto.log")
-    state.save(path)
+    state = _Recorder(LabState(runbook=runbook.name, started_at=time.time()), path)
+    state.state.moto_port = _moto_port(runbook)
     password = _random.token_urlsafe(18)
-    primary, secondary = runbook.primary.name, runbook.secondary.name
+    pool = ThreadPoolExecutor(max_workers=max(4, len(runbook.databases) + 2))
+    moto = pool.submit(start_moto, state.state.moto_port, base / "moto.log")
     try:
         make_owned_dir(pg_dir(runbook), 0o755)
-        for db in runbook.databases:
-            node_a = node_for(runbook, db.name, primary)
-            node_b = node_for(runbook, db.name, secondary)
-            make_owned_dir(node_a.rundir.parent, 0o755)
-            node_a.init_primary()
-            node_a.start()
-            state.nodes.append({"db": db.name, "region": primary, **_node_dict(node_a)})
-            state.save(path)
-            ep = db.endpoints[primary]
-            schema.create_database_and_schema(node_a.dsn(), password, dbname=ep.dbname)
-            import psycopg
+        def aws_when_moto_answers() -> None:
+            state.update(lambda s: setattr(s, "moto_pid", moto.result()))
+            _create_aws(runbook, AwsClients(runbook.aws.endpoint_url), password)
 
-            with psycopg.connect(node_a.dsn(ep.dbname), autocommit=True) as c:
-                c.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
-            node_b.init_replica_of(node_a)
-            node_b.start()
-            state.nodes.append({"db": db.name, "region": secondary, **_node_dict(node_b)})
-            state.save(path)
-            _wait_streaming(node_a, node_b)
-        _create_aws(runbook, AwsClients(runbook.aws.endpoint_url), password)
+        _all(pool, [(aws_when_moto_answers,),
+                    *((_up_pair, runbook, db.name, password, state)
+                      for db in runbook.databases)])
         if runbook.lab is not None:
-            _start_services(runbook, state, path)
+            _start_services(runbook, state, pool)
     except BaseException:
+        with contextlib.suppress(Exception):
+            state.update(lambda s: setattr(s, "moto_pid", moto.result()))
         down(runbook)
         raise
-    return state
+    finally:
+        pool.shutdown(wait=True)
+    return state.state
+
+
+class _Recorder:
+    """The lab state, saved after every change so ``down`` finds whatever has started,
+    whichever thread started it."""
+
+    def __init__(self, state: LabState, path: Path) -> None:
+        self.state, self.path, self._lock = state, path, threading.Lock()
+        state.save(path)
+
+    def update(self, change: Callable[[LabState], object]) -> None:
+        with self._lock:
+            change(self.state)
+            self.state.save(self.path)
+
+
+def _all(pool: ThreadPoolExecutor, calls: list[tuple[Any, ...]]) -> list[Any]:
+    """Run the calls side by side; wait for all of them, then raise the first failure."""
+    futures = [pool.submit(*call) for call in calls]
+    wait(futures)
+    return [f.result() for f in futures]
+
+
+def _up_pair(runbook: Runbook, db_name: str, password: str, state: _Recorder) -> None:
+    import psycopg
+
+    primary, secondary = runbook.primary.name, runbook.secondary.name
+    node_a = node_for(runbook, db_name, primary)
+    node_b = node_for(runbook, db_name, secondary)
+    make_owned_dir(node_a.rundir.parent, 0o755)
+    node_a.init_primary()
+    node_a.start()
+    state.update(lambda s: s.nodes.append({"db": db_name, "region": primary,
+                                           **_node_dict(node_a)}))
+    ep = runbook.database(db_name).endpoints[primary]
+    schema.create_database_and_schema(node_a.dsn(), password, dbname=ep.dbname)
+    with psycopg.connect(node_a.dsn(ep.dbname), autocommit=True) as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+    node_b.init_replica_of(node_a)
+    node_b.start()
+    state.update(lambda s: s.nodes.append({"db": db_name, "region": secondary,
+                                           **_node_dict(node_b)}))
+    _wait_streaming(node_a, node_b)
 
 
 def mail_dir(runbook: Runbook) -> Path:
@@ -244,21 +300,37 @@ def start_app(runbook: Runbook, region: str) -> int:
     return pid
 
 
-def _start_services(runbook: Runbook, state: LabState, path: Path) -> None:
+def _start_services(runbook: Runbook, state: _Recorder, pool: ThreadPoolExecutor) -> None:
     assert runbook.lab is not None and runbook.aws.endpoint_url
-    base = lab_dir(runbook)
-    state.services["smtp"] = services.start_smtp_sink(
-        "127.0.0.1", runbook.lab.smtp_port, store=mail_dir(runbook), log_path=base / "smtp.log")
-    state.save(path)
+    base, lab = lab_dir(runbook), runbook.lab
+
+    def started(name: str, start: Callable[..., int], *args: Any, **kwargs: Any) -> None:
+        pid = start(*args, **kwargs)
+        state.update(lambda s: s.services.__setitem__(name, pid))
+
+    calls: list[tuple[Any, ...]] = [(
+        started, "smtp", services.start_smtp_sink, "127.0.0.1", lab.smtp_port)]
+    kwargs = [{"store": mail_dir(runbook), "log_path": base / "smtp.log"}]
     if runbook.dns:
-        state.services["dns"] = services.start_dns(
-            "127.0.0.1", runbook.lab.dns_port, endpoint_url=runbook.aws.endpoint_url,
-            zone=runbook.dns.zone, log_path=base / "dns.log")
-        state.save(path)
+        calls.append((started, "dns", services.start_dns, "127.0.0.1", lab.dns_port))
+        kwargs.append({"endpoint_url": runbook.aws.endpoint_url, "zone": runbook.dns.zone,
+                       "log_path": base / "dns.log"})
     for region in runbook.regions:
-        state.services[f"app:{region.name}"] = services.start_app(
-            app_config(runbook, region.name), base / f"app-{region.name}.log")
-        state.save(path)
+        calls.append((started, f"app:{region.name}", services.start_app,
+                      app_config(runbook, region.name), base / f"app-{region.name}.log"))
+        kwargs.append({})
+    futures = [pool.submit(*call, **kw) for call, kw in zip(calls, kwargs, strict=True)]
+    wait(futures)
+    for f in futures:
+        f.result()
+
+
+def _stop_node(node: PgNode) -> None:
+    if node.is_running():
+        node.signal_all(signal.SIGCONT)
+        node.stop("immediate")
+        if node.is_running():
+            node.kill()
 
 
 def _node_dict(node: PgNode) -> dict[str, Any]:
@@ -276,19 +348,12 @@ def down(runbook: Runbook) -> list[str]:
     from drorch.lab import faults
 
     stopped += faults.release_all(runbook)
-    for name, pid in state.services.items():
-        stop_pid(pid)
-        stopped.append(name)
-    for n in state.nodes:
-        node = PgNode(n["name"], Path(n["datadir"]), n["port"], Path(n["rundir"]))
-        if node.is_running():
-            node.signal_all(signal.SIGCONT)
-            node.stop("immediate")
-            if node.is_running():
-                node.kill()
-        stopped.append(f"postgres {n['name']}")
-    stop_pid(state.moto_pid)
-    stopped.append("moto")
+    nodes = [PgNode(n["name"], Path(n["datadir"]), n["port"], Path(n["rundir"]))
+             for n in state.nodes]
+    with ThreadPoolExecutor(max_workers=8) as pool:  # each stop mostly waits
+        list(pool.map(stop_pid, [*state.services.values(), state.moto_pid]))
+        list(pool.map(_stop_node, nodes))
+    stopped += [*state.services, *(f"postgres {n.name}" for n in nodes), "moto"]
     shutil.rmtree(pg_dir(runbook), ignore_errors=True)
     shutil.rmtree(lab_dir(runbook), ignore_errors=True)
     return stopped
