@@ -19,6 +19,7 @@ def secret_target(secret_id: str, region: str) -> str:
 
 class RewriteSecret(Step):
     stage = "secrets"
+    _seen: tuple[dict[str, Any], str] | None = None
 
     def _spec(self, ctx: StepContext) -> Any:
         secret_id, _, region = self.target.rpartition("@")
@@ -39,18 +40,18 @@ class RewriteSecret(Step):
 
     def check(self, ctx: StepContext) -> bool:
         spec = self._spec(ctx)
-        value = secrets.get_value(self._client(ctx), spec.secret_id)
+        value, version = secrets.get_with_version(self._client(ctx), spec.secret_id)
+        self._seen = (value, version)  # ``apply`` follows at once: no second read
         host, port = self._wanted(ctx)
         return value.get(spec.host_key) == host and int(value.get(spec.port_key, 0)) == port
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         spec = self._spec(ctx)
         client = self._client(ctx)
-        previous = secrets.current_version(client, spec.secret_id)
-        value = secrets.get_value(client, spec.secret_id)
+        seen, self._seen = self._seen, None
+        value, previous = seen or secrets.get_with_version(client, spec.secret_id)
         host, port = self._wanted(ctx)
-        value[spec.host_key] = host
-        value[spec.port_key] = port
+        value = {**value, spec.host_key: host, spec.port_key: port}
         token = str(uuid.uuid5(uuid.NAMESPACE_URL, f"drorch:{ctx.incident_id}:{self.id}"))
         version = secrets.put_value(client, spec.secret_id, value, token)
         return {"secret_id": spec.secret_id, "region": spec.region, "host": host, "port": port,
