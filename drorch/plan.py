@@ -1,7 +1,8 @@
 """Which steps, in which stages, a failover runs: derived from the runbook alone.
 
 A stage's steps run at once; stages run in order. Several database pairs are
-frozen, promoted and validated in parallel.
+frozen, promoted, opened and validated in parallel; stages are only as many as
+the real dependencies: freeze, promote, open (writers and secrets), DNS, validate.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def failover_plan(runbook: Runbook, from_region: str, to_region: str) -> list[St
     stages = [
         Stage("freeze", tuple(freeze)),
         Stage("promote", tuple(PromoteDatabase(d) for d in dbs)),
-        Stage("open", tuple(opened)),
-        Stage("secrets", tuple(RewriteSecret(secret_target(s.secret_id, s.region))
-                               for s in runbook.secrets)),
+        # Letting writers in and repointing the secrets touch different systems and
+        # neither needs the other: one stage. DNS waits for both (a client sent to the
+        # new region must find a secret that points at a primary it may write to).
+        Stage("open", (*opened, *(RewriteSecret(secret_target(s.secret_id, s.region))
+                                  for s in runbook.secrets))),
     ]
     if runbook.dns:
         stages.append(Stage("dns", (FlipDns(runbook.dns.zone),)))
