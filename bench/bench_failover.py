@@ -60,12 +60,15 @@ def make_runbook(state_dir: Path, pairs: int) -> Runbook:
     return Runbook.model_validate(raw)
 
 
-def one_run(pairs: int) -> dict[str, Any]:
+def one_run(pairs: int, settle_s: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="drorch-bench-") as tmp:
         os.chmod(tmp, 0o755)
         rb = make_runbook(Path(tmp) / "state", pairs)
         lab.up(rb)
         try:
+            # A region fails a steady system, not one still finishing its start-up
+            # (first checkpoints, moto loading its backends, the apps' first reads).
+            time.sleep(settle_s)
             state = Path(rb.state_dir)
             store = SqliteStore(state / "journal.db")
             engine = Engine(rb, store, AuditLog(state / "audit.jsonl", redactor=logs.REDACTOR),
@@ -117,6 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pairs", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds the lab idles after start-up before the failover")
     parser.add_argument("--drill", action="store_true",
                         help="run the lab drill (automatic, window included) instead")
     args = parser.parse_args()
@@ -130,7 +135,7 @@ def main() -> None:
     medians = {}
     for pairs in args.pairs:
         started = time.monotonic()
-        runs = [one_run(pairs) for _ in range(args.runs)]
+        runs = [one_run(pairs, args.settle) for _ in range(args.runs)]
         medians[pairs] = report(pairs, runs)
         print(f"(wall time for {args.runs} labs with {pairs} pair(s): "
               f"{time.monotonic() - started:.0f} s)")
