@@ -77,7 +77,7 @@ class _Facts:
         self.store.set_fact(self.incident_id, key, value, lease=self.lease, token=self.token)
 
 
-def _fault(point: str) -> None:
+def fault_point(point: str) -> None:
     """Test hook: ``DRORCH_FAULT_KILL_AT=promote:main:after_apply`` kills this process there,
     the way ``kill -9`` would. Unset in production."""
     if os.environ.get("DRORCH_FAULT_KILL_AT") == point:
@@ -302,9 +302,9 @@ class Engine:
                 self.progress(step.id, "done", "already done", detail)
                 return None
             self.progress(step.id, "started", sentence, {})
-            _fault(f"{step.id}:before_apply")
+            fault_point(f"{step.id}:before_apply")
             detail = step.apply(ctx)
-            _fault(f"{step.id}:after_apply")
+            fault_point(f"{step.id}:after_apply")
             self.store.append(inc.id, "step", step.id, "done", detail, **journal)
             self.audit.record(f"step.{step.stage}.applied", actor=inc.actor, incident=inc.id,
                               inputs={"step": step.id}, detail=detail)

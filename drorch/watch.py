@@ -38,12 +38,13 @@ from drorch import watch_state as ws
 from drorch.adapters import postgres as pg
 from drorch.audit import AuditLog
 from drorch.config import Runbook
-from drorch.engine import Engine, IncidentHalted, IncidentRolledBack, ProgressFn
+from drorch.engine import Engine, IncidentHalted, IncidentRolledBack, ProgressFn, fault_point
 from drorch.health import (
     AlarmEvent,
     AlarmQueue,
     HealthPolicy,
     Observation,
+    Received,
     RegionHealth,
     WindowState,
     advance,
@@ -156,7 +157,9 @@ class _Watcher:
         """One observe -> decide pass; ``None`` when nothing was due and no alarm came."""
         now = time.time()
         due = ws.due_regions(self.record.windows, self.specs, now, self.fresh)
-        alarms = self._poll_alarms()
+        alarms, received = self._poll_alarms()
+        if not alarms:
+            self._ack(received)  # nothing in them for the window
         if not due and not alarms:
             return None
         rounds = dict(zip(due, pool.map(lambda r: run_round(self.specs[r], self.aws), due),
@@ -186,29 +189,40 @@ class _Watcher:
         if decision.action == "refuse" and ws.is_news(self.record.decision, decision):
             self._refused(decision, primary)
         self._save(replace(record, decision=decision.as_decision()))
+        if alarms:
+            fault_point("watch:alarms_read")
+            self._ack(received)  # only now: killed before, the alarms come back
         log.info("watch.tick", action=decision.action, reason=decision.reason,
                  guard=decision.guard, primary=primary, probed=due,
                  status={k: v.verdict.status for k, v in windows.items()})
         return decision
 
     # -- observing -----------------------------------------------------------
-    def _poll_alarms(self) -> dict[str, tuple[AlarmEvent, ...]]:
+    def _poll_alarms(self) -> tuple[dict[str, tuple[AlarmEvent, ...]], Received | None]:
         if self.alarms is None:
-            return {}
+            return {}, None
         try:
-            events = self.alarms.poll(max_messages=50)
+            received = self.alarms.receive(max_messages=50)
         except Exception as exc:  # noqa: BLE001 (a missed poll is retried next tick)
             log.warning("watch.alarm_queue_unreadable", error=str(exc).splitlines()[0][:200])
-            return {}
+            return {}, None
         by_region: dict[str, list[AlarmEvent]] = {}
-        for ev in events:
+        for ev in received.events:
             region = region_for_alarm(ev, self.policy)
             if region is None:
                 log.warning("watch.alarm_unmapped", alarm=ev.alarm_name, state=ev.state)
                 continue
             log.info("watch.alarm", alarm=ev.alarm_name, state=ev.state, region=region)
             by_region.setdefault(region, []).append(ev)
-        return {k: tuple(v) for k, v in by_region.items()}
+        return {k: tuple(v) for k, v in by_region.items()}, received
+
+    def _ack(self, received: Received | None) -> None:
+        if self.alarms is None or received is None or not received.receipts:
+            return
+        try:
+            self.alarms.ack(received)
+        except Exception as exc:  # noqa: BLE001 (unacknowledged alarms come back: harmless)
+            log.warning("watch.alarm_ack_failed", error=str(exc).splitlines()[0][:200])
 
     def _lag(self, primary: str, secondary: str) -> int | None:
         """Worst replay lag in bytes over the database pairs; ``None`` when any side

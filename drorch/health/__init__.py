@@ -7,10 +7,16 @@ One tick of a watch loop, per region::
     decision = decide_failover(primary_state.verdict, secondary_state.verdict,
                                lag_bytes, machine_busy, policy)
 
-Everything but ``run_round``/``run_probe`` and ``AlarmQueue.poll`` is pure.
+Everything but ``run_round``/``run_probe`` and ``AlarmQueue`` is pure.
 """
 
-from drorch.health.alarms import AlarmEvent, AlarmQueue, parse_alarm_message, region_for_alarm
+from drorch.health.alarms import (
+    AlarmEvent,
+    AlarmQueue,
+    Received,
+    parse_alarm_message,
+    region_for_alarm,
+)
 from drorch.health.checks import ClientFactory
 from drorch.health.config import (
     CloudWatchAlarmProbe,
@@ -37,6 +43,7 @@ from drorch.health.window import (
 __all__ = [
     "AlarmEvent",
     "AlarmQueue",
+    "Received",
     "ClientFactory",
     "CloudWatchAlarmProbe",
     "Decision",

@@ -6,10 +6,13 @@
 - the alarm JSON itself, when the subscription uses raw message delivery.
 
 Anything else (subscription confirmations, foreign messages, broken JSON) yields
-``None``. ``AlarmQueue.poll`` reads a batch and deletes every message it received,
-parsed or not: an unparsable message would otherwise come back forever. Delivery
-is at least once and unordered (standard SQS); the window keeps only the newest
-state per alarm, so duplicates and reordering are harmless.
+``None``. ``AlarmQueue.receive`` reads a batch and ``ack`` deletes every message it
+received, parsed or not (an unparsable message would otherwise come back forever).
+The watcher acknowledges only after it has journaled what the alarms did to its
+window: killed in between, it reads the same alarms again once their visibility
+timeout ends, instead of losing them. Delivery is at least once and unordered
+(standard SQS); the window keeps only the newest state per alarm, so duplicates
+and reordering are harmless.
 
 Which region an alarm is about: see ``region_for_alarm``. Note that the alarm's
 ``Region`` field is a display name ("US East (N. Virginia)"), so the AWS region
@@ -144,51 +147,68 @@ def region_for_alarm(event: AlarmEvent, policy: HealthPolicy) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Received:
+    """Alarm events (oldest state change first) and the receipts that acknowledge
+    every message they came from, alarms or not."""
+
+    events: list[AlarmEvent]
+    receipts: tuple[str, ...]
+
+
 class AlarmQueue:
     """Reads alarm notifications from one SQS queue.
 
     ``sqs_client`` is a boto3 SQS client (or anything with ``receive_message`` and
-    ``delete_message_batch``). Not idempotent: each call consumes what it returns.
+    ``delete_message_batch``).
     """
 
     def __init__(self, sqs_client: Any, queue_url: str) -> None:
         self._sqs = sqs_client
         self._url = queue_url
 
-    def poll(self, max_messages: int = 10, wait_s: float = 0.0) -> list[AlarmEvent]:
-        """Up to ``max_messages`` alarm events, oldest state change first.
+    def receive(self, max_messages: int = 10, wait_s: float = 0.0) -> Received:
+        """Up to ``max_messages`` messages, not yet deleted: they stay invisible for the
+        queue's visibility timeout and come back unless ``ack``-ed.
 
         Long-polls up to ``wait_s`` (whole seconds, at most 20) for the first batch
-        only; later batches (when ``max_messages`` > 10) do not wait. Deletes every
-        message received, including ones that are not alarms.
+        only; later batches (when ``max_messages`` > 10) do not wait.
         """
         events: list[AlarmEvent] = []
-        received = 0
+        receipts: list[str] = []
         wait = max(0, min(20, int(wait_s)))
-        while received < max_messages:
-            batch = min(10, max_messages - received)
+        while len(receipts) < max_messages:
+            batch = min(10, max_messages - len(receipts))
             resp = self._sqs.receive_message(
                 QueueUrl=self._url, MaxNumberOfMessages=batch, WaitTimeSeconds=wait
             )
             messages = resp.get("Messages", [])
             if not messages:
                 break
-            received += len(messages)
             wait = 0
             for m in messages:
+                receipts.append(m["ReceiptHandle"])
                 event = parse_alarm_message(m.get("Body", ""))
                 if event is None:
                     log.warning("alarm_message_ignored", message_id=m.get("MessageId"))
                 else:
                     events.append(event)
-            self._delete(messages)
-        return sorted(events, key=lambda e: e.at if e.at is not None else float("inf"))
+        events.sort(key=lambda e: e.at if e.at is not None else float("inf"))
+        return Received(events, tuple(receipts))
 
-    def _delete(self, messages: list[dict[str, Any]]) -> None:
-        entries = [
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
-        ]
-        resp = self._sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)
-        for failure in resp.get("Failed", []):
-            # The message will come back after its visibility timeout; harmless.
-            log.warning("alarm_message_not_deleted", code=failure.get("Code"))
+    def ack(self, received: Received) -> None:
+        """Delete the messages ``received`` came from (ten per request, SQS's limit)."""
+        handles = received.receipts
+        for start in range(0, len(handles), 10):
+            entries = [{"Id": str(i), "ReceiptHandle": h}
+                       for i, h in enumerate(handles[start:start + 10])]
+            resp = self._sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)
+            for failure in resp.get("Failed", []):
+                # The message will come back after its visibility timeout; harmless.
+                log.warning("alarm_message_not_deleted", code=failure.get("Code"))
+
+    def poll(self, max_messages: int = 10, wait_s: float = 0.0) -> list[AlarmEvent]:
+        """``receive`` then ``ack`` at once: for readers with nothing to journal first."""
+        received = self.receive(max_messages, wait_s)
+        self.ack(received)
+        return received.events

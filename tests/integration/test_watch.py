@@ -75,11 +75,12 @@ def _variant(lab: Lab, path: Path, **health: Any) -> Path:
     return path
 
 
-def _alarm_queue(lab: Lab) -> tuple[Any, str]:
+def _alarm_queue(lab: Lab, visibility_s: int = 30) -> tuple[Any, str]:
     """A queue in the lab's moto server, in the secondary's AWS region: the watcher's
     choice when the queue URL does not name one."""
     sqs = AwsClients(lab.runbook.aws.endpoint_url)("sqs", lab.runbook.secondary.aws_region)
-    return sqs, sqs.create_queue(QueueName="drorch-alarms")["QueueUrl"]
+    return sqs, sqs.create_queue(QueueName="drorch-alarms", Attributes={
+        "VisibilityTimeout": str(visibility_s)})["QueueUrl"]
 
 
 def _send_alarm(sqs: Any, url: str, name: str, changed_at: float) -> None:
@@ -204,12 +205,17 @@ def test_hung_primary_fails_over(lab: Lab) -> None:
 def test_alarm_may_trigger_alone(lab: Lab, tmp_path: Path) -> None:
     """With alarm_may_trigger_alone an alarm read from SQS fails over a region whose probes
     pass, after the window counted from when the watcher read it (not the alarm's older
-    StateChangeTime); the trigger kind is alarm."""
-    sqs, url = _alarm_queue(lab)
+    StateChangeTime); the trigger kind is alarm. A watcher killed after reading the alarm
+    but before journaling it has not consumed it: the next one reads it again."""
+    sqs, url = _alarm_queue(lab, visibility_s=1)
     rb_path = _variant(lab, tmp_path / "lab-alarm-alone.yaml", alarm_queue_url=url,
                        alarm_may_trigger_alone=True)
     sent_at = time.time()
     _send_alarm(sqs, url, "region-a-latency", sent_at - 600)
+    killed = lab.cli("watch", "--runbook", str(rb_path), "--max-seconds", "20",
+                     extra_env={"DRORCH_FAULT_KILL_AT": "watch:alarms_read"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    assert not _queue_empty(sqs, url)
     result = _ok(lab.cli("watch", "--runbook", str(rb_path), "--max-seconds", "40"))
     assert "failed_over" in result.stdout
     (inc,) = _incidents(lab.state_dir)

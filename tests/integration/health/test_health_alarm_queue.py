@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,6 +71,37 @@ def test_poll_reads_enveloped_alarm_and_deletes_it(wiring: dict[str, Any]) -> No
     ]
     assert events[0].message_id is not None  # came through the SNS envelope
     assert queue.poll() == []
+
+
+def test_received_alarm_comes_back_until_acknowledged(wiring: dict[str, Any]) -> None:
+    """``receive`` leaves the message in flight: a reader killed before ``ack`` reads the
+    same alarm again after the visibility timeout; once acknowledged it is gone."""
+    wiring["sqs"].set_queue_attributes(QueueUrl=wiring["enveloped"],
+                                       Attributes={"VisibilityTimeout": "1"})
+    _publish(wiring, "region-a-db", "ALARM", "2026-11-22T10:05:00.000+0000")
+    queue = AlarmQueue(wiring["sqs"], wiring["enveloped"])
+    first = queue.receive()
+    assert [e.alarm_name for e in first.events] == ["region-a-db"]
+    assert queue.receive().receipts == ()  # in flight: invisible to other readers
+    time.sleep(1.3)
+    again = queue.receive()
+    assert [(e.alarm_name, e.message_id) for e in again.events] == [
+        ("region-a-db", first.events[0].message_id)]
+    queue.ack(again)
+    time.sleep(1.3)
+    assert queue.receive().receipts == ()
+
+
+def test_more_than_ten_messages_are_all_acknowledged(wiring: dict[str, Any]) -> None:
+    """SQS deletes at most ten per request: ``poll`` of 23 leaves the queue empty."""
+    for minute in range(23):
+        _publish(wiring, f"a{minute:02d}", "ALARM", f"2026-11-22T10:{minute:02d}:00.000+0000")
+    assert len(AlarmQueue(wiring["sqs"], wiring["enveloped"]).poll(max_messages=30)) == 23
+    attrs = wiring["sqs"].get_queue_attributes(
+        QueueUrl=wiring["enveloped"],
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert set(attrs.values()) == {"0"}
 
 
 def test_poll_reads_raw_delivery(wiring: dict[str, Any]) -> None:
