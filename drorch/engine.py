@@ -308,7 +308,7 @@ class Engine:
             self.store.append(inc.id, "step", step.id, "done", detail, **journal)
             self.audit.record(f"step.{step.stage}.applied", actor=inc.actor, incident=inc.id,
                               inputs={"step": step.id}, detail=detail)
-            self.progress(step.id, "done", sentence, detail)
+            self.progress(step.id, "done", detail.get("note") or sentence, detail)
             log.info("step.done", incident=inc.id, step=step.id)
             return None
         except StaleLease:

@@ -218,11 +218,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
            "", "## RPO and RTO", "", "| Metric | Value | Target | Verdict |", "|---|---|---|---|"]
     for name, value, target, verdict, missed in _target_rows(report):
         out.append(f"| {name} | {value} | {target} | {'**MISSED**' if missed else verdict} |")
-    out += ["", "## Phases and steps", "", "| Phase | Status | Duration | Wait |",
-            "|---|---|---|---|"]
+    notes = {s["id"]: (s.get("detail") or {}).get("note") for s in report["steps"]}
+    out += ["", "## Phases and steps", "", "| Phase | Status | Duration | Wait | Note |",
+            "|---|---|---|---|---|"]
     for p in report["phases"]:
         out.append(f"| {_md(p['name'])} | {_md(p.get('status', p['kind']))} | "
-                   f"{_num(p['duration_s'])} | {_num(p['wait_s'] or None)} |")
+                   f"{_num(p['duration_s'])} | {_num(p['wait_s'] or None)} | "
+                   f"{_md(notes.get(p['name']))} |")
     out += ["", "## Validation flows", "", "| Flow | Result | Attempts | Duration | Error |",
             "|---|---|---|---|---|"]
     for f in report["flows"]:

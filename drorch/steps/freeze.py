@@ -74,7 +74,10 @@ class FreezeDatabase(Step):
             record = pg.freeze(self._dsn(ctx), ctx.runbook.database(self.target).app_roles,
                                pg.FreezeRecord.from_dict(prior) if prior else None)
         except pg.Unreachable as exc:
-            detail = {"reachable": False, "error": str(exc).strip().splitlines()[0]}
+            detail = {"reachable": False, "error": str(exc).strip().splitlines()[0],
+                      "note": f"{ctx.from_region} unreachable: nothing to freeze (no client "
+                              "can write there either); failback fences it before it may "
+                              "serve again"}
             ctx.facts.set(key, {"roles_locked": [], "read_only_was": "off",
                                 "sessions_ended": 0, "unreachable": True})
             return detail

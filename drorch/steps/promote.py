@@ -84,7 +84,8 @@ class PromoteDatabase(Step):
             "rpo_seconds": rpo_seconds,
             "rpo_exact": old_status is not None,
             "note": None if old_status else
-            f"{ctx.from_region} unreachable: RPO unknown until reconcile reads its WAL",
+            f"promoted {self.target} in {ctx.to_region}; {ctx.from_region} unreachable, so "
+            "RPO unknown until failback reads its WAL",
         }
 
     def _freeze_if_back(self, ctx: StepContext, old: pg.Target) -> None:

@@ -150,6 +150,16 @@ def test_html_is_self_contained_and_escaped() -> None:
     assert "halted" in html
 
 
+def test_markdown_steps_carry_their_note() -> None:
+    """A step that did something other than its plan says so in the steps table."""
+    steps = [{"id": "freeze:main", "stage": "freeze", "status": "done", "started_at": T0 + 181,
+              "ended_at": T0 + 182, "detail": {"reachable": False,
+                                               "note": "region-a unreachable: nothing to freeze"}}]
+    md = render(build_report(incident(steps=steps)), "md")
+    (row,) = [line for line in md.splitlines() if line.startswith("| freeze:main |")]
+    assert row.endswith("| region-a unreachable: nothing to freeze |")
+
+
 def test_failed_flows_and_halts_set_the_outcome() -> None:
     """A failed flow makes the outcome 'failed' (no RTO); a halted machine says 'halted'."""
     flows = [{"name": "buy", "ok": False, "attempts": 5, "duration_s": 30.0,
