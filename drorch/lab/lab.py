@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -303,26 +304,22 @@ def start_app(runbook: Runbook, region: str) -> int:
 def _start_services(runbook: Runbook, state: _Recorder, pool: ThreadPoolExecutor) -> None:
     assert runbook.lab is not None and runbook.aws.endpoint_url
     base, lab = lab_dir(runbook), runbook.lab
+    starts: dict[str, Callable[[], int]] = {"smtp": partial(
+        services.start_smtp_sink, "127.0.0.1", lab.smtp_port, store=mail_dir(runbook),
+        log_path=base / "smtp.log")}
+    if runbook.dns:
+        starts["dns"] = partial(
+            services.start_dns, "127.0.0.1", lab.dns_port, endpoint_url=runbook.aws.endpoint_url,
+            zone=runbook.dns.zone, log_path=base / "dns.log")
+    for region in runbook.regions:
+        starts[f"app:{region.name}"] = partial(
+            services.start_app, app_config(runbook, region.name), base / f"app-{region.name}.log")
 
-    def started(name: str, start: Callable[..., int], *args: Any, **kwargs: Any) -> None:
-        pid = start(*args, **kwargs)
+    def start(name: str) -> None:
+        pid = starts[name]()
         state.update(lambda s: s.services.__setitem__(name, pid))
 
-    calls: list[tuple[Any, ...]] = [(
-        started, "smtp", services.start_smtp_sink, "127.0.0.1", lab.smtp_port)]
-    kwargs = [{"store": mail_dir(runbook), "log_path": base / "smtp.log"}]
-    if runbook.dns:
-        calls.append((started, "dns", services.start_dns, "127.0.0.1", lab.dns_port))
-        kwargs.append({"endpoint_url": runbook.aws.endpoint_url, "zone": runbook.dns.zone,
-                       "log_path": base / "dns.log"})
-    for region in runbook.regions:
-        calls.append((started, f"app:{region.name}", services.start_app,
-                      app_config(runbook, region.name), base / f"app-{region.name}.log"))
-        kwargs.append({})
-    futures = [pool.submit(*call, **kw) for call, kw in zip(calls, kwargs, strict=True)]
-    wait(futures)
-    for f in futures:
-        f.result()
+    _all(pool, [(start, name) for name in starts])
 
 
 def _stop_node(node: PgNode) -> None:
