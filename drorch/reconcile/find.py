@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import sql
 
@@ -48,6 +50,8 @@ from drorch.reconcile.model import Change, Divergence, DivergenceReport, TableRe
 from drorch.reconcile.unkeyed import unkeyed_table
 from drorch.reconcile.walread import SideTable, WalSide, WalUnavailable, read_side
 
+T = TypeVar("T")
+
 
 class ReconcileError(RuntimeError):
     """Reconciliation cannot proceed safely; the message says what a human must check."""
@@ -58,18 +62,19 @@ def run_id_for(database: str, divergence: Divergence) -> str:
 
 
 def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[dict[str, Any]], with_ts: bool,
-                 known: dict[str, str] | None, report: DivergenceReport
-                 ) -> dict[str, tuple[str, datetime | None]]:
-    """Rows (``to_jsonb`` text and commit time) of the given keys, by canonical key.
+                 known: dict[str, str] | None) -> tuple[dict[str, tuple[str, datetime | None]],
+                                                       int]:
+    """Rows (``to_jsonb`` text and commit time) of the given keys, by canonical key, and
+    how many rows were read here (shipped to drorch).
 
-    ``known``: rows this node already gave by TID (live, so current): not asked again.
-    Rows read here are added to ``report.rows_shipped``."""
+    ``known``: rows this node already gave by TID (live, so current): not asked again."""
     out: dict[str, tuple[str, datetime | None]] = {}
+    shipped = 0
     if known and not with_ts:
         out = {k: (v, None) for k, v in known.items()}
         keys = [kd for kd in keys if canonical_key([kd[c] for c in meta.pk]) not in out]
     if not keys:
-        return out
+        return out, 0
     t_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in meta.pk)
     k_cols = sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(c)) for c in meta.pk)
     ts = sql.SQL("pg_xact_commit_timestamp(t.xmin)" if with_ts else "NULL::timestamptz")
@@ -81,8 +86,16 @@ def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[dict[str, Any]], with_t
         conn.execute("SET LOCAL enable_mergejoin = off")
         for text, at in conn.execute(q, (json.dumps(keys, default=str),)):
             out[canonical_key([parse_row(text)[c] for c in meta.pk])] = (text, at)
-            report.rows_shipped += 1
-    return out
+            shipped += 1
+    return out, shipped
+
+
+def _both(on_old: Callable[[], T], on_new: Callable[[], T]) -> tuple[T, T]:
+    """Run the old node's and the new node's half at once: separate servers and
+    connections, and each half mostly waits on its server."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        a, b = pool.submit(on_old), pool.submit(on_new)
+        return a.result(), b.result()
 
 
 def _key_dict(meta: TableMeta, key: str) -> dict[str, Any]:
@@ -111,8 +124,10 @@ def _classify_table(old: Conn, new: Conn, meta: TableMeta, cfg: ReconcileTable, 
     # rows read by TID answer the WAL method's lookups; the full method judges only its diff
     a_known = wal_old.rows if wal_old is not None and keys is not None else None
     b_known = wal_new.rows if wal_new is not None and keys is not None else None
-    a_rows = _rows_by_key(old, meta, lookup, with_ts, a_known, report)
-    b_rows = _rows_by_key(new, meta, lookup, with_ts, b_known, report)
+    (a_rows, a_shipped), (b_rows, b_shipped) = _both(
+        lambda: _rows_by_key(old, meta, lookup, with_ts, a_known),
+        lambda: _rows_by_key(new, meta, lookup, with_ts, b_known))
+    report.rows_shipped += a_shipped + b_shipped
     tr = TableReport(cfg.name, meta.pk, cfg.policy, list(cfg.sensitive_columns))
     if wal_old is not None:
         tr.old_touched, tr.old_transactions = len(wal_old.touched), len(wal_old.transactions)
@@ -170,17 +185,21 @@ def _load_metas(old: Conn, new: Conn, spec: ReconcileSpec, problems: list[str]
 def _read_wal(old: Conn, new: Conn, divergence: Divergence, old_end: str, new_end: str,
               metas: dict[str, tuple[TableMeta, TableMeta]], dboids: tuple[int, int],
               why: list[str]) -> tuple[WalSide | None, WalSide | None]:
-    wal_old = wal_new = None
-    try:
-        wal_old = read_side(old, divergence.lsn, old_end, {n: m[0] for n, m in metas.items()},
-                            dboids[0], lookback=True, max_tli=divergence.parent_timeline)
-    except WalUnavailable as e:
-        why.append(f"old primary's WAL: {e}")
-    try:
-        wal_new = read_side(new, divergence.lsn, new_end, {n: m[1] for n, m in metas.items()},
-                            dboids[1], lookback=False, max_tli=None)
-    except WalUnavailable as e:
-        why.append(f"new primary's WAL: {e}")
+    def side(name: str, read: Callable[[], WalSide]) -> WalSide | None:
+        try:
+            return read()
+        except WalUnavailable as e:
+            why.append(f"{name}'s WAL: {e}")
+            return None
+
+    wal_old, wal_new = _both(
+        lambda: side("old primary", lambda: read_side(
+            old, divergence.lsn, old_end, {n: m[0] for n, m in metas.items()}, dboids[0],
+            lookback=True, max_tli=divergence.parent_timeline)),
+        lambda: side("new primary", lambda: read_side(
+            new, divergence.lsn, new_end, {n: m[1] for n, m in metas.items()}, dboids[1],
+            lookback=False, max_tli=None)))
+    why.sort(key=lambda w: not w.startswith("old"))  # old first, as the report always said
     return wal_old, wal_new
 
 
