@@ -8,6 +8,7 @@ from rich.table import Table
 
 from drorch.cli_common import out
 from drorch.config import Runbook
+from drorch.metrics import replica_behind
 from drorch.metrics import rto as rto_of
 
 
@@ -28,15 +29,21 @@ def print_summary(record: dict[str, Any]) -> None:
         wait = f"{d['wait_s']:.3f}" if "wait_s" in d else ""
         table.add_row(s["id"], s["status"], dur, wait)
     out.print(table)
-    rto = rto_of(record)["seconds"]
+    rto_info = rto_of(record)
+    rto = rto_info["seconds"]
     rpo = record["rpo"]
     targets = record["targets"]
     out.print(f"RTO: {'n/a' if rto is None else f'{rto:.2f} s'}"
               f"{_vs(rto, targets.get('rto_seconds'), 's')}")
     if rpo["seconds"] is None and rpo["bytes"] is None and not rpo.get("rows"):
+        behind = replica_behind(rpo.get("replica_last_commit_at"), rto_info["start"])
+        start = "first failing probe" if rto_info["start_basis"] == "first_failure" \
+            else "decision"
+        since = "" if behind is None else \
+            f"; the replica's newest commit is {behind:.2f} s older than the {start}"
         out.print(f"RPO: not measurable at promotion ({record.get('from_region')} was "
-                  "unreachable); `drorch failback` reads its WAL and corrects it to exact "
-                  "transactions and rows")
+                  f"unreachable){since}; `drorch failback` reads its WAL and corrects it to "
+                  "exact transactions and rows")
         return
     rows = f", {rpo['rows']} rows in {rpo['transactions']} transactions" \
         if rpo.get("rows") is not None else ""

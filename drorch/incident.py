@@ -73,7 +73,7 @@ def incident_record(store: SqliteStore, runbook: Runbook, incident_id: str) -> d
 
 def rpo_from_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """Worst RPO over the promoted databases (bytes and seconds at promotion)."""
-    byte_values, second_values, exact = [], [], True
+    byte_values, second_values, replica_commits, exact = [], [], [], True
     for step in steps:
         if step["stage"] != "promote" or step["status"] != "done":
             continue
@@ -85,12 +85,16 @@ def rpo_from_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
             byte_values.append(d["rpo_bytes"])
         if d.get("rpo_seconds") is not None:
             second_values.append(d["rpo_seconds"])
+        if d.get("replica_last_commit_at") is not None:
+            replica_commits.append(d["replica_last_commit_at"])
     return {
         "bytes": max(byte_values) if byte_values else None,
         "seconds": max(second_values) if second_values else None,
         "transactions": None,
         "rows": None,
         "method": "lsn-at-promotion" if exact else "estimate (old primary unreachable)",
+        # What the replicas certainly had: the furthest behind one's newest commit.
+        "replica_last_commit_at": min(replica_commits) if replica_commits else None,
     }
 
 

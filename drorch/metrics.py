@@ -193,12 +193,24 @@ def summarize(incident: Mapping[str, Any]) -> dict[str, Any]:
             "transactions": rpo_in.get("transactions"),
             "rows": rpo_in.get("rows"),
             "method": rpo_in.get("method"),
+            "replica_last_commit_at": rpo_in.get("replica_last_commit_at"),
+            "replica_behind_s": replica_behind(rpo_in.get("replica_last_commit_at"),
+                                        rto_info["start"]),
         },
         "phases": phase_list,
         "detect_s": detect,
         "waits_s": waits,
         "overhead_s": overhead,
     }
+
+
+def replica_behind(last_commit: float | None, start: float | None) -> float | None:
+    """How much older the replica's newest commit is than the first sign of the outage
+    (or the decision): a fact about the replica, not a bound on the loss (a region cut
+    off from drorch, not dead, may go on committing)."""
+    if last_commit is None or start is None:
+        return None
+    return round(start - last_commit, 3)
 
 
 def _rpo_seconds(value: float | None, target: float | None) -> dict[str, Any]:

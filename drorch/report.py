@@ -196,6 +196,10 @@ def _target_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str, bo
     for key in ("transactions", "rows"):
         if report["rpo"].get(key) is not None:
             rows.append((f"RPO ({key})", str(report["rpo"][key]), "–", "", False))
+    if rpo_s.get("value") is None and report["rpo"].get("replica_behind_s") is not None:
+        rows.append(("Replica's newest commit, before the RTO start",
+                     _num(report["rpo"]["replica_behind_s"]), "–", "a fact, not a bound",
+                     False))
     return rows
 
 

@@ -78,6 +78,7 @@ class PromoteDatabase(Step):
             "barrier_lsn": barrier,
             "replica_lsn": new_status.lsn,
             "replica_receive_lsn": new_status.receive_lsn,
+            "replica_last_commit_at": new_status.last_commit_at,
             "caught_up": caught_up,
             "catch_up_wait_s": round(wait_s, 4),
             "rpo_bytes": rpo_bytes,

@@ -143,3 +143,15 @@ def test_unmeasured_rpo_is_unknown_not_missed() -> None:
     assert unknown["met"] is None and unknown["unknown"] is True
     measured = summarize({**base, "rpo": {"seconds": 9.0}})["rpo"]["seconds"]
     assert measured["met"] is False and "unknown" not in measured
+
+
+def test_replica_currency_is_measured_from_the_rto_start() -> None:
+    """With the old primary unreachable the report still says how current the replica
+    was: its newest commit against the first failure (or the decision without one)."""
+    from drorch.metrics import summarize
+
+    base = {"decided_at": 100.0, "completed_at": 101.0, "steps": [], "flows": [],
+            "targets": {}, "rpo": {"seconds": None, "replica_last_commit_at": 93.75}}
+    assert summarize({**base, "first_failure_at": 94.0})["rpo"]["replica_behind_s"] == 0.25
+    assert summarize(base)["rpo"]["replica_behind_s"] == 6.25
+    assert summarize({**base, "rpo": {"seconds": None}})["rpo"]["replica_behind_s"] is None

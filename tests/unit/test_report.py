@@ -68,7 +68,8 @@ def test_report_json_has_the_documented_keys() -> None:
     assert set(report["times"]["decided_at"]) == {"at", "iso"}
     assert set(report["rto"]) == {"value", "target", "met", "start", "end", "start_basis",
                                   "end_basis"}
-    assert set(report["rpo"]) == {"seconds", "bytes", "transactions", "rows", "method"}
+    assert set(report["rpo"]) == {"seconds", "bytes", "transactions", "rows", "method",
+                                  "replica_last_commit_at", "replica_behind_s"}
     assert set(report["rpo"]["seconds"]) == {"value", "target", "met"}
     assert set(report["steps"][0]) == {"id", "stage", "status", "started_at", "ended_at",
                                        "duration_s", "wait_s", "detail"}
