@@ -177,11 +177,16 @@ class _Watcher:
         primary = self.engine.active_region()
         secondary = next(r.name for r in self.runbook.regions if r.name != primary)
         current = windows.get(primary)
+        spec = self.specs[primary]
         lag = (self._lag(primary, secondary)
-               if current is not None and ws.needs_lag(current, self.specs[primary]) else None)
-        view = TickView(now, primary, secondary, windows, self.fresh, self._busy(), lag)
+               if current is not None and (ws.needs_lag(current, spec) or ws.lag_worth_keeping(
+                   rounds.get(primary), spec, self.policy)) else None)
+        last_lag = (lag, now) if lag is not None else self.record.last_lag
+        view = TickView(now, primary, secondary, windows, self.fresh, self._busy(), lag,
+                        last_lag)
         decision = ws.decide(view, self.policy)
         record = replace(self.record, windows=windows, primary=primary, updated_at=now,
+                         last_lag=last_lag,
                          state=ws.watch_state_for(windows.get(primary)),
                          probes={**self.record.probes,
                                  **{k: tuple(v) for k, v in rounds.items()}})

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from drorch.health import (
     Decision,
     HealthPolicy,
+    LagReading,
     RegionHealth,
     Verdict,
     WindowState,
@@ -52,6 +53,8 @@ class WatchRecord:
     incident: str | None = None
     changes: tuple[dict[str, Any], ...] = ()
     updated_at: float | None = None
+    last_lag: tuple[int, float] | None = None
+    """(bytes, when) of the last lag read while the primary answered."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class TickView:
     fresh: frozenset[str]
     busy: bool
     lag_bytes: int | None
+    last_lag: tuple[int, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,10 +97,26 @@ def decide(view: TickView, policy: HealthPolicy) -> WatchDecision:
     if secondary is not None and view.secondary not in view.fresh:
         secondary = None
     d = decide_failover(primary.verdict, secondary.verdict if secondary else None,
-                        view.lag_bytes, view.busy, policy)
+                        view.lag_bytes, view.busy, policy,
+                        last_lag_before(primary, view.last_lag, policy))
     if d.action != "failover":
         return WatchDecision(d.action, d.reason, d.guard)
     return WatchDecision("failover", d.reason, None, trigger_for(primary, policy, d.reason))
+
+
+def last_lag_before(state: WindowState, last_lag: tuple[int, float] | None,
+                    policy: HealthPolicy) -> LagReading | None:
+    """The last lag reading when it is from just before the primary's count began (at
+    most two probe intervals earlier) or during it; older ones say nothing of now."""
+    since = state.verdict.failing_since
+    if last_lag is None or since is None:
+        return None
+    spec = next((r for r in policy.regions if r.region == state.region), None)
+    if spec is None:
+        return None
+    lag_bytes, at = last_lag
+    before = since - at
+    return LagReading(lag_bytes, round(before, 3)) if before <= 2 * spec.interval_s else None
 
 
 def trigger_for(state: WindowState, policy: HealthPolicy, reason: str) -> dict[str, Any]:
@@ -130,6 +150,18 @@ def needs_lag(view_primary: WindowState, spec: RegionHealth) -> bool:
         return False
     pg_probes = {p.name for p in spec.probes if p.kind == "postgres"}
     return not (pg_probes & set(view_primary.down))
+
+
+def lag_worth_keeping(results: list[ProbeResult] | None, spec: RegionHealth,
+                      policy: HealthPolicy) -> bool:
+    """Read the lag on every round where the primary's PostgreSQL probes all answered,
+    when the runbook limits the lag: if the primary dies, that last reading is what
+    the guard can still go on (see ``last_lag_before``)."""
+    if policy.max_replica_lag_bytes is None or not results:
+        return False
+    pg_probes = {p.name for p in spec.probes if p.kind == "postgres"}
+    answered = {r.probe for r in results if r.ok}
+    return bool(pg_probes) and pg_probes <= answered
 
 
 def due_regions(windows: Mapping[str, WindowState], specs: Mapping[str, RegionHealth],
@@ -222,6 +254,7 @@ def to_json(record: WatchRecord) -> dict[str, Any]:
         "windows": {k: asdict(v) for k, v in record.windows.items()},
         "probes": {k: [asdict(r) for r in v] for k, v in record.probes.items()},
         "changes": list(record.changes[-MAX_CHANGES:]),
+        "last_lag": list(record.last_lag) if record.last_lag else None,
     }
 
 
@@ -240,6 +273,7 @@ def from_json(doc: Any) -> WatchRecord:
             incident=doc.get("incident"),
             changes=tuple(doc.get("changes", ())),
             updated_at=doc.get("updated_at"),
+            last_lag=tuple(doc["last_lag"]) if doc.get("last_lag") else None,  # type: ignore[arg-type]
         )
     except (KeyError, TypeError, ValueError):
         return WatchRecord()

@@ -28,7 +28,7 @@ from drorch.health.config import (
     Route53HealthCheckProbe,
     TcpProbe,
 )
-from drorch.health.guards import Decision, decide_failover
+from drorch.health.guards import Decision, LagReading, decide_failover
 from drorch.health.probes import ProbeResult, run_probe, run_round
 from drorch.health.window import (
     Observation,
@@ -47,6 +47,7 @@ __all__ = [
     "ClientFactory",
     "CloudWatchAlarmProbe",
     "Decision",
+    "LagReading",
     "HealthPolicy",
     "HttpProbe",
     "Observation",

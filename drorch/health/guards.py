@@ -38,12 +38,22 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
+@dataclass(frozen=True)
+class LagReading:
+    """The replica's lag as last read while the primary still answered, and how long
+    before the primary's count began (negative: during the count)."""
+
+    bytes: int
+    before_failure_s: float
+
+
 def decide_failover(
     primary: Verdict,
     secondary: Verdict | None,
     replica_lag_bytes: int | None,
     failover_in_progress_or_done: bool,
     policy: HealthPolicy,
+    last_lag: LagReading | None = None,
 ) -> Decision:
     """Decide from the two regions' verdicts, the replica's lag and the machine's state.
 
@@ -52,6 +62,11 @@ def decide_failover(
       secondary is not healthy (or has no verdict), if the lag is over
       ``policy.max_replica_lag_bytes`` (or unknown, when ``refuse_on_unknown_lag``);
       otherwise ``failover``.
+
+    A dead primary has no lag to read now. ``last_lag``, read just before its count
+    began (the caller decides what "just before" is), stands in for it: a replica
+    that was far behind then is refused, one that was close may take over. Writes
+    after that reading are not in it; failback finds them exactly.
     """
     if primary.status in ("healthy", "unknown"):
         return Decision("none", primary.reason)
@@ -76,7 +91,18 @@ def decide_failover(
     limit = policy.max_replica_lag_bytes
     lag_note = ""
     if limit is not None:
-        if replica_lag_bytes is None:
+        if replica_lag_bytes is None and last_lag is not None:
+            when = (f"{last_lag.before_failure_s:.1f}s before the failure began"
+                    if last_lag.before_failure_s >= 0 else "as the failure began")
+            if last_lag.bytes > limit:
+                return Decision(
+                    "refuse", f"{primary.reason}; replica lag unknown now, "
+                    f"{_fmt_bytes(last_lag.bytes)} when last read {when}: over the limit of "
+                    f"{_fmt_bytes(limit)}", "replica_lag",
+                )
+            lag_note = (f"; replica lag unknown now, {_fmt_bytes(last_lag.bytes)} within "
+                        f"{_fmt_bytes(limit)} when last read {when}")
+        elif replica_lag_bytes is None:
             if policy.refuse_on_unknown_lag:
                 return Decision(
                     "refuse", f"{primary.reason}; replica lag unknown (limit "

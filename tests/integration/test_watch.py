@@ -226,6 +226,39 @@ def test_alarm_may_trigger_alone(lab: Lab, tmp_path: Path) -> None:
     assert _queue_empty(sqs, url)
 
 
+def test_primary_dying_under_a_strict_lag_limit_fails_over_on_the_last_reading(
+        lab: Lab, tmp_path: Path) -> None:
+    """With a lag limit and ``refuse_on_unknown_lag`` (the default), a primary that dies
+    under a running watcher is still failed over: the lag read on the last round where
+    its database answered stands in for the one it can no longer give, and the
+    incident's reason says so."""
+    rb_path = tmp_path / "lab-strict-lag.yaml"
+    text = LAB_RUNBOOK.read_text()
+    assert "refuse_on_unknown_lag: false" in text
+    rb_path.write_text(text.replace("refuse_on_unknown_lag: false",
+                                    "refuse_on_unknown_lag: true"))
+    env = {**os.environ, **lab.env}
+    with open(tmp_path / "watch.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "drorch.cli", "watch", "--runbook", str(rb_path),
+             "--max-seconds", "60"], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+                (lab.state_dir / "journal.db").exists() and _record(lab.state_dir).last_lag):
+            time.sleep(0.2)
+        assert _record(lab.state_dir).last_lag, (tmp_path / "watch.log").read_text()
+        _ok(lab.cli("lab", "fail", "region-a", "--mode", "stop"))
+        assert proc.wait(timeout=50) == 0, (tmp_path / "watch.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (inc,) = _incidents(lab.state_dir)
+    assert inc.state == "failed_over" and inc.actor == "auto"
+    assert "replica lag unknown now" in inc.reason and "when last read" in inc.reason
+
+
 # -- not failing over ----------------------------------------------------------------
 def _watch_proc(lab: Lab, state_dir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, **lab.env, "DRORCH_STATE_DIR": str(state_dir)}

@@ -17,6 +17,8 @@ from drorch.watch_state import (
     due_regions,
     from_json,
     is_news,
+    lag_worth_keeping,
+    last_lag_before,
     needs_lag,
     seconds_until_due,
     sqs_region,
@@ -204,7 +206,7 @@ def test_record_round_trips_through_json() -> None:
                          probes={"region-a": results}, state="degraded", primary="region-a",
                          decision=Decision("wait", "counting"), incident="inc-1",
                          changes=({"region": "region-a", "to": "degraded"},),
-                         updated_at=T0 + 4)
+                         updated_at=T0 + 4, last_lag=(4096, T0 + 3))
     doc = json.loads(json.dumps(to_json(record)))
     assert from_json(doc) == record
 
@@ -235,3 +237,39 @@ def test_sqs_region_from_url_or_fallback() -> None:
     assert sqs_region("https://sqs.eu-west-1.amazonaws.com/123/q", "us-west-2") == "eu-west-1"
     assert sqs_region("https://ap-south-1.queue.amazonaws.com/123/q", "x") == "ap-south-1"
     assert sqs_region("http://127.0.0.1:25000/123456789012/q", "us-west-2") == "us-west-2"
+
+
+def test_lag_is_kept_from_rounds_where_the_primary_database_answered() -> None:
+    """With a lag limit, every round whose PostgreSQL probes all passed reads the lag
+    (the reading a dead primary leaves behind); without a limit, or with the database
+    down, none is read."""
+    spec = SPECS["region-a"]
+    policy = POLICY.model_copy(update={"regions": list(SPECS.values())})
+    healthy = list(observe(spec, T0, 0).results)
+    db_down = list(observe(spec, T0, {"db"}).results)
+    assert lag_worth_keeping(healthy, spec, policy)
+    assert not lag_worth_keeping(db_down, spec, policy)
+    assert not lag_worth_keeping(None, spec, policy)
+    unlimited = policy.model_copy(update={"max_replica_lag_bytes": None})
+    assert not lag_worth_keeping(healthy, spec, unlimited)
+
+
+def test_only_a_reading_from_just_before_the_count_stands_in() -> None:
+    """A reading at most two probe intervals before the count began (or during it) is
+    used by the guard; an older one says nothing of the replica now."""
+    policy = POLICY.model_copy(update={"regions": list(SPECS.values()),
+                                       "refuse_on_unknown_lag": True})
+    a = _run("region-a", 8, 3)
+    since = a.verdict.failing_since
+    assert a.verdict.failed and since is not None
+    reading = last_lag_before(a, (2048, since - 1.0), policy)
+    assert reading is not None and (reading.bytes, reading.before_failure_s) == (2048, 1.0)
+    assert last_lag_before(a, (2048, since - 30), policy) is None
+    assert last_lag_before(a, None, policy) is None
+    b = _run("region-b", 8, 0)
+    view = TickView(T0 + 100, "region-a", "region-b", {"region-a": a, "region-b": b},
+                    frozenset(SPECS), False, None, (2048, since - 1.0))
+    assert decide(view, policy).action == "failover"
+    stale = TickView(T0 + 100, "region-a", "region-b", {"region-a": a, "region-b": b},
+                     frozenset(SPECS), False, None, (2048, since - 30))
+    assert decide(stale, policy).guard == "replica_lag_unknown"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from drorch.health.config import HealthPolicy
-from drorch.health.guards import decide_failover
+from drorch.health.guards import LagReading, decide_failover
 from drorch.health.window import Verdict, WindowState, advance, initial_state
 from tests.unit.health._health_trace import observe, region_spec
 
@@ -70,6 +70,21 @@ def test_replica_lag_unknown_refuses_unless_policy_allows() -> None:
     )
     lenient = POLICY.model_copy(update={"refuse_on_unknown_lag": False})
     assert decide_failover(_failed(), secondary, None, False, lenient).action == "failover"
+
+
+def test_last_lag_read_before_the_failure_stands_in_for_an_unknown_one() -> None:
+    """A dead primary has no lag now: the reading taken just before its count began
+    decides instead, within the limit (fail over, saying so) or over it (refuse)."""
+    secondary = _state("region-b", 0).verdict
+    close = decide_failover(_failed(), secondary, None, False, POLICY, LagReading(2048, 0.8))
+    assert close.action == "failover"
+    assert "replica lag unknown now, 2.0 KiB within 16.0 MiB when last read 0.8s before " \
+           "the failure began" in close.reason
+    far = decide_failover(_failed(), secondary, None, False, POLICY, LagReading(64 << 20, 0.8))
+    assert far.action == "refuse" and far.guard == "replica_lag"
+    assert "64.0 MiB when last read 0.8s before the failure began" in far.reason
+    now = decide_failover(_failed(), secondary, 4096, False, POLICY, LagReading(64 << 20, 1))
+    assert now.action == "failover"  # a lag read now wins over an older reading
 
 
 def test_failover_already_running_refuses() -> None:
