@@ -4,6 +4,7 @@ engine act; output is for people (rich), logs are for machines (structlog)."""
 from __future__ import annotations
 
 import getpass
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,8 +42,6 @@ def main(
                                                    "terminal, JSON otherwise).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    import logging
-
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         err.print(f"--log-level: unknown level {log_level!r}")
