@@ -34,7 +34,7 @@ from drorch.config import Runbook, _expand_env  # noqa: E402
 from drorch.engine import Engine  # noqa: E402
 from drorch.incident import incident_record  # noqa: E402
 from drorch.lab import lab  # noqa: E402
-from drorch.lab.postgres import free_port  # noqa: E402
+from drorch.lab.ports import free_port  # noqa: E402
 from drorch.metrics import summarize  # noqa: E402
 from drorch.store.sqlite import SqliteStore  # noqa: E402
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import psycopg
 
-from drorch.lab.postgres import PgNode, free_port
+from drorch.lab.ports import free_port
+from drorch.lab.postgres import PgNode
 from drorch.reconcile import (
     DivergenceReport,
     ReconcileSpec,

@@ -1,8 +1,19 @@
-"""Shared fixtures: a real lab (PostgreSQL pair + moto server) on free ports."""
+"""Shared fixtures: a real lab (PostgreSQL pair + moto server) on this worker's own ports.
+
+Isolation between test workers (pytest-xdist): each worker hands out ports from a
+block only it owns (``drorch.lab.ports``), and state and cluster directories live
+under its own ``tmp_path``. At the end of the run the controller looks for any
+process this run started that is still alive (by a marker in its environment, or
+by a listening port in this run's blocks), stops it and fails the run.
+
+``DRORCH_TEST_REQUIRE_REAL_PARTS=1`` (``.ci/run`` sets it) turns a missing real part
+into an error and any skipped test into a failed run: CI must not pass by skipping.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,13 +23,65 @@ from pathlib import Path
 import pytest
 
 from drorch.config import Runbook, load_runbook
-from drorch.lab.postgres import free_port, pg_available
+from drorch.lab import ports
+from drorch.lab.ports import free_port
+from drorch.lab.postgres import PG_BIN, pg_available
+from tests import leftovers
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB_RUNBOOK = ROOT / "runbooks" / "lab.yaml"
+REQUIRE_REAL_PARTS = os.environ.get("DRORCH_TEST_REQUIRE_REAL_PARTS") == "1"
+PORT_BASE = int(os.environ.get("DRORCH_TEST_PORT_BASE", ports.WORKER_BASE))
 
 needs_postgres = pytest.mark.skipif(not pg_available(),
                                     reason="PostgreSQL 15 server binaries not installed")
+
+# This process's port block (a worker's own; index 0 in a run without xdist).
+ports.use_block(ports.worker_block(ports.worker_index(os.environ.get("PYTEST_XDIST_WORKER")),
+                                   base=PORT_BASE))
+
+
+def _worker_count(config: pytest.Config) -> int:
+    count = getattr(config.option, "numprocesses", None)
+    return count if isinstance(count, int) and count > 0 else 1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return  # a worker: the controller checks and marks the run
+    if REQUIRE_REAL_PARTS and not pg_available():
+        raise pytest.UsageError(
+            f"PostgreSQL 15 server binaries not found in {PG_BIN} and "
+            "DRORCH_TEST_REQUIRE_REAL_PARTS=1: install them (make postgres) instead of "
+            "skipping every test that needs them")
+    # Inherited by the workers and by every process they start: how leftovers are found.
+    os.environ.setdefault(leftovers.RUN_MARKER, secrets.token_hex(8))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Iterator[None]:
+    """After every other finish (xdist's workers are gone by then): nothing this run
+    started may still run, and with real parts required nothing may have been skipped."""
+    yield
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    problems: list[str] = []
+    blocks = [ports.worker_block(i, base=PORT_BASE) for i in range(_worker_count(config))]
+    left = leftovers.find(os.environ.get(leftovers.RUN_MARKER, ""), blocks)
+    if left:
+        problems.append("processes of this run still running after it (now killed):\n  "
+                        + "\n  ".join(left))
+        leftovers.kill([int(line.split()[1]) for line in left])
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if REQUIRE_REAL_PARTS and skipped:
+        problems.append(f"{skipped} test(s) skipped while DRORCH_TEST_REQUIRE_REAL_PARTS=1 "
+                        "(reasons in the short test summary)")
+    for problem in problems:
+        sys.stderr.write(f"\nERROR: {problem}\n")
+    if problems and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @dataclass
@@ -36,11 +99,11 @@ class Lab:
                               capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def lab_env(tmp_path: Path) -> dict[str, str]:
-    ports: set[int] = set()
-    while len(ports) < 6:
-        ports.add(free_port())
-    moto, pg_a, pg_b, app, dns, smtp = sorted(ports)
+def lab_env(tmp_path: Path, block: ports.PortBlock | None = None) -> dict[str, str]:
+    """Environment for a lab of its own: ports from ``block`` (this worker's by default),
+    state under ``tmp_path``."""
+    take = block.take if block is not None else free_port
+    moto, pg_a, pg_b, app, dns, smtp = (take() for _ in range(6))
     return {
         "DRORCH_LAB_APP_PORT": str(app),
         "DRORCH_LAB_DNS_PORT": str(dns),

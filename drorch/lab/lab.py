@@ -35,6 +35,7 @@ from drorch.adapters.aws import AwsClients
 from drorch.config import Runbook
 from drorch.lab import schema, services
 from drorch.lab.postgres import PgNode, make_owned_dir
+from drorch.procs import pid_alive
 
 REGION_ADDRESS = {0: "127.0.1.1", 1: "127.0.2.1"}
 """Each lab region's services listen on their own loopback address (DNS A records)."""
@@ -335,8 +336,18 @@ def _node_dict(node: PgNode) -> dict[str, Any]:
             "rundir": str(node.rundir)}
 
 
+class LabDownIncomplete(RuntimeError):
+    """Something the lab started could not be stopped; its state file is kept so
+    ``drorch lab down`` can be run again."""
+
+
 def down(runbook: Runbook) -> list[str]:
-    """Stop exactly what ``up`` recorded and remove the lab's files. Safe to run twice."""
+    """Stop exactly what ``up`` recorded and remove the lab's files. Safe to run twice.
+
+    Every part is stopped even when another part fails to stop (a half-stopped lab
+    leaves servers running after the caller is gone); the failures are raised
+    together at the end, as ``LabDownIncomplete``, and the state file stays.
+    """
     path = state_path(runbook)
     state = LabState.load(path)
     stopped: list[str] = []
@@ -344,12 +355,29 @@ def down(runbook: Runbook) -> list[str]:
         return stopped
     from drorch.lab import faults
 
-    stopped += faults.release_all(runbook)
+    errors: list[str] = []
+
+    def attempt(what: str, action: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return action(*args)
+        except Exception as exc:  # noqa: BLE001 (collected, raised after the rest is stopped)
+            errors.append(f"{what}: {exc}")
+            return None
+
+    stopped += attempt("releasing faults", faults.release_all, runbook) or []
     nodes = [PgNode(n["name"], Path(n["datadir"]), n["port"], Path(n["rundir"]))
              for n in state.nodes]
+    pids: dict[str, int | None] = {**state.services, "moto": state.moto_pid}
     with ThreadPoolExecutor(max_workers=8) as pool:  # each stop mostly waits
-        list(pool.map(stop_pid, [*state.services.values(), state.moto_pid]))
-        list(pool.map(_stop_node, nodes))
+        list(pool.map(lambda item: attempt(item[0], stop_pid, item[1]), pids.items()))
+        list(pool.map(lambda n: attempt(f"postgres {n.name}", _stop_node, n), nodes))
+    still = [name for name, pid in pids.items() if pid and pid_alive(pid)]
+    still += [f"postgres {n.name}" for n in nodes if n.is_running()]
+    if still or errors:
+        raise LabDownIncomplete(
+            f"lab down left {', '.join(still) or 'nothing'} running"
+            + (f" ({'; '.join(errors)})" if errors else "")
+            + f"; {path} is kept: run `drorch lab down` again")
     stopped += [*state.services, *(f"postgres {n.name}" for n in nodes), "moto"]
     shutil.rmtree(pg_dir(runbook), ignore_errors=True)
     shutil.rmtree(lab_dir(runbook), ignore_errors=True)

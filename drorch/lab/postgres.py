@@ -13,12 +13,12 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from drorch.lab.ports import free_port
 from drorch.procs import pid_alive
 
 PG_BIN = Path(os.environ.get("DRORCH_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -75,22 +75,6 @@ def make_owned_dir(path: Path, mode: int = 0o700) -> None:
     os.chmod(path, mode)
     if _is_root():
         shutil.chown(path, SUPERUSER, SUPERUSER)
-
-
-def free_port(low: int = 20000, high: int = 32000) -> int:
-    """A free TCP port below the kernel's ephemeral range (FINDINGS: 32768+)."""
-    import random
-
-    for _ in range(200):
-        port = random.randint(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port found")
 
 
 @dataclass

@@ -115,10 +115,10 @@ def shared_lab(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[
         lab_mod.up(runbook)
         try:
             yield Lab(runbook, LAB_RUNBOOK, env, Path(env["DRORCH_STATE_DIR"]))
-        finally:
-            for region in runbook.regions:
+            for region in runbook.regions:  # a test that leaves its region broken fails here
                 faults.heal(runbook, region.name)
-            lab_mod.down(runbook)
+        finally:
+            lab_mod.down(runbook)  # whatever happened above
 
 
 @pytest.fixture(scope="module")

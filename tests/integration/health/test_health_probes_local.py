@@ -15,7 +15,8 @@ import pytest
 
 from drorch.health.config import HttpProbe, PostgresProbe, RegionHealth, TcpProbe
 from drorch.health.probes import run_probe, run_round
-from drorch.lab.postgres import PgNode, free_port, make_pair, pg_available
+from drorch.lab.ports import free_port
+from drorch.lab.postgres import PgNode, make_pair, pg_available
 
 
 class _Handler(BaseHTTPRequestHandler):

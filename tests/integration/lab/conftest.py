@@ -18,7 +18,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from drorch.lab import services
-from drorch.lab.postgres import PgNode, free_port, make_pair, pg_available
+from drorch.lab.ports import free_port
+from drorch.lab.postgres import PgNode, make_pair, pg_available
 from drorch.lab.schema import create_database_and_schema
 from drorch.lab.smtp_sink import start_sink
 

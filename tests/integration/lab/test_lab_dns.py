@@ -16,7 +16,7 @@ import pytest
 
 from drorch.lab import services
 from drorch.lab.dns_server import select_records
-from drorch.lab.postgres import free_port
+from drorch.lab.ports import free_port
 
 from .conftest import aws, wait_for
 

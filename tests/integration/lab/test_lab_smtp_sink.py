@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from drorch.lab import services
-from drorch.lab.postgres import free_port
+from drorch.lab.ports import free_port
 from drorch.lab.smtp_sink import find_message, list_messages
 
 from .conftest import wait_for

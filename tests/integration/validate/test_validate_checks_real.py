@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from drorch.adapters.postgres import connect
-from drorch.lab.postgres import PgNode, free_port, pg_available
+from drorch.lab.ports import free_port
+from drorch.lab.postgres import PgNode, pg_available
 from drorch.lab.smtp_sink import start_sink
 from drorch.validate import FlowSpec, HttpxTransport, lab_check_runners, run_flows
 from tests.integration.validate.shop_app import PASSWORD, Shop, serve

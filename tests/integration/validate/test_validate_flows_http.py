@@ -10,7 +10,7 @@ from http.server import ThreadingHTTPServer
 
 import pytest
 
-from drorch.lab.postgres import free_port
+from drorch.lab.ports import free_port
 from drorch.validate import FlowSpec, HttpxTransport, run_flows
 from tests.integration.validate.shop_app import PASSWORD, Shop, serve
 

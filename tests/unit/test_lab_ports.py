@@ -1,0 +1,52 @@
+"""Port blocks: disjoint per test worker, below the ephemeral range, never handed out twice."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from drorch.lab import ports
+from drorch.lab.ports import PortBlock, PortsExhausted, worker_block, worker_index
+
+
+def test_worker_blocks_are_disjoint_and_clear_of_lab_defaults_and_ephemeral_range() -> None:
+    """Every worker a 2..15-process run can have gets a block of its own, and none
+    reaches the lab's default ports or the kernel's ephemeral range."""
+    blocks = [worker_block(i) for i in range(15)]
+    for i, a in enumerate(blocks):
+        assert a.high <= ports.EPHEMERAL_LOW
+        assert a.high <= ports.LAB_DEFAULTS.start or a.low >= ports.LAB_DEFAULTS.stop
+        for b in blocks[i + 1:]:
+            assert a.high <= b.low
+    with pytest.raises(ValueError, match="default ports"):
+        worker_block(15)
+
+
+def test_worker_index_from_xdist_ids() -> None:
+    """gwN is worker N; a run without xdist is worker 0; anything else is refused."""
+    assert [worker_index(w) for w in ("gw0", "gw7", None, "master")] == [0, 7, 0, 0]
+    with pytest.raises(ValueError):
+        worker_index("node-1")
+
+
+def test_a_port_is_never_handed_out_twice_even_once_free_again() -> None:
+    """A port whose server stopped looks free to a probe; the block still never
+    gives it out again (that was the race between two labs)."""
+    block = PortBlock(worker_block(14).low, worker_block(14).low + 20)
+    first = block.take()
+    with socket.socket() as s:  # nothing listens on it now: a probe would call it free
+        s.bind(("127.0.0.1", first))
+    assert first not in {block.take() for _ in range(19)}
+    with pytest.raises(PortsExhausted):
+        block.take()
+
+
+def test_a_port_someone_listens_on_is_skipped() -> None:
+    """A port already taken on any local address, over TCP or UDP, is skipped."""
+    low = worker_block(13).low + 500
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+        udp.bind(("127.0.0.1", low))
+        tcp.bind(("127.0.2.1", low + 1))
+        tcp.listen()
+        assert PortBlock(low, low + 3).take() == low + 2
