@@ -10,9 +10,7 @@ halts with its reason, for a human to ``drorch resume``.
 
 from __future__ import annotations
 
-import os
 import secrets as _random
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +22,7 @@ import structlog
 
 from drorch.audit import AuditLog
 from drorch.config import Runbook
+from drorch.faultpoints import fault_point  # re-exported: watch.py imports it from here
 from drorch.machine import Lifecycle, State
 from drorch.plan import plan_for
 from drorch.steps.base import Clients, NodeControl, Stage, Step, StepContext, StepFailed
@@ -75,13 +74,6 @@ class _Facts:
 
     def set(self, key: str, value: Any) -> None:
         self.store.set_fact(self.incident_id, key, value, lease=self.lease, token=self.token)
-
-
-def fault_point(point: str) -> None:
-    """Test hook: ``DRORCH_FAULT_KILL_AT=promote:main:after_apply`` kills this process there,
-    the way ``kill -9`` would. Unset in production."""
-    if os.environ.get("DRORCH_FAULT_KILL_AT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def new_incident_id(runbook: Runbook) -> str:

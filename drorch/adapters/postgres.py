@@ -8,7 +8,7 @@ All functions are safe to call twice unless their docstring says otherwise.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +17,9 @@ import psycopg
 from psycopg import sql
 
 Unreachable = psycopg.OperationalError
+"""The server did not answer (or dropped the connection): a region may be down."""
+Error = psycopg.Error
+"""Anything the server or the driver raised, ``Unreachable`` included."""
 
 
 def lsn_to_int(lsn: str) -> int:
@@ -26,10 +29,24 @@ def lsn_to_int(lsn: str) -> int:
 
 def open_conn(dsn: str, statement_timeout_ms: int = 10000) -> psycopg.Connection[Any]:
     """A connection the caller closes. drorch's own sessions are exempt from the
-    read-only default its freeze sets."""
-    return psycopg.connect(dsn, autocommit=True,
-                           options=f"-c statement_timeout={statement_timeout_ms} "
-                                   "-c default_transaction_read_only=off")
+    read-only default its freeze sets.
+
+    The exemption is a ``SET`` in the session, not a ``-c`` startup option: a
+    startup option also becomes the session's *reset* value, and
+    ``pg_settings.reset_val`` is how :func:`is_frozen` and :func:`writes_open` read
+    what a new session gets from the server's configuration. A ``SET`` changes
+    only the current value (source ``session``); a configuration reload still
+    updates ``reset_val`` (https://www.postgresql.org/docs/15/view-pg-settings.html,
+    https://www.postgresql.org/docs/15/config-setting.html). Allowed on a hot
+    standby too (its transactions stay read-only regardless)."""
+    conn = psycopg.connect(dsn, autocommit=True,
+                           options=f"-c statement_timeout={statement_timeout_ms}")
+    try:
+        conn.execute("SET default_transaction_read_only = off")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 @contextmanager
@@ -90,72 +107,153 @@ def status(dsn: Target) -> NodeStatus:
 
 
 # -- freeze --------------------------------------------------------------
+_READ_ONLY = "default_transaction_read_only"
+
+
 @dataclass(frozen=True)
 class FreezeRecord:
-    """Exactly what a freeze changed, so unfreeze can undo exactly that."""
+    """Exactly what a freeze changes, so unfreeze can undo exactly that.
+
+    ``roles_locked``: application roles that could log in before the freeze (they
+    get ``LOGIN`` back; a role that was ``NOLOGIN`` before stays so).
+    ``auto_conf_read_only``: what ``postgresql.auto.conf`` (``ALTER SYSTEM``) said
+    about ``default_transaction_read_only`` before the freeze, as written there
+    (``"on"``, ``"off"``, or whatever spelling it had), or None when it had no
+    entry; unfreeze writes that back or ``ALTER SYSTEM RESET``s it, so a server
+    whose default was read-only (there or in ``postgresql.conf``) stays so.
+    ``sessions_ended``: application sessions the freeze terminated.
+    """
 
     roles_locked: list[str]
-    read_only_was: str
-    sessions_ended: int
+    auto_conf_read_only: str | None
+    sessions_ended: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"roles_locked": self.roles_locked, "read_only_was": self.read_only_was,
+        return {"roles_locked": self.roles_locked,
+                "auto_conf_read_only": self.auto_conf_read_only,
                 "sessions_ended": self.sessions_ended}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FreezeRecord:
-        return cls(list(d["roles_locked"]), str(d["read_only_was"]), int(d["sessions_ended"]))
+        """Also reads the older shape ``{"read_only_was": "on"|"off", ...}`` (the
+        ``SHOW`` value of a drorch session, always "off"): its undo was "on" -> set
+        it on, anything else -> ``ALTER SYSTEM RESET``, and so it stays."""
+        if "auto_conf_read_only" in d:
+            auto = d["auto_conf_read_only"]
+            auto = None if auto is None else str(auto)
+        else:
+            auto = "on" if d.get("read_only_was") == "on" else None
+        return cls(sorted(d.get("roles_locked") or []), auto, int(d.get("sessions_ended") or 0))
+
+    def merged_with(self, now: FreezeRecord) -> FreezeRecord:
+        """This record, taken before an earlier (maybe half-done) freeze, with what
+        a later read ``now`` adds: roles that can log in now are locked too and get
+        LOGIN back; the configuration before the freeze stays this record's (``now``
+        may read a value the earlier freeze wrote)."""
+        return FreezeRecord(sorted(set(self.roles_locked) | set(now.roles_locked)),
+                            self.auto_conf_read_only, self.sessions_ended + now.sessions_ended)
 
 
-def freeze(dsn: Target, app_roles: list[str], previous: FreezeRecord | None = None) -> FreezeRecord:
+def _auto_conf_read_only(c: psycopg.Connection[Any]) -> str | None:
+    """The ``default_transaction_read_only`` entry of ``postgresql.auto.conf``
+    (where ``ALTER SYSTEM`` writes), None when there is none. Read from the file as
+    it is now, loaded or not: pg_file_settings
+    (https://www.postgresql.org/docs/15/view-pg-file-settings.html; superusers
+    only by default). ``ALTER SYSTEM`` keeps one line per setting; the last wins."""
+    row = c.execute(
+        "SELECT setting FROM pg_file_settings WHERE name = %s "
+        "AND sourcefile = current_setting('data_directory') || '/postgresql.auto.conf' "
+        "ORDER BY seqno DESC LIMIT 1", (_READ_ONLY,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _configured_read_only(c: psycopg.Connection[Any]) -> bool:
+    """Whether a new session on this server starts read-only: the setting's reset
+    value (configuration files as last reloaded, then database/role settings of
+    the connecting role), which :func:`open_conn`'s in-session ``SET`` leaves alone.
+    pg_settings: https://www.postgresql.org/docs/15/view-pg-settings.html"""
+    row = c.execute("SELECT reset_val FROM pg_settings WHERE name = %s",
+                    (_READ_ONLY,)).fetchone()
+    assert row is not None
+    return str(row[0]) == "on"
+
+
+def _roles_that_can_log_in(c: psycopg.Connection[Any], roles: list[str]) -> list[str]:
+    return sorted(r[0] for r in c.execute(
+        "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin", (roles,)))
+
+
+def freeze_baseline(target: Target, app_roles: list[str]) -> FreezeRecord:
+    """What a freeze of this node would change, read without changing anything."""
+    with _use(target) as c:
+        return FreezeRecord(_roles_that_can_log_in(c, app_roles), _auto_conf_read_only(c))
+
+
+def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None = None, *,
+           on_intent: Callable[[FreezeRecord], None] | None = None,
+           on_roles_locked: Callable[[], None] | None = None) -> FreezeRecord:
     """Stop every application write on this node; replication keeps streaming.
 
-    Locks the application roles out (NOLOGIN), makes read-only the default for
-    new transactions, reloads, then ends the application roles' sessions. A
-    second call keeps the first call's record (``previous``) so unfreeze still
-    restores the original settings.
+    Locks the application roles out (``ALTER ROLE … NOLOGIN``), makes read-only
+    the default for new transactions (``ALTER SYSTEM``, reload), then ends the
+    application roles' sessions and waits until they are gone (an open
+    transaction dies uncommitted). ``default_transaction_read_only`` alone is no
+    freeze: a client may ``SET`` it off
+    (https://www.postgresql.org/docs/15/runtime-config-client.html).
+
+    ``previous`` is what an earlier, possibly half-done, freeze recorded before it
+    changed anything: what was there before comes from it, never from this node,
+    which that freeze may have changed already. ``on_intent(record)`` is called
+    with the record of what is about to change *before* anything changes (the
+    caller journals it: killed at any later line, the undo is still exact);
+    ``on_roles_locked()`` right after the roles are locked (a test kill point).
+    Returns the record; safe to call again with it as ``previous``.
     """
-    with _use(dsn) as c:
-        read_only_was = c.execute("SHOW default_transaction_read_only").fetchone()[0]  # type: ignore[index]
-        can_login = {
-            r[0] for r in c.execute(
-                "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin",
-                (app_roles,))
-        }
-        for role in sorted(can_login):
+    with _use(target) as c:
+        now = FreezeRecord(_roles_that_can_log_in(c, app_roles), _auto_conf_read_only(c))
+        intent = now if previous is None else previous.merged_with(now)
+        if on_intent is not None:
+            on_intent(intent)
+        for role in now.roles_locked:
             c.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        if on_roles_locked is not None:
+            on_roles_locked()
         c.execute("ALTER SYSTEM SET default_transaction_read_only = on")
         c.execute("SELECT pg_reload_conf()")
+        # With a timeout pg_terminate_backend waits until the backend has exited
+        # (https://www.postgresql.org/docs/15/functions-admin.html): no session of
+        # an application role can commit after this returns.
         ended = c.execute(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE usename = ANY(%s) AND pid <> pg_backend_pid() AND backend_type='client backend'",
-            (app_roles,)).fetchone()[0]  # type: ignore[index]
-    if previous is not None:
-        return FreezeRecord(sorted(set(previous.roles_locked) | can_login), previous.read_only_was,
-                            previous.sessions_ended + int(ended))
-    return FreezeRecord(sorted(can_login), str(read_only_was), int(ended))
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
+            "FROM pg_stat_activity WHERE usename = ANY(%s) AND pid <> pg_backend_pid() "
+            "AND backend_type = 'client backend'", (app_roles,)).fetchone()[0]  # type: ignore[index]
+    return FreezeRecord(intent.roles_locked, intent.auto_conf_read_only,
+                        intent.sessions_ended + int(ended))
 
 
-def is_frozen(dsn: Target, app_roles: list[str]) -> bool:
-    with _use(dsn) as c:
-        ro = c.execute("SELECT setting FROM pg_settings "
-                       "WHERE name='default_transaction_read_only'").fetchone()[0]  # type: ignore[index]
-        can_login = c.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s) "
-                              "AND rolcanlogin", (app_roles,)).fetchone()[0]  # type: ignore[index]
+def is_frozen(target: Target, app_roles: list[str]) -> bool:
+    """No application role can log in, none has a session, and a new session starts
+    read-only by the server's configuration (not what drorch's own, exempted,
+    session shows)."""
+    with _use(target) as c:
+        read_only = _configured_read_only(c)
+        can_login = _roles_that_can_log_in(c, app_roles)
         sessions = c.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = ANY(%s)",
                              (app_roles,)).fetchone()[0]  # type: ignore[index]
-    return ro == "on" and can_login == 0 and sessions == 0
+    return read_only and not can_login and sessions == 0
 
 
-def unfreeze(dsn: str, record: FreezeRecord) -> None:
-    """Undo exactly ``record``: roles it locked regain LOGIN, read-only default restored."""
-    with connect(dsn) as c:
+def unfreeze(target: Target, record: FreezeRecord) -> None:
+    """Undo exactly ``record``: the roles it locked regain LOGIN, and
+    ``postgresql.auto.conf`` gets back its entry as it was (or none), then reload."""
+    with _use(target) as c:
         for role in record.roles_locked:
             c.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
-        if record.read_only_was == "on":
-            c.execute("ALTER SYSTEM SET default_transaction_read_only = on")
-        else:
+        if record.auto_conf_read_only is None:
             c.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        else:
+            c.execute(sql.SQL("ALTER SYSTEM SET default_transaction_read_only = {}").format(
+                sql.Literal(record.auto_conf_read_only)))
         c.execute("SELECT pg_reload_conf()")
 
 
@@ -174,13 +272,14 @@ def open_writes(dsn: str, roles: list[str]) -> list[str]:
 
 
 def writes_open(dsn: str, roles: list[str]) -> bool:
+    """A primary the application roles can log in to, whose configuration does not
+    make new sessions read-only."""
     with connect(dsn) as c:
         locked = c.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s) "
                            "AND NOT rolcanlogin", (roles,)).fetchone()[0]  # type: ignore[index]
-        ro = c.execute("SELECT setting FROM pg_settings "
-                       "WHERE name='default_transaction_read_only'").fetchone()[0]  # type: ignore[index]
+        read_only = _configured_read_only(c)
         recovery = c.execute("SELECT pg_is_in_recovery()").fetchone()[0]  # type: ignore[index]
-    return locked == 0 and ro == "off" and not recovery
+    return locked == 0 and not read_only and not recovery
 
 
 # -- promotion -------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 from drorch.adapters import postgres as pg
 from drorch.steps.base import Step, StepContext, StepFailed
+from drorch.steps.freeze import freeze_journaled
 
 
 class PromoteDatabase(Step):
@@ -91,15 +92,16 @@ class PromoteDatabase(Step):
 
     def _freeze_if_back(self, ctx: StepContext, old: pg.Target) -> None:
         """The old primary was unreachable at freeze time but answers now: freeze it
-        before anything else, or its clients could write after the barrier."""
+        before anything else, or its clients could write after the barrier.
+
+        When the freeze step did freeze it, ``is_frozen`` says so and nothing is done
+        again (nor audited). Otherwise the intent is journaled before the first
+        change, merged with whatever the freeze step recorded, so the freeze step's
+        undo (a rollback if this promotion fails) restores exactly what was there."""
         roles = ctx.runbook.database(self.target).app_roles
         if pg.is_frozen(old, roles):
             return
-        key = f"freeze:{self.target}"
-        prior = ctx.facts.get(key) or {}
-        record = pg.freeze(old, roles, None if prior.get("unreachable") or not prior
-                           else pg.FreezeRecord.from_dict(prior))
-        ctx.facts.set(key, record.to_dict())
+        record = freeze_journaled(ctx, self.target, old, self.id)
         ctx.record("step.promote.froze_returning_primary",
                    {"database": self.target, "region": ctx.from_region, **record.to_dict()})
 
