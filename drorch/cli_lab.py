@@ -86,6 +86,9 @@ def lab_drill(
     t = result.traffic
     out.print(f"traffic: {t['ok']} acknowledged checkouts per region, errors {t['errors']}")
     out.print(f"acknowledged checkouts lost in the failover: {result.lost_checkouts}")
+    if result.checkouts_evidence:
+        out.print("checkouts evidence (every acknowledged checkout, the lost ones): "
+                  f"{result.checkouts_evidence}")
     for fmt, path in result.reports.items():
         out.print(f"report ({fmt}): {path}")
     if result.state != "failed_over":

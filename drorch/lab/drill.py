@@ -3,21 +3,28 @@
 Lab up; traffic against the primary region through DNS; the primary region is
 killed; ``drorch watch`` notices, waits out the window and fails over by
 itself; flows validate; the report is written; the acknowledged checkouts
-are looked up in the new primary to count what was really lost; lab down
-unless ``keep``. Every wait has a deadline.
+are looked up in the new primary to count what was really lost, and kept as
+evidence next to the report (``reports/<incident>-checkouts.json``: every
+acknowledged checkout and the lost ones), so the count can be checked against
+the databases; lab down unless ``keep``. Every wait has a deadline.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drorch.adapters import postgres as pg
 from drorch.config import Runbook
+
+if TYPE_CHECKING:
+    from drorch.lab.traffic import Checkout
 
 Say = Callable[[str], None]
 
@@ -30,6 +37,8 @@ class DrillResult:
     traffic: dict[str, Any]
     lost_checkouts: int | None
     reports: dict[str, str] = field(default_factory=dict)
+    checkouts_evidence: str | None = None
+    """``reports/<incident>-checkouts.json``: every acknowledged checkout, the lost ones."""
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -40,16 +49,50 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def lost_checkouts(runbook: Runbook, region_from: str, region_to: str,
-                   acknowledged: list[tuple[float, str, int]]) -> int:
-    """Checkouts acknowledged by the old region that the new primary does not have."""
-    ids = [order for _, region, order in acknowledged if region == region_from]
-    if not ids:
-        return 0
+def missing_checkouts(runbook: Runbook, region_from: str, region_to: str,
+                      acknowledged: Sequence[Checkout], user: str) -> list[Checkout]:
+    """Checkouts acknowledged by the old region that the new primary does not have.
+
+    An order is found only when a row has its id *and* the region that wrote it, the
+    amount and the user: an id alone is no identity across a failover (sequences are
+    WAL-logged 32 values ahead, so the new primary can hand a lost order's id to a new
+    order of its own)."""
+    mine = [c for c in acknowledged if c.region == region_from]
+    if not mine:
+        return []
     dsn = runbook.databases[0].endpoints[region_to].dsn()
     with pg.connect(dsn) as c:
-        found = c.execute("SELECT count(*) FROM orders WHERE id = ANY(%s)", (ids,)).fetchone()
-    return len(ids) - int(found[0] if found else 0)
+        rows = c.execute(
+            "SELECT o.id, o.region, o.amount_cents FROM orders o JOIN users u ON u.id = o.user_id"
+            " WHERE u.email = %s AND o.id = ANY(%s)",
+            (user, [x.order_id for x in mine])).fetchall()
+    found = {(int(i), str(r), int(a)) for i, r, a in rows}
+    return [x for x in mine if (x.order_id, x.region, x.amount_cents) not in found]
+
+
+def lost_checkouts(runbook: Runbook, region_from: str, region_to: str,
+                   acknowledged: Sequence[Checkout], user: str) -> int:
+    """How many checkouts acknowledged by the old region the new primary does not have."""
+    return len(missing_checkouts(runbook, region_from, region_to, acknowledged, user))
+
+
+def write_checkouts_evidence(path: Path, *, incident_id: str, database: str, user: str,
+                             region_from: str, region_to: str,
+                             acknowledged: Sequence[Checkout],
+                             lost: Sequence[Checkout] | None) -> None:
+    """What the lost-checkout count was computed from, to check it again later."""
+    doc = {
+        "incident_id": incident_id, "database": database, "user": user,
+        "region_from": region_from, "region_to": region_to,
+        "matched_on": ["order_id", "region", "amount_cents", "user"],
+        "acknowledged": [c.to_dict() for c in acknowledged],
+        "lost_count": None if lost is None else len(lost),
+        "lost": None if lost is None else [c.to_dict() for c in lost],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def run_drill(runbook: Runbook, *, keep: bool, say: Say,
@@ -77,8 +120,9 @@ def run_drill(runbook: Runbook, *, keep: bool, say: Say,
         audit = AuditLog(state / "audit.jsonl", redactor=logs.REDACTOR)
         aws = AwsClients(runbook.aws.endpoint_url)
         variables = runbook.validation.variables if runbook.validation else {}
+        user = variables.get("user", "")
         traffic = Traffic(runbook.dns.records[0].name, runbook.lab.app_port,
-                          runbook.dns.nameservers[0], user=variables.get("user", ""),
+                          runbook.dns.nameservers[0], user=user,
                           password=variables.get("password", ""))
         traffic.start()
         _wait(lambda: traffic.successes(source) >= 20, 30, f"traffic served by {source}")
@@ -95,7 +139,21 @@ def run_drill(runbook: Runbook, *, keep: bool, say: Say,
             _wait(lambda: traffic.successes(target) >= 20, 30, f"traffic served by {target}")
         stats = traffic.stop()
         traffic = None
-        lost = lost_checkouts(runbook, source, target, stats.acknowledged)
+        acknowledged = list(stats.acknowledged)
+        evidence = state / "reports" / f"{incident_id}-checkouts.json"
+
+        def keep_evidence(lost: list[Checkout] | None) -> None:
+            write_checkouts_evidence(evidence, incident_id=incident_id,
+                                     database=runbook.databases[0].name, user=user,
+                                     region_from=source, region_to=target,
+                                     acknowledged=acknowledged, lost=lost)
+
+        try:
+            missing = missing_checkouts(runbook, source, target, acknowledged, user)
+        except Exception:
+            keep_evidence(None)  # what was acknowledged is kept even when this fails
+            raise
+        keep_evidence(missing)
         reports = {}
         report = build_report(record)
         for fmt in ("json", "md", "html"):
@@ -103,7 +161,8 @@ def run_drill(runbook: Runbook, *, keep: bool, say: Say,
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(render(report, fmt))
             reports[fmt] = str(path)
-        return DrillResult(incident_id, record["state"], record, stats.to_dict(), lost, reports)
+        return DrillResult(incident_id, record["state"], record, stats.to_dict(), len(missing),
+                           reports, str(evidence))
     finally:
         if traffic is not None:
             traffic.stop()

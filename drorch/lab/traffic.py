@@ -2,9 +2,11 @@
 
 Every request resolves the name through the lab's authoritative DNS server
 first (as a client with TTL 0 would), so traffic follows the flip. It keeps
-the id of every checkout whose success it saw acknowledged, per region: after
-the drill, those ids are looked up in the new primary to count real losses.
-Bounded: it stops when told, or after ``max_seconds``.
+every checkout whose success it saw acknowledged: when, which region answered,
+the order id it was given and the amount it sent. After the drill those orders
+are looked up in the new primary, by all of that (an id alone can name another
+order there), to count real losses. Bounded: it stops when told, or after
+``max_seconds``.
 """
 
 from __future__ import annotations
@@ -12,19 +14,33 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from drorch.adapters import dns as dnsq
 
 
+class Checkout(NamedTuple):
+    """One checkout the client was told succeeded: the order as the client knows it."""
+
+    at: float
+    """Unix time the success answer arrived."""
+    region: str
+    """The region whose app answered (and wrote the order)."""
+    order_id: int
+    amount_cents: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._asdict()
+
+
 @dataclass
 class TrafficStats:
     ok: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
-    acknowledged: list[tuple[float, str, int]] = field(default_factory=list)
-    """(time, region, order id) of every checkout answered 200."""
+    acknowledged: list[Checkout] = field(default_factory=list)
+    """Every checkout answered 200, in the order the answers arrived."""
     last_error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -34,8 +50,10 @@ class TrafficStats:
 
 class Traffic:
     def __init__(self, host: str, port: int, nameserver: str, *, user: str, password: str,
-                 workers: int = 2, pause_s: float = 0.02, max_seconds: float = 120) -> None:
+                 workers: int = 2, pause_s: float = 0.02, max_seconds: float = 120,
+                 amount_cents: int = 1999) -> None:
         self.host, self.port, self.nameserver = host, port, nameserver
+        self.amount_cents = amount_cents
         self.user, self.password = user, password
         self.workers, self.pause_s, self.max_seconds = workers, pause_s, max_seconds
         self.stats = TrafficStats()
@@ -86,15 +104,16 @@ class Traffic:
                                         json={"email": self.user, "password": self.password})
                         r.raise_for_status()
                         token = r.json()["token"]
-                    r = client.post(f"{base}/checkout", json={"amount_cents": 1999},
+                    r = client.post(f"{base}/checkout", json={"amount_cents": self.amount_cents},
                                     headers={**headers, "Authorization": f"Bearer {token}"})
                     if r.status_code == 401:
                         token = None
                     r.raise_for_status()
                     body = r.json()
                     with self._lock:
-                        self.stats.acknowledged.append(
-                            (time.time(), body["region"], int(body["order_id"])))
+                        self.stats.acknowledged.append(Checkout(
+                            time.time(), str(body["region"]), int(body["order_id"]),
+                            self.amount_cents))
                     self._count(self.stats.ok, body["region"])
                 except (httpx.HTTPError, KeyError, ValueError) as exc:
                     self._count(self.stats.errors, address or "?")
