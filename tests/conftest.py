@@ -16,6 +16,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ PORT_BASE = int(os.environ.get("DRORCH_TEST_PORT_BASE", ports.WORKER_BASE))
 needs_postgres = pytest.mark.skipif(not pg_available(),
                                     reason="PostgreSQL 15 server binaries not installed")
 
+SPARE_BLOCK = ports.worker_block(ports.spare_index(PORT_BASE), base=PORT_BASE)
+"""No worker gets it: where a test starts "another worker's" lab."""
+
 # This process's port block (a worker's own; index 0 in a run without xdist).
 ports.use_block(ports.worker_block(ports.worker_index(os.environ.get("PYTEST_XDIST_WORKER")),
                                    base=PORT_BASE))
@@ -49,6 +53,12 @@ def _worker_count(config: pytest.Config) -> int:
 def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):
         return  # a worker: the controller checks and marks the run
+    if _worker_count(config) > ports.spare_index(PORT_BASE):
+        raise pytest.UsageError(
+            f"{_worker_count(config)} test workers need more port blocks than fit between "
+            f"DRORCH_TEST_PORT_BASE={PORT_BASE} and the lab's default ports: use at most "
+            f"{ports.spare_index(PORT_BASE)} workers (one block is kept spare) or a lower "
+            "base")
     if REQUIRE_REAL_PARTS and not pg_available():
         raise pytest.UsageError(
             f"PostgreSQL 15 server binaries not found in {PG_BIN} and "
@@ -56,6 +66,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "skipping every test that needs them")
     # Inherited by the workers and by every process they start: how leftovers are found.
     os.environ.setdefault(leftovers.RUN_MARKER, secrets.token_hex(8))
+    os.environ.setdefault(leftovers.RUN_STARTED, str(time.time()))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -69,11 +80,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Iterator[N
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     problems: list[str] = []
     blocks = [ports.worker_block(i, base=PORT_BASE) for i in range(_worker_count(config))]
-    left = leftovers.find(os.environ.get(leftovers.RUN_MARKER, ""), blocks)
+    left = leftovers.find(os.environ.get(leftovers.RUN_MARKER, ""),
+                          float(os.environ.get(leftovers.RUN_STARTED, "0")), blocks)
     if left:
-        problems.append("processes of this run still running after it (now killed):\n  "
-                        + "\n  ".join(left))
-        leftovers.kill([int(line.split()[1]) for line in left])
+        problems.append("processes of this run still running after it (those with the "
+                        "run's marker now killed):\n  "
+                        + "\n  ".join(p.line for p in left))
+        leftovers.kill([p.pid for p in left if p.marked])
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
     if REQUIRE_REAL_PARTS and skipped:
         problems.append(f"{skipped} test(s) skipped while DRORCH_TEST_REQUIRE_REAL_PARTS=1 "

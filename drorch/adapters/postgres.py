@@ -110,6 +110,10 @@ def status(dsn: Target) -> NodeStatus:
 _READ_ONLY = "default_transaction_read_only"
 
 
+class FreezeIncomplete(RuntimeError):
+    """The freeze ran but an application session is still there: not frozen."""
+
+
 @dataclass(frozen=True)
 class FreezeRecord:
     """Exactly what a freeze changes, so unfreeze can undo exactly that.
@@ -227,6 +231,12 @@ def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None =
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
             "FROM pg_stat_activity WHERE usename = ANY(%s) AND pid <> pg_backend_pid() "
             "AND backend_type = 'client backend'", (app_roles,)).fetchone()[0]  # type: ignore[index]
+        left = c.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = ANY(%s) "
+                         "AND pid <> pg_backend_pid()", (app_roles,)).fetchone()[0]  # type: ignore[index]
+        if left:
+            raise FreezeIncomplete(f"{left} session(s) of {app_roles} still connected after "
+                                   "pg_terminate_backend waited 5 s for each: writes not "
+                                   "stopped")
     return FreezeRecord(intent.roles_locked, intent.auto_conf_read_only,
                         intent.sessions_ended + int(ended))
 

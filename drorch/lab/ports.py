@@ -60,6 +60,16 @@ class PortBlock:
     def __contains__(self, port: object) -> bool:
         return isinstance(port, int) and self.low <= port < self.high
 
+    def carve(self, count: int) -> PortBlock:
+        """The next ``count`` ports as a block of their own (for code that must hand
+        out ports by itself, e.g. a test of ``PortBlock``); this block skips them."""
+        with self._lock:
+            low = self._next
+            if low + count > self.high:
+                raise PortsExhausted(f"no {count} ports left in {self.low}-{self.high - 1}")
+            self._next = low + count
+        return PortBlock(low, low + count)
+
     def take(self) -> int:
         with self._lock:
             while self._next < self.high:
@@ -92,6 +102,13 @@ def worker_index(worker_id: str | None) -> int:
     if not worker_id.startswith("gw") or not worker_id[2:].isdigit():
         raise ValueError(f"unexpected pytest-xdist worker id {worker_id!r}")
     return int(worker_id[2:])
+
+
+def spare_index(base: int = WORKER_BASE, size: int = WORKER_BLOCK) -> int:
+    """The highest block index below the lab's defaults for ``base``: no worker gets it
+    (a run needs fewer workers), so a test can start "another worker's" lab there."""
+    limit = LAB_DEFAULTS.start if base < LAB_DEFAULTS.start else EPHEMERAL_LOW
+    return (limit - base) // size - 1
 
 
 def worker_block(index: int, base: int = WORKER_BASE, size: int = WORKER_BLOCK) -> PortBlock:

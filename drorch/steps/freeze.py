@@ -124,7 +124,7 @@ class FreezeDatabase(Step):
             record = freeze_journaled(ctx, self.target, self._dsn(ctx), self.id)
         except pg.Unreachable as exc:
             return self._unreachable(ctx, exc)
-        except pg.Error as exc:
+        except (pg.Error, pg.FreezeIncomplete) as exc:
             # A failed step is not the engine's to undo (it undoes only steps journaled
             # done): undo here what the recorded intent says may have changed, or keep
             # the intent journaled and say so.

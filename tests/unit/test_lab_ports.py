@@ -21,6 +21,17 @@ def test_worker_blocks_are_disjoint_and_clear_of_lab_defaults_and_ephemeral_rang
             assert a.high <= b.low
     with pytest.raises(ValueError, match="default ports"):
         worker_block(15)
+    assert ports.spare_index() == 14
+
+
+def test_carved_ports_are_never_handed_out_by_the_block() -> None:
+    """A carved sub-block's ports are skipped by the block it came from."""
+    block = PortBlock(worker_block(0).low, worker_block(0).low + 10)
+    part = block.carve(4)
+    assert (part.low, part.high) == (block.low, block.low + 4)
+    assert block.take() >= part.high
+    with pytest.raises(PortsExhausted):
+        block.carve(10)
 
 
 def test_worker_index_from_xdist_ids() -> None:
@@ -33,7 +44,7 @@ def test_worker_index_from_xdist_ids() -> None:
 def test_a_port_is_never_handed_out_twice_even_once_free_again() -> None:
     """A port whose server stopped looks free to a probe; the block still never
     gives it out again (that was the race between two labs)."""
-    block = PortBlock(worker_block(14).low, worker_block(14).low + 20)
+    block = ports.current_block().carve(20)
     first = block.take()
     with socket.socket() as s:  # nothing listens on it now: a probe would call it free
         s.bind(("127.0.0.1", first))
@@ -44,7 +55,7 @@ def test_a_port_is_never_handed_out_twice_even_once_free_again() -> None:
 
 def test_a_port_someone_listens_on_is_skipped() -> None:
     """A port already taken on any local address, over TCP or UDP, is skipped."""
-    low = worker_block(13).low + 500
+    low = ports.current_block().carve(3).low
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
         udp.bind(("127.0.0.1", low))
         tcp.bind(("127.0.2.1", low + 1))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,6 +243,26 @@ def test_session_inside_a_transaction_is_ended_and_its_insert_lost_everywhere(
     assert _orders(replica, "in-flight") == 0
     with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
         psycopg.connect(_app_dsn(primary))
+
+
+def test_a_session_that_outlives_its_termination_fails_the_freeze(node: PgNode) -> None:
+    """An application backend that cannot act on pg_terminate_backend within its 5 s
+    (stopped here with SIGSTOP, as a wedged process would be) is not frozen out: the
+    freeze raises instead of returning a record that claims it was, and is_frozen
+    agrees."""
+    dsn = node.dsn("app")
+    app = psycopg.connect(_app_dsn(node), autocommit=True)
+    try:
+        backend = app.info.backend_pid
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            with pytest.raises(pg.FreezeIncomplete, match="still connected"):
+                pg.freeze(dsn, ROLES)
+            assert not pg.is_frozen(dsn, ROLES)
+        finally:
+            os.kill(backend, signal.SIGCONT)
+    finally:
+        app.close()
 
 
 class Killed(BaseException):
