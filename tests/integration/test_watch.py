@@ -138,6 +138,12 @@ def test_stopped_primary_fails_over_and_restarts_pick_up_where_they_were(
     middle of that failover and restarted, it finishes the same incident, promoting once."""
     sqs, url = _alarm_queue(lab)
     rb_path = _variant(lab, tmp_path / "lab-alarms.yaml", alarm_queue_url=url)
+    # A restart continues the count only if its first round comes within the window's
+    # max gap (3 intervals + the longest probe timeout: 4 s as shipped). Starting the
+    # `drorch watch` process can take longer than that on a busy 2-core machine, which is
+    # not what this test is about (tests/unit/health/test_health_window.py tests the gap):
+    # longer probe timeouts widen the gap to 13 s; region-a's probes are refused at once.
+    rb_path.write_text(rb_path.read_text().replace("timeout_s: 1}", "timeout_s: 10}"))
     _ok(lab.cli("lab", "fail", "region-a", "--mode", "stop"))
     _send_alarm(sqs, url, "region-a-db", time.time())
 
