@@ -282,9 +282,25 @@ def test_flapping_primary_is_not_failed_over_and_sigterm_stops_cleanly(
     watcher_dir = tmp_path / "watcher"
     _ok(calm_lab.cli("lab", "fail", "region-a", "--mode", "flap", "--period", "4"))
     proc = _watch_proc(calm_lab, watcher_dir)
+
+    def region_a_changes() -> list[str]:
+        if not (watcher_dir / "journal.db").exists():
+            return []
+        return [c["to"] for c in _record(watcher_dir).changes if c["region"] == "region-a"]
+
     try:
-        deadline = time.monotonic() + 2.5 * WINDOW_S
+        # Watch until the watcher has itself seen two cycles and 2.5 windows have passed
+        # since its first verdict (not since the process started: a busy machine delays
+        # its first round), the process still running (a failover would end it).
+        deadline = time.monotonic() + 90
+        first_seen: float | None = None
         while time.monotonic() < deadline and proc.poll() is None:
+            seen = region_a_changes()
+            if seen and first_seen is None:
+                first_seen = time.monotonic()
+            if (first_seen is not None and time.monotonic() - first_seen >= 2.5 * WINDOW_S
+                    and seen.count("degraded") >= 2 and seen.count("healthy") >= 2):
+                break
             time.sleep(0.5)
         assert proc.poll() is None, (watcher_dir / "watch.log").read_text()
         proc.send_signal(signal.SIGTERM)
