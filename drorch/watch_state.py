@@ -107,7 +107,8 @@ def decide(view: TickView, policy: HealthPolicy) -> WatchDecision:
 def last_lag_before(state: WindowState, last_lag: tuple[int, float] | None,
                     policy: HealthPolicy) -> LagReading | None:
     """The last lag reading when it is from just before the primary's count began (at
-    most two probe intervals earlier) or during it; older ones say nothing of now."""
+    most ``spec.lag_reading_max_age_s`` earlier: two probe rounds) or during it; older
+    ones say nothing of now."""
     since = state.verdict.failing_since
     if last_lag is None or since is None:
         return None
@@ -116,7 +117,7 @@ def last_lag_before(state: WindowState, last_lag: tuple[int, float] | None,
         return None
     lag_bytes, at = last_lag
     before = since - at
-    return LagReading(lag_bytes, round(before, 3)) if before <= 2 * spec.interval_s else None
+    return LagReading(lag_bytes, round(before, 3)) if before <= spec.lag_reading_max_age_s else None
 
 
 def trigger_for(state: WindowState, policy: HealthPolicy, reason: str) -> dict[str, Any]:

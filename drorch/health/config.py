@@ -146,6 +146,15 @@ class RegionHealth(_Model):
         """Observations further apart than this break a failing streak (continuity unknown)."""
         return 3 * self.interval_s + self.max_timeout_s
 
+    @property
+    def lag_reading_max_age_s(self) -> float:
+        """How long before the failing count began a replica-lag reading may be and still
+        stand in for a primary that can no longer answer: two probe rounds, each given its
+        interval plus its slowest probe's timeout (a round in which the server is shutting
+        down, its port still open, comes between the last reading and the count; a busy
+        watcher's rounds run late by up to a timeout)."""
+        return 2 * (self.interval_s + self.max_timeout_s)
+
 
 class HealthPolicy(_Model):
     """Region health settings plus the rules for acting on them.

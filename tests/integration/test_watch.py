@@ -68,6 +68,16 @@ def _ok(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess
     return result
 
 
+def _exit_code(proc: subprocess.Popen[bytes], timeout: float, log: Path) -> int:
+    """The watcher's exit code; a watcher still running after ``timeout`` fails the test
+    with its log (the tail, where it says what it was waiting for)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"watcher still running after {timeout:g}s; its log ends:\n"
+                    + log.read_text()[-6000:])
+
+
 def _variant(lab: Lab, path: Path, **health: Any) -> Path:
     """runbooks/lab.yaml with extra keys in its health section."""
     extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in health.items())
@@ -255,7 +265,8 @@ def test_primary_dying_under_a_strict_lag_limit_fails_over_on_the_last_reading(
             time.sleep(0.2)
         assert _record(lab.state_dir).last_lag, (tmp_path / "watch.log").read_text()
         _ok(lab.cli("lab", "fail", "region-a", "--mode", "stop"))
-        assert proc.wait(timeout=50) == 0, (tmp_path / "watch.log").read_text()
+        log_path = tmp_path / "watch.log"
+        assert _exit_code(proc, 50, log_path) == 0, log_path.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -304,7 +315,8 @@ def test_flapping_primary_is_not_failed_over_and_sigterm_stops_cleanly(
             time.sleep(0.5)
         assert proc.poll() is None, (watcher_dir / "watch.log").read_text()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0, (watcher_dir / "watch.log").read_text()
+        log_path = watcher_dir / "watch.log"
+        assert _exit_code(proc, 15, log_path) == 0, log_path.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -255,8 +255,10 @@ def test_lag_is_kept_from_rounds_where_the_primary_database_answered() -> None:
 
 
 def test_only_a_reading_from_just_before_the_count_stands_in() -> None:
-    """A reading at most two probe intervals before the count began (or during it) is
-    used by the guard; an older one says nothing of the replica now."""
+    """A reading at most two probe rounds (interval plus slowest timeout, 2 s here) before
+    the count began (or during it) is used by the guard; an older one says nothing of the
+    replica now. A server shutting down, its port still open, puts a round between the
+    last reading and the count, and a busy watcher's rounds run late."""
     policy = POLICY.model_copy(update={"regions": list(SPECS.values()),
                                        "refuse_on_unknown_lag": True})
     a = _run("region-a", 8, 3)
@@ -266,6 +268,10 @@ def test_only_a_reading_from_just_before_the_count_stands_in() -> None:
     assert reading is not None and (reading.bytes, reading.before_failure_s) == (2048, 1.0)
     assert last_lag_before(a, (2048, since - 30), policy) is None
     assert last_lag_before(a, None, policy) is None
+    assert SPECS["region-a"].lag_reading_max_age_s == 4.0
+    two_late_rounds = last_lag_before(a, (2048, since - 3.9), policy)
+    assert two_late_rounds is not None and two_late_rounds.before_failure_s == 3.9
+    assert last_lag_before(a, (2048, since - 4.1), policy) is None
     b = _run("region-b", 8, 0)
     view = TickView(T0 + 100, "region-a", "region-b", {"region-a": a, "region-b": b},
                     frozenset(SPECS), False, None, (2048, since - 1.0))
