@@ -123,7 +123,8 @@ def _rpo(store: SqliteStore, incident_id: str, kind: str, steps: list[dict[str, 
         rpo.update({
             "transactions": sum((r.get("transactions") or {}).get("old_committed") or 0
                                 for r in reports),
-            "rows": sum(t.get("old_only", 0) + t.get("conflicts", 0) for t in totals),
+            "rows": sum(t.get("old_only", 0) + t.get("conflicts", 0) + t.get("collisions", 0)
+                        for t in totals),
             "rows_recovered": sum(a.get("rows_recovered", 0) for a in applied.values()),
             "method": "exact: old primary's WAL read at failback (" +
                       ", ".join(r.get("summary", "") for r in reports) + ")",

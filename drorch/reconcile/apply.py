@@ -110,7 +110,8 @@ def _try_apply(conn: Conn, meta: TableMeta, run_id: str, ch: store.StoredChange,
         return apply_one(conn, meta, run_id, ch, outcome, expected, replace), None
     except psycopg.Error as e:  # a constraint of the new primary refused the row
         diag = e.diag
-        return "error", f"{diag.sqlstate} {diag.constraint_name or ''}".strip()
+        where = f" (constraint {diag.constraint_name})" if diag.constraint_name else ""
+        return "error", f"{diag.sqlstate}: {diag.message_primary or e}{where}"
 
 
 def advance_sequences(conn: Conn, metas: list[TableMeta]) -> list[str]:
@@ -138,22 +139,27 @@ def _decision(ch: store.StoredChange, sensitive: set[str], outcome: str,
 
 
 def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: ReconcileSpec, *,
-                         batch_size: int = 100) -> ApplyResult:
+                         batch_size: int = 100,
+                         conflict_file: str | None = None) -> ApplyResult:
     """Apply every ``apply-old`` change of a captured run; record ``keep-new`` ones.
 
     Safe to rerun, also after a kill: nothing is applied twice. Upserts go in the
-    spec's table order, deletes in reverse. Manual conflicts and stale changes
-    go to ``spec.conflict_file`` (rewritten on each run, resolutions kept).
-    Raises :class:`NotCaptured` when the run is not on this database.
+    run's table order (listed tables first, as listed), deletes in reverse. Manual
+    conflicts, collisions, stale changes and rows the new primary refused (with its
+    error) go to ``conflict_file`` (default ``spec.conflict_file``; rewritten on each
+    run, resolutions kept). Raises :class:`NotCaptured` when the run is not on this
+    database.
     """
     run_id = report if isinstance(report, str) else report.run_id
-    order = {t.name: i for i, t in enumerate(spec.tables)}
-    sens = {t.name: set(t.sensitive_columns) for t in spec.tables}
+    path = conflict_file or spec.conflict_file
     res = ApplyResult(run_id)
     with connect(new_dsn) as conn:
-        stored = store.changes(conn, run_id) if store.load_report(conn, run_id) else None
-        if stored is None:
+        captured = store.load_report(conn, run_id)
+        if captured is None:
             raise NotCaptured(f"run {run_id} was never captured on this database")
+        stored = store.changes(conn, run_id)
+        order = {t.table: i for i, t in enumerate(captured.tables)}
+        sens = {t.table: set(t.sensitive) for t in captured.tables}
         metas = {n: m for n in order if (m := load_table(conn, n)) is not None}
         todo = [c for c in stored if c.action == "apply-old" and c.outcome is None
                 and c.table in metas]
@@ -172,6 +178,7 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
                     outcomes[ch.change_id] = ("kept-new", None)
         res.sequences_advanced = advance_sequences(conn, list(metas.values()))
         final = store.changes(conn, run_id)
+        errors = {cid: d or "refused" for cid, (o, d) in outcomes.items() if o == "error"}
         for ch in final:
             outcome, detail = outcomes.get(ch.change_id, (ch.outcome or "pending", None))
             if outcome == "already" or (ch.change_id not in outcomes and ch.outcome == "applied"):
@@ -190,15 +197,27 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
             elif outcome == "pending":
                 res.manual_pending += 1
             res.decisions.append(_decision(ch, sens.get(ch.table, set()), outcome, detail))
-        pending = [c for c in final if c.outcome in (None, "stale") and c.action != "keep-new"
-                   and outcomes.get(c.change_id, ("",))[0] != "error"]
-        if spec.conflict_file and pending:
-            write_conflict_file(conn, run_id, pending, metas, sens, spec.conflict_file)
-            res.conflict_file = spec.conflict_file
+        pending = [c for c in final if c.outcome in (None, "stale") and c.action != "keep-new"]
+        missing = sorted({c.table for c in pending if c.table not in metas})
+        if missing:  # a table gone since the capture: its changes cannot be shown
+            res.unshown = sum(1 for c in pending if c.table in missing)
+            pending = [c for c in pending if c.table in metas]
+        if path and pending:
+            write_conflict_file(conn, run_id, pending, metas, sens, path, errors=errors)
+            res.conflict_file = path
+            res.in_conflict_file = len(pending)
     return res
 
 
-def _reason(ch: store.StoredChange) -> str:
+def _reason(ch: store.StoredChange, error: str | None = None) -> str:
+    if error is not None:
+        return (f"the new primary refused the old primary's row ({error}); fix the cause "
+                "(or choose 'new' to keep the new primary's), then apply this file")
+    if ch.kind == "collision":
+        return ("both primaries inserted this key after the split: these are two different "
+                "rows. 'old' replaces the new primary's row with the old one, 'new' keeps "
+                "the new primary's; to keep both, insert the old row under a new key "
+                "yourself, then choose 'new' (automatic re-keying is not built yet)")
     if ch.kind == "unkeyed":
         return ("table without primary key: this row is on the old primary only; "
                 "'old' inserts it on the new primary")
@@ -206,13 +225,18 @@ def _reason(ch: store.StoredChange) -> str:
         return "the new primary changed this row after it was captured"
     if ch.undetermined:
         return "could not tell which side changed it (WAL not available)"
+    if ch.kind == "conflict" and ch.action == "manual" and ch.new_op == "insert":
+        return ("both primaries changed it, and the row did not exist at the split on "
+                "both sides: no policy chooses between them")
     return "both primaries changed it; the table's policy is manual"
 
 
 def write_conflict_file(conn: Conn, run_id: str, pending: list[store.StoredChange],
                         metas: dict[str, TableMeta], sens: dict[str, set[str]],
-                        path: str, reset: frozenset[str] = frozenset()) -> None:
-    """The human-facing file for ``pending`` changes: both rows, sensitive values masked."""
+                        path: str, reset: frozenset[str] = frozenset(),
+                        errors: dict[str, str] | None = None) -> None:
+    """The human-facing file for ``pending`` changes: both rows, sensitive values masked;
+    ``errors``: change id -> the database's error for rows the new primary refused."""
     database = str(conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
     entries = []
     for ch in pending:
@@ -226,7 +250,8 @@ def write_conflict_file(conn: Conn, run_id: str, pending: list[store.StoredChang
         entries.append(conflicts.ConflictEntry(
             change_id=ch.change_id, table=ch.table,
             key={c: ("***" if c in s else v) for c, v in ch.key.items()}, kind=ch.kind,
-            reason=_reason(ch), columns=ch.columns, old_op=ch.old_op, new_op=ch.new_op,
+            reason=_reason(ch, (errors or {}).get(ch.change_id)), columns=ch.columns,
+            old_op=ch.old_op, new_op=ch.new_op,
             old=mask(parse_row(old_text[0]) if old_text and old_text[0] else None, s),
             new=mask(parse_row(new_text) if new_text else None, s),
             new_fingerprint=fingerprint(new_text)))

@@ -111,3 +111,21 @@ def load_table(conn: Conn, name: str) -> TableMeta | None:
     return TableMeta(name, oid, pk, [str(r[0]) for r in cols], rels, {c: types[c] for c in pk},
                      frozenset(str(r[0]) for r in cols if r[2]),
                      frozenset(str(r[0]) for r in cols if r[3]), tuple(seqs))
+
+
+SKIPPED_SCHEMAS = ("pg_catalog", "information_schema", "drorch_reconcile")
+"""Schemas never reconciled: the system's, and drorch's capture (it exists only on the
+new primary). drorch's own ``drorch.canary`` is an ordinary table here."""
+
+
+def user_tables(conn: Conn) -> set[str]:
+    """Every ordinary or partitioned table of the database as ``schema.table`` (partitions
+    under their parent; tables an extension owns left out: the extension makes them)."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+        "AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg\\_toast%%' "
+        "AND n.nspname NOT LIKE 'pg\\_temp\\_%%' AND NOT EXISTS (SELECT 1 FROM pg_depend d "
+        "WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')",
+        (list(SKIPPED_SCHEMAS),)).fetchall()
+    return {f"{r[0]}.{r[1]}" for r in rows}

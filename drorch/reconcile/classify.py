@@ -6,8 +6,10 @@ primary's row, ``b`` the new primary's; None means the row is absent there.
 
 A *touch* says whether a side changed a key after the split: True, False or
 None (cannot tell). Identical rows are never a divergence, whoever touched them.
-Anything undetermined is treated as a conflict: a human (or the table's
-policy) decides, nothing is silently overwritten.
+Anything undetermined is treated as a conflict and goes to a human, never through a
+table's policy: ``old-wins``/``new-wins`` only choose between two versions of a row
+that existed at the split. Two sides that each inserted the same new key made two
+rows, not one row twice: a *collision*, never resolved by overwriting one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, Literal
 from drorch.reconcile.config import Policy
 
 Row = dict[str, Any]
-Kind = Literal["old-only", "new-only", "conflict", "unkeyed"]
+Kind = Literal["old-only", "new-only", "conflict", "collision", "unkeyed"]
 Action = Literal["apply-old", "keep-new", "manual"]
 
 
@@ -48,14 +50,19 @@ def differing_columns(a: Row | None, b: Row | None) -> list[str]:
 
 
 def classify(a: Row | None, b: Row | None, old: bool | None,
-             new: bool | None) -> tuple[Kind | None, bool]:
-    """(kind, undetermined). None when the two rows are equal: nothing diverged."""
+             new: bool | None, base: bool | None = None) -> tuple[Kind | None, bool]:
+    """(kind, undetermined). None when the two rows are equal: nothing diverged.
+
+    ``base``: whether the key existed at the split (None: unknown). Both sides touched
+    a key that did not exist then and both hold a row: a ``collision``."""
     if a == b:
         return None, False
     if old is True and new is False:
         return "old-only", False
     if old is False and new is True:
         return "new-only", False
+    if old is True and new is True and base is False and a is not None and b is not None:
+        return "collision", False
     return "conflict", not (old is True and new is True)
 
 
@@ -99,16 +106,22 @@ def side_op(base_had: bool | None, now: Row | None) -> str:
     return "insert" if now is not None else "none"
 
 
-def decide(kind: Kind, policy: Policy) -> Action:
-    """Old-only changes are applied, new-only kept, conflicts follow the table's policy.
+def decide(kind: Kind, policy: Policy, undetermined: bool = False,
+           base: bool | None = True) -> Action:
+    """Old-only changes are applied, new-only kept, conflicts follow the table's policy
+    only when both versions are of a row that existed at the split (``base``) and both
+    sides are known to have changed it.
 
-    ``unkeyed`` rows (a table without primary key) always go to a human."""
-    if kind == "unkeyed":
+    ``unkeyed`` rows (a table without primary key), collisions and undetermined
+    conflicts always go to a human."""
+    if kind in ("unkeyed", "collision"):
         return "manual"
     if kind == "old-only":
         return "apply-old"
     if kind == "new-only":
         return "keep-new"
+    if undetermined or base is not True:
+        return "manual"
     return {"old-wins": "apply-old", "new-wins": "keep-new", "manual": "manual"}[policy]  # type: ignore[return-value]
 
 

@@ -1,15 +1,16 @@
 """What to reconcile in one database, as the runbook states it (pydantic v2, strict keys).
 
-The lead embeds one :class:`ReconcileSpec` per database in the runbook. Tables are
-applied in the order listed (parents before children, so foreign keys hold);
-deletes are applied in the reverse order.
+The lead embeds one :class:`ReconcileSpec` per database in the runbook. Listed tables
+are applied in the order listed (parents before children, so foreign keys hold), then
+every table the runbook does not list, by name, with ``default_policy``: no table of
+the database is skipped. Deletes are applied in the reverse order.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Policy = Literal["old-wins", "new-wins", "manual"]
 Method = Literal["auto", "wal", "full"]
@@ -47,11 +48,18 @@ class ReconcileSpec(_Model):
     cost follows the divergent WAL, not table size) and fails if it cannot;
     ``full`` compares whole tables (COPY both sides, sorted diff); ``auto`` tries
     the WAL and falls back to the full comparison, saying why.
+
+    ``default_policy``: the conflict policy of every table not listed (they are
+    reconciled all the same). ``conflict_file``: where changes for a human go
+    (manual conflicts, key collisions, rows the new primary refused, sides that
+    cannot be told apart); the engine defaults it to
+    ``<state_dir>/conflicts-<database>.json``.
     """
 
-    tables: list[ReconcileTable] = Field(min_length=1)
+    tables: list[ReconcileTable] = Field(default_factory=list)
     conflict_file: str | None = None
     method: Method = "auto"
+    default_policy: Policy = "manual"
 
     @field_validator("tables")
     @classmethod
@@ -62,17 +70,18 @@ class ReconcileSpec(_Model):
             raise ValueError(f"tables listed twice: {', '.join(dupes)}")
         return tables
 
-    @model_validator(mode="after")
-    def _manual_needs_file(self) -> ReconcileSpec:
-        manual = [t.name for t in self.tables if t.policy == "manual"]
-        if manual and not self.conflict_file:
-            raise ValueError(
-                f"conflict_file is required: tables {', '.join(manual)} use policy 'manual'"
-            )
-        return self
-
     def table(self, name: str) -> ReconcileTable:
+        """The listed table, else the default for one the runbook does not list."""
         for t in self.tables:
             if t.name == name:
                 return t
-        raise KeyError(name)
+        return self.unlisted(name)
+
+    def listed(self, name: str) -> bool:
+        return any(t.name == name for t in self.tables)
+
+    def unlisted(self, name: str) -> ReconcileTable:
+        """A table found in the database but not in the runbook: ``default_policy``, no
+        sensitive columns. Built without the name pattern (the database named it)."""
+        return ReconcileTable.model_construct(name=name, policy=self.default_policy,
+                                              sensitive_columns=[])

@@ -32,7 +32,7 @@ from psycopg import sql
 
 from drorch.reconcile import store
 from drorch.reconcile._db import Conn, connect, scalar
-from drorch.reconcile.catalog import TableMeta, db_info, load_table
+from drorch.reconcile.catalog import TableMeta, db_info, load_table, user_tables
 from drorch.reconcile.classify import (
     attribute,
     canonical_key,
@@ -144,15 +144,15 @@ def _classify_table(old: Conn, new: Conn, meta: TableMeta, cfg: ReconcileTable, 
         obase = o_touch.base_had if o_touch else None
         nbase = n_touch.base_had if n_touch else None
         ot, nt = attribute(a, b, ot, nt, obase, nbase)
-        kind, undetermined = classify(a, b, ot, nt)
+        base = _base(a, b, ot, nt, obase, nbase)
+        kind, undetermined = classify(a, b, ot, nt, base)
         if kind is None:
             if o_touch is not None and n_touch is not None:
                 tr.converged += 1
             continue
-        base = _base(a, b, ot, nt, obase, nbase)
         tr.changes.append(Change(
             change_id(run_id, cfg.name, key), cfg.name, _key_dict(meta, key), kind,
-            decide(kind, cfg.policy), differing_columns(a, b),
+            decide(kind, cfg.policy, undetermined, base), differing_columns(a, b),
             side_op(base, a) if ot is not False else None,
             side_op(base, b) if nt is not False else None, undetermined,
             a_ent[0] if a_ent else None, b_ent[0] if b_ent else None))
@@ -166,17 +166,32 @@ def _after(entry: tuple[str, datetime | None] | None, at: datetime | None) -> bo
     return entry[1] is not None and entry[1] > at
 
 
-def _load_metas(old: Conn, new: Conn, spec: ReconcileSpec, problems: list[str]
+def effective_tables(old: Conn, new: Conn, spec: ReconcileSpec) -> list[ReconcileTable]:
+    """The listed tables in their order, then every other table found on either node, by
+    name, with the spec's default policy: a table nobody listed still holds acknowledged
+    writes."""
+    found = user_tables(old) | user_tables(new)
+    return list(spec.tables) + [spec.unlisted(n) for n in sorted(found)
+                                if not spec.listed(n)]
+
+
+def _load_metas(old: Conn, new: Conn, tables: list[ReconcileTable], problems: list[str]
                 ) -> dict[str, tuple[TableMeta, TableMeta]]:
     out = {}
-    for t in spec.tables:
+    for t in tables:
         mo, mn = load_table(old, t.name), load_table(new, t.name)
-        if mo is None or mn is None:
-            where = " and ".join(n for n, m in (("old", mo), ("new", mn)) if m is None)
-            problems.append(f"{t.name}: missing on the {where} primary; not compared")
+        if mo is not None and mn is None:
+            problems.append(f"{t.name}: on the old primary only (dropped or renamed on the "
+                            "new one?); its rows are not compared")
+        elif mo is None:
+            continue  # created on the new primary only: the old one wrote nothing there
         elif mo.pk != mn.pk or mo.columns != mn.columns:
-            problems.append(f"{t.name}: columns or primary key differ between nodes; "
-                            "not compared")
+            only_old = [c for c in mo.columns if c not in mn.columns]
+            only_new = [c for c in mn.columns if c not in mo.columns]
+            problems.append(
+                f"{t.name}: columns or primary key differ between nodes (old only: "
+                f"{only_old or '-'}, new only: {only_new or '-'}, primary keys "
+                f"{mo.pk} / {mn.pk}); not compared")
         else:
             out[t.name] = (mo, mn)
     return out
@@ -204,12 +219,15 @@ def _read_wal(old: Conn, new: Conn, divergence: Divergence, old_end: str, new_en
 
 
 def _other_tables(conn: Conn, side: WalSide | None) -> list[str]:
+    """Tables the old primary's WAL shows written after the split that were not compared
+    (missing on one node, or their columns differ): their writes are not accounted for."""
     names = set()
     for rel in side.other_rels if side else {}:
         spc, _db, filenode = rel.split("/")
         row = conn.execute(
             "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE c.oid = pg_filenode_relation(%s, %s)",
+            "ON n.oid = c.relnamespace WHERE c.oid = pg_filenode_relation(%s, %s) "
+            "AND c.relkind = 'r'",
             (0 if spc == _default_spc(conn) else int(spc), int(filenode))).fetchone()
         if row and row[0] not in ("pg_catalog", "pg_toast", "information_schema",
                                   "drorch_reconcile"):
@@ -254,7 +272,10 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
         new_end = str(scalar(new, "SELECT pg_current_wal_flush_lsn()::text"))
         report = DivergenceReport(run_id, ni.name, spec.method, "", divergence,
                                   old_end_lsn=old_end, new_end_lsn=new_end)
-        metas = _load_metas(old, new, spec, report.problems)
+        tables = effective_tables(old, new, spec)
+        report.unlisted_tables = [t.name for t in tables if not spec.listed(t.name)]
+        report.default_policy = spec.default_policy
+        metas = _load_metas(old, new, tables, report.problems)
         why: list[str] = []
         wal_old, wal_new = _read_wal(old, new, divergence, old_end, new_end, metas,
                                      (oi.oid, ni.oid), why)
@@ -277,7 +298,7 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
         for w in (wal_old, wal_new):
             report.rows_shipped += w.rows_shipped if w else 0
         old_xids: set[int] = set()
-        for cfg in spec.tables:
+        for cfg in tables:
             if cfg.name not in metas:
                 continue
             mo, _mn = metas[cfg.name]

@@ -109,10 +109,10 @@ class TableReport:
 
     def counts(self) -> dict[str, int]:
         by = {k: sum(1 for c in self.changes if c.kind == k)
-              for k in ("old-only", "new-only", "conflict", "unkeyed")}
+              for k in ("old-only", "new-only", "conflict", "collision", "unkeyed")}
         return {"rows_diverged": len(self.changes), "old_only": by["old-only"],
                 "new_only": by["new-only"], "conflicts": by["conflict"],
-                "unkeyed": by["unkeyed"],
+                "collisions": by["collision"], "unkeyed": by["unkeyed"],
                 "undetermined": sum(1 for c in self.changes if c.undetermined),
                 "to_apply": sum(1 for c in self.changes if c.action == "apply-old"),
                 "manual": sum(1 for c in self.changes if c.action == "manual"),
@@ -149,9 +149,14 @@ class DivergenceReport:
     tables: list[TableReport] = field(default_factory=list)
     tables_without_pk: list[dict[str, Any]] = field(default_factory=list)
     unconfigured_tables: list[str] = field(default_factory=list)
+    """Tables the old primary wrote after the split that could not be compared."""
     problems: list[str] = field(default_factory=list)
+    """Tables not compared and why (missing on a node, columns differ): unaccounted."""
     rows_shipped: int = 0
     seconds: float = 0.0
+    unlisted_tables: list[str] = field(default_factory=list)
+    """Tables the runbook does not list, reconciled with ``default_policy``."""
+    default_policy: str = "manual"
 
     def table(self, name: str) -> TableReport:
         for t in self.tables:
@@ -174,7 +179,8 @@ class DivergenceReport:
         t = self.totals()
         return (f"{self.method}: {t.get('rows_diverged', 0)} rows diverged "
                 f"({t.get('old_only', 0)} old-only, {t.get('new_only', 0)} new-only, "
-                f"{t.get('conflicts', 0)} conflicts, {t.get('unkeyed', 0)} without a key); "
+                f"{t.get('conflicts', 0)} conflicts, {t.get('collisions', 0)} key collisions, "
+                f"{t.get('unkeyed', 0)} without a key); "
                 f"{self.transactions.get('old_committed')} old-side transactions")
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,6 +191,7 @@ class DivergenceReport:
                 "totals": self.totals(), "tables": [t.to_dict() for t in self.tables],
                 "tables_without_pk": self.tables_without_pk,
                 "unconfigured_tables": self.unconfigured_tables, "problems": self.problems,
+                "unlisted_tables": self.unlisted_tables, "default_policy": self.default_policy,
                 "rows_shipped": self.rows_shipped, "seconds": round(self.seconds, 3),
                 "summary": self.summary()}
 
@@ -205,7 +212,8 @@ class DivergenceReport:
                    Divergence.from_dict(d["divergence"]), d.get("attribution", {}),
                    d.get("old_end_lsn"), d.get("new_end_lsn"), d.get("transactions", {}),
                    tables, d.get("tables_without_pk", []), d.get("unconfigured_tables", []),
-                   d.get("problems", []), d.get("rows_shipped", 0), d.get("seconds", 0.0))
+                   d.get("problems", []), d.get("rows_shipped", 0), d.get("seconds", 0.0),
+                   d.get("unlisted_tables", []), d.get("default_policy", "manual"))
 
 
 @dataclass
@@ -222,6 +230,10 @@ class ApplyResult:
     sequences_advanced: list[str] = field(default_factory=list)
     conflict_file: str | None = None
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    in_conflict_file: int = 0
+    """Entries written to the conflict file (pending, stale and refused changes)."""
+    unshown: int = 0
+    """Pending changes of tables gone since the capture: in no conflict file."""
 
     @property
     def rows_recovered(self) -> int:
@@ -234,7 +246,8 @@ class ApplyResult:
                 "kept_new": self.kept_new, "manual_pending": self.manual_pending,
                 "stale": self.stale, "errors": self.errors,
                 "sequences_advanced": self.sequences_advanced,
-                "conflict_file": self.conflict_file, "decisions": self.decisions}
+                "conflict_file": self.conflict_file, "in_conflict_file": self.in_conflict_file,
+                "unshown": self.unshown, "decisions": self.decisions}
 
 
 @dataclass
@@ -246,10 +259,13 @@ class ResyncResult:
     seconds: float
     kept_datadir: str | None = None
     caught_up_lsn: str | None = None
+    evidence: str | None = None
+    """The archive of the old primary's data directory taken before it was rewritten."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "reason": self.reason, "seconds": round(self.seconds, 3),
-                "kept_datadir": self.kept_datadir, "caught_up_lsn": self.caught_up_lsn}
+                "kept_datadir": self.kept_datadir, "caught_up_lsn": self.caught_up_lsn,
+                "evidence": self.evidence}
 
 
 def _plain(v: Any) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
@@ -93,14 +94,31 @@ def _base_backup(datadir: Path, dsn: str, keep_old: bool, no_sync: bool) -> str 
     return kept
 
 
+def archive_datadir(datadir: Path, archive: Path) -> Path:
+    """Keep the stopped node's data directory as ``archive`` (tar, gzip level 1: the
+    evidence of what the old primary held before it is rewound). Written to a temporary
+    name and renamed, so an archive that exists is complete; one that exists is kept
+    (a rerun after a kill must not replace it with the rewound directory)."""
+    if archive.exists():
+        return archive
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+        tar.add(datadir, arcname=datadir.name)
+    os.replace(partial, archive)
+    return archive
+
+
 def resync_as_replica(node: PgNodeLike, source: str | PgNodeLike, *, captured: bool,
                       timeout_s: float = 300, keep_old_datadir: bool = True,
-                      no_sync: bool = False) -> ResyncResult:
+                      no_sync: bool = False, evidence: Path | None = None) -> ResyncResult:
     """Make ``node`` a streaming replica of ``source`` (the new primary) and wait for it.
 
     Returns at once when the node already streams from the source's timeline.
-    Raises ValueError unless ``captured``; RuntimeError when neither rewind nor
-    base backup works; TimeoutError when it does not catch up in time.
+    ``evidence``: where to archive the stopped data directory before anything
+    rewrites it (see :func:`archive_datadir`). Raises ValueError unless ``captured``;
+    RuntimeError when neither rewind nor base backup works; TimeoutError when it does
+    not catch up in time.
     """
     if not captured:
         raise ValueError("capture the divergent rows first (find_divergence): resync erases them")
@@ -113,6 +131,7 @@ def resync_as_replica(node: PgNodeLike, source: str | PgNodeLike, *, captured: b
     datadir = node.datadir
     saved = {n: (datadir / n).read_text() for n in OWN_FILES if (datadir / n).exists()}
     node.stop("fast")
+    kept_evidence = str(archive_datadir(datadir, evidence)) if evidence is not None else None
     with connect(source_dsn) as c:
         c.execute("CHECKPOINT")
     clean, env = _split_password(source_dsn)
@@ -133,4 +152,5 @@ def resync_as_replica(node: PgNodeLike, source: str | PgNodeLike, *, captured: b
     unfence_settings(node)
     node.start()
     lsn = wait_caught_up(node.dsn(), source_dsn, timeout_s)
-    return ResyncResult(method, reason, time.monotonic() - t0, kept, lsn)  # type: ignore[arg-type]
+    return ResyncResult(method, reason, time.monotonic() - t0, kept, lsn,  # type: ignore[arg-type]
+                        kept_evidence)

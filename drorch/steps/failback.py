@@ -9,6 +9,9 @@ clusters; a production agent on the database host would be another provider).
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from drorch.adapters import postgres as pg
@@ -82,6 +85,7 @@ class ReconcileDivergence(Step):
         return ctx.facts.get(f"reconcile:{self.target}:applied") is not None
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
+        from drorch.reconcile.accounting import account
         from drorch.reconcile.apply import apply_reconciliation
         from drorch.reconcile.find import find_divergence
         from drorch.reconcile.timeline import divergence_point
@@ -94,18 +98,55 @@ class ReconcileDivergence(Step):
         old_dsn = _node(ctx, self.target, ctx.to_region).dsn(db.endpoints[ctx.to_region].dbname)
         divergence = divergence_point(new_dsn)
         report = find_divergence(old_dsn, new_dsn, db.reconcile, divergence)
-        ctx.facts.set(f"reconcile:{self.target}:report", {
+        report_doc = {
             "run_id": report.run_id, "summary": report.summary(), "totals": report.totals(),
             "transactions": report.transactions, "method": report.method,
-            "divergence": divergence.to_dict()})
-        for decision in report.decisions():
-            ctx.record("reconcile.decision", {"database": self.target, **decision})
-        result = apply_reconciliation(report, new_dsn, db.reconcile)
+            "method_reason": report.method_reason, "divergence": divergence.to_dict(),
+            "unlisted_tables": report.unlisted_tables, "default_policy": report.default_policy,
+            "problems": report.problems, "unconfigured_tables": report.unconfigured_tables,
+            "tables": [{"table": t.table, "policy": t.policy, "counts": t.counts()}
+                       for t in report.tables]}
+        ctx.facts.set(f"reconcile:{self.target}:report", report_doc)
+        path = conflict_path(ctx, self.target)
+        result = apply_reconciliation(report, new_dsn, db.reconcile, conflict_file=path)
         applied = result.to_dict()
+        accounting = account(report_doc, applied)
+        for t in accounting.tables:  # one audit entry per table, never one per row
+            ctx.record("reconcile.table", {
+                "database": self.target, **t.to_dict(),
+                "changes_digest": _digest(d["change_id"] + d["outcome"]
+                                          for d in applied["decisions"]
+                                          if d["table"] == t.table)},
+                outcome="ok" if not t.unaccounted else "unaccounted")
+        ctx.facts.set(f"reconcile:{self.target}:accounting", accounting.to_dict())
+        if not accounting.holds:
+            ctx.record("reconcile.unaccounted", {"database": self.target,
+                                                 **accounting.to_dict()}, outcome="halted")
+            raise StepFailed(f"{self.target}: divergent writes not accounted for, so drorch "
+                             f"will not rewind the old primary: {accounting.problem()}",
+                             accounting.to_dict())
         ctx.facts.set(f"reconcile:{self.target}:applied", applied)
         return {"run_id": report.run_id, "summary": report.summary(), "totals": report.totals(),
-                "divergence": divergence.to_dict(), "applied": applied,
-                "conflict_file": db.reconcile.conflict_file}
+                "divergence": divergence.to_dict(), "accounting": accounting.to_dict(),
+                "conflict_file": path,
+                "applied": {k: v for k, v in applied.items() if k != "decisions"}}
+
+
+def conflict_path(ctx: StepContext, database: str) -> str:
+    """The runbook's conflict file, else ``<state_dir>/conflicts-<database>.json``."""
+    spec = ctx.runbook.database(database).reconcile
+    if spec is not None and spec.conflict_file:
+        return spec.conflict_file
+    return str(Path(ctx.runbook.state_dir) / f"conflicts-{database}.json")
+
+
+def _digest(items: Iterable[str]) -> str:
+    """SHA-256 over the sorted items: names a change set in the audit without listing it."""
+    h = hashlib.sha256()
+    for item in sorted(items):
+        h.update(item.encode())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 class ResyncAsReplica(Step):
@@ -127,7 +168,11 @@ class ResyncAsReplica(Step):
         return False  # resync_as_replica returns at once when it already streams
 
     def _captured(self, ctx: StepContext) -> bool:
-        return ctx.facts.get(f"reconcile:{self.target}:applied") is not None
+        """Captured and every change accounted for (the step before refuses otherwise;
+        checked again here because a rewind cannot be undone)."""
+        accounting = ctx.facts.get(f"reconcile:{self.target}:accounting") or {}
+        return (ctx.facts.get(f"reconcile:{self.target}:applied") is not None
+                and accounting.get("holds") is True)
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         from drorch.reconcile.resync import resync_as_replica
@@ -136,8 +181,18 @@ class ResyncAsReplica(Step):
         result = resync_as_replica(_node(ctx, self.target, rebuilt),
                                    _dsn(ctx, self.target, source),
                                    captured=self._captured(ctx),
-                                   timeout_s=ctx.runbook.database(self.target).resync_timeout_s)
+                                   timeout_s=ctx.runbook.database(self.target).resync_timeout_s,
+                                   evidence=self._evidence(ctx, rebuilt))
+        if result.evidence:
+            ctx.record("resync.evidence_kept", {"database": self.target, "region": rebuilt,
+                                                "archive": result.evidence})
         return result.to_dict()
+
+    def _evidence(self, ctx: StepContext, rebuilt: str) -> Path | None:
+        """Where the old primary's data directory is archived before the rewind (kept
+        until a human deletes it)."""
+        return (Path(ctx.runbook.state_dir) / "evidence"
+                / f"{ctx.incident_id}-{self.target}-{rebuilt}.tar.gz")
 
 
 class RejoinAsReplica(ResyncAsReplica):
@@ -153,6 +208,9 @@ class RejoinAsReplica(ResyncAsReplica):
     def _captured(self, ctx: StepContext) -> bool:
         promoted = ctx.facts.get(f"promote:{self.target}:measured") or {}
         return bool(promoted.get("caught_up"))
+
+    def _evidence(self, ctx: StepContext, rebuilt: str) -> Path | None:
+        return None  # frozen and caught up before the promotion: nothing diverged
 
     def check(self, ctx: StepContext) -> bool:
         try:

@@ -90,6 +90,8 @@ class Story:
     wb: Writer
     divergence: Divergence
     workdir: Path
+    base_keys: dict[str, set[Any]] = field(default_factory=dict)
+    """Keys each table held at the split (both nodes had them)."""
 
     def rows(self, node: PgNode, table: str) -> dict[Any, dict[str, Any]]:
         with psycopg.connect(node.dsn(), options="-c TimeZone=UTC") as c:
@@ -139,6 +141,8 @@ def _play(a: PgNode, b: PgNode, workdir: Path) -> Story:
     straddle.execute("INSERT INTO orders VALUES (9001, 5, 1, 'straddle')")
     _q(a, "SET synchronous_commit = on; INSERT INTO audit_log (msg) VALUES ('flush')")
     wait_caught_up(b.dsn(), a.dsn(), 60)
+    base_keys = {t: {r[0] for r in _q(b, f"SELECT id FROM {t}")}
+                 for t in ("accounts", "orders", "events", "ledger")}
     b.stop()  # the replica misses everything from here on
 
     # Divergent writes on region-a, each acknowledged commit recorded by the writer.
@@ -233,18 +237,26 @@ def _play(a: PgNode, b: PgNode, workdir: Path) -> Story:
 
     fence_as_standby(a)
     div = divergence_point(b.dsn())
-    return Story(a, b, wa, wb, div, workdir)
+    return Story(a, b, wa, wb, div, workdir, base_keys)
 
 
 def expected(story: Story, table: str) -> dict[str, set[Any]]:
-    """Old-only, new-only and conflict keys from the writers' lists and the final rows."""
+    """Old-only, new-only, conflict and collision keys from the writers' lists, the keys
+    at the split and the final rows (a collision: both sides inserted a key that did not
+    exist at the split, and both rows are there)."""
     ra, rb = story.rows(story.a, table), story.rows(story.b, table)
     ka, kb = story.wa.keys(table), story.wb.keys(table)
-    out: dict[str, set[Any]] = {"old-only": set(), "new-only": set(), "conflict": set()}
+    base = story.base_keys.get(table, set())
+    out: dict[str, set[Any]] = {"old-only": set(), "new-only": set(), "conflict": set(),
+                                "collision": set()}
     for k in ka | kb:
         if ra.get(k) == rb.get(k):
             continue
-        out["conflict" if k in ka and k in kb else "old-only" if k in ka else "new-only"].add(k)
+        if k in ka and k in kb:
+            both_rows = ra.get(k) is not None and rb.get(k) is not None
+            out["collision" if both_rows and k not in base else "conflict"].add(k)
+        else:
+            out["old-only" if k in ka else "new-only"].add(k)
     return out
 
 

@@ -66,8 +66,10 @@ def test_story_apply_resolve_resync(story: Story, tmp_path: Path) -> None:
     doc = json.loads(cfile.read_text())
     assert SECRET_MARK not in cfile.read_text()
     in_file = {(c["table"], c["key"].get("id")) for c in doc["conflicts"]}
+    assert exp["orders"]["collision"] == {20001}  # both inserted it: never old-wins
+    assert new_rows["orders"][20001]["status"] == "from-b"
     assert in_file == {("public.accounts", k) for k in exp["accounts"]["conflict"]} | {
-        ("public.orders", 31), ("public.audit_log", None)}
+        ("public.orders", 31), ("public.orders", 20001), ("public.audit_log", None)}
     assert all(c["old"]["secret_token"] == "***" for c in doc["conflicts"]
                if c["table"] == "public.accounts")
     assert {c["old"]["msg"] for c in doc["conflicts"] if c["kind"] == "unkeyed"} == {"a-1", "a-2"}

@@ -17,7 +17,7 @@ KEYED = ("accounts", "orders", "events", "ledger")
 def _kinds(report: DivergenceReport, table: str) -> dict[str, set[int]]:
     tr = report.table(f"public.{table}")
     return {k: {c.key["id"] for c in tr.changes if c.kind == k}
-            for k in ("old-only", "new-only", "conflict")}
+            for k in ("old-only", "new-only", "conflict", "collision")}
 
 
 def test_wal_method_finds_every_acknowledged_divergent_write_exactly(
@@ -38,6 +38,7 @@ def test_wal_method_finds_every_acknowledged_divergent_write_exactly(
     assert (orders[70].old_op, orders[70].new_op) == ("update", "delete")
     assert (orders[80].old_op, orders[80].new_op) == ("delete", "update")
     assert (orders[20001].old_op, orders[20001].new_op) == ("insert", "insert")
+    assert (orders[20001].kind, orders[20001].action) == ("collision", "manual")  # old-wins
     assert orders[10001].columns == ["account_id", "amount", "id", "status"]
     assert rep.table("public.events").converged == 1  # events 7: both set the same value
     no_pk = rep.tables_without_pk[0]

@@ -92,3 +92,20 @@ def test_mask_hides_sensitive_values_only() -> None:
     assert mask({"id": 1, "token": "s3cret", "n": Decimal("1.5")}, {"token"}) == {
         "id": 1, "token": "***", "n": "1.5"}
     assert mask(None, {"token"}) is None
+
+
+def test_both_sides_inserting_the_same_new_key_is_a_collision_never_a_policy_choice() -> None:
+    """Two rows under one key that did not exist at the split are two rows: a collision,
+    always for a human. A conflict goes through old-wins/new-wins only when the row
+    existed at the split and both sides are known to have changed it."""
+    assert classify(A, B, True, True, base=False) == ("collision", False)
+    assert classify(A, B, True, True, base=True) == ("conflict", False)
+    assert classify(A, B, True, True, base=None) == ("conflict", False)
+    assert classify(None, B, True, True, base=False) == ("conflict", False)
+    for policy in ("old-wins", "new-wins", "manual"):
+        assert decide("collision", policy) == "manual"
+        assert decide("conflict", policy, undetermined=True) == "manual"
+        assert decide("conflict", policy, base=None) == "manual"
+        assert decide("conflict", policy, base=False) == "manual"
+    assert decide("conflict", "old-wins", base=True) == "apply-old"
+    assert decide("conflict", "new-wins", base=True) == "keep-new"

@@ -22,11 +22,25 @@ def test_defaults_and_table_lookup() -> None:
     {"tables": [{"name": "public.t", "policy": "newest"}]},
     {"tables": [{"name": "public.t", "policy": "old-wins", "colour": "red"}]},
     {"tables": [{"name": "public.t", "policy": "old-wins"}] * 2},
-    {"tables": [{"name": "public.t"}]},
     {"tables": [{"name": "public.t", "policy": "old-wins"}], "method": "guess"},
-    {"tables": []},
+    {"tables": [], "default_policy": "newest"},
 ])
 def test_invalid_specs_are_refused(bad: dict) -> None:
-    """Missing schema, unknown policy or key, duplicates, manual without file, bad method."""
+    """Missing schema, unknown policy or key, duplicates, bad method or default policy."""
     with pytest.raises(ValidationError):
         ReconcileSpec.model_validate(bad)
+
+
+def test_tables_not_listed_take_the_default_policy() -> None:
+    """Every table of the database is reconciled: one the runbook does not list gets the
+    default policy (manual unless set), a listed one keeps its own; no file is required
+    here (the engine defaults it beside its journal)."""
+    spec = ReconcileSpec(tables=[ReconcileTable(name="public.orders", policy="old-wins")])
+    assert spec.default_policy == "manual" and spec.conflict_file is None
+    assert spec.listed("public.orders") and not spec.listed("public.ledger")
+    assert spec.table("public.orders").policy == "old-wins"
+    unlisted = spec.table("Weird Schema.ledger")  # the database's names, not the pattern's
+    assert (unlisted.name, unlisted.policy, unlisted.sensitive_columns) == (
+        "Weird Schema.ledger", "manual", [])
+    everything = ReconcileSpec.model_validate({"default_policy": "new-wins"})
+    assert everything.tables == [] and everything.table("public.x").policy == "new-wins"

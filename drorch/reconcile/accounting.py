@@ -1,0 +1,103 @@
+"""The accounting invariant: every divergent change has exactly one recorded outcome.
+
+Before anything destructive (pg_rewind, a base backup over the old data directory)
+runs, each change found on either side, in every table, must be *applied* (the old
+primary's row is on the new primary), *kept* (the new primary's row stands: a
+new-only change, a ``new-wins`` conflict, a human's choice) or *pending* for a human
+in the conflict file with its reason. A table that could not be compared (missing on
+a node, its columns differ) or that the old primary wrote but nothing read, is
+unaccounted as a whole. Pure: works on the journaled report and apply result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+APPLIED = frozenset({"applied", "already-applied", "resolved-old"})
+KEPT = frozenset({"kept-new", "resolved-new"})
+FOR_A_HUMAN = frozenset({"pending", "stale", "error"})
+
+
+@dataclass
+class TableAccount:
+    """Rows of one table by outcome; ``unaccounted`` must be 0."""
+
+    table: str
+    found: int = 0
+    applied: int = 0
+    kept: int = 0
+    pending: int = 0
+    unaccounted: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table": self.table, "found": self.found, "applied": self.applied,
+                "kept": self.kept, "pending": self.pending, "unaccounted": self.unaccounted,
+                "by_kind": dict(sorted(self.by_kind.items()))}
+
+
+@dataclass
+class Accounting:
+    """The invariant over one run: ``holds`` when every change has its outcome and every
+    table was compared. ``blocked``: tables not compared, with the reason."""
+
+    tables: list[TableAccount]
+    blocked: list[str]
+    conflict_file: str | None
+
+    @property
+    def unaccounted(self) -> int:
+        return sum(t.unaccounted for t in self.tables)
+
+    @property
+    def holds(self) -> bool:
+        return not self.blocked and self.unaccounted == 0
+
+    def totals(self) -> dict[str, int]:
+        out = {"found": 0, "applied": 0, "kept": 0, "pending": 0, "unaccounted": 0}
+        for t in self.tables:
+            for k in out:
+                out[k] += getattr(t, k)
+        return out
+
+    def problem(self) -> str:
+        """What is not accounted for and what to do: for the halt message."""
+        parts = [f"{t.table}: {t.unaccounted} of {t.found} changed rows without an outcome"
+                 for t in self.tables if t.unaccounted]
+        parts += self.blocked
+        return ("; ".join(parts) + ". Nothing was rewound: the old primary still holds "
+                "these rows (fenced). Make the tables comparable (same columns on both "
+                "nodes) or set a conflict file, then run the failback again.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"holds": self.holds, "totals": self.totals(), "blocked": self.blocked,
+                "conflict_file": self.conflict_file,
+                "tables": [t.to_dict() for t in self.tables]}
+
+
+def account(report: dict[str, Any], applied: dict[str, Any]) -> Accounting:
+    """The invariant for a journaled report (``DivergenceReport.to_dict``) and apply
+    result (``ApplyResult.to_dict``). A change for a human counts only when it is in the
+    conflict file."""
+    shown = bool(applied.get("conflict_file")) and not applied.get("unshown")
+    by_table: dict[str, TableAccount] = {t["table"]: TableAccount(t["table"])
+                                         for t in report.get("tables", [])}
+    for d in applied.get("decisions", []):
+        t = by_table.setdefault(d["table"], TableAccount(d["table"]))
+        t.found += 1
+        t.by_kind[d["kind"]] = t.by_kind.get(d["kind"], 0) + 1
+        outcome = d["outcome"]
+        if outcome in APPLIED:
+            t.applied += 1
+        elif outcome in KEPT:
+            t.kept += 1
+        elif outcome in FOR_A_HUMAN and shown:
+            t.pending += 1
+        else:
+            t.unaccounted += 1
+    blocked = list(report.get("problems", []))
+    blocked += [f"{name}: written on the old primary after the split but not compared"
+                for name in report.get("unconfigured_tables", [])
+                if not any(name in p for p in blocked)]
+    return Accounting(list(by_table.values()), blocked, applied.get("conflict_file"))

@@ -1,0 +1,246 @@
+"""Every divergent change ends with one outcome, with ordinary traffic on both sides.
+
+Both primaries insert through their sequences (default ids, one row per transaction,
+each id kept only after COMMIT returned), into listed tables and a table the runbook
+does not list. PostgreSQL WAL-logs sequences 32 values ahead (``SEQ_LOG_VALS`` in
+``src/backend/commands/sequence.c``), so after ~32 inserts on the old side its ids run
+into the ones the promoted side hands out: collisions happen by themselves here, no
+``setval`` arranges or avoids them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from drorch.lab.postgres import PgNode, make_pair
+from drorch.reconcile import (
+    ReconcileSpec,
+    ReconcileTable,
+    apply_reconciliation,
+    divergence_point,
+    fence_as_standby,
+    find_divergence,
+    wait_caught_up,
+)
+from drorch.reconcile.accounting import account
+from drorch.reconcile.conflicts import load as load_conflicts
+from tests.integration.reconcile.conftest import pg_workdir
+
+pytestmark = pytest.mark.postgres
+
+SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS pg_walinspect;
+CREATE TABLE emails (id bigserial PRIMARY KEY, message_id text NOT NULL UNIQUE,
+                     recipient text NOT NULL);
+CREATE TABLE orders (id bigserial PRIMARY KEY, amount int NOT NULL, region text NOT NULL);
+CREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL);
+INSERT INTO emails (message_id, recipient) SELECT 'base-' || g, 'r' || g
+  FROM generate_series(1, 20) g;
+INSERT INTO orders (amount, region) SELECT g, 'base' FROM generate_series(1, 20) g;
+INSERT INTO notes (body) SELECT 'base-' || g FROM generate_series(1, 20) g;
+"""
+
+
+@dataclass
+class Acked:
+    """Rows whose COMMIT returned, per table: id -> the row as ``to_jsonb``."""
+
+    rows: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+
+    def insert(self, dsn: str, table: str, columns: str, values: tuple[Any, ...]) -> int:
+        with psycopg.connect(dsn) as c:
+            marks = ", ".join(["%s"] * len(values))
+            row = c.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks}) "
+                            "RETURNING id, to_jsonb(" + table + ")", values).fetchone()
+            c.commit()  # acknowledged only now
+        assert row is not None
+        self.rows.setdefault(table, {})[int(row[0])] = row[1]
+        return int(row[0])
+
+
+@dataclass
+class Split:
+    a: PgNode
+    b: PgNode
+    old: Acked
+    new: Acked
+    workdir: Path
+
+
+def _q(dsn: str, query: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        cur = c.execute(query)
+        return cur.fetchall() if cur.description else []
+
+
+def _rows(dsn: str, table: str) -> dict[int, dict[str, Any]]:
+    return {int(r[0]["id"]): r[0] for r in _q(dsn, f"SELECT to_jsonb(t) FROM {table} t")}
+
+
+def _split(workdir: Path, on_old: Callable[[Split], None],
+           on_new: Callable[[Split], None]) -> Split:
+    """Replicated base; replica cut off; ``on_old`` writes on the primary; the primary is
+    killed; the replica promoted; ``on_new`` writes on it; the old primary fenced."""
+    a, b = make_pair(workdir)
+    split = Split(a, b, Acked(), Acked(), workdir)
+    try:
+        _q(a.dsn(), SCHEMA)
+        wait_caught_up(b.dsn(), a.dsn(), 60)
+        b.stop()
+        on_old(split)
+        a.kill()
+        b.start()
+        _q(b.dsn(), "SELECT pg_promote(true, 60)")
+        on_new(split)
+        fence_as_standby(a)
+    except BaseException:
+        for n in (a, b):
+            n.destroy()
+        raise
+    return split
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    with pg_workdir("accounting") as wd:
+        yield wd
+
+
+@pytest.fixture
+def cleanup() -> Iterator[list[Split]]:
+    made: list[Split] = []
+    yield made
+    for s in made:
+        for n in (s.a, s.b):
+            n.destroy()
+
+
+def _spec(conflict_file: Path) -> ReconcileSpec:
+    """The runbook lists emails (old-wins) and orders (manual); notes is not listed."""
+    return ReconcileSpec(tables=[ReconcileTable(name="public.emails", policy="old-wins"),
+                                 ReconcileTable(name="public.orders", policy="manual")],
+                         conflict_file=str(conflict_file))
+
+
+def _reconcile(split: Split, conflict_file: Path) -> tuple[Any, Any, Any]:
+    spec = _spec(conflict_file)
+    report = find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
+    applied = apply_reconciliation(report, split.b.dsn(), spec)
+    return report, applied, account(report.to_dict(), applied.to_dict())
+
+
+def test_default_id_traffic_on_both_sides_loses_no_acknowledged_row(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """40 emails, 5 orders and 30 notes (a table nobody listed) on region-a, 40 emails,
+    5 orders and 10 notes on region-b, all through the sequences. Afterwards every row
+    either side acknowledged is on the new primary, except region-a rows whose key
+    region-b also used: those are collisions, each in the conflict file with both rows,
+    never overwritten by the ``old-wins`` policy."""
+    def on_old(s: Split) -> None:
+        for i in range(40):
+            s.old.insert(s.a.dsn(), "emails", "message_id, recipient", (f"a-{i}", "x@a"))
+        for i in range(5):
+            s.old.insert(s.a.dsn(), "orders", "amount, region", (100 + i, "a"))
+        for i in range(30):
+            s.old.insert(s.a.dsn(), "notes", "body", (f"a-note-{i}",))
+
+    def on_new(s: Split) -> None:
+        for i in range(40):
+            s.new.insert(s.b.dsn(), "emails", "message_id, recipient", (f"b-{i}", "x@b"))
+        for i in range(5):
+            s.new.insert(s.b.dsn(), "orders", "amount, region", (200 + i, "b"))
+        for i in range(10):
+            s.new.insert(s.b.dsn(), "notes", "body", (f"b-note-{i}",))
+
+    split = _split(workdir, on_old, on_new)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.json"
+    report, applied, accounting = _reconcile(split, conflict_file)
+    assert report.method == "wal"
+    assert report.unlisted_tables == ["public.notes"]
+    assert accounting.holds, accounting.problem()
+
+    entries = {(e.table, int(e.key["id"])): e for e in load_conflicts(conflict_file).conflicts}
+    collided = {(f"public.{t}", k) for t in split.old.rows for k in split.old.rows[t]
+                if k in split.new.rows.get(t, {})}
+    assert collided, "default ids on both sides must collide past 32 old-side inserts"
+    assert set(entries) == collided
+    for (table, key), entry in entries.items():
+        t = table.split(".")[1]
+        assert entry.kind == "collision" and "two different rows" in entry.reason
+        assert entry.old == split.old.rows[t][key] and entry.new == split.new.rows[t][key]
+
+    for t in ("emails", "orders", "notes"):
+        now = _rows(split.b.dsn(), t)
+        for key, row in split.new.rows.get(t, {}).items():
+            assert now.get(key) == row, (t, key, "region-b's acknowledged row changed")
+        for key, row in split.old.rows.get(t, {}).items():
+            if (f"public.{t}", key) not in collided:
+                assert now.get(key) == row, (t, key, "region-a's acknowledged row missing")
+    totals = accounting.totals()
+    old_rows = sum(len(r) for r in split.old.rows.values())
+    new_rows = sum(len(r) for r in split.new.rows.values())
+    assert totals["applied"] == old_rows - len(collided)
+    assert totals["pending"] == len(collided)
+    assert totals["kept"] == new_rows - len(collided)
+    assert applied.errors == 0
+
+
+def test_a_row_the_new_primary_refuses_is_pending_with_the_databases_error(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """Both sides send an email with the same message id under different keys: the old
+    side's row breaks the unique constraint on the new primary. It is not counted and
+    dropped: it waits in the conflict file with PostgreSQL's error, and the invariant
+    holds only because it is there."""
+    def on_old(s: Split) -> None:
+        s.old.insert(s.a.dsn(), "emails", "message_id, recipient", ("dup-1", "x@a"))
+        s.old.insert(s.a.dsn(), "emails", "message_id, recipient", ("a-only", "x@a"))
+
+    def on_new(s: Split) -> None:
+        _q(s.b.dsn(), "SELECT setval('emails_id_seq', 500)")  # different keys on purpose
+        s.new.insert(s.b.dsn(), "emails", "message_id, recipient", ("dup-1", "x@b"))
+
+    split = _split(workdir, on_old, on_new)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.json"
+    _report, applied, accounting = _reconcile(split, conflict_file)
+    assert applied.errors == 1 and accounting.holds
+    (entry,) = load_conflicts(conflict_file).conflicts
+    dup_id = next(k for k, r in split.old.rows["emails"].items() if r["message_id"] == "dup-1")
+    assert (entry.table, entry.key) == ("public.emails", {"id": dup_id})
+    assert "refused" in entry.reason and "23505" in entry.reason
+    assert "emails_message_id_key" in entry.reason
+    now = _rows(split.b.dsn(), "emails")
+    a_only = next(k for k, r in split.old.rows["emails"].items() if r["message_id"] == "a-only")
+    assert now[a_only] == split.old.rows["emails"][a_only]
+    # Without a conflict file the same change has no outcome: the invariant fails.
+    spec = ReconcileSpec(tables=_spec(conflict_file).tables)
+    again = apply_reconciliation(_report.run_id, split.b.dsn(), spec)
+    assert not account(_report.to_dict(), again.to_dict()).holds
+
+
+def test_a_column_added_on_the_new_primary_blocks_until_it_can_be_compared(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """After the failover region-b adds a column to orders; region-a's three orders
+    cannot be compared column for column, so the invariant fails naming the table and
+    the columns: nothing may rewind region-a while its orders are unaccounted."""
+    def on_old(s: Split) -> None:
+        for i in range(3):
+            s.old.insert(s.a.dsn(), "orders", "amount, region", (5001 + i, "a"))
+
+    def on_new(s: Split) -> None:
+        _q(s.b.dsn(), "ALTER TABLE orders ADD COLUMN coupon text")
+
+    split = _split(workdir, on_old, on_new)
+    cleanup.append(split)
+    _report, _applied, accounting = _reconcile(split, workdir / "conflicts.json")
+    assert not accounting.holds
+    problem = accounting.problem()
+    assert "public.orders" in problem and "coupon" in problem
+    assert "Nothing was rewound" in problem
