@@ -70,6 +70,12 @@ class DatabasePair(_Model):
     promote_timeout_s: float = Field(default=60, gt=0)
     resync_timeout_s: float = Field(default=300, gt=0)
     reconcile: ReconcileSpec | None = None
+    sequence_gap: int = Field(
+        default=1_000_000, ge=0,
+        description="After a promotion that could not wait for the old primary (it may "
+        "have written past the split), every ascending sequence of the promoted database "
+        "skips this many values, so the new primary's keys do not collide with the ones "
+        "the old primary handed out; 0 turns it off.")
 
 
 class ConnectionSecret(_Model):

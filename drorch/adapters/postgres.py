@@ -292,6 +292,38 @@ def writes_open(dsn: str, roles: list[str]) -> bool:
     return locked == 0 and not read_only and not recovery
 
 
+# -- sequences ---------------------------------------------------------------
+_SEQUENCES = ("SELECT format('%I.%I', schemaname, sequencename), "
+              "coalesce(last_value, start_value - increment_by), max_value "
+              "FROM pg_sequences WHERE increment_by > 0 AND schemaname <> 'drorch_reconcile'")
+
+
+def sequence_positions(target: Target) -> dict[str, int]:
+    """Every ascending sequence of the database (``schema.name``, quoted as needed) -> the
+    value it last handed out (``start - increment`` when never used). From
+    ``pg_sequences`` (https://www.postgresql.org/docs/15/view-pg-sequences.html);
+    descending sequences are left out."""
+    with _use(target) as c:
+        return {str(r[0]): int(r[1]) for r in c.execute(_SEQUENCES)}
+
+
+def advance_sequences(target: Target, targets: dict[str, int]) -> dict[str, int]:
+    """``setval`` each named sequence to its target unless it is already past it (so a
+    rerun with the same targets changes nothing), capped at the sequence's maximum.
+    Returns sequence -> its value now. One statement for all of them."""
+    if not targets:
+        return {}
+    names, values = list(targets), [targets[n] for n in targets]
+    with _use(target) as c:
+        rows = c.execute(
+            "SELECT t.name, setval(t.name::regclass, greatest(least(t.target, s.max_value), "
+            "coalesce(s.last_value, s.start_value))) FROM unnest(%s::text[], %s::bigint[]) "
+            "AS t(name, target) JOIN pg_sequences s "
+            "ON format('%%I.%%I', s.schemaname, s.sequencename) = t.name",
+            (names, values)).fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
 # -- promotion -------------------------------------------------------------
 def write_barrier(dsn: Target) -> str:
     """Commit a WAL record on a (frozen) primary and return its LSN.

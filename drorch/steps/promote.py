@@ -119,7 +119,8 @@ class PromoteDatabase(Step):
                 raise StepFailed(f"{self.target}: pg_promote did not finish in "
                                  f"{db.promote_timeout_s:.0f}s", measured)
             promote_s = time.monotonic() - start
-            return {**measured, "promote_wait_s": round(promote_s, 4),
+            gap = advance_sequences(ctx, self.target, new_dsn)
+            return {**measured, "promote_wait_s": round(promote_s, 4), "sequence_gap": gap,
                     "wait_s": round(promote_s + measured["catch_up_wait_s"], 4),
                     "timeline": pg.timeline(new)}
 
@@ -138,8 +139,49 @@ class OpenWrites(Step):
         return ctx.runbook.database(self.target).endpoints[ctx.to_region].dsn()
 
     def check(self, ctx: StepContext) -> bool:
-        return pg.writes_open(self._dsn(ctx), ctx.runbook.database(self.target).app_roles)
+        return (sequences_done(ctx, self.target)
+                and pg.writes_open(self._dsn(ctx), ctx.runbook.database(self.target).app_roles))
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
+        gap = advance_sequences(ctx, self.target, self._dsn(ctx))
         changed = pg.open_writes(self._dsn(ctx), ctx.runbook.database(self.target).app_roles)
-        return {"roles_let_in": changed}
+        return {"roles_let_in": changed, "sequence_gap": gap}
+
+
+def _gap_needed(ctx: StepContext, database: str) -> bool:
+    measured = ctx.facts.get(f"promote:{database}:measured") or {}
+    return ctx.runbook.database(database).sequence_gap > 0 and measured.get("caught_up") is not True
+
+
+def sequences_done(ctx: StepContext, database: str) -> bool:
+    """No gap needed, or it was set (journaled after the ``setval``s)."""
+    return (not _gap_needed(ctx, database)
+            or bool((ctx.facts.get(f"sequences:{database}:gap") or {}).get("done")))
+
+
+def advance_sequences(ctx: StepContext, database: str, dsn: str) -> dict[str, Any] | None:
+    """Right after a promotion that did not wait for the old primary (it may have handed
+    out ids past the split that this node never saw: PostgreSQL WAL-logs sequences 32
+    values ahead, ``SEQ_LOG_VALS`` in ``src/backend/commands/sequence.c``, so the promoted
+    node's next ids are the old one's), skip ``sequence_gap`` values of every sequence.
+    The targets are journaled before the first ``setval``; a rerun after a kill sets the
+    same ones (``setval`` to the greater of target and current), so it never moves twice.
+    Returns what was done, None when no gap was needed."""
+    if not _gap_needed(ctx, database):
+        return None
+    key = f"sequences:{database}:gap"
+    planned = ctx.facts.get(key)
+    if planned is None:
+        gap = ctx.runbook.database(database).sequence_gap
+        before = pg.sequence_positions(dsn)
+        planned = {"gap": gap, "before": before,
+                   "targets": {n: v + gap for n, v in before.items()}, "done": False}
+        ctx.facts.set(key, planned)
+    if planned.get("done"):
+        return {k: planned[k] for k in ("gap", "sequences", "capped")}
+    now = pg.advance_sequences(dsn, planned["targets"])
+    done = {"gap": planned["gap"], "sequences": len(now),
+            "capped": sorted(n for n, v in now.items() if v < planned["targets"][n])}
+    ctx.facts.set(key, {**planned, **done, "done": True})
+    ctx.record("step.promote.sequences_advanced", {"database": database, **done})
+    return done

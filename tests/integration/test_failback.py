@@ -306,6 +306,14 @@ def test_failback_finds_every_divergent_write_and_loses_none(lab: Lab) -> None:
     # keys; users: bob's row = 46
     assert totals["old_only"] + totals["conflicts"] == 46
     assert report["totals"]["conflicts"] == 5  # 4 orders + bob's user row
+    # The promotion could not wait for region-a: every sequence skipped the runbook's gap
+    # before anyone wrote, so region-b's own inserts (the failover's checkout) did not
+    # reuse ids region-a may have handed out.
+    gap = store.fact(failover.id, "sequences:main:gap")
+    assert gap["done"] and gap["gap"] == 1_000_000
+    assert gap["targets"]["public.orders_id_seq"] == gap["before"]["public.orders_id_seq"] \
+        + 1_000_000 >= 100000 + 1_000_000
+    assert all(oid > gap["targets"]["public.orders_id_seq"] for oid, _, _ in flows[failover.id])
     record = lab.cli("report", failover.id, "--format", "json")
     rpo = json.loads(record.stdout)["rpo"]
     assert rpo["rows"] == 46 and rpo["transactions"] == 5

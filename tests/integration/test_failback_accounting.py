@@ -16,7 +16,7 @@ import pytest
 
 from drorch.lab import lab as lab_mod
 from drorch.store.sqlite import SqliteStore
-from tests.conftest import Lab
+from tests.conftest import LAB_RUNBOOK, Lab
 
 pytestmark = pytest.mark.postgres
 
@@ -54,17 +54,32 @@ def _cut_then_fail_over(lab: Lab) -> None:
     lab_mod.node_for(lab.runbook, "main", "region-b").stop("fast")
 
 
-def _kill_a_and_fail_over(lab: Lab) -> None:
+def _kill_a_and_fail_over(lab: Lab, env: dict[str, str] | None = None) -> None:
     lab_mod.node_for(lab.runbook, "main", "region-a").kill()
     lab_mod.node_for(lab.runbook, "main", "region-b").start()
-    result = lab.cli("failover", "--reason", "region-a lost", "--actor", "oncall")
+    result = lab.cli("failover", "--reason", "region-a lost", "--actor", "oncall",
+                     extra_env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _without_sequence_gap(lab: Lab) -> dict[str, str]:
+    """runbooks/lab.yaml with ``sequence_gap: 0``: the promoted node's sequences go on
+    from what it replayed, as a runbook that turned the gap off would (or an old primary
+    that handed out more ids than the gap)."""
+    text = LAB_RUNBOOK.read_text()
+    anchor = "    max_lag_bytes: 16777216\n"
+    assert anchor in text
+    path = lab.state_dir.parent / "lab-no-gap.yaml"
+    path.write_text(text.replace(anchor, anchor + "    sequence_gap: 0\n", 1))
+    return {"DRORCH_RUNBOOK": str(path)}
 
 
 def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None:
     """Issue 14's cases 1 and 2 together: 40 emails, 5 orders and 30 notes (a table the
     runbook does not list) on region-a after the cut, 40 emails, 5 orders and 10 notes on
-    region-b after the failover, every id from its sequence."""
+    region-b after the failover, every id from its sequence, the sequence gap off so the
+    keys collide as they would past it."""
+    env = _without_sequence_gap(lab)
     a, b = _dsn(lab, "region-a"), _dsn(lab, "region-b")
     with psycopg.connect(a, autocommit=True) as c:
         c.execute("CREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL)")
@@ -86,14 +101,15 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
 
     base = {t: _rows(a, t) for t in old}
     write(old, a, "region-a", 30)
-    _kill_a_and_fail_over(lab)
+    _kill_a_and_fail_over(lab, env)
     write(new, b, "region-b", 10)
     # Region-b acknowledged more than this test wrote: the failover's validation flows
     # checked out and mailed. Everything new on region-b since the split counts.
     for t in new:
         new[t] = {k: r for k, r in _rows(b, t).items() if base[t].get(k) != r}
 
-    result = lab.cli("failback", "--reason", "region-a is back", "--actor", "oncall")
+    result = lab.cli("failback", "--reason", "region-a is back", "--actor", "oncall",
+                     extra_env=env)
     assert result.returncode == 0, result.stdout + result.stderr
 
     # Collisions arise by themselves: region-a's ids past the sequence's WAL-logged 32.
