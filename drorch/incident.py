@@ -65,7 +65,7 @@ def incident_record(store: SqliteStore, runbook: Runbook, incident_id: str) -> d
         "transitions": transitions,
         "flows": facts.get("flows", []),
         "rpo": _rpo(store, inc.id, inc.kind, list(steps.values()), facts),
-        "reconcile": _reconcile_facts(facts),
+        "reconcile": reconcile_section(facts, list(steps.values())),
         "targets": runbook.targets.model_dump(),
         "audit": facts.get("audit"),
     }
@@ -101,6 +101,37 @@ def rpo_from_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
 def _reconcile_facts(facts: dict[str, Any]) -> dict[str, Any]:
     return {k.split(":")[1]: v for k, v in facts.items()
             if k.startswith("reconcile:") and k.endswith(":applied")}
+
+
+def reconcile_section(facts: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per reconciled database, for the failback report: how divergent writes were found
+    and why, rows per table by kind and outcome, the conflict file, the evidence archive,
+    and ``acknowledged_rows_lost``: changes found with no recorded outcome (applied, kept,
+    or waiting in the conflict file), counted from the journaled outcomes."""
+    out: dict[str, Any] = {}
+    for key, report in facts.items():
+        if not (key.startswith("reconcile:") and key.endswith(":report")):
+            continue
+        db = key.split(":")[1]
+        accounting = facts.get(f"reconcile:{db}:accounting") or {}
+        resync = next((s["detail"] for s in steps if s["id"] == f"resync:{db}"
+                       and s["status"] == "done"), {})
+        totals = accounting.get("totals") or {}
+        out[db] = {
+            "method": report.get("method"), "method_reason": report.get("method_reason"),
+            "divergence": report.get("divergence"),
+            "old_transactions": (report.get("transactions") or {}).get("old_committed"),
+            "unlisted_tables": report.get("unlisted_tables", []),
+            "default_policy": report.get("default_policy"),
+            "tables": accounting.get("tables", []), "totals": totals,
+            "blocked": accounting.get("blocked", []),
+            "invariant_holds": accounting.get("holds"),
+            "conflict_file": accounting.get("conflict_file"),
+            "evidence": resync.get("evidence"),
+            "acknowledged_rows_lost": (totals.get("unaccounted")
+                                       if accounting.get("holds") is not None else None),
+        }
+    return out
 
 
 def _rpo(store: SqliteStore, incident_id: str, kind: str, steps: list[dict[str, Any]],

@@ -153,6 +153,8 @@ def build_report(incident: Mapping[str, Any]) -> dict[str, Any]:
         "timeline": _timeline(incident, numbers["rto"]["start"]),
         "audit": incident.get("audit"),
     }
+    if incident.get("reconcile"):
+        report["reconcile"] = incident["reconcile"]
     report["summary"] = _summary(report)
     # JSON round trip: the report is exactly what its JSON form says, nothing richer.
     return json.loads(json.dumps(redact(report), default=str))
@@ -207,6 +209,42 @@ def _md(text: Any) -> str:
     return str(text if text is not None else "–").replace("|", "\\|").replace("\n", " ")
 
 
+def _reconcile_lines(db: str, r: Mapping[str, Any]) -> list[str]:
+    """The reconcile section's sentences (shared by Markdown and HTML)."""
+    lost = r.get("acknowledged_rows_lost")
+    lines = [f"{db}: found by {r.get('method')} ({r.get('method_reason')}); "
+             f"{r.get('old_transactions')} old-side transactions.",
+             f"Acknowledged rows lost: {'unknown' if lost is None else lost}."]
+    if r.get("unlisted_tables"):
+        lines.append(f"Tables not listed in the runbook, reconciled with policy "
+                     f"{r.get('default_policy')}: {', '.join(r['unlisted_tables'])}.")
+    if r.get("blocked"):
+        lines.append("Not compared (failback halted before any rewind): "
+                     + "; ".join(r["blocked"]))
+    if r.get("conflict_file"):
+        lines.append(f"Conflict file: {r['conflict_file']}")
+    lines.append(f"Evidence (old primary's data directory before the rewind): "
+                 f"{r.get('evidence') or 'none kept'}")
+    return lines
+
+
+_RECONCILE_COLUMNS = ("table", "found", "applied", "kept", "pending", "unaccounted")
+
+
+def _reconcile_markdown(section: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    for db, r in section.items():
+        out += ["", f"## Reconcile: {_md(db)}", ""]
+        out += [f"- {_md(line)}" for line in _reconcile_lines(db, r)]
+        out += ["", "| Table | Found | Applied | Kept | Pending (conflict file) | Unaccounted "
+                "| By kind |", "|---|---|---|---|---|---|---|"]
+        for t in r.get("tables", []):
+            kinds = ", ".join(f"{k} {v}" for k, v in (t.get("by_kind") or {}).items())
+            out.append("| " + " | ".join(_md(t.get(c)) for c in _RECONCILE_COLUMNS)
+                       + f" | {_md(kinds)} |")
+    return out
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     """A Markdown report: summary, decision, targets, steps, flows, timeline."""
     who = report["decided_by"]
@@ -234,6 +272,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for f in report["flows"]:
         out.append(f"| {_md(f.get('name'))} | {'passed' if f.get('ok') else '**FAILED**'} | "
                    f"{f.get('attempts')} | {_num(f.get('duration_s'))} | {_md(f.get('error'))} |")
+    out += _reconcile_markdown(report.get("reconcile") or {})
     out += ["", "## Timeline", "", "| +s | Event | Detail |", "|---|---|---|"]
     for ev in report["timeline"]:
         out.append(f"| {_num(ev['offset_s'], '')} | {ev['event']} | {_md(ev['detail'])} |")
@@ -348,6 +387,16 @@ def render_html(report: Mapping[str, Any]) -> str:
                     f"<td>{e(str(f.get('attempts')))}</td><td>{e(_num(f.get('duration_s')))}</td>"
                     f"<td>{e(str(f.get('error') or ''))}</td><td><details><summary>requests"
                     f"</summary><pre>{e(evidence)}</pre></details></td></tr>")
+    for db, r in (report.get("reconcile") or {}).items():
+        body.append(f"</table><h2>Reconcile: {e(db)}</h2>"
+                    + "".join(f"<p>{e(line)}</p>" for line in _reconcile_lines(db, r))
+                    + "<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in _RECONCILE_COLUMNS)
+                    + "<th>by kind</th></tr>")
+        for t in r.get("tables", []):
+            kinds = ", ".join(f"{k} {v}" for k, v in (t.get("by_kind") or {}).items())
+            body.append("<tr>" + "".join(f"<td>{e(str(t.get(c)))}</td>"
+                                         for c in _RECONCILE_COLUMNS)
+                        + f"<td>{e(kinds)}</td></tr>")
     body.append("</table><h2>Events</h2><table><tr><th>+s</th><th>Time (UTC)</th>"
                 "<th>Event</th><th>Detail</th></tr>")
     for ev in report["timeline"]:

@@ -153,6 +153,18 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
         for row in old[t].values():
             text = row["body"] if t == "notes" else row["message_id"]
             assert text.startswith(tag) and text.encode() in raw, text
+    # The failback's report says what the test computes: nothing acknowledged lost.
+    final = {t: _rows(a, t) for t in old}
+    lost = [(t, k) for t in old for k, row in old[t].items()
+            if final[t].get(k) != row and (t, k) not in entries]
+    lost += [(t, k) for t in new for k, row in new[t].items() if final[t].get(k) != row]
+    assert lost == []
+    shown = json.loads(lab.cli("report", failback.id, "--format", "json").stdout)["reconcile"]
+    assert shown["main"]["acknowledged_rows_lost"] == len(lost) == 0
+    assert shown["main"]["evidence"] == str(archive)
+    assert shown["main"]["totals"]["pending"] == len(collided)
+    markdown = lab.cli("report", failback.id, "--format", "md").stdout
+    assert "Acknowledged rows lost: 0." in markdown and "public.notes" in markdown
     audit = [json.loads(line) for line in (lab.state_dir / "audit.jsonl").read_text().splitlines()]
     kept = [e for e in audit if e["action"] == "resync.evidence_kept"]
     assert kept and kept[-1]["inputs"]["archive"] == str(archive)
