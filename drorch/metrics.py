@@ -7,7 +7,9 @@ Times are unix seconds (floats). Nothing here reads a clock or the world.
   validation flows had passed: the latest ``ended_at`` of the flows when every
   one of them is ok. A failed or missing flow means the service was not shown
   to be back, so RTO is unknown (None), not "short". With no flows declared the
-  end is ``completed_at`` and ``end_basis`` says so.
+  end is ``completed_at`` and ``end_basis`` says so. A failback's RTO starts at its
+  freeze (``start_basis`` ``writes_frozen``): until then the failed-over region
+  serves; fencing, reconcile and resync are ``preparation_s``.
 - **Phases**: ``detect`` (first failure -> decision), ``decide`` (decision ->
   first step start), one per step, and ``validate`` (first flow start -> last
   flow end; left out when a step of stage ``validate`` already covers it).
@@ -108,6 +110,16 @@ def rto(incident: Mapping[str, Any]) -> dict[str, Any]:
     first = incident.get("first_failure_at")
     start = first if first is not None else incident.get("decided_at")
     start_basis = "first_failure" if first is not None else "decision"
+    preparation = None
+    if incident.get("kind") == "failback":
+        # A failback serves from the failed-over region while it fences, reconciles and
+        # resyncs: writes are refused only from the freeze on. That is its RTO; the
+        # preparation is reported apart.
+        frozen = [s["started_at"] for s in incident.get("steps") or []
+                  if s.get("stage") == "freeze" and s.get("started_at") is not None]
+        if frozen:
+            preparation = _duration(start, min(frozen))
+            start, start_basis = min(frozen), "writes_frozen"
     flows = incident.get("flows") or []
     if flows:
         end = flows_passed_at(flows)
@@ -121,6 +133,7 @@ def rto(incident: Mapping[str, Any]) -> dict[str, Any]:
         "end": end,
         "start_basis": start_basis if start is not None else None,
         "end_basis": end_basis,
+        **({"preparation_s": preparation} if preparation is not None else {}),
     }
 
 

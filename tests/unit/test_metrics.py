@@ -72,6 +72,15 @@ def test_rto_runs_from_first_failure_to_the_last_flow_passing() -> None:
                    "start_basis": "first_failure", "end_basis": "flows_passed"}
 
 
+def test_failback_rto_counts_only_the_time_writes_were_refused() -> None:
+    """A failback serves from the failed-over region while it fences, reconciles and
+    resyncs: its RTO runs from the freeze to the flows; the preparation is apart."""
+    out = metrics.rto(incident(kind="failback", first_failure_at=None))
+    assert (out["seconds"], out["start"], out["start_basis"], out["preparation_s"]) == (
+        18.0, T0 + 181, "writes_frozen", 1.0)
+    assert "preparation_s" not in metrics.rto(incident(first_failure_at=None))
+
+
 def test_rto_starts_at_the_decision_without_a_failing_observation() -> None:
     """A drill has no failure: RTO starts at the decision."""
     out = metrics.rto(incident(first_failure_at=None))
