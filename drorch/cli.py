@@ -69,6 +69,28 @@ def _plan(rb: Runbook, kind: str = "failover") -> None:
             out.print(f"   - {step.id}: {step.describe(_dry_ctx(rb, src, dst, aws))}{irrev}",
                       highlight=False)
     _warn_wal_retention(rb, src)
+    if kind == "failback" or src != rb.primary.name:
+        _warn_split_unpinned(rb, src)
+
+
+def _warn_split_unpinned(rb: Runbook, region: str) -> None:
+    """A failed-over primary should keep its WAL from the split until the failback reads
+    it (a slot drorch made at promotion): without it, rows only it changed cannot be
+    told apart and go to a human."""
+    from drorch.adapters import postgres as pg
+
+    for db in rb.databases:
+        slot = pg.split_slot_name(db.name)
+        try:
+            pinned = pg.wal_pinned(db.endpoints[region].dsn(), slot)
+        except Exception as exc:  # noqa: BLE001 (a plan must still print)
+            out.print(f"[bold yellow]warning[/] {db.name} in {region}: could not check the "
+                      f"split's WAL pin ({str(exc).strip().splitlines()[0]})", highlight=False)
+            continue
+        if not pinned:
+            out.print(f"[bold yellow]warning[/] {db.name} in {region}: its WAL from the split "
+                      f"is not pinned (no slot {slot}); a failback may not tell which side "
+                      "changed a row, and such rows go to a human", highlight=False)
 
 
 def _warn_wal_retention(rb: Runbook, region: str) -> None:

@@ -7,6 +7,7 @@ All functions are safe to call twice unless their docstring says otherwise.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -322,6 +323,42 @@ def advance_sequences(target: Target, targets: dict[str, int]) -> dict[str, int]
             "ON format('%%I.%%I', s.schemaname, s.sequencename) = t.name",
             (names, values)).fetchall()
     return {str(r[0]): int(r[1]) for r in rows}
+
+
+def split_slot_name(database: str) -> str:
+    """The physical slot that pins a promoted primary's WAL from the split (slot names:
+    lower-case letters, digits, underscores)."""
+    return "drorch_split_" + re.sub(r"[^a-z0-9_]", "_", database.lower())[:40]
+
+
+def pin_wal(target: Target, slot: str) -> str:
+    """Keep this primary's WAL from now on: a physical slot reserved at once
+    (``pg_create_physical_replication_slot(slot, immediately_reserve => true)``, which
+    reserves from the last checkpoint's redo pointer; see
+    https://www.postgresql.org/docs/15/functions-admin.html). Kept until
+    :func:`release_wal`, capped by ``max_slot_wal_keep_size``. Idempotent; returns the
+    slot's ``restart_lsn``."""
+    with _use(target) as c:
+        c.execute("SELECT pg_create_physical_replication_slot(%s, true) WHERE NOT EXISTS "
+                  "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s)", (slot, slot))
+        row = c.execute("SELECT restart_lsn::text FROM pg_replication_slots "
+                        "WHERE slot_name = %s", (slot,)).fetchone()
+    return str(row[0]) if row else ""
+
+
+def wal_pinned(target: Target, slot: str) -> bool:
+    with _use(target) as c:
+        row = c.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                        (slot,)).fetchone()
+    return bool(row and row[0])
+
+
+def release_wal(target: Target, slot: str) -> bool:
+    """Drop the pin (idempotent); True when a slot was dropped."""
+    with _use(target) as c:
+        row = c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                        "WHERE slot_name = %s", (slot,)).fetchall()
+    return bool(row)
 
 
 # -- promotion -------------------------------------------------------------

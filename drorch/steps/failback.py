@@ -125,8 +125,16 @@ class ReconcileDivergence(Step):
             raise StepFailed(f"{self.target}: divergent writes not accounted for, so drorch "
                              f"will not rewind the old primary: {accounting.problem()}",
                              accounting.to_dict())
+        # Captured and accounted for: the new primary's WAL from the split is not needed
+        # any more (released before the fact, so a kill here cannot leave it pinned).
+        released = pg.release_wal(new_dsn, pg.split_slot_name(self.target))
+        if released:
+            ctx.record("reconcile.split_wal_released", {
+                "database": self.target, "region": ctx.from_region,
+                "slot": pg.split_slot_name(self.target)})
         ctx.facts.set(f"reconcile:{self.target}:applied", applied)
-        return {"run_id": report.run_id, "summary": report.summary(), "totals": report.totals(),
+        return {"split_wal_released": released,
+                "run_id": report.run_id, "summary": report.summary(), "totals": report.totals(),
                 "divergence": divergence.to_dict(), "accounting": accounting.to_dict(),
                 "conflict_file": path,
                 "applied": {k: v for k, v in applied.items() if k != "decisions"}}

@@ -119,8 +119,10 @@ class PromoteDatabase(Step):
                 raise StepFailed(f"{self.target}: pg_promote did not finish in "
                                  f"{db.promote_timeout_s:.0f}s", measured)
             promote_s = time.monotonic() - start
+            pinned = pin_split_wal(ctx, self.target, new_dsn)
             gap = advance_sequences(ctx, self.target, new_dsn)
             return {**measured, "promote_wait_s": round(promote_s, 4), "sequence_gap": gap,
+                    "split_wal": pinned,
                     "wait_s": round(promote_s + measured["catch_up_wait_s"], 4),
                     "timeline": pg.timeline(new)}
 
@@ -143,6 +145,7 @@ class OpenWrites(Step):
                 and pg.writes_open(self._dsn(ctx), ctx.runbook.database(self.target).app_roles))
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
+        pin_split_wal(ctx, self.target, self._dsn(ctx))
         gap = advance_sequences(ctx, self.target, self._dsn(ctx))
         changed = pg.open_writes(self._dsn(ctx), ctx.runbook.database(self.target).app_roles)
         return {"roles_let_in": changed, "sequence_gap": gap}
@@ -153,10 +156,34 @@ def _gap_needed(ctx: StepContext, database: str) -> bool:
     return ctx.runbook.database(database).sequence_gap > 0 and measured.get("caught_up") is not True
 
 
+def _unplanned(ctx: StepContext, database: str) -> bool:
+    """The promotion did not wait for the old primary: it may have written past the split."""
+    measured = ctx.facts.get(f"promote:{database}:measured") or {}
+    return measured.get("caught_up") is not True
+
+
 def sequences_done(ctx: StepContext, database: str) -> bool:
-    """No gap needed, or it was set (journaled after the ``setval``s)."""
-    return (not _gap_needed(ctx, database)
-            or bool((ctx.facts.get(f"sequences:{database}:gap") or {}).get("done")))
+    """No gap needed, or it was set (journaled after the ``setval``s), and the split's
+    WAL pinned when the promotion was unplanned."""
+    pinned = not _unplanned(ctx, database) or ctx.facts.get(f"split:{database}:pinned")
+    return bool(pinned) and (
+        not _gap_needed(ctx, database)
+        or bool((ctx.facts.get(f"sequences:{database}:gap") or {}).get("done")))
+
+
+def pin_split_wal(ctx: StepContext, database: str, dsn: str) -> dict[str, Any] | None:
+    """After an unplanned promotion, keep the new primary's WAL from the split until the
+    failback has read it: without it, rows only the new side changed cannot be told
+    from rows the old side changed, and would go to a human. Released by the failback
+    once its reconcile is accounted for. Idempotent."""
+    if not _unplanned(ctx, database):
+        return None
+    slot = pg.split_slot_name(database)
+    pinned = {"slot": slot, "restart_lsn": pg.pin_wal(dsn, slot)}
+    if ctx.facts.get(f"split:{database}:pinned") is None:
+        ctx.facts.set(f"split:{database}:pinned", pinned)
+        ctx.record("step.promote.split_wal_pinned", {"database": database, **pinned})
+    return pinned
 
 
 def advance_sequences(ctx: StepContext, database: str, dsn: str) -> dict[str, Any] | None:

@@ -314,6 +314,14 @@ def test_failback_finds_every_divergent_write_and_loses_none(lab: Lab) -> None:
     assert gap["targets"]["public.orders_id_seq"] == gap["before"]["public.orders_id_seq"] \
         + 1_000_000 >= 100000 + 1_000_000
     assert all(oid > gap["targets"]["public.orders_id_seq"] for oid, _, _ in flows[failover.id])
+    # The promoted region-b kept its WAL from the split (a slot) until the failback had
+    # read it; now neither node holds a drorch slot.
+    pinned = store.fact(failover.id, "split:main:pinned")
+    assert pinned["slot"] == "drorch_split_main" and pinned["restart_lsn"]
+    for region in ("region-a", "region-b"):
+        with psycopg.connect(_dsn(lab, region)) as c:
+            assert c.execute("SELECT count(*) FROM pg_replication_slots "
+                             "WHERE slot_name LIKE 'drorch%'").fetchone()[0] == 0, region
     record = lab.cli("report", failover.id, "--format", "json")
     rpo = json.loads(record.stdout)["rpo"]
     assert rpo["rows"] == 46 and rpo["transactions"] == 5

@@ -195,3 +195,12 @@ def test_a_column_added_mid_incident_stops_the_failback_before_the_rewind(lab: L
     assert not (lab.state_dir / "evidence").exists()  # nothing came near a rewind
     with psycopg.connect(b) as c:
         assert not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        # The halted failback released nothing: region-b's WAL from the split stays pinned.
+        assert c.execute("SELECT count(*) FROM pg_replication_slots "
+                         "WHERE slot_name = 'drorch_split_main'").fetchone()[0] == 1
+    planned = lab.cli("plan")
+    assert planned.returncode == 0 and "not pinned" not in planned.stdout, planned.stdout
+    with psycopg.connect(b, autocommit=True) as c:
+        c.execute("SELECT pg_drop_replication_slot('drorch_split_main')")
+    warned = lab.cli("plan").stdout
+    assert "main in region-b: its WAL from the split is not pinned" in " ".join(warned.split())
