@@ -135,8 +135,11 @@ class Engine:
             if last is None:
                 raise IncidentHalted("nothing to fail back from: no completed failover is in "
                                      "force")
+            promoted = {e.name.split(":", 1)[1]: e.at for e in self.store.events(last.id)
+                        if e.kind == "step" and e.name.startswith("promote:")
+                        and e.status == "done"}
             return (self.store.fact(last.id, "to_region"), self.store.fact(last.id, "from_region"),
-                    {"failover_incident": last.id})
+                    {"failover_incident": last.id, "failover_promoted_at": promoted})
 
         return self._open("failback", actor, reason, trigger, where)
 

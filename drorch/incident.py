@@ -5,6 +5,7 @@ Derived from the journal every time; never stored separately.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from drorch.config import Runbook
@@ -160,4 +161,37 @@ def _rpo(store: SqliteStore, incident_id: str, kind: str, steps: list[dict[str, 
             "method": "exact: old primary's WAL read at failback (" +
                       ", ".join(r.get("summary", "") for r in reports) + ")",
         })
+        timed = [r for r in reports if (r.get("in_time") or {}).get("before")]
+        if timed and len(timed) == len(reports):
+            _attribute_in_time(rpo, timed)
     return rpo
+
+
+def _attribute_in_time(rpo: dict[str, Any], reports: list[dict[str, Any]]) -> None:
+    """Only what the old primary committed before the failover's promotion was lost at the
+    failover; what it took after (it came back unfenced) is reported apart. The RPO in
+    seconds becomes its last lost commit's distance from the split (both the old
+    primary's clock)."""
+    before = [r["in_time"]["before"] for r in reports]
+    after = [r["in_time"]["after"] for r in reports]
+    rpo["transactions"] = sum(b["transactions"] for b in before)
+    rpo["rows"] = sum(b["rows"] for b in before)
+    seconds = []
+    for r, b in zip(reports, before, strict=True):
+        split_at = (r.get("divergence") or {}).get("at")
+        if b["last"] and split_at:
+            seconds.append(max(0.0, (datetime.fromisoformat(b["last"])
+                                     - datetime.fromisoformat(split_at)).total_seconds()))
+        elif not b["transactions"]:
+            seconds.append(0.0)
+    if len(seconds) == len(reports):
+        rpo["seconds"] = round(max(seconds), 3)
+    written_after = [a for a in after if a["transactions"]]
+    rpo["after_failover"] = {
+        "transactions": sum(a["transactions"] for a in after),
+        "rows": sum(a["rows"] for a in after),
+        "first": min((a["first"] for a in written_after), default=None),
+        "last": max((a["last"] for a in written_after), default=None),
+        "note": "written to the old primary after the failover's promotion (it came back "
+                "unfenced): not part of the failover's RPO",
+    }

@@ -205,6 +205,7 @@ def summarize(incident: Mapping[str, Any]) -> dict[str, Any]:
             "bytes": rpo_in.get("bytes"),
             "transactions": rpo_in.get("transactions"),
             "rows": rpo_in.get("rows"),
+            "after_failover": rpo_in.get("after_failover"),
             "method": rpo_in.get("method"),
             "replica_last_commit_at": rpo_in.get("replica_last_commit_at"),
             "replica_behind_s": replica_behind(rpo_in.get("replica_last_commit_at"),

@@ -94,6 +94,12 @@ def _summary(report: Mapping[str, Any]) -> str:
     rpo_text = fmt(rpo["seconds"])
     if rpo.get("bytes") is not None:
         rpo_text += f", {rpo['bytes']} bytes"
+    if rpo.get("rows") is not None:
+        rpo_text += f", {rpo['rows']} rows in {rpo.get('transactions')} transactions"
+    after = rpo.get("after_failover") or {}
+    if after.get("rows"):
+        rpo_text += (f"; {after['rows']} more rows were written to the old primary after the "
+                     f"failover ({after.get('first')} to {after.get('last')}), not counted")
     who = report["decided_by"]
     return (
         f"{report['kind'].capitalize()} {report['incident_id']} ({report['runbook']}, "

@@ -155,8 +155,42 @@ def _classify_table(old: Conn, new: Conn, meta: TableMeta, cfg: ReconcileTable, 
             decide(kind, cfg.policy, undetermined, base), differing_columns(a, b),
             side_op(base, a) if ot is not False else None,
             side_op(base, b) if nt is not False else None, undetermined,
-            a_ent[0] if a_ent else None, b_ent[0] if b_ent else None))
+            a_ent[0] if a_ent else None, b_ent[0] if b_ent else None,
+            _iso(wal_old.last_commit.get(key)) if wal_old is not None and ot else None))
     return tr
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+def split_in_time(report: DivergenceReport, commit_times: dict[int, datetime],
+                  promoted_at: datetime) -> dict[str, Any]:
+    """The old side's divergent writes before and after the failover's promotion.
+
+    ``commit_times``: every commit on the old primary after the split (its clock);
+    ``promoted_at``: when the failover's promotion finished (drorch's clock: skew
+    between the two shows as writes on the wrong side of the line, so the window is
+    reported too). Rows are keys whose last old-side change committed then."""
+    def block(times: list[datetime], rows: int) -> dict[str, Any]:
+        return {"transactions": len(times), "rows": rows,
+                "first": _iso(min(times)) if times else None,
+                "last": _iso(max(times)) if times else None}
+
+    rows = {"before": 0, "after": 0, "unknown": 0}
+    for t in report.tables:
+        for c in t.changes:
+            if c.old_op is None:
+                continue
+            if c.old_committed_at is None:
+                rows["unknown"] += 1
+            else:
+                at = datetime.fromisoformat(c.old_committed_at)
+                rows["before" if at <= promoted_at else "after"] += 1
+    before = [at for at in commit_times.values() if at <= promoted_at]
+    after = [at for at in commit_times.values() if at > promoted_at]
+    return {"promoted_at": _iso(promoted_at), "before": block(before, rows["before"]),
+            "after": block(after, rows["after"]), "rows_unknown": rows["unknown"]}
 
 
 def _after(entry: tuple[str, datetime | None] | None, at: datetime | None) -> bool | None:
@@ -241,13 +275,15 @@ def _default_spc(conn: Conn) -> str:
 
 
 def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence: Divergence,
-                    *, capture: bool = True) -> DivergenceReport:
+                    *, capture: bool = True,
+                    promoted_at: datetime | None = None) -> DivergenceReport:
     """Every divergent write of ``spec``'s tables, classified; captured on the new primary.
 
     Idempotent: a run already captured is returned as stored. ``capture=False``
-    only reports (benchmarks, dry runs). Raises :class:`FenceError` when the
-    old primary is not fenced, :class:`ReconcileError` when the nodes do not
-    belong together, :class:`WalUnavailable` when ``method='wal'`` and the WAL
+    only reports (benchmarks, dry runs). ``promoted_at``: when the failover's promotion
+    finished, to split the old side's writes in time (``report.in_time``). Raises
+    :class:`FenceError` when the old primary is not fenced, :class:`ReconcileError` when
+    the nodes do not belong together, :class:`WalUnavailable` when ``method='wal'`` and the WAL
     cannot answer. Read-only on the old primary.
     """
     t0 = time.monotonic()
@@ -327,6 +363,8 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
             "old_touching_tables": len(old_xids) if wal_old else None,
             "new_committed": wal_new.committed_top if wal_new else None}
         report.unconfigured_tables = _other_tables(old, wal_old)
+        if promoted_at is not None and wal_old is not None:
+            report.in_time = split_in_time(report, wal_old.commit_times, promoted_at)
         report.seconds = time.monotonic() - t0
         if capture:
             store.capture(new, report)

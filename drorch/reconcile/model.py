@@ -83,12 +83,15 @@ class Change:
     undetermined: bool = False
     old_row: str | None = field(default=None, repr=False)
     new_row: str | None = field(default=None, repr=False)
+    old_committed_at: str | None = None
+    """When the old primary last changed this key (ISO, its clock; None: unknown)."""
 
     def to_dict(self, sensitive: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         return {"change_id": self.change_id, "table": self.table,
                 "key": {c: ("***" if c in sensitive else _plain(v)) for c, v in self.key.items()},
                 "kind": self.kind, "action": self.action, "columns": list(self.columns),
-                "old_op": self.old_op, "new_op": self.new_op, "undetermined": self.undetermined}
+                "old_op": self.old_op, "new_op": self.new_op, "undetermined": self.undetermined,
+                "old_committed_at": self.old_committed_at}
 
 
 @dataclass
@@ -157,6 +160,11 @@ class DivergenceReport:
     unlisted_tables: list[str] = field(default_factory=list)
     """Tables the runbook does not list, reconciled with ``default_policy``."""
     default_policy: str = "manual"
+    in_time: dict[str, Any] = field(default_factory=dict)
+    """The old primary's divergent writes split at the failover's promotion: ``before``
+    (lost at the failover: its RPO) and ``after`` (written to an old primary that came
+    back unfenced), each with transactions, rows and first/last commit; empty when the
+    promotion time or the old side's WAL is not known."""
 
     def table(self, name: str) -> TableReport:
         for t in self.tables:
@@ -192,6 +200,7 @@ class DivergenceReport:
                 "tables_without_pk": self.tables_without_pk,
                 "unconfigured_tables": self.unconfigured_tables, "problems": self.problems,
                 "unlisted_tables": self.unlisted_tables, "default_policy": self.default_policy,
+                "in_time": self.in_time,
                 "rows_shipped": self.rows_shipped, "seconds": round(self.seconds, 3),
                 "summary": self.summary()}
 
@@ -202,7 +211,8 @@ class DivergenceReport:
         for t in d.get("tables", []):
             changes = [Change(c["change_id"], c["table"], c["key"], c["kind"], c["action"],
                               c["columns"], c.get("old_op"), c.get("new_op"),
-                              c.get("undetermined", False)) for c in t["changes"]]
+                              c.get("undetermined", False),
+                              old_committed_at=c.get("old_committed_at")) for c in t["changes"]]
             tables.append(TableReport(t["table"], t["pk"], t["policy"],
                                       t.get("sensitive_columns", []), changes,
                                       t.get("old_touched_keys"), t.get("new_touched_keys"),
@@ -213,7 +223,8 @@ class DivergenceReport:
                    d.get("old_end_lsn"), d.get("new_end_lsn"), d.get("transactions", {}),
                    tables, d.get("tables_without_pk", []), d.get("unconfigured_tables", []),
                    d.get("problems", []), d.get("rows_shipped", 0), d.get("seconds", 0.0),
-                   d.get("unlisted_tables", []), d.get("default_policy", "manual"))
+                   d.get("unlisted_tables", []), d.get("default_policy", "manual"),
+                   d.get("in_time", {}))
 
 
 @dataclass

@@ -28,6 +28,10 @@ class Touch:
 
     base_had: bool | None
     head_lsn: int
+    last_lsn: int = 0
+    """LSN of the latest record that changed the key (its transaction's commit time is
+    when this side last wrote it)."""
+    last_xid: int = 0
 
 
 class KeysNotLogged(ValueError):
@@ -90,14 +94,19 @@ def touched_keys(records: list[HeapRecord], live: Mapping[RelTid, str],
     chains = _Chains(records, key_changed)
     out: dict[str, Touch] = {}
 
-    def note(key: str, base: bool | None, head_lsn: int) -> None:
+    def note(key: str, base: bool | None, head_lsn: int, last: HeapRecord | None) -> None:
         cur = out.get(key)
-        if cur is None or head_lsn < cur.head_lsn:
-            out[key] = Touch(base, head_lsn)
+        first = cur if cur is not None and cur.head_lsn <= head_lsn else None
+        latest = (last.lsn, last.xid) if last is not None else (0, 0)
+        if cur is not None and cur.last_lsn > latest[0]:
+            latest = (cur.last_lsn, cur.last_xid)
+        out[key] = Touch(first.base_had if first else base,
+                         first.head_lsn if first else head_lsn, *latest)
 
     for (rel, tid), key in live.items():
         base, head_lsn = chains.head(rel, tid, 1 << 64)
-        note(key, base, head_lsn)
+        creators = chains.creators.get((rel, tid))
+        note(key, base, head_lsn, creators[-1] if creators else None)
     for r in records:
         if r.op == "delete" or (r.op == "update" and r.lsn in old_keys):
             key = old_keys.get(r.lsn)
@@ -105,7 +114,7 @@ def touched_keys(records: list[HeapRecord], live: Mapping[RelTid, str],
                 raise KeysNotLogged(f"delete at LSN {r.lsn:X} on {r.rel} carries no old key")
             assert r.old_tid is not None
             base, head_lsn = chains.head(r.rel, r.old_tid, r.lsn)
-            note(key, base, min(head_lsn, r.lsn))
+            note(key, base, min(head_lsn, r.lsn), r)
     return out
 
 

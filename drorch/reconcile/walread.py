@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -81,6 +82,8 @@ class SideTable:
     transactions: set[int] = field(default_factory=set)
     """Top-level xids (this node's) that touched the table."""
     records: int = 0
+    last_commit: dict[str, datetime] = field(default_factory=dict)
+    """key -> commit time (this node's clock) of the transaction that last changed it"""
 
 
 @dataclass
@@ -95,6 +98,8 @@ class WalSide:
     other_rels: dict[str, int] = field(default_factory=dict)
     """``spc/db/filenode`` of unconfigured relations -> committed records"""
     rows_shipped: int = 0
+    commit_times: dict[int, datetime] = field(default_factory=dict)
+    """Top-level xid -> commit time (this node's clock), every commit after the split"""
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,7 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
     rows = (_query(conn, _RECORDS_SQL, {"start": start, "end": end, "dbpat": dbpat})
             if wp.lsn_to_int(end) > split else [])
     top_of: dict[int, int] = {}
+    commit_at: dict[int, datetime] = {}
     heap: list[wp.HeapRecord] = []
     created: set[int] = set()
     truncated: set[int] = set()
@@ -202,6 +208,8 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
         if rm == "Transaction":
             ids = wp.commit_xids(int(xid), desc, rt)
             top_of.update({x: ids[0] for x in ids})
+            if (at := wp.commit_time(desc)) is not None:
+                commit_at[ids[0]] = at
         elif rm == "Storage":
             node = wp.storage_create_filenode(desc)
             if node and node[0] == dboid:
@@ -221,7 +229,7 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
             if rec:
                 heap.append(rec)
     heap = committed_records(heap, committed)
-    side = WalSide(end, len({t for t in top_of.values()}))
+    side = WalSide(end, len({t for t in top_of.values()}), commit_times=commit_at)
     by_rel: dict[str, list[wp.HeapRecord]] = defaultdict(list)
     for r in heap:
         by_rel[r.rel].append(r)
@@ -240,8 +248,11 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
             side.no_pk_rows[name] = fetch_unkeyed(conn, meta, recs, set(top_of))
             side.rows_shipped += len(side.no_pk_rows[name])
             continue
-        side.tables[name] = _table_changes(conn, files, meta, sorted(recs, key=lambda r: r.lsn),
-                                           top_of, max_tli, side)
+        st = _table_changes(conn, files, meta, sorted(recs, key=lambda r: r.lsn), top_of,
+                            max_tli, side)
+        st.last_commit = {k: at for k, t in st.touched.items()
+                          if (at := commit_at.get(top_of.get(t.last_xid, t.last_xid)))}
+        side.tables[name] = st
     return side
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +98,17 @@ class ReconcileDivergence(Step):
         new_dsn = _dsn(ctx, self.target, ctx.from_region)
         old_dsn = _node(ctx, self.target, ctx.to_region).dsn(db.endpoints[ctx.to_region].dbname)
         divergence = divergence_point(new_dsn)
-        report = find_divergence(old_dsn, new_dsn, db.reconcile, divergence)
+        promoted = (ctx.facts.get("failover_promoted_at") or {}).get(self.target)
+        report = find_divergence(
+            old_dsn, new_dsn, db.reconcile, divergence,
+            promoted_at=datetime.fromtimestamp(promoted, UTC) if promoted else None)
         report_doc = {
             "run_id": report.run_id, "summary": report.summary(), "totals": report.totals(),
             "transactions": report.transactions, "method": report.method,
             "method_reason": report.method_reason, "divergence": divergence.to_dict(),
             "unlisted_tables": report.unlisted_tables, "default_policy": report.default_policy,
             "problems": report.problems, "unconfigured_tables": report.unconfigured_tables,
+            "in_time": report.in_time,
             "tables": [{"table": t.table, "policy": t.policy, "counts": t.counts()}
                        for t in report.tables]}
         ctx.facts.set(f"reconcile:{self.target}:report", report_doc)

@@ -103,6 +103,11 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     write(old, a, "region-a", 30)
     _kill_a_and_fail_over(lab, env)
     write(new, b, "region-b", 10)
+    # Region-a comes back unfenced after the failover and takes 7 more notes before the
+    # failback fences it: written after the promotion, not lost at the failover.
+    lab_mod.node_for(lab.runbook, "main", "region-a").start()
+    late = dict(_insert(a, "notes", "body", (f"region-a-late-{i}",)) for i in range(7))
+    old["notes"].update(late)
     # Region-b acknowledged more than this test wrote: the failover's validation flows
     # checked out and mailed. Everything new on region-b since the split counts.
     for t in new:
@@ -134,6 +139,7 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     store = SqliteStore(lab.state_dir / "journal.db")
     try:
         failback = store.incidents()[-1]
+        store_ids = [i.id for i in store.incidents()]
         report = store.fact(failback.id, "reconcile:main:report")
         accounting = store.fact(failback.id, "reconcile:main:accounting")
         resync = next(e.detail for e in store.events(failback.id)
@@ -149,10 +155,9 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     archive = Path(resync["evidence"])
     assert archive.parent == lab.state_dir / "evidence" and archive.exists()
     raw = gzip.decompress(archive.read_bytes())
-    for t, tag in (("notes", "region-a-note-"), ("emails", "region-a-mail-")):
+    for t, column in (("notes", "body"), ("emails", "message_id")):
         for row in old[t].values():
-            text = row["body"] if t == "notes" else row["message_id"]
-            assert text.startswith(tag) and text.encode() in raw, text
+            assert row[column].startswith("region-a-") and row[column].encode() in raw, row
     # The failback's report says what the test computes: nothing acknowledged lost.
     final = {t: _rows(a, t) for t in old}
     lost = [(t, k) for t in old for k, row in old[t].items()
@@ -163,6 +168,17 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     assert shown["main"]["acknowledged_rows_lost"] == len(lost) == 0
     assert shown["main"]["evidence"] == str(archive)
     assert shown["main"]["totals"]["pending"] == len(collided)
+    # The failover's RPO, corrected by the failback: only what region-a committed before
+    # the promotion; the 7 late notes are reported apart.
+    failover = json.loads(lab.cli("report", store_ids[0], "--format", "json").stdout)
+    before_rows = sum(len(r) for r in old.values()) - len(late)
+    assert (failover["rpo"]["rows"], failover["rpo"]["transactions"]) == (before_rows,
+                                                                          before_rows)
+    assert (failover["rpo"]["after_failover"]["rows"],
+            failover["rpo"]["after_failover"]["transactions"]) == (len(late), len(late))
+    assert failover["rpo"]["seconds"]["value"] is not None
+    assert failover["rpo"]["seconds"]["met"] is (failover["rpo"]["seconds"]["value"] <= 5)
+    assert "written to the old primary after the failover" in failover["summary"]
     markdown = lab.cli("report", failback.id, "--format", "md").stdout
     assert "Acknowledged rows lost: 0." in markdown and "public.notes" in markdown
     audit = [json.loads(line) for line in (lab.state_dir / "audit.jsonl").read_text().splitlines()]
