@@ -69,7 +69,8 @@ def test_report_json_has_the_documented_keys() -> None:
     assert set(report["rto"]) == {"value", "target", "met", "start", "end", "start_basis",
                                   "end_basis"}
     assert set(report["rpo"]) == {"seconds", "bytes", "transactions", "rows", "method",
-                                  "replica_last_commit_at", "replica_behind_s"}
+                                  "after_failover", "replica_last_commit_at",
+                                  "replica_behind_s"}
     assert set(report["rpo"]["seconds"]) == {"value", "target", "met"}
     assert set(report["steps"][0]) == {"id", "stage", "status", "started_at", "ended_at",
                                        "duration_s", "wait_s", "detail"}
@@ -190,7 +191,8 @@ def test_unknown_format_is_refused() -> None:
 
 
 def test_the_documentation_lists_every_top_level_key() -> None:
-    """docs/report-json.md's top-level table names exactly the keys the report has."""
+    """docs/report-json.md's top-level table names exactly the keys the report has (a
+    failback's report adds ``reconcile``)."""
     from pathlib import Path
 
     doc = (Path(__file__).parents[2] / "docs" / "report-json.md").read_text()
@@ -198,4 +200,10 @@ def test_the_documentation_lists_every_top_level_key() -> None:
     documented: set[str] = set()
     for cells in re.findall(r"^\| (`[^|]+`) \|", section, flags=re.MULTILINE):
         documented |= set(re.findall(r"`([a-z_]+)`", cells))
-    assert documented == TOP_KEYS
+    assert documented == TOP_KEYS | {"reconcile"}
+    section = {"main": {"method": "wal", "acknowledged_rows_lost": 0, "tables": []}}
+    failback = build_report(incident(kind="failback", reconcile=section))
+    assert set(failback) == TOP_KEYS | {"reconcile"} and failback["reconcile"] == section
+    markdown = render(failback, "md")
+    assert "## Reconcile: main" in markdown and "Acknowledged rows lost: 0." in markdown
+    assert "Acknowledged rows lost: 0." in render(failback, "html")
