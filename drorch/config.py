@@ -179,6 +179,12 @@ class Runbook(_Model):
                     f"database {db.name!r}: endpoints must name exactly the regions "
                     f"{names} (missing {sorted(missing)}, unknown {sorted(unknown)})"
                 )
+        files = [db.reconcile.conflict_file for db in self.databases
+                 if db.reconcile is not None and db.reconcile.conflict_file]
+        shared = sorted({f for f in files if files.count(f) > 1})
+        if shared:
+            raise ValueError(f"reconcile.conflict_file {shared[0]!r} is given to more than one "
+                             "database: each database's conflicts need a file of their own")
         for s in self.secrets:
             if s.region not in names:
                 raise ValueError(f"secret {s.secret_id!r}: unknown region {s.region!r}")

@@ -129,8 +129,11 @@ def reconcile_section(facts: dict[str, Any], steps: list[dict[str, Any]]) -> dic
             "invariant_holds": accounting.get("holds"),
             "conflict_file": accounting.get("conflict_file"),
             "evidence": resync.get("evidence"),
+            # Unknown (None) while the invariant does not hold: blocked tables were not
+            # compared, so no count of them can be given.
             "acknowledged_rows_lost": (totals.get("unaccounted")
-                                       if accounting.get("holds") is not None else None),
+                                       if accounting.get("holds") is True else None),
+            "old_versions_not_kept": totals.get("old_versions_not_kept", 0),
         }
     return out
 

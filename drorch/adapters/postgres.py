@@ -310,19 +310,27 @@ def sequence_positions(target: Target) -> dict[str, int]:
 
 def advance_sequences(target: Target, targets: dict[str, int]) -> dict[str, int]:
     """``setval`` each named sequence to its target unless it is already past it (so a
-    rerun with the same targets changes nothing), capped at the sequence's maximum.
-    Returns sequence -> its value now. One statement for all of them."""
-    if not targets:
-        return {}
-    names, values = list(targets), [targets[n] for n in targets]
-    with _use(target) as c:
-        rows = c.execute(
-            "SELECT t.name, setval(t.name::regclass, greatest(least(t.target, s.max_value), "
-            "coalesce(s.last_value, s.start_value))) FROM unnest(%s::text[], %s::bigint[]) "
-            "AS t(name, target) JOIN pg_sequences s "
-            "ON format('%%I.%%I', s.schemaname, s.sequencename) = t.name",
-            (names, values)).fetchall()
-    return {str(r[0]): int(r[1]) for r in rows}
+    rerun with the same targets changes nothing). Never moves a sequence back: its
+    position is read from the sequence itself (``pg_sequences.last_value`` is NULL after
+    ``setval(.., false)`` or ``RESTART``). A target past the sequence's maximum is cut to
+    half the room left, so the new primary can still insert. Returns sequence -> value."""
+    out: dict[str, int] = {}
+    with _use(target) as c, c.transaction():
+        known = {str(r[0]): (int(r[1]), int(r[2])) for r in c.execute(
+            "SELECT format('%%I.%%I', schemaname, sequencename), max_value, increment_by "
+            "FROM pg_sequences WHERE format('%%I.%%I', schemaname, sequencename) = ANY(%s)",
+            (list(targets),))}
+        for name, wanted in targets.items():
+            if name not in known:
+                continue  # dropped since: nothing to move
+            max_value, _inc = known[name]
+            # ``name`` is PostgreSQL's own format('%I.%I') of an existing sequence: quoted.
+            row = c.execute(sql.SQL("SELECT last_value FROM {}").format(sql.SQL(name))).fetchone()
+            now = int(row[0])  # type: ignore[index]
+            goal = max(now, min(wanted, now + (max_value - now) // 2))
+            c.execute("SELECT setval(%s::regclass, %s)", (name, goal))
+            out[name] = goal
+    return out
 
 
 def split_slot_name(database: str) -> str:

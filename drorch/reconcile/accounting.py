@@ -29,11 +29,15 @@ class TableAccount:
     kept: int = 0
     pending: int = 0
     unaccounted: int = 0
+    old_versions_not_kept: int = 0
+    """Conflicts and collisions decided for the new primary's row (a ``new-wins`` policy
+    or a human's "new"): the old row is in the evidence and the capture, not the table."""
     by_kind: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.table, "found": self.found, "applied": self.applied,
                 "kept": self.kept, "pending": self.pending, "unaccounted": self.unaccounted,
+                "old_versions_not_kept": self.old_versions_not_kept,
                 "by_kind": dict(sorted(self.by_kind.items()))}
 
 
@@ -55,7 +59,8 @@ class Accounting:
         return not self.blocked and self.unaccounted == 0
 
     def totals(self) -> dict[str, int]:
-        out = {"found": 0, "applied": 0, "kept": 0, "pending": 0, "unaccounted": 0}
+        out = {"found": 0, "applied": 0, "kept": 0, "pending": 0, "unaccounted": 0,
+               "old_versions_not_kept": 0}
         for t in self.tables:
             for k in out:
                 out[k] += getattr(t, k)
@@ -66,9 +71,10 @@ class Accounting:
         parts = [f"{t.table}: {t.unaccounted} of {t.found} changed rows without an outcome"
                  for t in self.tables if t.unaccounted]
         parts += self.blocked
-        return ("; ".join(parts) + ". Nothing was rewound: the old primary still holds "
-                "these rows (fenced). Make the tables comparable (same columns on both "
-                "nodes) or set a conflict file, then run the failback again.")
+        return ("; ".join(parts) + ". Nothing was rewound and nothing applied for these: "
+                "the old primary still holds its rows (fenced, readable). Bring them over by "
+                "hand (or make the tables comparable: same columns on both nodes), then run "
+                "the failback again; it looks afresh.")
 
     def to_dict(self) -> dict[str, Any]:
         return {"holds": self.holds, "totals": self.totals(), "blocked": self.blocked,
@@ -92,6 +98,8 @@ def account(report: dict[str, Any], applied: dict[str, Any]) -> Accounting:
             t.applied += 1
         elif outcome in KEPT:
             t.kept += 1
+            if d["kind"] in ("conflict", "collision", "unkeyed"):
+                t.old_versions_not_kept += 1
         elif outcome in FOR_A_HUMAN and shown:
             t.pending += 1
         else:

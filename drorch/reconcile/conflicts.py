@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,17 +65,31 @@ def write(path: str | Path, doc: ConflictFile, reset: frozenset[str] = frozenset
     if path.exists():
         try:
             old = load(path)
-            if old.run_id == doc.run_id:
-                chosen = {c.change_id: c.resolution for c in old.conflicts
-                          if c.change_id not in reset}
-                for c in doc.conflicts:
-                    c.resolution = c.resolution or chosen.get(c.change_id)
         except (ValueError, OSError):
-            pass
+            old = None
+        if old is not None and old.run_id == doc.run_id:
+            chosen = {c.change_id: c.resolution for c in old.conflicts
+                      if c.change_id not in reset}
+            for c in doc.conflicts:
+                c.resolution = c.resolution or chosen.get(c.change_id)
+        else:  # another run's file (or one a human broke): kept beside, never overwritten
+            keep_aside(path, old.run_id if old is not None else "unreadable")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc.model_dump(), indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+def keep_aside(path: Path, run_id: str) -> Path:
+    """Move ``path`` to ``<stem>.<run>.json`` (numbered if taken) so a new run's file
+    does not erase the entries of an earlier one a human has not worked through."""
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)[:80]
+    for n in range(1000):
+        target = path.with_name(f"{path.stem}.{tag}{f'.{n}' if n else ''}{path.suffix}")
+        if not target.exists():
+            os.replace(path, target)
+            return target
+    raise FileExistsError(f"no free name to keep {path} aside")
 
 
 def load(path: str | Path) -> ConflictFile:

@@ -261,7 +261,8 @@ def _other_tables(conn: Conn, side: WalSide | None) -> list[str]:
         row = conn.execute(
             "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
             "ON n.oid = c.relnamespace WHERE c.oid = pg_filenode_relation(%s, %s) "
-            "AND c.relkind = 'r'",
+            "AND c.relkind = 'r' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE "
+            "d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')",
             (0 if spc == _default_spc(conn) else int(spc), int(filenode))).fetchone()
         if row and row[0] not in ("pg_catalog", "pg_toast", "information_schema",
                                   "drorch_reconcile"):
@@ -363,10 +364,41 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
             "old_touching_tables": len(old_xids) if wal_old else None,
             "new_committed": wal_new.committed_top if wal_new else None}
         report.unconfigured_tables = _other_tables(old, wal_old)
+        report.problems += _unaccountable(old, report, wal_old)
         if promoted_at is not None and wal_old is not None:
             report.in_time = split_in_time(report, wal_old.commit_times, promoted_at)
         report.seconds = time.monotonic() - t0
-        if capture:
-            store.capture(new, report)
+        if capture and not blocked(report):
+            store.capture(new, report)  # a blocked run is not kept: a retry finds afresh
     return report
+
+
+def blocked(report: DivergenceReport) -> bool:
+    """Something the old primary wrote cannot be reconciled: nothing may rewind it."""
+    return bool(report.problems or report.unconfigured_tables)
+
+
+def _unaccountable(old: Conn, report: DivergenceReport, wal_old: WalSide | None) -> list[str]:
+    """Old-side writes no change can stand for: other databases of the cluster (pg_rewind
+    rewinds all of them) and deletes or updates in tables without a key."""
+    out = []
+    if wal_old is not None:
+        for oid, n in sorted(wal_old.other_db_records.items()):
+            row = old.execute("SELECT datname FROM pg_database WHERE oid = %s", (oid,)
+                              ).fetchone()
+            name = row[0] if row else f"oid {oid}"
+            out.append(f"database {name}: {n} row changes committed on the old primary after "
+                       f"the split; only {report.database} is reconciled and a rewind "
+                       "erases the whole cluster's divergence")
+        for table, n in sorted(wal_old.no_pk_removed.items()):
+            if n:
+                out.append(f"{table}: no primary key, and the old primary deleted or updated "
+                           f"{n} rows after the split (they cannot be matched)")
+    else:
+        for entry in report.tables_without_pk:
+            if entry.get("rows_only_on_new"):
+                out.append(f"{entry['table']}: no primary key and no old-side WAL: "
+                           f"{entry['rows_only_on_new']} rows only on the new primary may be "
+                           "the old primary's deletes")
+    return out
 

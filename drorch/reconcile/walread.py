@@ -68,6 +68,22 @@ WHERE (resource_manager = 'Standby' AND record_type = 'RUNNING_XACTS')
 """
 
 
+_OTHER_DBS_SQL = """
+SELECT split_part(split_part(block_ref, '/', 2), '/', 1) AS db, count(*)
+FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn)
+WHERE resource_manager IN ('Heap', 'Heap2') AND xid = ANY(%(xids)s::xid[])
+  AND block_ref LIKE '%%rel %%' AND block_ref NOT LIKE %(dbpat)s
+  AND block_ref NOT LIKE '%%rel %%/0/%%'
+  AND split_part(split_part(split_part(block_ref, 'rel ', 2), '/', 3), ' ', 1)::bigint
+      >= 16384
+GROUP BY 1
+"""
+"""Committed heap records of *other* databases' user relations: pg_rewind rewinds the
+whole cluster, so writes there would be erased unseen. Shared catalogs (database 0) and
+system catalogs (file nodes below ``FirstNormalObjectId``, 16384: ANALYZE writes
+``pg_statistic``) are left out."""
+
+
 class WalUnavailable(Exception):
     """This node's WAL cannot give the exact answer; the message says why."""
 
@@ -94,6 +110,10 @@ class WalSide:
     no_pk_records: dict[str, int] = field(default_factory=dict)
     no_pk_transactions: set[int] = field(default_factory=set)
     no_pk_rows: dict[str, list[str]] = field(default_factory=dict)
+    no_pk_removed: dict[str, int] = field(default_factory=dict)
+    """Tables without a key: committed deletes and updates (old versions no key can name)"""
+    other_db_records: dict[int, int] = field(default_factory=dict)
+    """Other databases of the cluster (oid) -> committed heap records after the split"""
     """Tables without a key: live rows this side wrote after the split (``to_jsonb``)."""
     other_rels: dict[str, int] = field(default_factory=dict)
     """``spc/db/filenode`` of unconfigured relations -> committed records"""
@@ -230,6 +250,11 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
                 heap.append(rec)
     heap = committed_records(heap, committed)
     side = WalSide(end, len({t for t in top_of.values()}), commit_times=commit_at)
+    if wp.lsn_to_int(end) > split:
+        for db_oid, n in _query(conn, _OTHER_DBS_SQL, {"start": start, "end": end,
+                                                       "xids": [str(x) for x in sorted(committed)],
+                                                       "dbpat": dbpat}):
+            side.other_db_records[int(db_oid)] = int(n)
     by_rel: dict[str, list[wp.HeapRecord]] = defaultdict(list)
     for r in heap:
         by_rel[r.rel].append(r)
@@ -244,6 +269,7 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
             raise WalUnavailable(f"{name} was truncated or rewritten after the split")
         if not meta.pk:
             side.no_pk_records[name] = len(recs)
+            side.no_pk_removed[name] = sum(1 for r in recs if r.op in ("delete", "update"))
             side.no_pk_transactions |= transactions_touching(recs, top_of)
             side.no_pk_rows[name] = fetch_unkeyed(conn, meta, recs, set(top_of))
             side.rows_shipped += len(side.no_pk_rows[name])

@@ -88,7 +88,7 @@ class ReconcileDivergence(Step):
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         from drorch.reconcile.accounting import account
         from drorch.reconcile.apply import apply_reconciliation
-        from drorch.reconcile.find import find_divergence
+        from drorch.reconcile.find import blocked, find_divergence
         from drorch.reconcile.timeline import divergence_point
 
         db = ctx.runbook.database(self.target)
@@ -112,6 +112,14 @@ class ReconcileDivergence(Step):
             "tables": [{"table": t.table, "policy": t.policy, "counts": t.counts()}
                        for t in report.tables]}
         ctx.facts.set(f"reconcile:{self.target}:report", report_doc)
+        if blocked(report):  # before anything is applied or kept: a retry starts afresh
+            accounting = account(report_doc, {"decisions": [], "conflict_file": None})
+            ctx.facts.set(f"reconcile:{self.target}:accounting", accounting.to_dict())
+            ctx.record("reconcile.unaccounted", {"database": self.target,
+                                                 **accounting.to_dict()}, outcome="halted")
+            raise StepFailed(f"{self.target}: divergent writes that drorch cannot reconcile, "
+                             f"so it will not rewind the old primary: {accounting.problem()}",
+                             accounting.to_dict())
         path = conflict_path(ctx, self.target)
         result = apply_reconciliation(report, new_dsn, db.reconcile, conflict_file=path)
         applied = result.to_dict()

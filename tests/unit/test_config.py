@@ -75,3 +75,16 @@ def test_unset_environment_variable_is_named(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD.replace("name: lab\n", "name: ${DRORCH_NO_SUCH_VAR}\n"))
     with pytest.raises(RunbookError, match="DRORCH_NO_SUCH_VAR"):
         load_runbook(path)
+
+
+def test_two_databases_cannot_share_a_conflict_file() -> None:
+    """Their reconcile steps run side by side: one file would lose one side's entries."""
+    from pydantic import ValidationError
+
+    from drorch.config import Runbook
+
+    doc = load_runbook(LAB_RUNBOOK).model_dump()
+    second = {**doc["databases"][0], "name": "second"}
+    doc["databases"].append(second)
+    with pytest.raises(ValidationError, match="more than one database"):
+        Runbook.model_validate(doc)

@@ -36,8 +36,8 @@ def node() -> Iterator[PgNode]:
 
 def test_gap_moves_each_ascending_sequence_once_and_stops_at_its_maximum(node: PgNode) -> None:
     """Used, never used, quoted-name and int4 sequences skip the gap; a rerun with the same
-    targets changes nothing; a target past the maximum stops at it; descending sequences
-    and drorch's own capture schema are left alone."""
+    targets changes nothing; a target past the maximum takes half the room left; nothing
+    moves back; descending sequences and drorch's own capture schema are left alone."""
     with psycopg.connect(node.dsn(), autocommit=True) as c:
         c.execute("CREATE TABLE t (id bigserial PRIMARY KEY)")
         c.execute("INSERT INTO t DEFAULT VALUES; INSERT INTO t DEFAULT VALUES")
@@ -54,5 +54,14 @@ def test_gap_moves_each_ascending_sequence_once_and_stops_at_its_maximum(node: P
         "public.t_id_seq": 502, 'public."Odd Name"': 500, "public.small": 500}
     with psycopg.connect(node.dsn(), autocommit=True) as c:
         assert c.execute("INSERT INTO t DEFAULT VALUES RETURNING id").fetchone()[0] == 503
-    assert pg.advance_sequences(node.dsn(), {"public.small": 5000}) == {"public.small": 1000}
+    # Past the maximum: half the room left, so inserts still work after the failover.
+    assert pg.advance_sequences(node.dsn(), {"public.small": 5000}) == {"public.small": 750}
     assert pg.sequence_positions(node.dsn())["public.t_id_seq"] == 503
+    # RESTART leaves pg_sequences.last_value NULL: the sequence itself is read, never moved
+    # back below where it stands; a sequence dropped since is skipped.
+    with psycopg.connect(node.dsn(), autocommit=True) as c:
+        c.execute("ALTER SEQUENCE t_id_seq RESTART WITH 10000")
+    assert pg.advance_sequences(node.dsn(), {"public.t_id_seq": 502, "public.gone": 9}) == {
+        "public.t_id_seq": 10000}
+    with psycopg.connect(node.dsn(), autocommit=True) as c:
+        assert c.execute("INSERT INTO t DEFAULT VALUES RETURNING id").fetchone()[0] == 10001

@@ -26,10 +26,12 @@ from drorch.reconcile import (
     divergence_point,
     fence_as_standby,
     find_divergence,
+    load_report,
     wait_caught_up,
 )
 from drorch.reconcile.accounting import account
 from drorch.reconcile.conflicts import load as load_conflicts
+from drorch.reconcile.find import blocked
 from tests.integration.reconcile.conftest import pg_workdir
 
 pytestmark = pytest.mark.postgres
@@ -84,15 +86,17 @@ def _rows(dsn: str, table: str) -> dict[int, dict[str, Any]]:
 
 
 def _split(workdir: Path, on_old: Callable[[Split], None],
-           on_new: Callable[[Split], None]) -> Split:
-    """Replicated base; replica cut off; ``on_old`` writes on the primary; the primary is
-    killed; the replica promoted; ``on_new`` writes on it; the old primary fenced."""
+           on_new: Callable[[Split], None], cut: bool = True) -> Split:
+    """Replicated base; replica cut off (by ``on_old`` itself when not ``cut``);
+    ``on_old`` writes on the primary; the primary is killed; the replica promoted;
+    ``on_new`` writes on it; the old primary fenced."""
     a, b = make_pair(workdir)
     split = Split(a, b, Acked(), Acked(), workdir)
     try:
         _q(a.dsn(), SCHEMA)
         wait_caught_up(b.dsn(), a.dsn(), 60)
-        b.stop()
+        if cut:
+            b.stop()
         on_old(split)
         a.kill()
         b.start()
@@ -129,8 +133,13 @@ def _spec(conflict_file: Path) -> ReconcileSpec:
 
 
 def _reconcile(split: Split, conflict_file: Path) -> tuple[Any, Any, Any]:
+    """find, apply, account, as the failback step does; a blocked run is neither captured
+    nor applied (a retry looks afresh)."""
     spec = _spec(conflict_file)
     report = find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
+    if blocked(report):
+        assert load_report(split.b.dsn(), report.run_id) is None
+        return report, None, account(report.to_dict(), {"decisions": [], "conflict_file": None})
     applied = apply_reconciliation(report, split.b.dsn(), spec)
     return report, applied, account(report.to_dict(), applied.to_dict())
 
@@ -244,3 +253,29 @@ def test_a_column_added_on_the_new_primary_blocks_until_it_can_be_compared(
     problem = accounting.problem()
     assert "public.orders" in problem and "coupon" in problem
     assert "Nothing was rewound" in problem
+
+
+def test_writes_in_another_database_and_unkeyed_deletes_block_the_rewind(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """pg_rewind rewinds the whole cluster: region-a's writes to a second database, and a
+    delete in a table without a primary key (no key can name the row), cannot be
+    reconciled, so the run blocks naming both instead of saying nothing was lost."""
+    def on_old(s: Split) -> None:
+        _q(s.a.dsn(), "CREATE TABLE IF NOT EXISTS log (msg text)")
+        _q(s.a.dsn(), "INSERT INTO log VALUES ('one'), ('two')")
+        _q(s.a.dsn(), "CREATE DATABASE other")
+        with psycopg.connect(s.a.dsn("other"), autocommit=True) as c:
+            c.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        wait_caught_up(s.b.dsn(), s.a.dsn(), 60)  # the above exists on both sides
+        s.b.stop()
+        with psycopg.connect(s.a.dsn("other"), autocommit=True) as c:
+            c.execute("INSERT INTO t VALUES (1), (2), (3)")
+        _q(s.a.dsn(), "DELETE FROM log WHERE msg = 'one'")
+
+    split = _split(workdir, on_old, lambda s: None, cut=False)
+    cleanup.append(split)
+    _report, _applied, accounting = _reconcile(split, workdir / "conflicts.json")
+    assert not accounting.holds
+    problem = accounting.problem()
+    assert "database other: 3 row changes" in problem
+    assert "public.log: no primary key" in problem and "deleted or updated 1 rows" in problem

@@ -24,7 +24,8 @@ def test_every_outcome_counts_once_and_the_invariant_holds() -> None:
                  _d("public.notes", 6, "conflict", "resolved-new")]
     acc = account(REPORT, {"decisions": decisions, "conflict_file": "/c.json", "unshown": 0})
     assert acc.holds
-    assert acc.totals() == {"found": 6, "applied": 2, "kept": 2, "pending": 2, "unaccounted": 0}
+    assert acc.totals() == {"found": 6, "applied": 2, "kept": 2, "pending": 2, "unaccounted": 0,
+                            "old_versions_not_kept": 1}  # notes 6: a human chose "new"
     orders = acc.tables[0].to_dict()
     assert orders["by_kind"] == {"collision": 1, "new-only": 1, "old-only": 2}
 

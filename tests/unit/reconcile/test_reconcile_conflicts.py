@@ -40,6 +40,23 @@ def test_rewrite_keeps_resolutions_of_the_same_run_unless_reset(tmp_path: Path) 
     assert conflicts.load(path).conflicts[0].resolution is None
 
 
+def test_another_runs_file_is_kept_aside_never_overwritten(tmp_path: Path) -> None:
+    """A second incident (or a second database) writing the same path must not erase
+    the pending entries of the first: that file moves to ``<stem>.<run>.json``."""
+    path = tmp_path / "c.json"
+    conflicts.write(path, _doc(run="db@2:0/3000000", resolution="old"))
+    conflicts.write(path, _doc(run="db@3:0/5000000"))
+    conflicts.write(path, _doc(run="db@4:0/7000000"))
+    aside = sorted(p.name for p in tmp_path.glob("c.*.json"))
+    assert aside == ["c.db_2_0_3000000.json", "c.db_3_0_5000000.json"]
+    first = conflicts.load(tmp_path / "c.db_2_0_3000000.json")
+    assert first.run_id == "db@2:0/3000000" and first.conflicts[0].resolution == "old"
+    assert conflicts.load(path).run_id == "db@4:0/7000000"
+    path.write_text("{not json")
+    conflicts.write(path, _doc())
+    assert (tmp_path / "c.unreadable.json").read_text() == "{not json"
+
+
 def test_only_old_or_new_are_resolutions_and_unknown_fields_fail(tmp_path: Path) -> None:
     """A typo in a resolution or an extra field is refused, not ignored."""
     path = tmp_path / "c.json"
