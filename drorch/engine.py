@@ -135,9 +135,13 @@ class Engine:
             if last is None:
                 raise IncidentHalted("nothing to fail back from: no completed failover is in "
                                      "force")
-            promoted = {e.name.split(":", 1)[1]: e.at for e in self.store.events(last.id)
-                        if e.kind == "step" and e.name.startswith("promote:")
-                        and e.status == "done"}
+            # When each promotion was first requested (irreversible from then on; a resume
+            # journals later "started" events): the line between writes lost at the
+            # failover and writes an unfenced old primary took after it.
+            promoted: dict[str, float] = {}
+            for e in self.store.events(last.id):
+                if e.kind == "step" and e.name.startswith("promote:") and e.status == "started":
+                    promoted.setdefault(e.name.split(":", 1)[1], e.at)
             return (self.store.fact(last.id, "to_region"), self.store.fact(last.id, "from_region"),
                     {"failover_incident": last.id, "failover_promoted_at": promoted})
 

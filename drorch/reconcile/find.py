@@ -169,7 +169,7 @@ def split_in_time(report: DivergenceReport, commit_times: dict[int, datetime],
     """The old side's divergent writes before and after the failover's promotion.
 
     ``commit_times``: every commit on the old primary after the split (its clock);
-    ``promoted_at``: when the failover's promotion finished (drorch's clock: skew
+    ``promoted_at``: when the failover's promotion was requested (drorch's clock: skew
     between the two shows as writes on the wrong side of the line, so the window is
     reported too). Rows are keys whose last old-side change committed then."""
     def block(times: list[datetime], rows: int) -> dict[str, Any]:
@@ -282,7 +282,7 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
 
     Idempotent: a run already captured is returned as stored. ``capture=False``
     only reports (benchmarks, dry runs). ``promoted_at``: when the failover's promotion
-    finished, to split the old side's writes in time (``report.in_time``). Raises
+    was requested, to split the old side's writes in time (``report.in_time``). Raises
     :class:`FenceError` when the old primary is not fenced, :class:`ReconcileError` when
     the nodes do not belong together, :class:`WalUnavailable` when ``method='wal'`` and the WAL
     cannot answer. Read-only on the old primary.
