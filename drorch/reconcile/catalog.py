@@ -129,3 +129,27 @@ def user_tables(conn: Conn) -> set[str]:
         "WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')",
         (list(SKIPPED_SCHEMAS),)).fetchall()
     return {f"{r[0]}.{r[1]}" for r in rows}
+
+
+def partition_root(conn: Conn, name: str) -> str | None:
+    """The top partitioned table ``name`` is a partition of, or None (not a partition, or
+    not on this node)."""
+    row = conn.execute(
+        "SELECT format('%%s.%%s', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE c.oid = pg_partition_root(to_regclass(%s)) "
+        "AND c.oid <> to_regclass(%s)", (_quoted(name), _quoted(name))).fetchone()
+    return str(row[0]) if row else None
+
+
+def partition_leaves(conn: Conn, name: str) -> set[str]:
+    """The leaf partitions of the partitioned table ``name`` (empty when absent)."""
+    rows = conn.execute(
+        "SELECT format('%%s.%%s', n.nspname, c.relname) FROM pg_partition_tree(to_regclass(%s)) "
+        "p JOIN pg_class c ON c.oid = p.relid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE p.isleaf", (_quoted(name),)).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def _quoted(name: str) -> str:
+    schema, table = name.split(".", 1)
+    return '"' + schema.replace('"', '""') + '"."' + table.replace('"', '""') + '"'

@@ -32,7 +32,14 @@ from psycopg import sql
 
 from drorch.reconcile import store
 from drorch.reconcile._db import Conn, connect, scalar
-from drorch.reconcile.catalog import TableMeta, db_info, load_table, user_tables
+from drorch.reconcile.catalog import (
+    TableMeta,
+    db_info,
+    load_table,
+    partition_leaves,
+    partition_root,
+    user_tables,
+)
 from drorch.reconcile.classify import (
     attribute,
     canonical_key,
@@ -205,8 +212,22 @@ def effective_tables(old: Conn, new: Conn, spec: ReconcileSpec) -> list[Reconcil
     name, with the spec's default policy: a table nobody listed still holds acknowledged
     writes."""
     found = user_tables(old) | user_tables(new)
-    return list(spec.tables) + [spec.unlisted(n) for n in sorted(found)
-                                if not spec.listed(n)]
+    # A listed partition is reconciled on its own; its partitioned table then stands for
+    # its other partitions only (each with the table's policy), never for all of them
+    # again: a key would be counted, and applied, twice.
+    split_roots: set[str] = set()
+    for t in spec.tables:
+        root = partition_root(new, t.name) or partition_root(old, t.name)
+        if root is not None:
+            split_roots.add(root)
+    out = [t for t in spec.tables if t.name not in split_roots]
+    for root in sorted(split_roots):
+        cfg = spec.table(root)
+        leaves = partition_leaves(new, root) | partition_leaves(old, root)
+        out += [cfg.model_copy(update={"name": leaf}) for leaf in sorted(leaves)
+                if not spec.listed(leaf)]
+    return out + [spec.unlisted(n) for n in sorted(found)
+                  if not spec.listed(n) and n not in split_roots]
 
 
 def _load_metas(old: Conn, new: Conn, tables: list[ReconcileTable], problems: list[str]

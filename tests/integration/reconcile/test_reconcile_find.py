@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from drorch.reconcile import DivergenceReport, find_divergence, verify_fenced
+from drorch.reconcile import (
+    DivergenceReport,
+    ReconcileSpec,
+    ReconcileTable,
+    find_divergence,
+    verify_fenced,
+)
 from tests.integration.reconcile.reconcile_story import SECRET_MARK, Story, expected, spec
 
 pytestmark = pytest.mark.postgres
@@ -89,3 +95,24 @@ def test_auto_falls_back_to_full_when_the_old_wal_is_gone_and_resyncs_by_base_ba
     assert result.kept_datadir and Path(result.kept_datadir).is_dir()
     for table in (*KEYED, "audit_log"):
         assert story.checksum(story.a, table) == story.checksum(story.b, table)
+
+
+def test_a_listed_partition_is_reconciled_once(shared_story: Story, tmp_path: Path) -> None:
+    """Listing one partition (ledger_a) and not its table: ledger_a is judged with its own
+    policy, ledger_b (the other partition) with the table's, and no key appears twice
+    (the partitioned table no longer stands for all of its partitions again)."""
+    st = shared_story
+    base = spec(tmp_path / "c.json")
+    tables = [t for t in base.tables if t.name != "public.ledger"] + [
+        ReconcileTable(name="public.ledger_a", policy="manual")]
+    split = ReconcileSpec(tables=tables, conflict_file=base.conflict_file)
+    whole = find_divergence(st.a.dsn(), st.b.dsn(), base, st.divergence, capture=False)
+    parts = find_divergence(st.a.dsn(), st.b.dsn(), split, st.divergence, capture=False)
+    names = [t.table for t in parts.tables]
+    assert "public.ledger" not in names and names.count("public.ledger_a") == 1
+    assert "public.ledger_b" in parts.unlisted_tables
+    keys = [(c.key["id"], c.key["region"]) for t in parts.tables if "ledger" in t.table
+            for c in t.changes]
+    assert len(keys) == len(set(keys))
+    assert sorted(keys) == sorted((c.key["id"], c.key["region"])
+                                  for c in whole.table("public.ledger").changes)
