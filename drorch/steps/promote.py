@@ -151,15 +151,14 @@ class OpenWrites(Step):
         return {"roles_let_in": changed, "sequence_gap": gap}
 
 
-def _gap_needed(ctx: StepContext, database: str) -> bool:
-    measured = ctx.facts.get(f"promote:{database}:measured") or {}
-    return ctx.runbook.database(database).sequence_gap > 0 and measured.get("caught_up") is not True
-
-
 def _unplanned(ctx: StepContext, database: str) -> bool:
     """The promotion did not wait for the old primary: it may have written past the split."""
     measured = ctx.facts.get(f"promote:{database}:measured") or {}
     return measured.get("caught_up") is not True
+
+
+def _gap_needed(ctx: StepContext, database: str) -> bool:
+    return ctx.runbook.database(database).sequence_gap > 0 and _unplanned(ctx, database)
 
 
 def sequences_done(ctx: StepContext, database: str) -> bool:

@@ -49,8 +49,9 @@ def _wait_replayed(lab: Lab) -> None:
     wait_caught_up(_dsn(lab, "region-b"), _dsn(lab, "region-a"), 30)
 
 
-def _cut_then_fail_over(lab: Lab) -> None:
-    """region-b stops (misses what follows); the caller writes on region-a."""
+def _cut_replica(lab: Lab) -> None:
+    """region-b stops (misses what follows); the caller writes on region-a, then fails
+    over with ``_kill_a_and_fail_over``."""
     lab_mod.node_for(lab.runbook, "main", "region-b").stop("fast")
 
 
@@ -84,7 +85,7 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     with psycopg.connect(a, autocommit=True) as c:
         c.execute("CREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL)")
     _wait_replayed(lab)
-    _cut_then_fail_over(lab)
+    _cut_replica(lab)
     old: dict[str, Rows] = {"emails": {}, "orders": {}, "notes": {}}
     new: dict[str, Rows] = {"emails": {}, "orders": {}, "notes": {}}
 
@@ -192,7 +193,7 @@ def test_a_column_added_mid_incident_stops_the_failback_before_the_rewind(lab: L
     column; region-a is not rewound (its three orders still there) and region-b serves.
     With the column gone again, a second failback succeeds with the three orders."""
     a, b = _dsn(lab, "region-a"), _dsn(lab, "region-b")
-    _cut_then_fail_over(lab)
+    _cut_replica(lab)
     mine = [_insert(a, "orders", "user_id, amount_cents, region", (1, 5001 + i, "a"))[0]
             for i in range(3)]
     _kill_a_and_fail_over(lab)
