@@ -107,8 +107,10 @@ def _reconcile_facts(facts: dict[str, Any]) -> dict[str, Any]:
 def reconcile_section(facts: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
     """Per reconciled database, for the failback report: how divergent writes were found
     and why, rows per table by kind and outcome, the conflict file, the evidence archive,
-    and ``acknowledged_rows_lost``: changes found with no recorded outcome (applied, kept,
-    or waiting in the conflict file), counted from the journaled outcomes."""
+    the re-keyed collisions (count, the CSV mapping old -> new keys and its first rows),
+    and ``acknowledged_rows_lost``: changes found with no recorded outcome (applied,
+    re-keyed, kept, or waiting in the conflict file), counted from the journaled
+    outcomes."""
     out: dict[str, Any] = {}
     for key, report in facts.items():
         if not (key.startswith("reconcile:") and key.endswith(":report")):
@@ -128,6 +130,11 @@ def reconcile_section(facts: dict[str, Any], steps: list[dict[str, Any]]) -> dic
             "blocked": accounting.get("blocked", []),
             "invariant_holds": accounting.get("holds"),
             "conflict_file": accounting.get("conflict_file"),
+            "rekeyed": totals.get("rekeyed", 0),
+            "key_mapping_file": (facts.get(f"reconcile:{db}:applied") or {}).get(
+                "mapping_file"),
+            "rekeyed_sample": (facts.get(f"reconcile:{db}:applied") or {}).get(
+                "rekeyed_sample", []),
             "evidence": resync.get("evidence"),
             # Unknown (None) while the invariant does not hold: blocked tables were not
             # compared, so no count of them can be given.

@@ -229,12 +229,19 @@ def _reconcile_lines(db: str, r: Mapping[str, Any]) -> list[str]:
                      + "; ".join(r["blocked"]))
     if r.get("conflict_file"):
         lines.append(f"Conflict file: {r['conflict_file']}")
+    if r.get("rekeyed"):
+        sample = ", ".join(f"{m['table']}.{m['column']} {m['old']} → {m['new']}"
+                           for m in r.get("rekeyed_sample", [])[:5])
+        lines.append(f"Key collisions re-keyed (both rows kept, region-a's under a new key): "
+                     f"{r['rekeyed']}; mapping old → new key: {r.get('key_mapping_file')}"
+                     + (f" (first: {sample})" if sample else ""))
     lines.append(f"Evidence (old primary's data directory before the rewind): "
                  f"{r.get('evidence') or 'none kept'}")
     return lines
 
 
-_RECONCILE_COLUMNS = ("table", "found", "applied", "kept", "pending", "unaccounted")
+_RECONCILE_COLUMNS = ("table", "found", "applied", "rekeyed", "kept", "pending",
+                      "unaccounted")
 
 
 def _reconcile_markdown(section: Mapping[str, Any]) -> list[str]:
@@ -242,8 +249,8 @@ def _reconcile_markdown(section: Mapping[str, Any]) -> list[str]:
     for db, r in section.items():
         out += ["", f"## Reconcile: {_md(db)}", ""]
         out += [f"- {_md(line)}" for line in _reconcile_lines(db, r)]
-        out += ["", "| Table | Found | Applied | Kept | Pending (conflict file) | Unaccounted "
-                "| By kind |", "|---|---|---|---|---|---|---|"]
+        out += ["", "| Table | Found | Applied | Re-keyed | Kept | Pending (conflict file) "
+                "| Unaccounted | By kind |", "|---|---|---|---|---|---|---|---|"]
         for t in r.get("tables", []):
             kinds = ", ".join(f"{k} {v}" for k, v in (t.get("by_kind") or {}).items())
             out.append("| " + " | ".join(_md(t.get(c)) for c in _RECONCILE_COLUMNS)

@@ -2,7 +2,8 @@
 
 Before anything destructive (pg_rewind, a base backup over the old data directory)
 runs, each change found on either side, in every table, must be *applied* (the old
-primary's row is on the new primary), *kept* (the new primary's row stands: a
+primary's row is on the new primary), *re-keyed* (a collision: the old primary's row is
+on the new primary under a fresh key, in the mapping), *kept* (the new primary's row stands: a
 new-only change, a ``new-wins`` conflict, a human's choice) or *pending* for a human
 in the conflict file with its reason. A table that could not be compared (missing on
 a node, its columns differ) or that the old primary wrote but nothing read, is
@@ -16,6 +17,7 @@ from typing import Any
 
 APPLIED = frozenset({"applied", "already-applied", "resolved-old"})
 KEPT = frozenset({"kept-new", "resolved-new"})
+REKEYED = frozenset({"rekeyed"})
 FOR_A_HUMAN = frozenset({"pending", "stale", "error"})
 
 
@@ -27,6 +29,8 @@ class TableAccount:
     found: int = 0
     applied: int = 0
     kept: int = 0
+    rekeyed: int = 0
+    """Collisions: both rows kept, the old primary's under a fresh key (in the mapping)."""
     pending: int = 0
     unaccounted: int = 0
     old_versions_not_kept: int = 0
@@ -36,7 +40,8 @@ class TableAccount:
 
     def to_dict(self) -> dict[str, Any]:
         return {"table": self.table, "found": self.found, "applied": self.applied,
-                "kept": self.kept, "pending": self.pending, "unaccounted": self.unaccounted,
+                "kept": self.kept, "rekeyed": self.rekeyed, "pending": self.pending,
+                "unaccounted": self.unaccounted,
                 "old_versions_not_kept": self.old_versions_not_kept,
                 "by_kind": dict(sorted(self.by_kind.items()))}
 
@@ -59,7 +64,8 @@ class Accounting:
         return not self.blocked and self.unaccounted == 0
 
     def totals(self) -> dict[str, int]:
-        out = {"found": 0, "applied": 0, "kept": 0, "pending": 0, "unaccounted": 0,
+        out = {"found": 0, "applied": 0, "kept": 0, "rekeyed": 0, "pending": 0,
+               "unaccounted": 0,
                "old_versions_not_kept": 0}
         for t in self.tables:
             for k in out:
@@ -84,26 +90,32 @@ class Accounting:
 
 def account(report: dict[str, Any], applied: dict[str, Any]) -> Accounting:
     """The invariant for a journaled report (``DivergenceReport.to_dict``) and apply
-    result (``ApplyResult.to_dict``). A change for a human counts only when it is in the
-    conflict file."""
+    result (``ApplyResult.to_dict``: its ``outcomes``, rows per table, kind and outcome).
+    A change for a human counts only when it is in the conflict file."""
     shown = bool(applied.get("conflict_file")) and not applied.get("unshown")
     by_table: dict[str, TableAccount] = {t["table"]: TableAccount(t["table"])
                                          for t in report.get("tables", [])}
-    for d in applied.get("decisions", []):
+    rows = applied.get("outcomes")
+    if rows is None:  # one entry per change (a conflict file's resolutions)
+        rows = [{**d, "rows": 1} for d in applied.get("decisions", [])]
+    for d in rows:
         t = by_table.setdefault(d["table"], TableAccount(d["table"]))
-        t.found += 1
-        t.by_kind[d["kind"]] = t.by_kind.get(d["kind"], 0) + 1
+        n = int(d["rows"])
+        t.found += n
+        t.by_kind[d["kind"]] = t.by_kind.get(d["kind"], 0) + n
         outcome = d["outcome"]
         if outcome in APPLIED:
-            t.applied += 1
+            t.applied += n
+        elif outcome in REKEYED:
+            t.rekeyed += n
         elif outcome in KEPT:
-            t.kept += 1
+            t.kept += n
             if d["kind"] in ("conflict", "collision", "unkeyed"):
-                t.old_versions_not_kept += 1
+                t.old_versions_not_kept += n
         elif outcome in FOR_A_HUMAN and shown:
-            t.pending += 1
+            t.pending += n
         else:
-            t.unaccounted += 1
+            t.unaccounted += n
     blocked = list(report.get("problems", []))
     blocked += [f"{name}: written on the old primary after the split but not compared"
                 for name in report.get("unconfigured_tables", [])

@@ -1,12 +1,17 @@
-"""Apply a captured run to the new primary: idempotent, resumable, audited change by change.
+"""Apply a captured run to the new primary: idempotent, resumable, set-based.
 
 Idempotency (the method, as the issue asks us to name it): every change is
 applied in the same transaction that records its ``change_id`` in
 ``drorch_reconcile.applied``; the record is claimed first (INSERT .. ON
 CONFLICT DO NOTHING), so a change already recorded is skipped, a concurrent
 applier waits and then skips, and a kill before COMMIT undoes both the write
-and the record. Changes go in batches (one transaction each, one savepoint
-per change so a failing row does not sink its batch).
+and the record.
+
+At volume the changes go per table in batches of set-based statements (one
+transaction each: stage the batch, lock and compare the target rows, claim,
+delete / update / insert). A batch the new primary refuses is split in halves
+until the refused rows are found; those go one by one, each in a savepoint, and
+what is refused is handed to a human with the database's error (conflict file).
 
 Before writing, the target row is locked and compared with the row captured
 when the divergence was found: if the new primary changed it since, the
@@ -20,8 +25,11 @@ copied from ``drorch_reconcile.changes`` by SQL.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -109,9 +117,7 @@ def _try_apply(conn: Conn, meta: TableMeta, run_id: str, ch: store.StoredChange,
     try:
         return apply_one(conn, meta, run_id, ch, outcome, expected, replace), None
     except psycopg.Error as e:  # a constraint of the new primary refused the row
-        diag = e.diag
-        where = f" (constraint {diag.constraint_name})" if diag.constraint_name else ""
-        return "error", f"{diag.sqlstate}: {diag.message_primary or e}{where}"
+        return "error", _refusal(e)
 
 
 def advance_sequences(conn: Conn, metas: list[TableMeta]) -> list[str]:
@@ -138,17 +144,273 @@ def _decision(ch: store.StoredChange, sensitive: set[str], outcome: str,
     return d
 
 
-def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: ReconcileSpec, *,
-                         batch_size: int = 100,
-                         conflict_file: str | None = None) -> ApplyResult:
-    """Apply every ``apply-old`` change of a captured run; record ``keep-new`` ones.
+BATCH_ROWS = 10_000
+ONE_BY_ONE = 64
+"""A refused batch this small goes row by row (each in a savepoint) to name the rows."""
 
-    Safe to rerun, also after a kill: nothing is applied twice. Upserts go in the
-    run's table order (listed tables first, as listed), deletes in reverse. Manual
-    conflicts, collisions, stale changes and rows the new primary refused (with its
-    error) go to ``conflict_file`` (default ``spec.conflict_file``; rewritten on each
-    run, resolutions kept). Raises :class:`NotCaptured` when the run is not on this
-    database.
+
+_WRITES = "('apply-old', 'rekey')"
+"""Actions that write the old primary's row: as it was, or under a fresh key."""
+_HAS_NEW_KEY = ("(c.action <> 'rekey' OR EXISTS (SELECT 1 FROM drorch_reconcile.rekeyed m "
+                "WHERE m.run_id = c.run_id AND m.change_id = c.change_id))")
+"""A ``rekey`` change is written only once its new key is assigned (a table whose key is
+not fed by a sequence on the new primary has none: those go to a human)."""
+
+
+def _pending(conn: Conn, run_id: str, table: str, deletes: bool,
+             seq_range: tuple[int, int] | None = None) -> list[tuple[int, str]]:
+    """(seq, change id) of the table's changes still to write, in capture order."""
+    lo, hi = seq_range or (None, None)
+    return [(int(r[0]), str(r[1])) for r in conn.execute(
+        "SELECT c.seq, c.change_id FROM drorch_reconcile.changes c WHERE c.run_id = %s "
+        f"AND c.tbl = %s AND c.action IN {_WRITES} AND (c.old_row IS NULL) = %s "
+        f"AND (%s::int IS NULL OR c.seq BETWEEN %s AND %s) AND {_HAS_NEW_KEY} "
+        "AND NOT EXISTS (SELECT 1 FROM drorch_reconcile.applied a WHERE a.run_id = c.run_id "
+        "AND a.change_id = c.change_id) ORDER BY c.seq", (run_id, table, deletes, lo, lo, hi))]
+
+
+def _match(meta: TableMeta, left: str, right: str) -> sql.Composable:
+    """``left``'s key columns equal ``right``'s (a composite value of the table's type)."""
+    return sql.SQL(" AND ").join(
+        sql.SQL("{l}.{c} = ({r}).{c}").format(l=sql.Identifier(left), c=sql.Identifier(c),
+                                              r=sql.SQL(right)) for c in meta.pk)
+
+
+def assign_new_keys(conn: Conn, run_id: str, metas: dict[str, TableMeta]) -> list[str]:
+    """Give every ``rekey`` change its new key from the key's sequence on the new primary,
+    once (recorded in ``drorch_reconcile.rekeyed`` before any row is written, so children
+    applied in any order find their parent's new key, and a rerun reuses it). Returns the
+    sequences moved forward first."""
+    moved = []
+    for name, meta in metas.items():
+        seq = meta.key_sequence
+        if seq is None or not conn.execute(
+                "SELECT 1 FROM drorch_reconcile.changes WHERE run_id = %s AND tbl = %s "
+                "AND action = 'rekey' LIMIT 1", (run_id, name)).fetchone():
+            continue  # nothing to re-key, or not re-keyable here (those go to a human)
+        # Past every key either side used: the old side's keys not applied yet included,
+        # or a fresh key could be one of them.
+        if conn.execute(sql.SQL(
+            "SELECT setval(%(seq)s::regclass, m) FROM (SELECT greatest((SELECT max({k}) "
+            "FROM {tbl}), (SELECT max((c.key->>%(col)s)::bigint) FROM "
+            "drorch_reconcile.changes c WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s)) AS m) x "
+            "WHERE m > coalesce(pg_sequence_last_value(%(seq)s::regclass), 0)").format(
+            k=sql.Identifier(meta.pk[0]), tbl=meta.ident),
+            {"run": run_id, "tbl": name, "col": meta.pk[0], "seq": seq}).fetchone():
+            moved.append(seq)
+        conn.execute(
+            "INSERT INTO drorch_reconcile.rekeyed (run_id, change_id, tbl, key_column, "
+            "old_id, new_id) SELECT c.run_id, c.change_id, c.tbl, %(col)s, "
+            "(c.key->>%(col)s)::bigint, nextval(%(seq)s::regclass) "
+            "FROM drorch_reconcile.changes c WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
+            "AND c.action = 'rekey' AND NOT EXISTS (SELECT 1 FROM drorch_reconcile.rekeyed m "
+            "WHERE m.run_id = c.run_id AND m.change_id = c.change_id) ORDER BY c.seq",
+            {"run": run_id, "tbl": name, "col": meta.pk[0], "seq": seq})
+    return moved
+
+
+def _rekeyed_parents(conn: Conn, run_id: str) -> set[str]:
+    return {str(r[0]) for r in conn.execute(
+        "SELECT DISTINCT tbl FROM drorch_reconcile.rekeyed WHERE run_id = %s", (run_id,))}
+
+
+def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
+               deletes: bool, parents: set[str]) -> None:
+    """One batch (changes of ``meta`` with seq in [lo, hi]) as set-based statements inside
+    the caller's transaction. A ``rekey`` row goes in under its new key; a foreign key
+    naming a re-keyed parent (``parents``) gets the parent's new key. Raises what the new
+    primary raises."""
+    p = {"run": run_id, "tbl": meta.name, "lo": lo, "hi": hi, "del": deletes}
+    tbl = meta.ident
+    conn.execute(sql.SQL(
+        "CREATE TEMP TABLE drorch_batch (change_id text PRIMARY KEY, action text, "
+        "new_row jsonb, cur jsonb, had boolean NOT NULL DEFAULT false, claimed text, r {}) "
+        "ON COMMIT DROP").format(tbl))
+    conn.execute(sql.SQL(
+        "INSERT INTO drorch_batch (change_id, action, new_row, r) SELECT c.change_id, "
+        "c.action, c.new_row, jsonb_populate_record(NULL::{tbl}, coalesce(c.old_row, c.key)) "
+        "FROM drorch_reconcile.changes c WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
+        f"AND c.seq BETWEEN %(lo)s AND %(hi)s AND c.action IN {_WRITES} "
+        f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} AND NOT EXISTS (SELECT 1 "
+        "FROM drorch_reconcile.applied a WHERE a.run_id = c.run_id "
+        "AND a.change_id = c.change_id)").format(tbl=tbl), p)
+    if not deletes and meta.key_sequence is not None and meta.name in parents:
+        conn.execute(sql.SQL(
+            "UPDATE drorch_batch b SET r.{k} = m.new_id, new_row = NULL "
+            "FROM drorch_reconcile.rekeyed m WHERE b.action = 'rekey' "
+            "AND m.run_id = %(run)s AND m.change_id = b.change_id"
+        ).format(k=sql.Identifier(meta.pk[0])), p)
+    for col, parent in meta.references if not deletes else ():
+        if parent in parents:  # the old primary's child row names the old primary's parent
+            conn.execute(sql.SQL(
+                "UPDATE drorch_batch b SET r.{c} = m.new_id FROM drorch_reconcile.rekeyed m "
+                "WHERE m.run_id = %(run)s AND m.tbl = %(parent)s AND m.old_id = (b.r).{c}"
+            ).format(c=sql.Identifier(col)), {**p, "parent": parent})
+    if meta.pk:  # lock the target rows, then compare them with the captured ones
+        conn.execute(sql.SQL(
+            "UPDATE drorch_batch b SET cur = x.cur, had = true FROM (SELECT s.change_id, "
+            "to_jsonb(t) AS cur FROM drorch_batch s JOIN {tbl} t ON {m} FOR UPDATE OF t) x "
+            "WHERE x.change_id = b.change_id").format(tbl=tbl, m=_match(meta, "t", "s.r")))
+    conn.execute(
+        "WITH ins AS (INSERT INTO drorch_reconcile.applied (run_id, change_id, outcome) "
+        "SELECT %(run)s, change_id, CASE WHEN cur IS DISTINCT FROM new_row THEN 'stale' "
+        "WHEN action = 'rekey' THEN 'rekeyed' ELSE 'applied' END FROM drorch_batch "
+        "ON CONFLICT (run_id, change_id) DO NOTHING RETURNING change_id, outcome) "
+        "UPDATE drorch_batch b SET claimed = ins.outcome FROM ins "
+        "WHERE b.change_id = ins.change_id", p)
+    if deletes:
+        conn.execute(sql.SQL(
+            "DELETE FROM {tbl} t USING drorch_batch b WHERE b.claimed = 'applied' AND {m}"
+        ).format(tbl=tbl, m=_match(meta, "t", "b.r")))
+    else:
+        writable = [c for c in meta.columns if c not in meta.generated | meta.identity_always]
+        if meta.pk and writable:
+            conn.execute(sql.SQL(
+                "UPDATE {tbl} t SET {sets} FROM drorch_batch b WHERE b.claimed = 'applied' "
+                "AND b.had AND {m}").format(
+                tbl=tbl, m=_match(meta, "t", "b.r"), sets=sql.SQL(", ").join(
+                    sql.SQL("{c} = (b.r).{c}").format(c=sql.Identifier(c)) for c in writable)))
+        cols = [c for c in meta.columns if c not in meta.generated]
+        conn.execute(sql.SQL(
+            "INSERT INTO {tbl} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} "
+            "FROM drorch_batch b WHERE b.claimed IN ('applied', 'rekeyed') AND NOT b.had"
+        ).format(tbl=tbl, cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                 rcols=sql.SQL(", ").join(sql.SQL("(b.r).{}").format(sql.Identifier(c))
+                                          for c in cols)))
+    conn.execute("DROP TABLE drorch_batch")
+
+
+def _refusal(e: psycopg.Error) -> str:
+    diag = e.diag
+    where = f" (constraint {diag.constraint_name})" if diag.constraint_name else ""
+    return f"{diag.sqlstate}: {diag.message_primary or e}{where}"
+
+
+def _apply_rows(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int, deletes: bool,
+                parents: set[str], errors: dict[str, str]) -> None:
+    """The slow path for a refused batch: row by row, each in a savepoint, each refusal
+    recorded in ``errors`` with the database's words."""
+    with _replica_role_txn(conn):
+        for seq, change_id in _pending(conn, run_id, meta.name, deletes, (lo, hi)):
+            try:
+                with conn.transaction():
+                    _apply_set(conn, meta, run_id, seq, seq, deletes, parents)
+            except psycopg.Error as e:
+                if conn.closed or conn.broken:
+                    raise
+                errors[change_id] = _refusal(e)
+
+
+def _apply_table(conn: Conn, meta: TableMeta, run_id: str, deletes: bool, batch: int,
+                 parents: set[str], errors: dict[str, str]) -> None:
+    """Every pending change of one table (its upserts, or its deletes)."""
+    seqs = [seq for seq, _cid in _pending(conn, run_id, meta.name, deletes)]
+    todo = [(seqs[i: i + batch], False) for i in range(0, len(seqs), batch)][::-1]
+    while todo:
+        part, refused_before = todo.pop()
+        if refused_before and len(part) <= ONE_BY_ONE or len(part) == 1:
+            _apply_rows(conn, meta, run_id, part[0], part[-1], deletes, parents, errors)
+            continue
+        try:
+            with _replica_role_txn(conn):
+                _apply_set(conn, meta, run_id, part[0], part[-1], deletes, parents)
+        except psycopg.Error:
+            if conn.closed or conn.broken:
+                raise
+            mid = len(part) // 2  # find the refused rows: halves, then one by one
+            todo += [(part[mid:], True), (part[:mid], True)]
+
+
+def _keep_new(conn: Conn, run_id: str) -> int:
+    """Record every ``keep-new`` change as kept (nothing to write); rows recorded now."""
+    cur = conn.execute(
+        "INSERT INTO drorch_reconcile.applied (run_id, change_id, outcome) "
+        "SELECT run_id, change_id, 'kept-new' FROM drorch_reconcile.changes "
+        "WHERE run_id = %s AND action = 'keep-new' ON CONFLICT (run_id, change_id) DO NOTHING",
+        (run_id,))
+    return cur.rowcount
+
+
+_OUTCOMES = """
+SELECT c.tbl, c.kind, coalesce(a.outcome, CASE WHEN c.action = 'apply-old' THEN 'error'
+       ELSE 'pending' END) AS outcome, count(*),
+       encode(sha256(convert_to(string_agg(c.change_id || ':' || coalesce(a.outcome,
+              'pending'), ',' ORDER BY c.change_id), 'UTF8')), 'hex')
+FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a USING (run_id, change_id)
+WHERE c.run_id = %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+"""
+
+
+def _count(conn: Conn, run_id: str, outcome: str) -> int:
+    row = conn.execute("SELECT count(*) FROM drorch_reconcile.applied WHERE run_id = %s "
+                       "AND outcome = %s", (run_id, outcome)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _tally(conn: Conn, run_id: str, res: ApplyResult, before: dict[str, int],
+           present: set[str]) -> None:
+    """Fill ``res`` from what ``drorch_reconcile.applied`` records (the truth, also for
+    changes decided by an earlier, killed run): per table, kind and outcome. ``before``:
+    rows per outcome recorded before this call."""
+    totals: dict[str, int] = {}
+    for table, kind, outcome, n, digest in conn.execute(_OUTCOMES, (run_id,)):
+        n = int(n)
+        if outcome in ("error", "pending", "stale") and table not in present:
+            res.unshown += n
+            outcome = "unshown"
+        res.outcomes.append({"table": table, "kind": kind, "outcome": outcome, "rows": n,
+                             "digest": digest})
+        totals[outcome] = totals.get(outcome, 0) + n
+    res.applied = totals.get("applied", 0) - before.get("applied", 0)
+    res.already_applied = before.get("applied", 0) + totals.get("resolved-old", 0)
+    res.rekeyed = totals.get("rekeyed", 0)
+    res.kept_new = totals.get("kept-new", 0) + totals.get("resolved-new", 0)
+    res.stale = totals.get("stale", 0)
+    res.errors = totals.get("error", 0)
+    res.manual_pending = totals.get("pending", 0)
+
+
+def write_key_mapping(conn: Conn, run_id: str, path: str) -> int:
+    """The old -> new key of every re-keyed row as CSV (table, key column, old key, new
+    key, change id), for the business to act on; returns rows written."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path + ".tmp")
+    n = 0
+    with tmp.open("wb") as f, conn.cursor() as cur, cur.copy(sql.SQL(
+            "COPY (SELECT m.tbl AS table, m.key_column, m.old_id AS old_key, "
+            "m.new_id AS new_key, m.change_id FROM drorch_reconcile.rekeyed m "
+            "JOIN drorch_reconcile.applied a USING (run_id, change_id) "
+            "WHERE m.run_id = {} AND a.outcome = 'rekeyed' ORDER BY m.tbl, m.old_id) "
+            "TO STDOUT WITH (FORMAT csv, HEADER)").format(sql.Literal(run_id))) as copy:
+        for chunk in copy:
+            f.write(chunk)
+            n += bytes(chunk).count(b"\n")
+    os.replace(tmp, path)
+    return max(0, n - 1)
+
+
+def _mapping_sample(conn: Conn, run_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    return [{"table": t, "column": c, "old": o, "new": n} for t, c, o, n in conn.execute(
+        "SELECT m.tbl, m.key_column, m.old_id, m.new_id FROM drorch_reconcile.rekeyed m "
+        "JOIN drorch_reconcile.applied a USING (run_id, change_id) WHERE m.run_id = %s "
+        "AND a.outcome = 'rekeyed' ORDER BY m.tbl, m.old_id LIMIT %s", (run_id, limit))]
+
+
+def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: ReconcileSpec, *,
+                         batch_size: int = BATCH_ROWS,
+                         conflict_file: str | None = None,
+                         mapping_file: str | None = None) -> ApplyResult:
+    """Apply every ``apply-old`` change of a captured run, insert every ``rekey`` one under
+    a fresh key; record ``keep-new`` ones.
+
+    Safe to rerun, also after a kill: nothing is applied twice, a re-keyed row keeps its
+    first new key. Upserts go in the run's table order (listed tables first, as listed),
+    deletes in reverse. Manual conflicts, collisions that cannot be re-keyed, stale
+    changes and rows the new primary refused (with its error) go to ``conflict_file``
+    (default ``spec.conflict_file``; rewritten on each run, resolutions kept); the old ->
+    new keys to ``mapping_file`` (CSV; default beside the conflict file). ``res.outcomes``:
+    rows per table, kind and outcome, with a digest of the change set (never one entry
+    per row). Raises :class:`NotCaptured` when the run is not on this database.
     """
     run_id = report if isinstance(report, str) else report.run_id
     path = conflict_file or spec.conflict_file
@@ -157,56 +419,42 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
         captured = store.load_report(conn, run_id)
         if captured is None:
             raise NotCaptured(f"run {run_id} was never captured on this database")
-        stored = store.changes(conn, run_id)
-        order = {t.table: i for i, t in enumerate(captured.tables)}
+        store.ensure_schema(conn)
+        order = [t.table for t in captured.tables]
         sens = {t.table: set(t.sensitive) for t in captured.tables}
         metas = {n: m for n in order if (m := load_table(conn, n)) is not None}
-        todo = [c for c in stored if c.action == "apply-old" and c.outcome is None
-                and c.table in metas]
-        todo.sort(key=lambda c: (c.old_absent, -order[c.table] if c.old_absent
-                                 else order[c.table]))
-        outcomes: dict[str, tuple[str, str | None]] = {}
-        for i in range(0, len(todo), batch_size):
-            with _replica_role_txn(conn):
-                for ch in todo[i: i + batch_size]:
-                    outcomes[ch.change_id] = _try_apply(conn, metas[ch.table], run_id, ch,
-                                                        "applied", fingerprint(ch.new_row))
-        with conn.transaction():
-            for ch in stored:
-                if ch.action == "keep-new" and ch.outcome is None:
-                    store.claim(conn, run_id, ch.change_id, "kept-new")
-                    outcomes[ch.change_id] = ("kept-new", None)
-        res.sequences_advanced = advance_sequences(conn, list(metas.values()))
-        final = store.changes(conn, run_id)
-        errors = {cid: d or "refused" for cid, (o, d) in outcomes.items() if o == "error"}
-        for ch in final:
-            outcome, detail = outcomes.get(ch.change_id, (ch.outcome or "pending", None))
-            if outcome == "already" or (ch.change_id not in outcomes and ch.outcome == "applied"):
-                res.already_applied += 1
-                outcome = "already-applied"
-            elif outcome == "applied":
-                res.applied += 1
-            elif outcome in ("kept-new", "resolved-new"):
-                res.kept_new += 1
-            elif outcome == "resolved-old":
-                res.already_applied += 1
-            elif outcome == "stale":
-                res.stale += 1
-            elif outcome == "error":
-                res.errors += 1
-            elif outcome == "pending":
-                res.manual_pending += 1
-            res.decisions.append(_decision(ch, sens.get(ch.table, set()), outcome, detail))
-        pending = [c for c in final if c.outcome in (None, "stale") and c.action != "keep-new"]
-        missing = sorted({c.table for c in pending if c.table not in metas})
-        if missing:  # a table gone since the capture: its changes cannot be shown
-            res.unshown = sum(1 for c in pending if c.table in missing)
-            pending = [c for c in pending if c.table in metas]
-        if path and pending:
-            write_conflict_file(conn, run_id, pending, metas, sens, path, errors=errors)
+        before = {"applied": _count(conn, run_id, "applied")}
+        moved = assign_new_keys(conn, run_id, metas)
+        parents = _rekeyed_parents(conn, run_id)
+        errors: dict[str, str] = {}
+        for deletes in (False, True):
+            for name in (reversed(order) if deletes else order):
+                if name in metas:
+                    _apply_table(conn, metas[name], run_id, deletes, batch_size, parents,
+                                 errors)
+        _keep_new(conn, run_id)
+        res.sequences_advanced = sorted(set(moved) | set(
+            advance_sequences(conn, list(metas.values()))))
+        _tally(conn, run_id, res, before, set(metas))
+        if res.rekeyed:
+            res.mapping_file = mapping_file or _beside(path, run_id)
+            write_key_mapping(conn, run_id, res.mapping_file)
+            res.rekeyed_sample = _mapping_sample(conn, run_id)
+        if path and (res.manual_pending or res.stale or res.errors):
+            res.in_conflict_file = write_conflict_file(
+                conn, run_id, [metas[n] for n in order if n in metas], sens, path,
+                errors=errors)
             res.conflict_file = path
-            res.in_conflict_file = len(pending)
     return res
+
+
+def _beside(conflict_file: str | None, run_id: str) -> str:
+    """``<conflict file's stem>.rekeyed.csv``; without a conflict file, the working
+    directory's ``rekeyed-<database>.csv``."""
+    if conflict_file:
+        p = Path(conflict_file)
+        return str(p.with_name(p.stem + ".rekeyed.csv"))
+    return f"rekeyed-{run_id.split('@', 1)[0]}.csv"
 
 
 def _reason(ch: store.StoredChange, error: str | None = None) -> str:
@@ -215,9 +463,11 @@ def _reason(ch: store.StoredChange, error: str | None = None) -> str:
                 "(or choose 'new' to keep the new primary's), then apply this file")
     if ch.kind == "collision":
         return ("both primaries inserted this key after the split: these are two different "
-                "rows. 'old' replaces the new primary's row with the old one, 'new' keeps "
-                "the new primary's; to keep both, insert the old row under a new key "
-                "yourself, then choose 'new' (automatic re-keying is not built yet)")
+                "rows, and this table's are not re-keyed automatically (its key is not one "
+                "column fed by a sequence, or the runbook sets collisions: manual). 'old' "
+                "replaces the new primary's row with the old one, 'new' keeps the new "
+                "primary's; to keep both, insert the old row under a new key yourself, "
+                "then choose 'new'")
     if ch.kind == "unkeyed":
         return ("table without primary key: this row is on the old primary only; "
                 "'old' inserts it on the new primary")
@@ -231,29 +481,52 @@ def _reason(ch: store.StoredChange, error: str | None = None) -> str:
     return "both primaries changed it; the table's policy is manual"
 
 
-def write_conflict_file(conn: Conn, run_id: str, pending: list[store.StoredChange],
-                        metas: dict[str, TableMeta], sens: dict[str, set[str]],
-                        path: str, reset: frozenset[str] = frozenset(),
-                        errors: dict[str, str] | None = None) -> None:
-    """The human-facing file for ``pending`` changes: both rows, sensitive values masked;
-    ``errors``: change id -> the database's error for rows the new primary refused."""
+def _conflict_rows(conn: Conn, run_id: str, meta: TableMeta) -> Iterator[tuple[Any, ...]]:
+    """The table's changes for a human, with both rows, streamed from a server cursor."""
+    new_row = sql.SQL("NULL::text")
+    join = sql.SQL("")
+    if meta.pk:
+        new_row = sql.SQL("to_jsonb(t)::text")
+        join = sql.SQL("LEFT JOIN {tbl} t ON {m}").format(
+            tbl=meta.ident, m=sql.SQL(" AND ").join(
+                sql.SQL("t.{c} = (jsonb_populate_record(NULL::{tbl}, c.key)).{c}").format(
+                    c=sql.Identifier(c), tbl=meta.ident) for c in meta.pk))
+    q = sql.SQL(
+        "SELECT c.change_id, c.key::text, c.kind, c.action, c.columns, c.old_op, c.new_op, "
+        "c.undetermined, a.outcome, c.old_row::text, {new_row} "
+        "FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a "
+        "USING (run_id, change_id) {join} WHERE c.run_id = %s AND c.tbl = %s "
+        "AND c.action <> 'keep-new' AND (a.outcome IS NULL OR a.outcome = 'stale') "
+        "ORDER BY c.seq").format(new_row=new_row, join=join)
+    with conn.transaction(), conn.cursor(name="drorch_conflicts") as cur:
+        cur.itersize = 2000
+        cur.execute(q, (run_id, meta.name))
+        yield from cur
+
+
+def write_conflict_file(conn: Conn, run_id: str, metas: list[TableMeta],
+                        sens: dict[str, set[str]], path: str,
+                        reset: frozenset[str] = frozenset(),
+                        errors: dict[str, str] | None = None) -> int:
+    """The human-facing file for every pending change of the run (manual, stale, refused):
+    both rows, sensitive values masked, one entry per line. ``errors``: change id -> the
+    database's error for rows the new primary refused. Returns entries written."""
     database = str(conn.execute("SELECT current_database()").fetchone()[0])  # type: ignore[index]
-    entries = []
-    for ch in pending:
-        meta, params = metas[ch.table], {"run": run_id, "cid": ch.change_id}
-        old_text = conn.execute("SELECT old_row::text FROM drorch_reconcile.changes WHERE "
-                                "run_id = %(run)s AND change_id = %(cid)s", params).fetchone()
-        row = conn.execute(sql.SQL("SELECT to_jsonb(t)::text FROM {} AS t WHERE {}").format(
-            meta.ident, _key_pred(meta)), params).fetchone() if meta.pk else None
-        new_text = row[0] if row else None
-        s = sens.get(ch.table, set())
-        entries.append(conflicts.ConflictEntry(
-            change_id=ch.change_id, table=ch.table,
-            key={c: ("***" if c in s else v) for c, v in ch.key.items()}, kind=ch.kind,
-            reason=_reason(ch, (errors or {}).get(ch.change_id)), columns=ch.columns,
-            old_op=ch.old_op, new_op=ch.new_op,
-            old=mask(parse_row(old_text[0]) if old_text and old_text[0] else None, s),
-            new=mask(parse_row(new_text) if new_text else None, s),
-            new_fingerprint=fingerprint(new_text)))
-    conflicts.write(path, conflicts.ConflictFile(run_id=run_id, database=database,
-                                                 conflicts=entries), reset)
+
+    def entries() -> Iterator[dict[str, Any]]:
+        for meta in metas:
+            s = sens.get(meta.name, set())
+            for (cid, key, kind, action, columns, old_op, new_op, undetermined, outcome,
+                 old_text, new_text) in _conflict_rows(conn, run_id, meta):
+                ch = store.StoredChange(cid, meta.name, json.loads(key), kind, action,
+                                        list(columns), old_op, new_op, bool(undetermined),
+                                        old_text is None, new_text, outcome)
+                yield {"change_id": cid, "table": meta.name,
+                       "key": {c: ("***" if c in s else v) for c, v in ch.key.items()},
+                       "kind": kind, "reason": _reason(ch, (errors or {}).get(cid)),
+                       "columns": ch.columns, "old_op": old_op, "new_op": new_op,
+                       "old": mask(parse_row(old_text) if old_text else None, s),
+                       "new": mask(parse_row(new_text) if new_text else None, s),
+                       "new_fingerprint": fingerprint(new_text), "resolution": None}
+
+    return conflicts.write_stream(path, run_id, database, entries(), reset)

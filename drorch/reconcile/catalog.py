@@ -40,6 +40,16 @@ class TableMeta:
     """GENERATED ALWAYS AS IDENTITY: inserted with OVERRIDING SYSTEM VALUE, never updated."""
     sequences: tuple[tuple[str, str], ...] = ()
     """(sequence, column) pairs: serial and identity columns."""
+    references: tuple[tuple[str, str], ...] = ()
+    """(column, parent table) for each single-column foreign key: where a re-keyed
+    parent's new key must be carried."""
+
+    @property
+    def key_sequence(self) -> str | None:
+        """The sequence feeding a single-column primary key (None: not re-keyable)."""
+        if len(self.pk) != 1 or self.pk_types.get(self.pk[0]) not in ("int2", "int4", "int8"):
+            return None
+        return next((seq for seq, col in self.sequences if col == self.pk[0]), None)
 
     @property
     def ident(self) -> sql.Composable:
@@ -108,9 +118,16 @@ def load_table(conn: Conn, name: str) -> TableMeta | None:
         if seq:
             seqs.append((str(seq), str(col)))
     types = {str(r[0]): str(r[1]) for r in cols}
+    refs = conn.execute(
+        "SELECT a.attname, format('%%s.%%s', n.nspname, p.relname) FROM pg_constraint k "
+        "JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1] "
+        "JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace n ON n.oid = p.relnamespace "
+        "WHERE k.conrelid = %s AND k.contype = 'f' AND cardinality(k.conkey) = 1 "
+        "ORDER BY k.conname", (oid,)).fetchall()
     return TableMeta(name, oid, pk, [str(r[0]) for r in cols], rels, {c: types[c] for c in pk},
                      frozenset(str(r[0]) for r in cols if r[2]),
-                     frozenset(str(r[0]) for r in cols if r[3]), tuple(seqs))
+                     frozenset(str(r[0]) for r in cols if r[3]), tuple(seqs),
+                     tuple((str(c), str(t)) for c, t in refs))
 
 
 SKIPPED_SCHEMAS = ("pg_catalog", "information_schema", "drorch_reconcile")

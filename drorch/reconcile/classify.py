@@ -23,7 +23,7 @@ from drorch.reconcile.config import Policy
 
 Row = dict[str, Any]
 Kind = Literal["old-only", "new-only", "conflict", "collision", "unkeyed"]
-Action = Literal["apply-old", "keep-new", "manual"]
+Action = Literal["apply-old", "keep-new", "manual", "rekey"]
 
 
 def canonical_key(values: list[Any]) -> str:
@@ -107,14 +107,17 @@ def side_op(base_had: bool | None, now: Row | None) -> str:
 
 
 def decide(kind: Kind, policy: Policy, undetermined: bool = False,
-           base: bool | None = True) -> Action:
+           base: bool | None = True, rekey: bool = False) -> Action:
     """Old-only changes are applied, new-only kept, conflicts follow the table's policy
     only when both versions are of a row that existed at the split (``base``) and both
     sides are known to have changed it.
 
-    ``unkeyed`` rows (a table without primary key), collisions and undetermined
-    conflicts always go to a human."""
-    if kind in ("unkeyed", "collision"):
+    A collision is re-keyed when ``rekey`` (the table allows it and its key comes from a
+    sequence), else it goes to a human, as ``unkeyed`` rows (a table without primary
+    key) and undetermined conflicts always do."""
+    if kind == "collision":
+        return "rekey" if rekey else "manual"
+    if kind == "unkeyed":
         return "manual"
     if kind == "old-only":
         return "apply-old"

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Policy = Literal["old-wins", "new-wins", "manual"]
 Method = Literal["auto", "wal", "full"]
+Collisions = Literal["rekey", "manual"]
 
 
 class _Model(BaseModel):
@@ -31,6 +32,10 @@ class ReconcileTable(_Model):
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_$]*\.[A-Za-z_][A-Za-z0-9_$]*$")
     policy: Policy = "manual"
     sensitive_columns: list[str] = Field(default_factory=list)
+    collisions: Collisions = "rekey"
+    """Both sides inserted the same new key: ``rekey`` inserts the old primary's row under
+    a fresh key from the key's sequence (tables with a one-column key fed by a
+    sequence; others go to a human), ``manual`` hands both rows to a human."""
 
     @property
     def schema_name(self) -> str:
@@ -53,7 +58,7 @@ class ReconcileSpec(_Model):
     reconciled all the same). ``conflict_file``: where changes for a human go
     (manual conflicts, key collisions, rows the new primary refused, sides that
     cannot be told apart); the engine defaults it to
-    ``<state_dir>/conflicts-<database>.json``.
+    ``<state_dir>/conflicts-<database>.jsonl``.
     """
 
     tables: list[ReconcileTable] = Field(default_factory=list)
@@ -84,4 +89,4 @@ class ReconcileSpec(_Model):
         """A table found in the database but not in the runbook: ``default_policy``, no
         sensitive columns. Built without the name pattern (the database named it)."""
         return ReconcileTable.model_construct(name=name, policy=self.default_policy,
-                                              sensitive_columns=[])
+                                              sensitive_columns=[], collisions="rekey")

@@ -159,7 +159,9 @@ def _classify_table(old: Conn, new: Conn, meta: TableMeta, cfg: ReconcileTable, 
             continue
         tr.changes.append(Change(
             change_id(run_id, cfg.name, key), cfg.name, _key_dict(meta, key), kind,
-            decide(kind, cfg.policy, undetermined, base), differing_columns(a, b),
+            decide(kind, cfg.policy, undetermined, base,
+                   rekey=cfg.collisions == "rekey" and meta.key_sequence is not None),
+            differing_columns(a, b),
             side_op(base, a) if ot is not False else None,
             side_op(base, b) if nt is not False else None, undetermined,
             a_ent[0] if a_ent else None, b_ent[0] if b_ent else None,

@@ -109,8 +109,13 @@ class TableReport:
     new_transactions: int | None = None
     converged: int = 0
     """Keys both sides changed to the same row (nothing to do)."""
+    captured_counts: dict[str, int] | None = None
+    """The counts as captured, for a report read back without its changes (they are
+    rows of ``drorch_reconcile.changes``)."""
 
     def counts(self) -> dict[str, int]:
+        if self.captured_counts is not None and not self.changes:
+            return dict(self.captured_counts)
         by = {k: sum(1 for c in self.changes if c.kind == k)
               for k in ("old-only", "new-only", "conflict", "collision", "unkeyed")}
         return {"rows_diverged": len(self.changes), "old_only": by["old-only"],
@@ -118,17 +123,20 @@ class TableReport:
                 "collisions": by["collision"], "unkeyed": by["unkeyed"],
                 "undetermined": sum(1 for c in self.changes if c.undetermined),
                 "to_apply": sum(1 for c in self.changes if c.action == "apply-old"),
+                "to_rekey": sum(1 for c in self.changes if c.action == "rekey"),
                 "manual": sum(1 for c in self.changes if c.action == "manual"),
                 "converged": self.converged}
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, with_changes: bool = True) -> dict[str, Any]:
         sens = set(self.sensitive)
-        return {"table": self.table, "pk": self.pk, "policy": self.policy,
-                "sensitive_columns": self.sensitive, "counts": self.counts(),
-                "old_touched_keys": self.old_touched, "new_touched_keys": self.new_touched,
-                "old_transactions": self.old_transactions,
-                "new_transactions": self.new_transactions,
-                "changes": [c.to_dict(sens) for c in self.changes]}
+        out = {"table": self.table, "pk": self.pk, "policy": self.policy,
+               "sensitive_columns": self.sensitive, "counts": self.counts(),
+               "old_touched_keys": self.old_touched, "new_touched_keys": self.new_touched,
+               "old_transactions": self.old_transactions,
+               "new_transactions": self.new_transactions}
+        if with_changes:
+            out["changes"] = [c.to_dict(sens) for c in self.changes]
+        return out
 
 
 @dataclass
@@ -191,12 +199,14 @@ class DivergenceReport:
                 f"{t.get('unkeyed', 0)} without a key); "
                 f"{self.transactions.get('old_committed')} old-side transactions")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, with_changes: bool = True) -> dict[str, Any]:
+        """``with_changes=False``: counts only (what is captured with the changes' rows)."""
         return {"run_id": self.run_id, "database": self.database, "method": self.method,
                 "method_reason": self.method_reason, "attribution": self.attribution,
                 "divergence": self.divergence.to_dict(), "old_end_lsn": self.old_end_lsn,
                 "new_end_lsn": self.new_end_lsn, "transactions": self.transactions,
-                "totals": self.totals(), "tables": [t.to_dict() for t in self.tables],
+                "totals": self.totals(),
+                "tables": [t.to_dict(with_changes) for t in self.tables],
                 "tables_without_pk": self.tables_without_pk,
                 "unconfigured_tables": self.unconfigured_tables, "problems": self.problems,
                 "unlisted_tables": self.unlisted_tables, "default_policy": self.default_policy,
@@ -206,18 +216,21 @@ class DivergenceReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DivergenceReport:
-        """The stored summary (keys as masked in ``to_dict``; rows are not in it)."""
+        """The stored summary (keys as masked in ``to_dict``; rows are not in it; a captured
+        report has counts, not changes)."""
         tables = []
         for t in d.get("tables", []):
             changes = [Change(c["change_id"], c["table"], c["key"], c["kind"], c["action"],
                               c["columns"], c.get("old_op"), c.get("new_op"),
                               c.get("undetermined", False),
-                              old_committed_at=c.get("old_committed_at")) for c in t["changes"]]
+                              old_committed_at=c.get("old_committed_at"))
+                       for c in t.get("changes", [])]
             tables.append(TableReport(t["table"], t["pk"], t["policy"],
                                       t.get("sensitive_columns", []), changes,
                                       t.get("old_touched_keys"), t.get("new_touched_keys"),
                                       t.get("old_transactions"), t.get("new_transactions"),
-                                      t["counts"].get("converged", 0)))
+                                      t["counts"].get("converged", 0),
+                                      None if "changes" in t else dict(t["counts"])))
         return cls(d["run_id"], d["database"], d["method"], d["method_reason"],
                    Divergence.from_dict(d["divergence"]), d.get("attribution", {}),
                    d.get("old_end_lsn"), d.get("new_end_lsn"), d.get("transactions", {}),
@@ -240,7 +253,18 @@ class ApplyResult:
     errors: int = 0
     sequences_advanced: list[str] = field(default_factory=list)
     conflict_file: str | None = None
+    rekeyed: int = 0
+    """Collisions resolved by inserting the old primary's row under a fresh key."""
+    mapping_file: str | None = None
+    """CSV of every re-keyed row's old and new key."""
+    rekeyed_sample: list[dict[str, Any]] = field(default_factory=list)
+    """The first re-keyed rows (table, column, old, new): the whole list is the CSV."""
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per change a human resolved (conflict file only: bounded by the file)."""
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
+    """Rows per table, kind and outcome (``applied``, ``kept-new``, ``resolved-old``,
+    ``resolved-new``, ``stale``, ``error``, ``pending``, ``unshown``) with a SHA-256
+    ``digest`` of that change set: grows with tables, never with rows."""
     in_conflict_file: int = 0
     """Entries written to the conflict file (pending, stale and refused changes)."""
     unshown: int = 0
@@ -254,11 +278,14 @@ class ApplyResult:
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "applied": self.applied,
                 "already_applied": self.already_applied, "rows_recovered": self.rows_recovered,
-                "kept_new": self.kept_new, "manual_pending": self.manual_pending,
+                "kept_new": self.kept_new, "rekeyed": self.rekeyed,
+                "mapping_file": self.mapping_file, "rekeyed_sample": self.rekeyed_sample,
+                "manual_pending": self.manual_pending,
                 "stale": self.stale, "errors": self.errors,
                 "sequences_advanced": self.sequences_advanced,
                 "conflict_file": self.conflict_file, "in_conflict_file": self.in_conflict_file,
-                "unshown": self.unshown, "decisions": self.decisions}
+                "unshown": self.unshown, "outcomes": self.outcomes,
+                **({"decisions": self.decisions} if self.decisions else {})}
 
 
 @dataclass

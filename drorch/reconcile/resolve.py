@@ -87,13 +87,8 @@ def _apply_file(doc: conflicts.ConflictFile, conn: Conn, path: str) -> ApplyResu
                 res.errors += 1
             res.decisions.append(_decision(ch, s, outcome, detail))
     res.sequences_advanced = advance_sequences(conn, list(metas.values()))
-    if stale:
-        fresh = store.changes(conn, run_id)
-        pending = [c for c in fresh if c.change_id in {e.change_id for e in doc.conflicts}
-                   and c.outcome in (None, "stale")]
-        for c in pending:
-            if c.table not in metas and (m := load_table(conn, c.table)) is not None:
-                metas[c.table] = m
-        pending = [c for c in pending if c.table in metas]
-        write_conflict_file(conn, run_id, pending, metas, sens, path, frozenset(stale))
+    if stale:  # the file again, with the rows as they are now and those entries reset
+        ordered = [t.table for t in report.tables]
+        tables = [m for n in ordered if (m := metas.get(n) or load_table(conn, n)) is not None]
+        write_conflict_file(conn, run_id, tables, sens, path, frozenset(stale))
     return res

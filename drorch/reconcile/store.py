@@ -3,7 +3,8 @@
 pg_rewind erases the old primary's divergent rows, so they are captured before
 any resync, into the database that survives: ``runs`` (one report per run, as
 ``to_dict`` renders it: no values), ``changes`` (one row per differing key,
-with both rows as jsonb) and ``applied`` (one row per change once decided;
+with both rows as jsonb), ``rekeyed`` (the new key of each re-keyed collision, assigned
+once) and ``applied`` (one row per change once decided;
 its primary key is what makes applying idempotent). The schema is readable by
 superusers only: it holds the same values as the application tables,
 sensitive ones included, and they never leave the database except masked.
@@ -44,6 +45,17 @@ CREATE TABLE IF NOT EXISTS drorch_reconcile.changes (
     new_row      jsonb,
     PRIMARY KEY (run_id, change_id)
 );
+CREATE INDEX IF NOT EXISTS changes_by_table ON drorch_reconcile.changes (run_id, tbl, seq);
+CREATE TABLE IF NOT EXISTS drorch_reconcile.rekeyed (
+    run_id     text NOT NULL,
+    change_id  text NOT NULL,
+    tbl        text NOT NULL,
+    key_column text NOT NULL,
+    old_id     bigint NOT NULL,
+    new_id     bigint NOT NULL,
+    PRIMARY KEY (run_id, change_id)
+);
+CREATE INDEX IF NOT EXISTS rekeyed_by_old ON drorch_reconcile.rekeyed (run_id, tbl, old_id);
 CREATE TABLE IF NOT EXISTS drorch_reconcile.applied (
     run_id     text NOT NULL,
     change_id  text NOT NULL,
@@ -94,32 +106,55 @@ def capture(conn: Conn, report: DivergenceReport) -> bool:
         inserted = conn.execute(
             "INSERT INTO drorch_reconcile.runs (run_id, report) VALUES (%s, %s::jsonb) "
             "ON CONFLICT (run_id) DO NOTHING RETURNING 1",
-            (report.run_id, json.dumps(report.to_dict(), default=str))).fetchone()
+            (report.run_id, json.dumps(report.to_dict(with_changes=False), default=str))
+        ).fetchone()
         if not inserted:
             return False
-        rows = []
         seq = 0
-        for t in report.tables:
-            for c in t.changes:
-                seq += 1
-                rows.append((report.run_id, c.change_id, seq, c.table,
-                             json.dumps(c.key, default=str), c.kind, c.action, c.columns,
-                             c.old_op, c.new_op, c.undetermined, c.old_row, c.new_row))
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO drorch_reconcile.changes (run_id, change_id, seq, tbl, key, kind, "
-                "action, columns, old_op, new_op, undetermined, old_row, new_row) VALUES "
-                "(%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)", rows)
+        with conn.cursor() as cur, cur.copy(
+                "COPY drorch_reconcile.changes (run_id, change_id, seq, tbl, key, kind, action, "
+                "columns, old_op, new_op, undetermined, old_row, new_row) FROM STDIN") as copy:
+            run = _copy_text(report.run_id)
+            for t in report.tables:
+                tbl = _copy_text(t.table)
+                for c in t.changes:
+                    seq += 1
+                    copy.write("\t".join((
+                        run, c.change_id, str(seq), tbl,
+                        _copy_text(json.dumps(c.key, default=str)), c.kind, c.action,
+                        _copy_text(_array_literal(c.columns)), _copy_text(c.old_op),
+                        _copy_text(c.new_op), "t" if c.undetermined else "f",
+                        _copy_text(c.old_row), _copy_text(c.new_row))) + "\n")
     return True
 
 
-def changes(conn: Conn, run_id: str) -> list[StoredChange]:
-    """Every change of a run in capture order, with what has been decided so far."""
+def _copy_text(value: str | None) -> str:
+    """A value in COPY's text format (PostgreSQL docs, "COPY", File Formats: Text Format):
+    backslash, tab, newline and carriage return escaped; ``\\N`` is NULL."""
+    if value is None:
+        return "\\N"
+    return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
+def _array_literal(items: list[str]) -> str:
+    """A text[] literal with every element double-quoted (quotes and backslashes escaped)."""
+    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for i in items) + "}"
+
+
+def changes(conn: Conn, run_id: str, *, table: str | None = None,
+            seq_range: tuple[int, int] | None = None) -> list[StoredChange]:
+    """The changes of a run (of one ``table``, with seq in ``seq_range``) in capture
+    order, with what has been decided so far."""
+    lo, hi = seq_range or (None, None)
     rows = conn.execute(
         "SELECT c.change_id, c.tbl, c.key::text, c.kind, c.action, c.columns, c.old_op, "
         "c.new_op, c.undetermined, c.old_row IS NULL, c.new_row::text, a.outcome "
         "FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a "
-        "USING (run_id, change_id) WHERE c.run_id = %s ORDER BY c.seq", (run_id,)).fetchall()
+        "USING (run_id, change_id) WHERE c.run_id = %s AND (%s::text IS NULL OR c.tbl = %s) "
+        "AND (%s::int IS NULL OR c.seq BETWEEN %s AND %s) ORDER BY c.seq",
+        (run_id, table, table, lo, lo, hi)).fetchall()
     return [StoredChange(r[0], r[1], json.loads(r[2]), r[3], r[4], list(r[5]), r[6], r[7],
                          bool(r[8]), bool(r[9]), r[10], r[11]) for r in rows]
 

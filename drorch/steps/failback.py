@@ -113,7 +113,7 @@ class ReconcileDivergence(Step):
                        for t in report.tables]}
         ctx.facts.set(f"reconcile:{self.target}:report", report_doc)
         if blocked(report):  # before anything is applied or kept: a retry starts afresh
-            accounting = account(report_doc, {"decisions": [], "conflict_file": None})
+            accounting = account(report_doc, {"outcomes": [], "conflict_file": None})
             ctx.facts.set(f"reconcile:{self.target}:accounting", accounting.to_dict())
             ctx.record("reconcile.unaccounted", {"database": self.target,
                                                  **accounting.to_dict()}, outcome="halted")
@@ -121,15 +121,17 @@ class ReconcileDivergence(Step):
                              f"so it will not rewind the old primary: {accounting.problem()}",
                              accounting.to_dict())
         path = conflict_path(ctx, self.target)
-        result = apply_reconciliation(report, new_dsn, db.reconcile, conflict_file=path)
+        result = apply_reconciliation(
+            report, new_dsn, db.reconcile, conflict_file=path,
+            mapping_file=str(Path(ctx.runbook.state_dir) / f"rekeyed-{self.target}.csv"))
         applied = result.to_dict()
         accounting = account(report_doc, applied)
         for t in accounting.tables:  # one audit entry per table, never one per row
             ctx.record("reconcile.table", {
                 "database": self.target, **t.to_dict(),
-                "changes_digest": _digest(d["change_id"] + d["outcome"]
-                                          for d in applied["decisions"]
-                                          if d["table"] == t.table)},
+                "changes_digest": _digest(f"{o['kind']}:{o['outcome']}:{o['digest']}"
+                                          for o in applied["outcomes"]
+                                          if o["table"] == t.table)},
                 outcome="ok" if not t.unaccounted else "unaccounted")
         ctx.facts.set(f"reconcile:{self.target}:accounting", accounting.to_dict())
         if not accounting.holds:
@@ -150,15 +152,15 @@ class ReconcileDivergence(Step):
                 "run_id": report.run_id, "summary": report.summary(), "totals": report.totals(),
                 "divergence": divergence.to_dict(), "accounting": accounting.to_dict(),
                 "conflict_file": path,
-                "applied": {k: v for k, v in applied.items() if k != "decisions"}}
+                "applied": {k: v for k, v in applied.items() if k != "outcomes"}}
 
 
 def conflict_path(ctx: StepContext, database: str) -> str:
-    """The runbook's conflict file, else ``<state_dir>/conflicts-<database>.json``."""
+    """The runbook's conflict file, else ``<state_dir>/conflicts-<database>.jsonl``."""
     spec = ctx.runbook.database(database).reconcile
     if spec is not None and spec.conflict_file:
         return spec.conflict_file
-    return str(Path(ctx.runbook.state_dir) / f"conflicts-{database}.json")
+    return str(Path(ctx.runbook.state_dir) / f"conflicts-{database}.jsonl")
 
 
 def _digest(items: Iterable[str]) -> str:

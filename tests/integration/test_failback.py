@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 
 from drorch.lab import lab as lab_mod
+from drorch.reconcile.conflicts import load as load_conflicts
 from drorch.store.sqlite import SqliteStore
 from tests.conftest import Lab
 
@@ -181,10 +182,9 @@ def _split_brain(lab: Lab) -> World:
 
 
 def _conflict_entries(lab: Lab) -> dict[Key, dict[str, Any]]:
-    path = lab.state_dir / "conflicts-main.json"
-    doc = json.loads(path.read_text())
+    path = lab.state_dir / "conflicts-main.jsonl"
     entries: dict[Key, dict[str, Any]] = {}
-    for entry in doc["conflicts"]:
+    for entry in (e.model_dump() for e in load_conflicts(path).conflicts):
         key = (entry["table"], int(entry["key"]["id"]))
         assert key not in entries, f"{key} twice in the conflict file"
         entries[key] = entry
@@ -259,10 +259,19 @@ def _assert_zero_loss(lab: Lab, world: World) -> dict[str, list[tuple[int, str, 
         assert entry["old"] == _masked(t, world.old[t][k]), (t, k)
         assert entry["new"] == _masked(t, world.new[t][k]), (t, k)
 
-    # The journal's outcome of the reconcile step, change by change.
+    # The outcome of every change, as the new primary records it (the journal keeps
+    # counts per table and outcome, never one entry per row).
     outcomes: dict[str, set[Key]] = {}
-    for d in applied["decisions"]:
-        outcomes.setdefault(d["outcome"], set()).add((d["table"], int(d["key"]["id"])))
+    with psycopg.connect(a) as c:
+        for table, key, outcome in c.execute(
+                "SELECT c.tbl, (c.key->>'id')::bigint, coalesce(a.outcome, 'pending') "
+                "FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a "
+                "USING (run_id, change_id) WHERE c.run_id = %s", (applied["run_id"],)):
+            outcomes.setdefault(outcome, set()).add((table, key))
+    journaled: dict[str, int] = {}
+    for o in applied["outcomes"]:
+        journaled[o["outcome"]] = journaled.get(o["outcome"], 0) + o["rows"]
+    assert journaled == {k: len(v) for k, v in outcomes.items()}
     failover_flow_orders = {("public.orders", oid) for oid, _, _ in flows[failover.id]}
     assert outcomes.pop("pending") == world.conflicts
     assert outcomes.pop("applied", set()) | outcomes.pop("already-applied", set()) \
@@ -325,20 +334,21 @@ def test_failback_finds_every_divergent_write_and_loses_none(lab: Lab) -> None:
     record = lab.cli("report", failover.id, "--format", "json")
     rpo = json.loads(record.stdout)["rpo"]
     assert rpo["rows"] == 46 and rpo["transactions"] == 5
-    for path in (lab.state_dir / "conflicts-main.json", lab.state_dir / "audit.jsonl",
+    for path in (lab.state_dir / "conflicts-main.jsonl", lab.state_dir / "audit.jsonl",
                  lab.state_dir / "journal.db"):
         text = path.read_bytes()
         assert b"A-SECRET-HASH" not in text and b"B-SECRET-HASH" not in text, path
 
     # A human resolves two conflicts; `drorch reconcile apply` applies them, once.
-    conflict_file = lab.state_dir / "conflicts-main.json"
-    doc = json.loads(conflict_file.read_text())
-    for entry in doc["conflicts"]:
+    conflict_file = lab.state_dir / "conflicts-main.jsonl"
+    lines = conflict_file.read_text().splitlines()  # one entry per line, as a human edits it
+    for i, line in enumerate(lines[1:], start=1):
+        entry = json.loads(line)
         if entry["table"] == "public.orders" and entry["key"] == {"id": 1}:
-            entry["resolution"] = "old"
+            lines[i] = json.dumps({**entry, "resolution": "old"})
         if entry["table"] == "public.orders" and entry["key"] == {"id": 2}:
-            entry["resolution"] = "new"
-    conflict_file.write_text(json.dumps(doc))
+            lines[i] = json.dumps({**entry, "resolution": "new"})
+    conflict_file.write_text("\n".join(lines) + "\n")
     for _ in range(2):
         applied = lab.cli("reconcile", "apply", str(conflict_file), "--actor", "dba")
         assert applied.returncode == 0, applied.stdout + applied.stderr

@@ -1,11 +1,13 @@
 """`drorch failback` on the lab with ordinary traffic: default ids from the sequences on
 both sides, a table the runbook does not list, a column added mid-incident. Every row
-either side acknowledged is on region-a afterwards or in the conflict file with its
-reason, the old data directory is kept as evidence before the rewind, and a table that
-cannot be compared stops the failback before anything destructive."""
+either side acknowledged is on region-a afterwards (a key both sides inserted re-keyed,
+in the mapping) or in the conflict file with its reason, the old data directory is kept
+as evidence before the rewind, and a table that cannot be compared stops the failback
+before anything destructive."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 from pathlib import Path
@@ -121,21 +123,24 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     # Collisions arise by themselves: region-a's ids past the sequence's WAL-logged 32.
     collided = {(t, k) for t in old for k in old[t] if k in new[t]}
     assert ("emails", max(old["emails"])) in collided
-    doc = json.loads((lab.state_dir / "conflicts-main.json").read_text())
-    entries = {(e["table"].split(".")[1], int(e["key"]["id"])): e for e in doc["conflicts"]}
-    assert set(entries) == collided
-    for (t, k), e in entries.items():
-        assert e["kind"] == "collision" and e["resolution"] is None
-        assert e["old"] == old[t][k] and e["new"] == new[t][k]
+    # Each is re-keyed: region-a's row under a fresh key from the sequence, region-b's
+    # stays; the mapping CSV names every one. No conflict is left for a human.
+    assert not (lab.state_dir / "conflicts-main.jsonl").exists()
+    with (lab.state_dir / "rekeyed-main.csv").open(newline="") as f:
+        mapping = {(r["table"].split(".")[1], int(r["old_key"])): int(r["new_key"])
+                   for r in csv.DictReader(f)}
+    assert set(mapping) == collided
 
-    # Everything else either side acknowledged is on region-a, primary again.
+    def where(t: str, k: int) -> int:
+        return mapping.get((t, k), k)
+
+    # Everything either side acknowledged is on region-a, primary again.
     for t in old:
         now = _rows(a, t)
         for k, row in new[t].items():
             assert now.get(k) == row, (t, k, "region-b's row")
         for k, row in old[t].items():
-            if (t, k) not in collided:
-                assert now.get(k) == row, (t, k, "region-a's row")
+            assert now.get(where(t, k)) == {**row, "id": where(t, k)}, (t, k, "region-a's row")
 
     store = SqliteStore(lab.state_dir / "journal.db")
     try:
@@ -162,13 +167,15 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     # The failback's report says what the test computes: nothing acknowledged lost.
     final = {t: _rows(a, t) for t in old}
     lost = [(t, k) for t in old for k, row in old[t].items()
-            if final[t].get(k) != row and (t, k) not in entries]
+            if final[t].get(where(t, k)) != {**row, "id": where(t, k)}]
     lost += [(t, k) for t in new for k, row in new[t].items() if final[t].get(k) != row]
     assert lost == []
     shown = json.loads(lab.cli("report", failback.id, "--format", "json").stdout)["reconcile"]
     assert shown["main"]["acknowledged_rows_lost"] == len(lost) == 0
     assert shown["main"]["evidence"] == str(archive)
-    assert shown["main"]["totals"]["pending"] == len(collided)
+    assert shown["main"]["totals"]["pending"] == 0
+    assert shown["main"]["totals"]["rekeyed"] == shown["main"]["rekeyed"] == len(collided)
+    assert shown["main"]["key_mapping_file"] == str(lab.state_dir / "rekeyed-main.csv")
     # The failover's RPO, corrected by the failback: only what region-a committed before
     # the promotion; the 7 late notes are reported apart.
     failover = json.loads(lab.cli("report", store_ids[0], "--format", "json").stdout)
@@ -182,6 +189,8 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     assert "written to the old primary after the failover" in failover["summary"]
     markdown = lab.cli("report", failback.id, "--format", "md").stdout
     assert "Acknowledged rows lost: 0." in markdown and "public.notes" in markdown
+    assert f"Key collisions re-keyed (both rows kept, region-a's under a new key): " \
+        f"{len(collided)}" in markdown
     audit = [json.loads(line) for line in (lab.state_dir / "audit.jsonl").read_text().splitlines()]
     kept = [e for e in audit if e["action"] == "resync.evidence_kept"]
     assert kept and kept[-1]["inputs"]["archive"] == str(archive)

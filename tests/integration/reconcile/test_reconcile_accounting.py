@@ -10,6 +10,7 @@ into the ones the promoted side hands out: collisions happen by themselves here,
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ CREATE TABLE emails (id bigserial PRIMARY KEY, message_id text NOT NULL UNIQUE,
                      recipient text NOT NULL);
 CREATE TABLE orders (id bigserial PRIMARY KEY, amount int NOT NULL, region text NOT NULL);
 CREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL);
+CREATE TABLE order_lines (id bigserial PRIMARY KEY, order_id bigint NOT NULL REFERENCES orders,
+                          sku text NOT NULL);
 INSERT INTO emails (message_id, recipient) SELECT 'base-' || g, 'r' || g
   FROM generate_series(1, 20) g;
 INSERT INTO orders (amount, region) SELECT g, 'base' FROM generate_series(1, 20) g;
@@ -144,18 +147,29 @@ def _reconcile(split: Split, conflict_file: Path) -> tuple[Any, Any, Any]:
     return report, applied, account(report.to_dict(), applied.to_dict())
 
 
+def _mapping(path: Path) -> dict[tuple[str, int], int]:
+    """The key mapping CSV: (table, old key) -> new key."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert all(r["key_column"] == "id" for r in rows)
+    return {(r["table"].split(".")[1], int(r["old_key"])): int(r["new_key"]) for r in rows}
+
+
 def test_default_id_traffic_on_both_sides_loses_no_acknowledged_row(
         workdir: Path, cleanup: list[Split]) -> None:
-    """40 emails, 5 orders and 30 notes (a table nobody listed) on region-a, 40 emails,
-    5 orders and 10 notes on region-b, all through the sequences. Afterwards every row
-    either side acknowledged is on the new primary, except region-a rows whose key
-    region-b also used: those are collisions, each in the conflict file with both rows,
-    never overwritten by the ``old-wins`` policy."""
+    """40 emails, 40 orders with a line each, and 30 notes (a table
+    nobody listed) on region-a; 40 emails, 5 orders and 10 notes on region-b, all through
+    the sequences. Region-a rows whose key region-b also used are collisions: two rows,
+    never one overwriting the other (not even under ``old-wins``). Each is re-keyed: the
+    old primary's row goes in under a fresh key from the sequence, its order lines follow
+    it to the new key, and the mapping CSV names every one. Afterwards every row either
+    side acknowledged is on the new primary, exactly as acknowledged but for the key."""
     def on_old(s: Split) -> None:
         for i in range(40):
             s.old.insert(s.a.dsn(), "emails", "message_id, recipient", (f"a-{i}", "x@a"))
-        for i in range(5):
-            s.old.insert(s.a.dsn(), "orders", "amount, region", (100 + i, "a"))
+        for i in range(40):
+            order = s.old.insert(s.a.dsn(), "orders", "amount, region", (100 + i, "a"))
+            s.old.insert(s.a.dsn(), "order_lines", "order_id, sku", (order, f"a-sku-{i}"))
         for i in range(30):
             s.old.insert(s.a.dsn(), "notes", "body", (f"a-note-{i}",))
 
@@ -169,36 +183,95 @@ def test_default_id_traffic_on_both_sides_loses_no_acknowledged_row(
 
     split = _split(workdir, on_old, on_new)
     cleanup.append(split)
-    conflict_file = workdir / "conflicts.json"
+    conflict_file = workdir / "conflicts.jsonl"
     report, applied, accounting = _reconcile(split, conflict_file)
     assert report.method == "wal"
-    assert report.unlisted_tables == ["public.notes"]
+    assert report.unlisted_tables == ["public.notes", "public.order_lines"]
     assert accounting.holds, accounting.problem()
 
-    entries = {(e.table, int(e.key["id"])): e for e in load_conflicts(conflict_file).conflicts}
-    collided = {(f"public.{t}", k) for t in split.old.rows for k in split.old.rows[t]
+    collided = {(t, k) for t in split.old.rows for k in split.old.rows[t]
                 if k in split.new.rows.get(t, {})}
-    assert collided, "default ids on both sides must collide past 32 old-side inserts"
-    assert set(entries) == collided
-    for (table, key), entry in entries.items():
-        t = table.split(".")[1]
-        assert entry.kind == "collision" and "two different rows" in entry.reason
-        assert entry.old == split.old.rows[t][key] and entry.new == split.new.rows[t][key]
+    assert {t for t, _k in collided} == {"emails", "orders", "notes"}, \
+        "default ids on both sides must collide past 32 old-side inserts"
+    assert applied.mapping_file is not None and not conflict_file.exists()
+    mapping = _mapping(Path(applied.mapping_file))
+    assert set(mapping) == collided
+    for t in ("emails", "orders", "notes"):  # a fresh key is one neither side used
+        fresh = {n for (tt, _k), n in mapping.items() if tt == t}
+        assert len(fresh) == sum(1 for tt, _k in mapping if tt == t), t
+        assert not fresh & (set(split.new.rows.get(t, {})) | set(split.old.rows.get(t, {})))
 
-    for t in ("emails", "orders", "notes"):
+    def moved(t: str, row: dict[str, Any]) -> dict[str, Any]:
+        """The acknowledged row as it must be now: under its new key, its order too."""
+        out = dict(row)
+        if (t, row["id"]) in mapping:
+            out["id"] = mapping[(t, row["id"])]
+        if t == "order_lines" and ("orders", row["order_id"]) in mapping:
+            out["order_id"] = mapping[("orders", row["order_id"])]
+        return out
+
+    lines_moved = [r for r in split.old.rows["order_lines"].values()
+                   if ("orders", r["order_id"]) in mapping]
+    assert lines_moved, "some order lines must belong to a re-keyed order"
+    for t in ("emails", "orders", "order_lines", "notes"):
         now = _rows(split.b.dsn(), t)
         for key, row in split.new.rows.get(t, {}).items():
             assert now.get(key) == row, (t, key, "region-b's acknowledged row changed")
-        for key, row in split.old.rows.get(t, {}).items():
-            if (f"public.{t}", key) not in collided:
-                assert now.get(key) == row, (t, key, "region-a's acknowledged row missing")
+        for row in split.old.rows.get(t, {}).values():
+            want = moved(t, row)
+            assert now.get(want["id"]) == want, (t, row["id"], "region-a's row missing")
+        assert len(now) == 20 * (t != "order_lines") + len(split.old.rows.get(t, {})) + len(
+            split.new.rows.get(t, {})), t
     totals = accounting.totals()
     old_rows = sum(len(r) for r in split.old.rows.values())
     new_rows = sum(len(r) for r in split.new.rows.values())
     assert totals["applied"] == old_rows - len(collided)
-    assert totals["pending"] == len(collided)
+    assert totals["rekeyed"] == len(collided) == applied.rekeyed
+    assert totals["pending"] == 0
     assert totals["kept"] == new_rows - len(collided)
     assert applied.errors == 0
+    again = apply_reconciliation(report.run_id, split.b.dsn(), _spec(conflict_file))
+    assert (again.applied, again.rekeyed) == (0, len(collided))
+    assert _mapping(Path(applied.mapping_file)) == mapping  # a rerun keeps the new keys
+    assert nextval_after(split.b.dsn(), "orders_id_seq") > max(
+        n for (t, _k), n in mapping.items() if t == "orders")
+
+
+def nextval_after(dsn: str, seq: str) -> int:
+    return int(_q(dsn, f"SELECT nextval('{seq}')")[0][0])
+
+
+def test_collisions_manual_hands_both_rows_to_a_human(workdir: Path,
+                                                       cleanup: list[Split]) -> None:
+    """With ``collisions: manual`` a collision is not re-keyed: both rows wait in the
+    conflict file, the new primary's row stands meanwhile."""
+    def on_old(s: Split) -> None:
+        for i in range(40):
+            s.old.insert(s.a.dsn(), "emails", "message_id, recipient", (f"a-{i}", "x@a"))
+
+    def on_new(s: Split) -> None:
+        for i in range(40):
+            s.new.insert(s.b.dsn(), "emails", "message_id, recipient", (f"b-{i}", "x@b"))
+
+    split = _split(workdir, on_old, on_new)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    spec = ReconcileSpec(tables=[ReconcileTable(name="public.emails", policy="old-wins",
+                                                collisions="manual")],
+                         conflict_file=str(conflict_file))
+    report = find_divergence(split.a.dsn(), split.b.dsn(), spec,
+                             divergence_point(split.b.dsn()))
+    applied = apply_reconciliation(report, split.b.dsn(), spec)
+    accounting = account(report.to_dict(), applied.to_dict())
+    assert accounting.holds and applied.rekeyed == 0 and applied.mapping_file is None
+    collided = {k for k in split.old.rows["emails"] if k in split.new.rows["emails"]}
+    entries = {int(e.key["id"]): e for e in load_conflicts(conflict_file).conflicts}
+    assert collided and set(entries) == collided
+    for key, entry in entries.items():
+        assert entry.kind == "collision" and "two different rows" in entry.reason
+        assert entry.old == split.old.rows["emails"][key]
+        assert entry.new == split.new.rows["emails"][key]
+    assert accounting.totals()["pending"] == len(collided)
 
 
 def test_a_row_the_new_primary_refuses_is_pending_with_the_databases_error(
@@ -232,6 +305,39 @@ def test_a_row_the_new_primary_refuses_is_pending_with_the_databases_error(
     spec = ReconcileSpec(tables=_spec(conflict_file).tables)
     again = apply_reconciliation(_report.run_id, split.b.dsn(), spec)
     assert not account(_report.to_dict(), again.to_dict()).holds
+
+
+ODD = "tab\there, newline\nthere, back\\slash \\N, quote \" and 'single', ünïcödé, \r"
+
+
+def test_a_large_batch_with_one_refused_row_applies_the_rest_set_based(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """300 notes on region-a (a table nobody listed), bodies holding every character COPY's
+    text format escapes; region-b adds a CHECK after the failover that one of them breaks.
+    The batch is refused as a whole, split until the row is found: 299 land exactly as
+    acknowledged, the one waits in the conflict file with PostgreSQL's error."""
+    def on_old(s: Split) -> None:
+        for i in range(300):
+            s.old.insert(s.a.dsn(), "notes", "body", (f"{ODD} {i}" if i != 150 else "BAD",))
+
+    def on_new(s: Split) -> None:
+        _q(s.b.dsn(), "SELECT setval('notes_id_seq', 10000)")
+        _q(s.b.dsn(), "ALTER TABLE notes ADD CONSTRAINT no_bad CHECK (body <> 'BAD')")
+
+    split = _split(workdir, on_old, on_new)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    _report, applied, accounting = _reconcile(split, conflict_file)
+    assert accounting.holds, accounting.problem()
+    assert (applied.applied, applied.errors) == (299, 1)
+    (entry,) = load_conflicts(conflict_file).conflicts
+    bad = next(k for k, r in split.old.rows["notes"].items() if r["body"] == "BAD")
+    assert entry.key == {"id": bad} and "23514" in entry.reason and "no_bad" in entry.reason
+    now = _rows(split.b.dsn(), "notes")
+    for key, row in split.old.rows["notes"].items():
+        if key != bad:
+            assert now[key] == row, key
+    assert bad not in now
 
 
 def test_a_column_added_on_the_new_primary_blocks_until_it_can_be_compared(

@@ -19,6 +19,7 @@ from drorch.reconcile import (
     resync_as_replica,
     verify_fenced,
 )
+from drorch.reconcile.conflicts import load as load_conflicts
 from tests.integration.reconcile.reconcile_story import (
     SECRET_MARK,
     Story,
@@ -63,7 +64,7 @@ def test_story_apply_resolve_resync(story: Story, tmp_path: Path) -> None:
     assert orders_policy == {k: old_rows["orders"].get(k) for k in exp["orders"]["conflict"]}
     assert new_rows["events"][8]["payload"] == "b-8"  # new-wins kept region-b's row
 
-    doc = json.loads(cfile.read_text())
+    doc = load_conflicts(cfile).model_dump()
     assert SECRET_MARK not in cfile.read_text()
     in_file = {(c["table"], c["key"].get("id")) for c in doc["conflicts"]}
     assert exp["orders"]["collision"] == {20001}  # both inserted it: never old-wins
