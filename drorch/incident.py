@@ -125,6 +125,7 @@ def reconcile_section(facts: dict[str, Any], steps: list[dict[str, Any]]) -> dic
             "divergence": report.get("divergence"),
             "old_transactions": (report.get("transactions") or {}).get("old_committed"),
             "unlisted_tables": report.get("unlisted_tables", []),
+            "notes": report.get("notes", []),
             "default_policy": report.get("default_policy"),
             "tables": accounting.get("tables", []), "totals": totals,
             "blocked": accounting.get("blocked", []),

@@ -224,6 +224,7 @@ def _reconcile_lines(db: str, r: Mapping[str, Any]) -> list[str]:
     if r.get("unlisted_tables"):
         lines.append(f"Tables not listed in the runbook, reconciled with policy "
                      f"{r.get('default_policy')}: {', '.join(r['unlisted_tables'])}.")
+    lines += list(r.get("notes") or [])
     if r.get("blocked"):
         lines.append("Not compared (failback halted before any rewind): "
                      + "; ".join(r["blocked"]))

@@ -249,8 +249,9 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
     if meta.pk:  # lock the target rows, then compare them with the captured ones
         conn.execute(sql.SQL(
             "UPDATE drorch_batch b SET cur = x.cur, had = true FROM (SELECT s.change_id, "
-            "to_jsonb(t) AS cur FROM drorch_batch s JOIN {tbl} t ON {m} FOR UPDATE OF t) x "
-            "WHERE x.change_id = b.change_id").format(tbl=tbl, m=_match(meta, "t", "s.r")))
+            "to_jsonb(t) - %(hidden)s::text[] AS cur FROM drorch_batch s JOIN {tbl} t ON {m} "
+            "FOR UPDATE OF t) x WHERE x.change_id = b.change_id").format(
+            tbl=tbl, m=_match(meta, "t", "s.r")), {"hidden": list(meta.hidden)})
     conn.execute(
         "WITH ins AS (INSERT INTO drorch_reconcile.applied (run_id, change_id, outcome) "
         "SELECT %(run)s, change_id, CASE WHEN cur IS DISTINCT FROM new_row THEN 'stale' "
@@ -422,7 +423,8 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
         store.ensure_schema(conn)
         order = [t.table for t in captured.tables]
         sens = {t.table: set(t.sensitive) for t in captured.tables}
-        metas = {n: m for n in order if (m := load_table(conn, n)) is not None}
+        metas = {t.table: m.without(t.new_only_columns) for t in captured.tables
+                 if (m := load_table(conn, t.table)) is not None}
         before = {"applied": _count(conn, run_id, "applied")}
         moved = assign_new_keys(conn, run_id, metas)
         parents = _rekeyed_parents(conn, run_id)

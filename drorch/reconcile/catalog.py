@@ -9,7 +9,7 @@ ALWAYS) and the sequences that feed it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from psycopg import sql
 
@@ -40,9 +40,19 @@ class TableMeta:
     """GENERATED ALWAYS AS IDENTITY: inserted with OVERRIDING SYSTEM VALUE, never updated."""
     sequences: tuple[tuple[str, str], ...] = ()
     """(sequence, column) pairs: serial and identity columns."""
+    hidden: tuple[str, ...] = ()
+    """Columns this node has that the comparison leaves out (added on this node only,
+    after the split): never compared, never written, so they keep their default."""
     references: tuple[tuple[str, str], ...] = ()
     """(column, parent table) for each single-column foreign key: where a re-keyed
     parent's new key must be carried."""
+
+    def without(self, columns: list[str] | tuple[str, ...]) -> TableMeta:
+        """This table compared and written on every column but ``columns``."""
+        if not columns:
+            return self
+        return replace(self, columns=[c for c in self.columns if c not in columns],
+                       hidden=tuple(columns))
 
     @property
     def key_sequence(self) -> str | None:
@@ -127,7 +137,7 @@ def load_table(conn: Conn, name: str) -> TableMeta | None:
     return TableMeta(name, oid, pk, [str(r[0]) for r in cols], rels, {c: types[c] for c in pk},
                      frozenset(str(r[0]) for r in cols if r[2]),
                      frozenset(str(r[0]) for r in cols if r[3]), tuple(seqs),
-                     tuple((str(c), str(t)) for c, t in refs))
+                     references=tuple((str(c), str(t)) for c, t in refs))
 
 
 SKIPPED_SCHEMAS = ("pg_catalog", "information_schema", "drorch_reconcile")

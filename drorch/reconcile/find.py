@@ -85,13 +85,13 @@ def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[dict[str, Any]], with_t
     t_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in meta.pk)
     k_cols = sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(c)) for c in meta.pk)
     ts = sql.SQL("pg_xact_commit_timestamp(t.xmin)" if with_ts else "NULL::timestamptz")
-    q = sql.SQL("SELECT to_jsonb(t)::text, {ts} FROM {tbl} AS t JOIN "
+    q = sql.SQL("SELECT (to_jsonb(t) - %s::text[])::text, {ts} FROM {tbl} AS t JOIN "
                 "jsonb_populate_recordset(NULL::{tbl}, %s::jsonb) AS k ON ({t}) = ({k})"
                 ).format(ts=ts, tbl=meta.ident, t=t_cols, k=k_cols)
     with conn.transaction():
         conn.execute("SET LOCAL enable_hashjoin = off")
         conn.execute("SET LOCAL enable_mergejoin = off")
-        for text, at in conn.execute(q, (json.dumps(keys, default=str),)):
+        for text, at in conn.execute(q, (list(meta.hidden), json.dumps(keys, default=str))):
             out[canonical_key([parse_row(text)[c] for c in meta.pk])] = (text, at)
             shipped += 1
     return out, shipped
@@ -119,23 +119,30 @@ def _base(a: Any, b: Any, ot: bool | None, nt: bool | None, obase: bool | None,
     return obase if obase is not None else nbase
 
 
-def _classify_table(old: Conn, new: Conn, meta: TableMeta, cfg: ReconcileTable, run_id: str,
+def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
+                    cfg: ReconcileTable, run_id: str,
                     wal_old: SideTable | None, wal_new: SideTable | None,
                     lookup: list[dict[str, Any]], keys: set[str] | None, at: datetime | None,
                     report: DivergenceReport) -> TableReport:
     """Read both rows of every key in ``lookup``, classify, decide.
 
-    ``keys``: the canonical keys to judge (WAL method: every touched key); None
-    means every key found on either side (full method: the diff's keys)."""
+    ``metas``: the old and the new node's table (the new one may hide columns it alone
+    has: rows are compared on the columns both share). ``keys``: the canonical keys to
+    judge (WAL method: every touched key); None means every key found on either side
+    (full method: the diff's keys)."""
+    meta, new_meta = metas
     with_ts = (wal_old is None or wal_new is None) and at is not None
-    # rows read by TID answer the WAL method's lookups; the full method judges only its diff
+    # rows read by TID answer the WAL method's lookups; the full method judges only its
+    # diff. The new node's whole rows cannot stand for rows without its hidden columns.
     a_known = wal_old.rows if wal_old is not None and keys is not None else None
-    b_known = wal_new.rows if wal_new is not None and keys is not None else None
+    b_known = wal_new.rows if wal_new is not None and keys is not None \
+        and not new_meta.hidden else None
     (a_rows, a_shipped), (b_rows, b_shipped) = _both(
         lambda: _rows_by_key(old, meta, lookup, with_ts, a_known),
-        lambda: _rows_by_key(new, meta, lookup, with_ts, b_known))
+        lambda: _rows_by_key(new, new_meta, lookup, with_ts, b_known))
     report.rows_shipped += a_shipped + b_shipped
-    tr = TableReport(cfg.name, meta.pk, cfg.policy, list(cfg.sensitive_columns))
+    tr = TableReport(cfg.name, meta.pk, cfg.policy, list(cfg.sensitive_columns),
+                     new_only_columns=list(new_meta.hidden))
     if wal_old is not None:
         tr.old_touched, tr.old_transactions = len(wal_old.touched), len(wal_old.transactions)
     if wal_new is not None:
@@ -234,23 +241,34 @@ def effective_tables(old: Conn, new: Conn, spec: ReconcileSpec) -> list[Reconcil
 
 def _load_metas(old: Conn, new: Conn, tables: list[ReconcileTable], problems: list[str]
                 ) -> dict[str, tuple[TableMeta, TableMeta]]:
+    """Both nodes' metadata per table that can be compared. A column only the new primary
+    has (added after the split) is left out of the comparison (the new node's meta hides
+    it); anything else that differs blocks the table, named in ``problems``."""
     out = {}
     for t in tables:
         mo, mn = load_table(old, t.name), load_table(new, t.name)
         if mo is not None and mn is None:
             problems.append(f"{t.name}: on the old primary only (dropped or renamed on the "
                             "new one?); its rows are not compared")
-        elif mo is None:
+            continue
+        if mo is None or mn is None:
             continue  # created on the new primary only: the old one wrote nothing there
-        elif mo.pk != mn.pk or mo.columns != mn.columns:
-            only_old = [c for c in mo.columns if c not in mn.columns]
-            only_new = [c for c in mn.columns if c not in mo.columns]
+        only_old = [c for c in mo.columns if c not in mn.columns]
+        only_new = [c for c in mn.columns if c not in mo.columns]
+        if mo.pk != mn.pk:
+            problems.append(f"{t.name}: primary keys differ between nodes ({mo.pk} / "
+                            f"{mn.pk}); not compared")
+        elif only_old:
             problems.append(
-                f"{t.name}: columns or primary key differ between nodes (old only: "
-                f"{only_old or '-'}, new only: {only_new or '-'}, primary keys "
-                f"{mo.pk} / {mn.pk}); not compared")
+                f"{t.name}: column(s) {', '.join(only_old)} exist on the old primary only "
+                "(added there, or dropped on the new primary, after the split): their values "
+                "cannot be applied. Add them on the new primary (ALTER TABLE ... ADD COLUMN), "
+                "then run the failback again")
+        elif only_new and not mo.pk:
+            problems.append(f"{t.name}: no primary key, and column(s) {', '.join(only_new)} "
+                            "exist on the new primary only: rows cannot be matched")
         else:
-            out[t.name] = (mo, mn)
+            out[t.name] = (mo, mn.without(only_new))
     return out
 
 
@@ -361,7 +379,7 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
         for cfg in tables:
             if cfg.name not in metas:
                 continue
-            mo, _mn = metas[cfg.name]
+            mo, mn = metas[cfg.name]
             so = wal_old.tables.get(cfg.name) if wal_old else None
             sn = wal_new.tables.get(cfg.name) if wal_new else None
             if not mo.pk:
@@ -373,12 +391,18 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
                 assert so is not None and sn is not None
                 keys = set(so.touched) | set(sn.touched)
                 lookup = [_key_dict(mo, k) for k in keys]
-                tr = _classify_table(old, new, mo, cfg, run_id, so, sn, lookup, keys, at, report)
-            else:
-                diff = compare_table(old, new, mo)
-                report.rows_shipped += diff.rows_shipped
-                tr = _classify_table(old, new, mo, cfg, run_id, so, sn, diff.keys, None, at,
+                tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, keys, at,
                                      report)
+            else:
+                diff = compare_table(old, new, mo, mn.columns if mn.hidden else None)
+                report.rows_shipped += diff.rows_shipped
+                tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, diff.keys, None,
+                                     at, report)
+            if mn.hidden:
+                report.notes.append(
+                    f"{cfg.name}: column(s) {', '.join(mn.hidden)} exist on the new primary "
+                    "only (added after the split): compared on the columns both share; the "
+                    "old primary's rows take their default")
             old_xids |= so.transactions if so else set()
             report.tables.append(tr)
         old_xids |= wal_old.no_pk_transactions if wal_old else set()

@@ -100,12 +100,16 @@ def _lines(conn: Conn, query: sql.Composable, out: FullDiff) -> Iterator[str]:
             yield rest.decode("utf-8")
 
 
-def compare_table(old: Conn, new: Conn, meta: TableMeta) -> FullDiff:
-    """Keys whose rows differ between the two nodes (exact)."""
+def compare_table(old: Conn, new: Conn, meta: TableMeta,
+                  columns: list[str] | None = None) -> FullDiff:
+    """Keys whose rows differ between the two nodes (exact), on ``columns`` (default: the
+    whole row)."""
     order, parsers = _key_plan(meta)
     keys_sql = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in meta.pk)
-    q = sql.SQL("COPY (SELECT {keys}, t::text FROM {tbl} AS t ORDER BY {order}) TO STDOUT"
-                ).format(keys=keys_sql, tbl=meta.ident, order=order)
+    row = sql.SQL("t::text") if columns is None else sql.SQL("ROW({})::text").format(
+        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns))
+    q = sql.SQL("COPY (SELECT {keys}, {row} FROM {tbl} AS t ORDER BY {order}) TO STDOUT"
+                ).format(keys=keys_sql, row=row, tbl=meta.ident, order=order)
     n = len(meta.pk)
 
     def key(line: str) -> tuple[Any, ...]:

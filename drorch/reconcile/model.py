@@ -109,6 +109,9 @@ class TableReport:
     new_transactions: int | None = None
     converged: int = 0
     """Keys both sides changed to the same row (nothing to do)."""
+    new_only_columns: list[str] = field(default_factory=list)
+    """Columns only the new primary has (added after the split): left out of the
+    comparison; the old primary's rows take their default."""
     captured_counts: dict[str, int] | None = None
     """The counts as captured, for a report read back without its changes (they are
     rows of ``drorch_reconcile.changes``)."""
@@ -133,7 +136,8 @@ class TableReport:
                "sensitive_columns": self.sensitive, "counts": self.counts(),
                "old_touched_keys": self.old_touched, "new_touched_keys": self.new_touched,
                "old_transactions": self.old_transactions,
-               "new_transactions": self.new_transactions}
+               "new_transactions": self.new_transactions,
+               "new_only_columns": self.new_only_columns}
         if with_changes:
             out["changes"] = [c.to_dict(sens) for c in self.changes]
         return out
@@ -173,6 +177,8 @@ class DivergenceReport:
     (lost at the failover: its RPO) and ``after`` (written to an old primary that came
     back unfenced), each with transactions, rows and first/last commit; empty when the
     promotion time or the old side's WAL is not known."""
+    notes: list[str] = field(default_factory=list)
+    """What a reader must know that does not block: columns compared on what both share."""
 
     def table(self, name: str) -> TableReport:
         for t in self.tables:
@@ -210,7 +216,7 @@ class DivergenceReport:
                 "tables_without_pk": self.tables_without_pk,
                 "unconfigured_tables": self.unconfigured_tables, "problems": self.problems,
                 "unlisted_tables": self.unlisted_tables, "default_policy": self.default_policy,
-                "in_time": self.in_time,
+                "in_time": self.in_time, "notes": self.notes,
                 "rows_shipped": self.rows_shipped, "seconds": round(self.seconds, 3),
                 "summary": self.summary()}
 
@@ -230,6 +236,7 @@ class DivergenceReport:
                                       t.get("old_touched_keys"), t.get("new_touched_keys"),
                                       t.get("old_transactions"), t.get("new_transactions"),
                                       t["counts"].get("converged", 0),
+                                      list(t.get("new_only_columns", [])),
                                       None if "changes" in t else dict(t["counts"])))
         return cls(d["run_id"], d["database"], d["method"], d["method_reason"],
                    Divergence.from_dict(d["divergence"]), d.get("attribution", {}),
@@ -237,7 +244,7 @@ class DivergenceReport:
                    tables, d.get("tables_without_pk", []), d.get("unconfigured_tables", []),
                    d.get("problems", []), d.get("rows_shipped", 0), d.get("seconds", 0.0),
                    d.get("unlisted_tables", []), d.get("default_policy", "manual"),
-                   d.get("in_time", {}))
+                   d.get("in_time", {}), d.get("notes", []))
 
 
 @dataclass

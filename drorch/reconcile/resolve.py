@@ -47,6 +47,7 @@ def _apply_file(doc: conflicts.ConflictFile, conn: Conn, path: str) -> ApplyResu
     if report is None:
         raise NotCaptured(f"run {run_id} was never captured on this database")
     sens = {t.table: set(t.sensitive) for t in report.tables}
+    hidden = {t.table: t.new_only_columns for t in report.tables}
     stored = {c.change_id: c for c in store.changes(conn, run_id)}
     unknown = [e.change_id for e in doc.conflicts if e.change_id not in stored]
     if unknown:
@@ -65,6 +66,7 @@ def _apply_file(doc: conflicts.ConflictFile, conn: Conn, path: str) -> ApplyResu
             meta = metas.get(ch.table) or load_table(conn, ch.table)
             if meta is None:
                 raise ValueError(f"table {ch.table} no longer exists")
+            meta = meta.without(hidden.get(ch.table, []))  # they keep their default
             metas[ch.table] = meta
             detail = None
             if e.resolution == "old":

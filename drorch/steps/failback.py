@@ -108,7 +108,7 @@ class ReconcileDivergence(Step):
             "method_reason": report.method_reason, "divergence": divergence.to_dict(),
             "unlisted_tables": report.unlisted_tables, "default_policy": report.default_policy,
             "problems": report.problems, "unconfigured_tables": report.unconfigured_tables,
-            "in_time": report.in_time,
+            "in_time": report.in_time, "notes": report.notes,
             "tables": [{"table": t.table, "policy": t.policy, "counts": t.counts()}
                        for t in report.tables]}
         ctx.facts.set(f"reconcile:{self.target}:report", report_doc)

@@ -196,29 +196,38 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     assert kept and kept[-1]["inputs"]["archive"] == str(archive)
 
 
-def test_a_column_added_mid_incident_stops_the_failback_before_the_rewind(lab: Lab) -> None:
-    """Issue 14's case 3: region-a takes three orders after the cut, region-b adds a column
-    after the failover. The failback refuses (exit non-zero) naming the table and the
-    column; region-a is not rewound (its three orders still there) and region-b serves.
-    With the column gone again, a second failback succeeds with the three orders."""
+def test_columns_added_mid_incident(lab: Lab) -> None:
+    """Issue 14's case 3 and its neighbour. Region-a takes three orders after the cut and,
+    after adding ``priority`` to emails, an email with a priority; region-b adds ``coupon``
+    to orders after the failover. The coupon alone would be fine (compared on the shared
+    columns, region-a's orders take its default), but the priority exists on region-a
+    only: the failback refuses (exit non-zero) naming emails and the column; region-a is
+    not rewound and region-b serves. Once region-b has the column too, a second failback
+    brings everything over: the orders with the coupon's default, the email with its
+    priority, and the report says orders were compared on the shared columns."""
     a, b = _dsn(lab, "region-a"), _dsn(lab, "region-b")
     _cut_replica(lab)
-    mine = [_insert(a, "orders", "user_id, amount_cents, region", (1, 5001 + i, "a"))[0]
+    mine = [_insert(a, "orders", "user_id, amount_cents, region", (1, 5001 + i, "a"))
             for i in range(3)]
+    with psycopg.connect(a, autocommit=True) as c:
+        c.execute("ALTER TABLE emails ADD COLUMN priority int")
+    email = _insert(a, "emails", "message_id, recipient, priority", ("a-urgent", "ops", 5))
     _kill_a_and_fail_over(lab)
     with psycopg.connect(b, autocommit=True) as c:
         c.execute("ALTER TABLE orders ADD COLUMN coupon text")
 
     result = lab.cli("failback", "--reason", "region-a is back", "--actor", "oncall")
-    out = result.stdout + result.stderr
+    out = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0, out
-    assert "public.orders" in out and "coupon" in out and "cannot reconcile" in out
+    assert "public.emails" in out and "priority" in out and "cannot reconcile" in out
+    assert "exist on the old primary only" in out
     node = lab_mod.node_for(lab.runbook, "main", "region-a")
     assert node.is_running()
+    ids = [k for k, _r in mine]
     with psycopg.connect(node.dsn("app")) as c:
         assert c.execute("SELECT pg_is_in_recovery()").fetchone()[0]  # fenced, read-only
-        held = {r[0] for r in c.execute("SELECT id FROM orders WHERE id = ANY(%s)", (mine,))}
-    assert held == set(mine)
+        held = {r[0] for r in c.execute("SELECT id FROM orders WHERE id = ANY(%s)", (ids,))}
+    assert held == set(ids)
     assert not (lab.state_dir / "evidence").exists()  # nothing came near a rewind
     with psycopg.connect(b) as c:
         assert not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
@@ -232,12 +241,21 @@ def test_a_column_added_mid_incident_stops_the_failback_before_the_rewind(lab: L
     warned = lab.cli("plan").stdout
     assert "main in region-b: its WAL from the split is not pinned" in " ".join(warned.split())
 
-    # Nothing was captured or applied for the blocked run: once the schemas match again,
-    # the failback looks afresh and brings region-a's three orders over.
+    # Nothing was captured or applied for the blocked run: once region-b can hold the
+    # priority, the failback looks afresh and brings region-a's rows over.
     with psycopg.connect(b, autocommit=True) as c:
-        c.execute("ALTER TABLE orders DROP COLUMN coupon")
-    again = lab.cli("failback", "--reason", "schemas match again", "--actor", "oncall")
+        c.execute("ALTER TABLE emails ADD COLUMN priority int")
+    again = lab.cli("failback", "--reason", "region-b has the column", "--actor", "oncall")
     assert again.returncode == 0, again.stdout + again.stderr
-    with psycopg.connect(a) as c:
-        held = {r[0] for r in c.execute("SELECT id FROM orders WHERE id = ANY(%s)", (mine,))}
-    assert held == set(mine)
+    orders, emails = _rows(a, "orders"), _rows(a, "emails")
+    for k, row in mine:
+        assert orders[k] == {**row, "coupon": None}, k
+    assert emails[email[0]] == email[1] and email[1]["priority"] == 5
+    store = SqliteStore(lab.state_dir / "journal.db")
+    try:
+        failback = store.incidents()[-1]
+    finally:
+        store.close()
+    shown = json.loads(lab.cli("report", failback.id, "--format", "json").stdout)["reconcile"]
+    assert any("public.orders" in n and "coupon" in n for n in shown["main"]["notes"])
+    assert shown["main"]["acknowledged_rows_lost"] == 0

@@ -340,24 +340,51 @@ def test_a_large_batch_with_one_refused_row_applies_the_rest_set_based(
     assert bad not in now
 
 
-def test_a_column_added_on_the_new_primary_blocks_until_it_can_be_compared(
+def test_a_column_added_on_the_new_primary_is_compared_on_the_shared_columns(
         workdir: Path, cleanup: list[Split]) -> None:
-    """After the failover region-b adds a column to orders; region-a's three orders
-    cannot be compared column for column, so the invariant fails naming the table and
-    the columns: nothing may rewind region-a while its orders are unaccounted."""
+    """After the failover region-b adds ``coupon`` (default 'none') to orders and sets it
+    on a row region-a never touched; region-a had inserted three orders and changed one.
+    Rows are compared on the columns both share: region-a's orders land with the default,
+    its change lands without touching ``coupon``, region-b's coupon stays, and the report
+    says the table was compared on its shared columns."""
     def on_old(s: Split) -> None:
         for i in range(3):
             s.old.insert(s.a.dsn(), "orders", "amount, region", (5001 + i, "a"))
+        _q(s.a.dsn(), "UPDATE orders SET amount = 999 WHERE id = 1")
 
     def on_new(s: Split) -> None:
-        _q(s.b.dsn(), "ALTER TABLE orders ADD COLUMN coupon text")
+        _q(s.b.dsn(), "ALTER TABLE orders ADD COLUMN coupon text DEFAULT 'none'")
+        _q(s.b.dsn(), "UPDATE orders SET coupon = 'SPRING' WHERE id = 2")
+        _q(s.b.dsn(), "SELECT setval('orders_id_seq', 1000)")
 
     split = _split(workdir, on_old, on_new)
     cleanup.append(split)
-    _report, _applied, accounting = _reconcile(split, workdir / "conflicts.json")
+    report, applied, accounting = _reconcile(split, workdir / "conflicts.jsonl")
+    assert accounting.holds, accounting.problem()
+    assert applied.applied == 4 and applied.errors == applied.stale == 0
+    assert any("coupon" in n and "public.orders" in n for n in report.notes)
+    now = _rows(split.b.dsn(), "orders")
+    for key, row in split.old.rows["orders"].items():
+        assert now[key] == {**row, "coupon": "none"}, key
+    assert now[1]["amount"] == 999 and now[1]["coupon"] == "none"
+    assert now[2]["coupon"] == "SPRING"
+
+
+def test_a_column_only_the_old_primary_has_blocks_naming_it(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """Region-a adds ``mood`` to notes after the cut and writes a note with it: region-b
+    has nowhere to keep the value, so the invariant fails naming the table and the column:
+    nothing may rewind region-a while that value exists only there."""
+    def on_old(s: Split) -> None:
+        _q(s.a.dsn(), "ALTER TABLE notes ADD COLUMN mood text")
+        _q(s.a.dsn(), "INSERT INTO notes (body, mood) VALUES ('a-note', 'glad')")
+
+    split = _split(workdir, on_old, lambda s: None)
+    cleanup.append(split)
+    _report, _applied, accounting = _reconcile(split, workdir / "conflicts.jsonl")
     assert not accounting.holds
     problem = accounting.problem()
-    assert "public.orders" in problem and "coupon" in problem
+    assert "public.notes" in problem and "mood" in problem and "old primary only" in problem
     assert "Nothing was rewound" in problem
 
 
