@@ -133,6 +133,10 @@ def load_table(conn: Conn, name: str) -> TableMeta | None:
         "JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1] "
         "JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace n ON n.oid = p.relnamespace "
         "WHERE k.conrelid = %s AND k.contype = 'f' AND cardinality(k.conkey) = 1 "
+        # only a key naming the parent's one-column primary key: that is what re-keying
+        # changes (a reference to another unique column keeps its value)
+        "AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = k.confrelid "
+        "AND i.indisprimary AND i.indnkeyatts = 1 AND i.indkey[0] = k.confkey[1]) "
         "ORDER BY k.conname", (oid,)).fetchall()
     return TableMeta(name, oid, pk, [str(r[0]) for r in cols], rels, {c: types[c] for c in pk},
                      frozenset(str(r[0]) for r in cols if r[2]),
