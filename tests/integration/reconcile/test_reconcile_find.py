@@ -116,3 +116,50 @@ def test_a_listed_partition_is_reconciled_once(shared_story: Story, tmp_path: Pa
     assert len(keys) == len(set(keys))
     assert sorted(keys) == sorted((c.key["id"], c.key["region"])
                                   for c in whole.table("public.ledger").changes)
+
+
+@pytest.mark.parametrize("commit_times", [True, False], ids=["commit-ts", "no-clock"])
+def test_new_primary_wal_gone_never_reverts_what_only_the_new_side_changed(
+        story: Story, tmp_path: Path, commit_times: bool) -> None:
+    """With region-b's WAL since the split removed, a row only region-b changed is never
+    overwritten by an ``old-wins`` table: commit timestamps attribute it to region-b
+    (kept), and without a usable clock it is undetermined and goes to a human (conflict
+    file, with the reason) instead of being reverted to its value at the split."""
+    import dataclasses
+
+    from drorch.reconcile import apply_reconciliation, conflicts, walbytes, walparse
+
+    seg = 16 * 1024 * 1024
+    segno = walparse.lsn_to_int(story.divergence.lsn) // seg
+    for f in (story.b.datadir / "pg_wal").glob(walbytes.wal_file_name(2, segno, seg)):
+        f.unlink()
+    div = story.divergence if commit_times else dataclasses.replace(story.divergence, at=None)
+    new_rows = {t: story.rows(story.b, t) for t in KEYED}
+    sp = spec(tmp_path / "c.jsonl")
+    rep = find_divergence(story.a.dsn(), story.b.dsn(), sp, div)
+    assert rep.method == "full" and "new primary's WAL" in rep.method_reason
+    assert rep.attribution["new"] == ("commit-ts" if commit_times else "none")
+    touched_by_b = {t: expected(story, t)["new-only"] for t in KEYED}
+    for table in KEYED:
+        for c in rep.table(f"public.{table}").changes:
+            if c.key["id"] in touched_by_b[table]:
+                assert c.action != "apply-old", (table, c.key, c.kind)
+    res = apply_reconciliation(rep, story.b.dsn(), sp)
+    pending = {(e.table, json.dumps(e.key, sort_keys=True)): e
+               for e in conflicts.load(sp.conflict_file).conflicts} \
+        if res.in_conflict_file else {}
+    for table in KEYED:
+        after = story.rows(story.b, table)
+        for k in touched_by_b[table]:
+            assert after.get(k) == new_rows[table].get(k), (table, k)  # never reverted
+    undetermined = [c for t in rep.tables for c in t.changes
+                    if c.undetermined and c.kind != "unkeyed"]
+    for c in undetermined:  # shown to a human with the reason, never applied
+        entry = pending[(c.table, json.dumps(c.key, sort_keys=True))]
+        assert "could not tell which side changed it" in entry.reason
+    b_only = {(f"public.{t}", k) for t in KEYED for k in touched_by_b[t]}
+    b_only_undetermined = {(c.table, c.key["id"]) for c in undetermined} & b_only
+    if commit_times:  # region-b's commits after the split are attributed to it
+        assert not b_only_undetermined
+    else:  # the issue's case: an old-wins table used to revert these to the split's value
+        assert b_only_undetermined
