@@ -54,6 +54,7 @@ _EXPORTS = {
     "FenceError": "drorch.reconcile.fence",
     "FenceStatus": "drorch.reconcile.model",
     "NotCaptured": "drorch.reconcile.apply",
+    "ApplyBlocked": "drorch.reconcile.apply",
     "NotPromoted": "drorch.reconcile.timeline",
     "PgNodeLike": "drorch.reconcile.node",
     "ReconcileError": "drorch.reconcile.find",

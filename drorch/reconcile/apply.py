@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from drorch.reconcile import conflicts, store
 from drorch.reconcile._db import Conn, connect
@@ -45,6 +46,34 @@ from drorch.reconcile.model import ApplyResult, DivergenceReport
 
 class NotCaptured(RuntimeError):
     """The run was never captured on this database: find_divergence first."""
+
+
+class ApplyBlocked(RuntimeError):
+    """Rows stayed locked (lock timeout, deadlock, serialization failure) through every
+    retry: nothing of the batch was written, nothing was handed to a human as refused.
+    Rerunning is safe (idempotent)."""
+
+
+_TRANSIENT = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
+              psycopg.errors.SerializationFailure, psycopg.errors.QueryCanceled)
+"""Errors about contention or time, not about the row: the same batch is retried, never
+split into refusals (a lock held by the application says nothing about the old row)."""
+RETRIES = 4
+
+
+def _retrying(what: str, fn: Callable[[], None]) -> None:
+    """Run ``fn`` (one transaction) again on contention, with backoff; then raise
+    :class:`ApplyBlocked` naming ``what`` and the database's error."""
+    try:
+        for attempt in Retrying(retry=retry_if_exception_type(_TRANSIENT),
+                                stop=stop_after_attempt(RETRIES),
+                                wait=wait_exponential(multiplier=0.5, max=5), reraise=True):
+            with attempt:
+                fn()
+    except _TRANSIENT as e:
+        raise ApplyBlocked(f"{what}: {_refusal(e)}, {RETRIES} attempts; the application "
+                           "holds these rows: rerun the failback (nothing is applied twice)"
+                           ) from e
 
 
 def _key_pred(meta: TableMeta) -> sql.Composable:
@@ -105,10 +134,16 @@ def apply_one(conn: Conn, meta: TableMeta, run_id: str, ch: store.StoredChange, 
     return outcome
 
 
+LOCK_TIMEOUT_MS = 30_000
+"""How long one batch waits for a row the application holds before it is retried."""
+
+
 @contextmanager
 def _replica_role_txn(conn: Conn) -> Iterator[None]:
     with conn.transaction():
         conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+            sql.Literal(f"{int(LOCK_TIMEOUT_MS)}ms")))
         yield
 
 
@@ -291,15 +326,19 @@ def _apply_rows(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int, dele
                 parents: set[str], errors: dict[str, str]) -> None:
     """The slow path for a refused batch: row by row, each in a savepoint, each refusal
     recorded in ``errors`` with the database's words."""
-    with _replica_role_txn(conn):
-        for seq, change_id in _pending(conn, run_id, meta.name, deletes, (lo, hi)):
+    for seq, change_id in _pending(conn, run_id, meta.name, deletes, (lo, hi)):
+        def one(seq: int = seq, change_id: str = change_id) -> None:
             try:
-                with conn.transaction():
+                with _replica_role_txn(conn):
                     _apply_set(conn, meta, run_id, seq, seq, deletes, parents)
+            except _TRANSIENT:
+                raise
             except psycopg.Error as e:
                 if conn.closed or conn.broken:
                     raise
                 errors[change_id] = _refusal(e)
+
+        _retrying(f"{meta.name} change {change_id}", one)
 
 
 def _apply_table(conn: Conn, meta: TableMeta, run_id: str, deletes: bool, batch: int,
@@ -312,9 +351,12 @@ def _apply_table(conn: Conn, meta: TableMeta, run_id: str, deletes: bool, batch:
         if refused_before and len(part) <= ONE_BY_ONE or len(part) == 1:
             _apply_rows(conn, meta, run_id, part[0], part[-1], deletes, parents, errors)
             continue
-        try:
+        def batch_txn(part: list[int] = part) -> None:
             with _replica_role_txn(conn):
                 _apply_set(conn, meta, run_id, part[0], part[-1], deletes, parents)
+
+        try:
+            _retrying(f"{meta.name} batch of {len(part)} changes", batch_txn)
         except psycopg.Error:
             if conn.closed or conn.broken:
                 raise

@@ -412,3 +412,36 @@ def test_writes_in_another_database_and_unkeyed_deletes_block_the_rewind(
     problem = accounting.problem()
     assert "database other: 3 row changes" in problem
     assert "public.log: no primary key" in problem and "deleted or updated 1 rows" in problem
+
+
+def test_a_row_the_application_keeps_locked_is_retried_never_refused(
+        workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Region-a updated five notes; on region-b the application holds one of them locked
+    through every retry. Apply stops with ApplyBlocked naming the table, hands nothing to
+    a human as "refused" and writes nothing of the batch; once the lock is gone a rerun
+    applies all five."""
+    from drorch.reconcile import ApplyBlocked
+    from drorch.reconcile import apply as apply_mod
+
+    def on_old(s: Split) -> None:
+        with psycopg.connect(s.a.dsn()) as c:
+            c.execute("UPDATE notes SET body = 'a-' || id WHERE id <= 5")
+
+    split = _split(workdir, on_old, lambda s: None)
+    cleanup.append(split)
+    monkeypatch.setattr(apply_mod, "LOCK_TIMEOUT_MS", 100)
+    monkeypatch.setattr(apply_mod, "RETRIES", 2)
+    spec = _spec(workdir / "conflicts.jsonl")
+    report = find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
+    with psycopg.connect(split.b.dsn()) as holder:
+        holder.execute("SELECT 1 FROM notes WHERE id = 3 FOR UPDATE")
+        with pytest.raises(ApplyBlocked, match=r"public\.notes.*55P03"):
+            apply_reconciliation(report, split.b.dsn(), spec)
+        assert _q(split.b.dsn(), "SELECT count(*) FROM drorch_reconcile.applied") == [(0,)]
+        assert not (workdir / "conflicts.jsonl").exists()
+        holder.rollback()
+    applied = apply_reconciliation(report, split.b.dsn(), spec)
+    assert (applied.applied, applied.errors, applied.stale) == (5, 0, 0)
+    assert {k: r["body"] for k, r in _rows(split.b.dsn(), "notes").items() if k <= 5} == {
+        k: f"a-{k}" for k in range(1, 6)}
+    assert account(report.to_dict(), applied.to_dict()).holds
