@@ -88,8 +88,11 @@ def _key_pred(meta: TableMeta) -> sql.Composable:
 def _write(conn: Conn, meta: TableMeta, params: dict[str, str], old_absent: bool,
            target_exists: bool) -> None:
     pred, tbl = _key_pred(meta), meta.ident
-    src = sql.SQL("FROM drorch_reconcile.changes AS c, jsonb_populate_record(NULL::{}, c.old_row)"
-                  " AS r WHERE c.run_id = %(run)s AND c.change_id = %(cid)s").format(tbl)
+    params = {**params, **_ref_params(meta)}
+    src = sql.SQL("FROM drorch_reconcile.changes AS c, {carry}, "
+                  "jsonb_populate_record(NULL::{tbl}, c.old_row || k.carry) AS r "
+                  "WHERE c.run_id = %(run)s AND c.change_id = %(cid)s").format(
+        carry=_CARRY, tbl=tbl)
     if old_absent:
         conn.execute(sql.SQL("DELETE FROM {} AS t WHERE {}").format(tbl, pred), params)
     elif target_exists:
@@ -106,6 +109,22 @@ def _write(conn: Conn, meta: TableMeta, params: dict[str, str], old_absent: bool
             tbl=tbl, cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
             rcols=sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in cols),
             src=src), params)
+
+
+_CARRY = sql.SQL(
+    "LATERAL (SELECT coalesce(jsonb_object_agg(x.col, m.new_id), '{}'::jsonb) AS carry "
+    "FROM unnest(%(ref_cols)s::text[], %(ref_parents)s::text[]) AS x(col, parent) "
+    "JOIN drorch_reconcile.rekeyed m ON m.run_id = c.run_id AND m.tbl = x.parent "
+    "AND m.old_id::text = c.old_row->>x.col JOIN drorch_reconcile.applied a "
+    "ON a.run_id = m.run_id AND a.change_id = m.change_id AND a.outcome = 'rekeyed') AS k")
+"""Foreign-key values of a change's old row that name a parent inserted under a new key
+(``c`` is its ``drorch_reconcile.changes`` row): column -> the parent's new key. A row a
+human resolves, or is shown, names the parent's new key as the batch path's rows do."""
+
+
+def _ref_params(meta: TableMeta) -> dict[str, list[str]]:
+    return {"ref_cols": [c for c, _p in meta.references],
+            "ref_parents": [p for _c, p in meta.references]}
 
 
 def _current(conn: Conn, meta: TableMeta, params: dict[str, str]) -> str | None:
@@ -155,16 +174,32 @@ def _try_apply(conn: Conn, meta: TableMeta, run_id: str, ch: store.StoredChange,
         return "error", _refusal(e)
 
 
+SEQUENCE_MARGIN = 1000
+"""Values a moved sequence skips beyond the largest key: PostgreSQL has no compare-and-set
+for sequences, so between reading a sequence's position and ``setval`` the application may
+take a few values (``nextval`` is never rolled back: "Sequence Manipulation Functions",
+PostgreSQL 15 docs, 9.17). Moving to max + margin in one statement leaves them behind
+instead of handing them out twice."""
+
+
+def _move_past(conn: Conn, seq: str, max_query: sql.Composable, params: dict[str, Any]
+               ) -> bool:
+    """Move ``seq`` forward past the value ``max_query`` returns (never back), in one
+    statement; True if it moved."""
+    return conn.execute(sql.SQL(
+        "SELECT setval(%(seq)s::regclass, greatest(m, coalesce(pg_sequence_last_value("
+        "%(seq)s::regclass), 0)) + %(margin)s) FROM ({q}) AS x(m) WHERE m IS NOT NULL "
+        "AND m > coalesce(pg_sequence_last_value(%(seq)s::regclass), 0)").format(q=max_query),
+        {**params, "seq": seq, "margin": SEQUENCE_MARGIN}).fetchone() is not None
+
+
 def advance_sequences(conn: Conn, metas: list[TableMeta]) -> list[str]:
     """Move each serial/identity sequence past the largest value now in its column."""
     moved = []
     for meta in metas:
         for seq, col in meta.sequences:
-            row = conn.execute(sql.SQL(
-                "SELECT setval(%(s)s::regclass, m) FROM (SELECT max({c}) AS m FROM {t}) AS x "
-                "WHERE m IS NOT NULL AND m > coalesce(pg_sequence_last_value(%(s)s::regclass), 0)"
-            ).format(c=sql.Identifier(col), t=meta.ident), {"s": seq}).fetchone()
-            if row:
+            if _move_past(conn, seq, sql.SQL("SELECT max({c}) FROM {t}").format(
+                    c=sql.Identifier(col), t=meta.ident), {}):
                 moved.append(seq)
     return moved
 
@@ -225,13 +260,11 @@ def assign_new_keys(conn: Conn, run_id: str, metas: dict[str, TableMeta]) -> lis
             continue  # nothing to re-key, or not re-keyable here (those go to a human)
         # Past every key either side used: the old side's keys not applied yet included,
         # or a fresh key could be one of them.
-        if conn.execute(sql.SQL(
-            "SELECT setval(%(seq)s::regclass, m) FROM (SELECT greatest((SELECT max({k}) "
-            "FROM {tbl}), (SELECT max((c.key->>%(col)s)::bigint) FROM "
-            "drorch_reconcile.changes c WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s)) AS m) x "
-            "WHERE m > coalesce(pg_sequence_last_value(%(seq)s::regclass), 0)").format(
-            k=sql.Identifier(meta.pk[0]), tbl=meta.ident),
-            {"run": run_id, "tbl": name, "col": meta.pk[0], "seq": seq}).fetchone():
+        if _move_past(conn, seq, sql.SQL(
+                "SELECT greatest((SELECT max({k}) FROM {tbl}), (SELECT max((c.key->>%(col)s)"
+                "::bigint) FROM drorch_reconcile.changes c WHERE c.run_id = %(run)s "
+                "AND c.tbl = %(tbl)s))").format(k=sql.Identifier(meta.pk[0]), tbl=meta.ident),
+                {"run": run_id, "tbl": name, "col": meta.pk[0]}):
             moved.append(seq)
         conn.execute(
             "INSERT INTO drorch_reconcile.rekeyed (run_id, change_id, tbl, key_column, "
@@ -525,6 +558,15 @@ def _reason(ch: store.StoredChange, error: str | None = None) -> str:
     return "both primaries changed it; the table's policy is manual"
 
 
+def _carried(carry: str | None) -> str:
+    moved = json.loads(carry) if carry else {}
+    if not moved:
+        return ""
+    cols = ", ".join(f"{c} = {v}" for c, v in sorted(moved.items()))
+    return (f" (its {cols}: the old primary's parent row was inserted under that new key; "
+            "shown and applied with it)")
+
+
 def _conflict_rows(conn: Conn, run_id: str, meta: TableMeta) -> Iterator[tuple[Any, ...]]:
     """The table's changes for a human, with both rows, streamed from a server cursor."""
     new_row = sql.SQL("NULL::text")
@@ -537,14 +579,15 @@ def _conflict_rows(conn: Conn, run_id: str, meta: TableMeta) -> Iterator[tuple[A
                     c=sql.Identifier(c), tbl=meta.ident) for c in meta.pk))
     q = sql.SQL(
         "SELECT c.change_id, c.key::text, c.kind, c.action, c.columns, c.old_op, c.new_op, "
-        "c.undetermined, a.outcome, c.old_row::text, {new_row} "
-        "FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a "
-        "USING (run_id, change_id) {join} WHERE c.run_id = %s AND c.tbl = %s "
+        "c.undetermined, a.outcome, (c.old_row || k.carry)::text, {new_row}, k.carry::text "
+        "FROM drorch_reconcile.changes c CROSS JOIN {carry} LEFT JOIN "
+        "drorch_reconcile.applied a ON a.run_id = c.run_id AND a.change_id = c.change_id "
+        "{join} WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
         "AND c.action <> 'keep-new' AND (a.outcome IS NULL OR a.outcome = 'stale') "
-        "ORDER BY c.seq").format(new_row=new_row, join=join)
+        "ORDER BY c.seq").format(new_row=new_row, join=join, carry=_CARRY)
     with conn.transaction(), conn.cursor(name="drorch_conflicts") as cur:
         cur.itersize = 2000
-        cur.execute(q, (run_id, meta.name))
+        cur.execute(q, {"run": run_id, "tbl": meta.name, **_ref_params(meta)})
         yield from cur
 
 
@@ -561,13 +604,14 @@ def write_conflict_file(conn: Conn, run_id: str, metas: list[TableMeta],
         for meta in metas:
             s = sens.get(meta.name, set())
             for (cid, key, kind, action, columns, old_op, new_op, undetermined, outcome,
-                 old_text, new_text) in _conflict_rows(conn, run_id, meta):
+                 old_text, new_text, carry) in _conflict_rows(conn, run_id, meta):
                 ch = store.StoredChange(cid, meta.name, json.loads(key), kind, action,
                                         list(columns), old_op, new_op, bool(undetermined),
                                         old_text is None, new_text, outcome)
                 yield {"change_id": cid, "table": meta.name,
                        "key": {c: ("***" if c in s else v) for c, v in ch.key.items()},
-                       "kind": kind, "reason": _reason(ch, (errors or {}).get(cid)),
+                       "kind": kind,
+                       "reason": _reason(ch, (errors or {}).get(cid)) + _carried(carry),
                        "columns": ch.columns, "old_op": old_op, "new_op": new_op,
                        "old": mask(parse_row(old_text) if old_text else None, s),
                        "new": mask(parse_row(new_text) if new_text else None, s),

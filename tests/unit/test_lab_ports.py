@@ -48,9 +48,11 @@ def test_a_port_is_never_handed_out_twice_even_once_free_again() -> None:
     first = block.take()
     with socket.socket() as s:  # nothing listens on it now: a probe would call it free
         s.bind(("127.0.0.1", first))
-    assert first not in {block.take() for _ in range(19)}
+    taken = []  # another test's server may hold some of the 19 others: they are skipped
     with pytest.raises(PortsExhausted):
-        block.take()
+        for _ in range(20):
+            taken.append(block.take())
+    assert first not in taken and len(taken) == len(set(taken)) <= 19
 
 
 def test_a_port_someone_listens_on_is_skipped() -> None:

@@ -11,6 +11,7 @@ into the ones the promoted side hands out: collisions happen by themselves here,
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,3 +446,54 @@ def test_a_row_the_application_keeps_locked_is_retried_never_refused(
     assert {k: r["body"] for k, r in _rows(split.b.dsn(), "notes").items() if k <= 5} == {
         k: f"a-{k}" for k in range(1, 6)}
     assert account(report.to_dict(), applied.to_dict()).holds
+
+
+def test_a_child_left_to_a_human_names_its_parents_new_key(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """Orders collide and are re-keyed; order lines (``collisions: manual``) collide too and
+    wait in the conflict file. A line whose order was re-keyed is shown with the order's
+    new key (and says so), and resolving it ``old`` writes that key: never the old key,
+    which on the new primary names region-b's different order."""
+    from drorch.reconcile import apply_conflict_file
+
+    def on_old(s: Split) -> None:
+        for i in range(40):
+            order = s.old.insert(s.a.dsn(), "orders", "amount, region", (100 + i, "a"))
+            s.old.insert(s.a.dsn(), "order_lines", "order_id, sku", (order, f"a-sku-{i}"))
+
+    def on_new(s: Split) -> None:
+        first = min(s.new.insert(s.b.dsn(), "orders", "amount, region", (200 + i, "b"))
+                    for i in range(5))
+        for i in range(40):
+            s.new.insert(s.b.dsn(), "order_lines", "order_id, sku", (first, f"b-sku-{i}"))
+
+    split = _split(workdir, on_old, on_new)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    spec = ReconcileSpec(tables=[
+        ReconcileTable(name="public.orders", policy="old-wins"),
+        ReconcileTable(name="public.order_lines", policy="old-wins", collisions="manual")],
+        conflict_file=str(conflict_file))
+    report = find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
+    applied = apply_reconciliation(report, split.b.dsn(), spec)
+    assert account(report.to_dict(), applied.to_dict()).holds
+    mapping = _mapping(Path(applied.mapping_file or ""))
+    doc = load_conflicts(conflict_file)
+    moved = [e for e in doc.conflicts if ("orders", split.old.rows["order_lines"][
+        e.key["id"]]["order_id"]) in mapping]
+    assert moved, "some colliding line must belong to a re-keyed order"
+    for e in moved:
+        old_order = split.old.rows["order_lines"][e.key["id"]]["order_id"]
+        assert e.old is not None and e.old["order_id"] == mapping[("orders", old_order)]
+        assert f"order_id = {mapping[('orders', old_order)]}" in e.reason
+    pick = moved[0]
+    lines = [json.loads(line) for line in conflict_file.read_text().splitlines()]
+    for entry in lines:
+        if entry.get("change_id") == pick.change_id:
+            entry["resolution"] = "old"
+    conflict_file.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    res = apply_conflict_file(conflict_file, split.b.dsn())
+    assert res.applied == 1
+    now = _rows(split.b.dsn(), "order_lines")[pick.key["id"]]
+    assert now["order_id"] == pick.old["order_id"] != split.old.rows["order_lines"][
+        pick.key["id"]]["order_id"]
