@@ -48,7 +48,8 @@ def _apply_file(doc: conflicts.ConflictFile, conn: Conn, path: str) -> ApplyResu
         raise NotCaptured(f"run {run_id} was never captured on this database")
     sens = {t.table: set(t.sensitive) for t in report.tables}
     hidden = {t.table: t.new_only_columns for t in report.tables}
-    stored = {c.change_id: c for c in store.changes(conn, run_id)}
+    stored = {c.change_id: c for c in store.changes(
+        conn, run_id, [e.change_id for e in doc.conflicts])}
     unknown = [e.change_id for e in doc.conflicts if e.change_id not in stored]
     if unknown:
         raise ValueError(f"conflict file names changes run {run_id} does not have: {unknown}")

@@ -143,18 +143,16 @@ def _array_literal(items: list[str]) -> str:
                           for i in items) + "}"
 
 
-def changes(conn: Conn, run_id: str, *, table: str | None = None,
-            seq_range: tuple[int, int] | None = None) -> list[StoredChange]:
-    """The changes of a run (of one ``table``, with seq in ``seq_range``) in capture
-    order, with what has been decided so far."""
-    lo, hi = seq_range or (None, None)
+def changes(conn: Conn, run_id: str, ids: list[str] | None = None) -> list[StoredChange]:
+    """The changes of a run (only those in ``ids`` when given: a conflict file names a
+    few of a run that may hold millions) in capture order, with what has been decided."""
     rows = conn.execute(
         "SELECT c.change_id, c.tbl, c.key::text, c.kind, c.action, c.columns, c.old_op, "
         "c.new_op, c.undetermined, c.old_row IS NULL, c.new_row::text, a.outcome "
         "FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a "
-        "USING (run_id, change_id) WHERE c.run_id = %s AND (%s::text IS NULL OR c.tbl = %s) "
-        "AND (%s::int IS NULL OR c.seq BETWEEN %s AND %s) ORDER BY c.seq",
-        (run_id, table, table, lo, lo, hi)).fetchall()
+        "USING (run_id, change_id) WHERE c.run_id = %s "
+        "AND (%s::text[] IS NULL OR c.change_id = ANY(%s::text[])) ORDER BY c.seq",
+        (run_id, ids, ids)).fetchall()
     return [StoredChange(r[0], r[1], json.loads(r[2]), r[3], r[4], list(r[5]), r[6], r[7],
                          bool(r[8]), bool(r[9]), r[10], r[11]) for r in rows]
 
