@@ -29,6 +29,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -277,13 +278,54 @@ def assign_new_keys(conn: Conn, run_id: str, metas: dict[str, TableMeta]) -> lis
     return moved
 
 
-def _rekeyed_parents(conn: Conn, run_id: str) -> set[str]:
-    return {str(r[0]) for r in conn.execute(
-        "SELECT DISTINCT tbl FROM drorch_reconcile.rekeyed WHERE run_id = %s", (run_id,))}
+@dataclass
+class _Parents:
+    """What a batch needs to know about the tables its foreign keys name."""
+
+    rekeyed: set[str]
+    """Tables with rows re-keyed in this run (a child's key to them is carried over)."""
+    pk: dict[str, str]
+    """Table -> its one-column primary key."""
+    blocked: dict[str, str] = field(default_factory=dict)
+    """Change id -> why the child row was held back (its parent row was not written)."""
+
+    def __contains__(self, table: object) -> bool:
+        return table in self.rekeyed
+
+
+def _rekeyed_parents(conn: Conn, run_id: str, metas: dict[str, TableMeta]) -> _Parents:
+    return _Parents({str(r[0]) for r in conn.execute(
+        "SELECT DISTINCT tbl FROM drorch_reconcile.rekeyed WHERE run_id = %s", (run_id,))},
+        {n: m.pk[0] for n, m in metas.items() if len(m.pk) == 1})
+
+
+def _hold_orphans(conn: Conn, meta: TableMeta, p: dict[str, Any], parents: _Parents) -> None:
+    """Hold back rows whose foreign key names a parent row the old primary wrote in this
+    run that was not written here (refused, stale): foreign keys are not checked under
+    ``session_replication_role = replica``, so the row would land pointing at nothing, or
+    at the new primary's different row under the same key. Parents go first (tables in
+    foreign-key order), so their outcomes are known."""
+    for col, parent in meta.references:
+        pcol = parents.pk.get(parent)
+        if pcol is None:
+            continue
+        conn.execute(sql.SQL(
+            "UPDATE drorch_batch b SET held = format('its %%s %%s names a row of %%s the old "
+            "primary wrote that was not written here (%%s)', %(col)s::text, (b.r).{c}, "
+            "%(parent)s::text, coalesce(a.outcome, 'refused')) FROM drorch_reconcile.changes pc "
+            "LEFT JOIN drorch_reconcile.applied a ON a.run_id = pc.run_id "
+            "AND a.change_id = pc.change_id WHERE pc.run_id = %(run)s AND pc.tbl = %(parent)s "
+            f"AND pc.action IN {_WRITES} AND pc.old_row IS NOT NULL "
+            "AND pc.key->>%(pcol)s = (b.r).{c}::text "
+            "AND coalesce(a.outcome, '') NOT IN ('applied', 'rekeyed')").format(
+            c=sql.Identifier(col)), {**p, "col": col, "parent": parent, "pcol": pcol})
+    for cid, why in conn.execute("SELECT change_id, held FROM drorch_batch "
+                                 "WHERE held IS NOT NULL"):
+        parents.blocked[str(cid)] = str(why)
 
 
 def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
-               deletes: bool, parents: set[str]) -> None:
+               deletes: bool, parents: _Parents) -> None:
     """One batch (changes of ``meta`` with seq in [lo, hi]) as set-based statements inside
     the caller's transaction. A ``rekey`` row goes in under its new key; a foreign key
     naming a re-keyed parent (``parents``) gets the parent's new key. Raises what the new
@@ -292,7 +334,8 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
     tbl = meta.ident
     conn.execute(sql.SQL(
         "CREATE TEMP TABLE drorch_batch (change_id text PRIMARY KEY, action text, "
-        "new_row jsonb, cur jsonb, had boolean NOT NULL DEFAULT false, claimed text, r {}) "
+        "new_row jsonb, cur jsonb, had boolean NOT NULL DEFAULT false, claimed text, "
+        "held text, r {}) "
         "ON COMMIT DROP").format(tbl))
     conn.execute(sql.SQL(
         "INSERT INTO drorch_batch (change_id, action, new_row, r) SELECT c.change_id, "
@@ -302,6 +345,8 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
         f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} AND NOT EXISTS (SELECT 1 "
         "FROM drorch_reconcile.applied a WHERE a.run_id = c.run_id "
         "AND a.change_id = c.change_id)").format(tbl=tbl), p)
+    if not deletes:
+        _hold_orphans(conn, meta, p, parents)
     if not deletes and meta.key_sequence is not None and meta.name in parents:
         conn.execute(sql.SQL(
             "UPDATE drorch_batch b SET r.{k} = m.new_id, new_row = NULL "
@@ -324,7 +369,8 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
         "WITH ins AS (INSERT INTO drorch_reconcile.applied (run_id, change_id, outcome) "
         "SELECT %(run)s, change_id, CASE WHEN cur IS DISTINCT FROM new_row THEN 'stale' "
         "WHEN action = 'rekey' THEN 'rekeyed' ELSE 'applied' END FROM drorch_batch "
-        "ON CONFLICT (run_id, change_id) DO NOTHING RETURNING change_id, outcome) "
+        "WHERE held IS NULL ON CONFLICT (run_id, change_id) DO NOTHING "
+        "RETURNING change_id, outcome) "
         "UPDATE drorch_batch b SET claimed = ins.outcome FROM ins "
         "WHERE b.change_id = ins.change_id", p)
     if deletes:
@@ -349,6 +395,17 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
     conn.execute("DROP TABLE drorch_batch")
 
 
+_ROW_ERRORS = ("22", "23", "44", "P0", "2F", "38", "39")
+"""SQLSTATE classes that say the row itself is refused (data exception, integrity
+constraint, WITH CHECK OPTION, a trigger's RAISE or routine error: PostgreSQL 15,
+Appendix A). Anything else (a syntax or type error, a lost connection) is drorch's or the
+server's fault, not the row's: it stops the apply instead of handing rows to a human."""
+
+
+def _row_refused(e: psycopg.Error) -> bool:
+    return (e.sqlstate or "")[:2] in _ROW_ERRORS
+
+
 def _refusal(e: psycopg.Error) -> str:
     diag = e.diag
     where = f" (constraint {diag.constraint_name})" if diag.constraint_name else ""
@@ -356,7 +413,7 @@ def _refusal(e: psycopg.Error) -> str:
 
 
 def _apply_rows(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int, deletes: bool,
-                parents: set[str], errors: dict[str, str]) -> None:
+                parents: _Parents, errors: dict[str, str]) -> None:
     """The slow path for a refused batch: row by row, each in a savepoint, each refusal
     recorded in ``errors`` with the database's words."""
     for seq, change_id in _pending(conn, run_id, meta.name, deletes, (lo, hi)):
@@ -364,10 +421,8 @@ def _apply_rows(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int, dele
             try:
                 with _replica_role_txn(conn):
                     _apply_set(conn, meta, run_id, seq, seq, deletes, parents)
-            except _TRANSIENT:
-                raise
             except psycopg.Error as e:
-                if conn.closed or conn.broken:
+                if conn.closed or conn.broken or not _row_refused(e):
                     raise
                 errors[change_id] = _refusal(e)
 
@@ -375,7 +430,7 @@ def _apply_rows(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int, dele
 
 
 def _apply_table(conn: Conn, meta: TableMeta, run_id: str, deletes: bool, batch: int,
-                 parents: set[str], errors: dict[str, str]) -> None:
+                 parents: _Parents, errors: dict[str, str]) -> None:
     """Every pending change of one table (its upserts, or its deletes)."""
     seqs = [seq for seq, _cid in _pending(conn, run_id, meta.name, deletes)]
     todo = [(seqs[i: i + batch], False) for i in range(0, len(seqs), batch)][::-1]
@@ -390,8 +445,8 @@ def _apply_table(conn: Conn, meta: TableMeta, run_id: str, deletes: bool, batch:
 
         try:
             _retrying(f"{meta.name} batch of {len(part)} changes", batch_txn)
-        except psycopg.Error:
-            if conn.closed or conn.broken:
+        except psycopg.Error as e:
+            if conn.closed or conn.broken or not _row_refused(e):
                 raise
             mid = len(part) // 2  # find the refused rows: halves, then one by one
             todo += [(part[mid:], True), (part[:mid], True)]
@@ -502,13 +557,15 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
                  if (m := load_table(conn, t.table)) is not None}
         before = {"applied": _count(conn, run_id, "applied")}
         moved = assign_new_keys(conn, run_id, metas)
-        parents = _rekeyed_parents(conn, run_id)
+        parents = _rekeyed_parents(conn, run_id, metas)
         errors: dict[str, str] = {}
+        order = _parents_first(order, metas)
         for deletes in (False, True):
             for name in (reversed(order) if deletes else order):
                 if name in metas:
                     _apply_table(conn, metas[name], run_id, deletes, batch_size, parents,
                                  errors)
+        errors.update({k: v for k, v in parents.blocked.items() if k not in errors})
         _keep_new(conn, run_id)
         res.sequences_advanced = sorted(set(moved) | set(
             advance_sequences(conn, list(metas.values()))))
@@ -523,6 +580,28 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
                 errors=errors)
             res.conflict_file = path
     return res
+
+
+def _parents_first(order: list[str], metas: dict[str, TableMeta]) -> list[str]:
+    """``order`` with every table after the tables its foreign keys name (stable; a cycle
+    or a self-reference keeps the given order)."""
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in seen or name in path:
+            return
+        meta = metas.get(name)
+        for _col, parent in meta.references if meta else ():
+            if parent in order and parent != name:
+                visit(parent, (*path, name))
+        if name not in seen:
+            seen.add(name)
+            out.append(name)
+
+    for name in order:
+        visit(name, ())
+    return out
 
 
 def _beside(conflict_file: str | None, run_id: str) -> str:

@@ -47,6 +47,8 @@ def test_a_port_is_never_handed_out_twice_even_once_free_again() -> None:
     block = ports.current_block().carve(20)
     first = block.take()
     with socket.socket() as s:  # nothing listens on it now: a probe would call it free
+        # (SO_REUSEADDR: a server an earlier run left on this port may leave TIME_WAITs)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", first))
     taken = []  # another test's server may hold some of the 19 others: they are skipped
     with pytest.raises(PortsExhausted):

@@ -497,3 +497,55 @@ def test_a_child_left_to_a_human_names_its_parents_new_key(
     now = _rows(split.b.dsn(), "order_lines")[pick.key["id"]]
     assert now["order_id"] == pick.old["order_id"] != split.old.rows["order_lines"][
         pick.key["id"]]["order_id"]
+
+
+def test_a_child_of_a_refused_parent_is_held_for_a_human_not_orphaned(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """Region-a writes 40 orders with a line each; region-b writes 5 orders (so some of
+    region-a's collide and are re-keyed) and adds a CHECK that refuses two of region-a's
+    orders: one re-keyed, one not. Foreign keys are not checked while applying (replica
+    role), so their lines would land pointing at nothing (or at region-b's own order under
+    the old key): each is held and handed to a human with the reason, beside its order."""
+    picked: dict[str, int] = {}
+
+    def on_old(s: Split) -> None:
+        for i in range(40):
+            order = s.old.insert(s.a.dsn(), "orders", "amount, region", (100 + i, "a"))
+            s.old.insert(s.a.dsn(), "order_lines", "order_id, sku", (order, f"a-sku-{i}"))
+
+    def on_new(s: Split) -> None:
+        b_ids = [s.new.insert(s.b.dsn(), "orders", "amount, region", (200 + i, "b"))
+                 for i in range(5)]
+        a_orders = s.old.rows["orders"]
+        picked["rekeyed"] = next(k for k in b_ids if k in a_orders)
+        picked["plain"] = min(k for k in a_orders if k not in b_ids)
+        bad = [a_orders[k]["amount"] for k in picked.values()]
+        _q(s.b.dsn(), f"ALTER TABLE orders ADD CONSTRAINT not_these CHECK (amount NOT IN "
+                      f"({bad[0]}, {bad[1]}))")
+
+    split = _split(workdir, on_old, on_new)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    spec = ReconcileSpec(tables=[ReconcileTable(name="public.order_lines", policy="old-wins"),
+                                 ReconcileTable(name="public.orders", policy="old-wins")],
+                         conflict_file=str(conflict_file))  # children listed first
+    report = find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
+    applied = apply_reconciliation(report, split.b.dsn(), spec)
+    accounting = account(report.to_dict(), applied.to_dict())
+    assert accounting.holds, accounting.problem()
+    entries = {(e.table, int(e.key["id"])): e for e in load_conflicts(conflict_file).conflicts}
+    held_lines = {k: r for k, r in split.old.rows["order_lines"].items()
+                  if r["order_id"] in picked.values()}
+    assert len(held_lines) == 2
+    assert {("public.orders", k) for k in picked.values()} | {
+        ("public.order_lines", k) for k in held_lines} == set(entries)
+    for k in picked.values():
+        assert "not_these" in entries[("public.orders", k)].reason
+    now_lines = _rows(split.b.dsn(), "order_lines")
+    orders_now = _rows(split.b.dsn(), "orders")
+    for k in held_lines:
+        assert "was not written here" in entries[("public.order_lines", k)].reason
+        assert k not in now_lines or now_lines[k]["sku"].startswith("b-")
+    for line in now_lines.values():  # nothing points at nothing
+        assert line["order_id"] in orders_now, line
+    assert applied.errors + applied.manual_pending == 4  # a re-keyed row not written: pending
