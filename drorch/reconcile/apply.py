@@ -10,7 +10,7 @@ and the record.
 At volume the changes go per table in batches of set-based statements (one
 transaction each: stage the batch, lock and compare the target rows, claim,
 delete / update / insert). A batch the new primary refuses is split in halves
-until the refused rows are found; those go one by one, each in a savepoint, and
+until the refused rows are found; those go one by one, each in its own transaction, and
 what is refused is handed to a human with the database's error (conflict file).
 
 Before writing, the target row is locked and compared with the row captured
@@ -116,7 +116,8 @@ _CARRY = sql.SQL(
     "LATERAL (SELECT coalesce(jsonb_object_agg(x.col, m.new_id), '{}'::jsonb) AS carry "
     "FROM unnest(%(ref_cols)s::text[], %(ref_parents)s::text[]) AS x(col, parent) "
     "JOIN drorch_reconcile.rekeyed m ON m.run_id = c.run_id AND m.tbl = x.parent "
-    "AND m.old_id::text = c.old_row->>x.col JOIN drorch_reconcile.applied a "
+    "AND m.old_id = CASE WHEN jsonb_typeof(c.old_row->x.col) = 'number' "
+    "THEN (c.old_row->>x.col)::numeric::bigint END JOIN drorch_reconcile.applied a "
     "ON a.run_id = m.run_id AND a.change_id = m.change_id AND a.outcome = 'rekeyed') AS k")
 """Foreign-key values of a change's old row that name a parent inserted under a new key
 (``c`` is its ``drorch_reconcile.changes`` row): column -> the parent's new key. A row a
@@ -124,8 +125,10 @@ human resolves, or is shown, names the parent's new key as the batch path's rows
 
 
 def _ref_params(meta: TableMeta) -> dict[str, list[str]]:
-    return {"ref_cols": [c for c, _p in meta.references],
-            "ref_parents": [p for _c, p in meta.references]}
+    """Foreign keys to carry: not those inside the row's own primary key (a carried key
+    would no longer find the row it names: such a row stays a collision on its old key)."""
+    refs = [(c, p) for c, p in meta.references if c not in meta.pk]
+    return {"ref_cols": [c for c, _p in refs], "ref_parents": [p for _c, p in refs]}
 
 
 def _current(conn: Conn, meta: TableMeta, params: dict[str, str]) -> str | None:
@@ -185,12 +188,18 @@ instead of handing them out twice."""
 
 def _move_past(conn: Conn, seq: str, max_query: sql.Composable, params: dict[str, Any]
                ) -> bool:
-    """Move ``seq`` forward past the value ``max_query`` returns (never back), in one
-    statement; True if it moved."""
+    """Move ``seq`` past the values ``max_query`` returns (lowest, highest): forward past
+    the highest (down past the lowest for a descending sequence), never back, never beyond
+    its MAXVALUE/MINVALUE, in one statement; True if it moved."""
     return conn.execute(sql.SQL(
-        "SELECT setval(%(seq)s::regclass, greatest(m, coalesce(pg_sequence_last_value("
-        "%(seq)s::regclass), 0)) + %(margin)s) FROM ({q}) AS x(m) WHERE m IS NOT NULL "
-        "AND m > coalesce(pg_sequence_last_value(%(seq)s::regclass), 0)").format(q=max_query),
+        "SELECT setval(%(seq)s::regclass, CASE WHEN s.increment_by > 0 "
+        "THEN least(greatest(x.hi, cur) + %(margin)s, s.max_value) "
+        "ELSE greatest(least(x.lo, cur) - %(margin)s, s.min_value) END) "
+        "FROM ({q}) AS x(lo, hi), pg_sequences s, LATERAL (SELECT coalesce("
+        "pg_sequence_last_value(%(seq)s::regclass), s.start_value) AS cur) AS c "
+        "WHERE format('%%I.%%I', s.schemaname, s.sequencename)::regclass = %(seq)s::regclass "
+        "AND CASE WHEN s.increment_by > 0 THEN x.hi > c.cur AND x.hi < s.max_value "
+        "ELSE x.lo < c.cur AND x.lo > s.min_value END").format(q=max_query),
         {**params, "seq": seq, "margin": SEQUENCE_MARGIN}).fetchone() is not None
 
 
@@ -199,7 +208,7 @@ def advance_sequences(conn: Conn, metas: list[TableMeta]) -> list[str]:
     moved = []
     for meta in metas:
         for seq, col in meta.sequences:
-            if _move_past(conn, seq, sql.SQL("SELECT max({c}) FROM {t}").format(
+            if _move_past(conn, seq, sql.SQL("SELECT min({c}), max({c}) FROM {t}").format(
                     c=sql.Identifier(col), t=meta.ident), {}):
                 moved.append(seq)
     return moved
@@ -217,7 +226,8 @@ def _decision(ch: store.StoredChange, sensitive: set[str], outcome: str,
 
 BATCH_ROWS = 10_000
 ONE_BY_ONE = 64
-"""A refused batch this small goes row by row (each in a savepoint) to name the rows."""
+"""A refused batch this small goes row by row (each in its own transaction) to name the
+rows."""
 
 
 _WRITES = "('apply-old', 'rekey')"
@@ -262,9 +272,11 @@ def assign_new_keys(conn: Conn, run_id: str, metas: dict[str, TableMeta]) -> lis
         # Past every key either side used: the old side's keys not applied yet included,
         # or a fresh key could be one of them.
         if _move_past(conn, seq, sql.SQL(
-                "SELECT greatest((SELECT max({k}) FROM {tbl}), (SELECT max((c.key->>%(col)s)"
-                "::bigint) FROM drorch_reconcile.changes c WHERE c.run_id = %(run)s "
-                "AND c.tbl = %(tbl)s))").format(k=sql.Identifier(meta.pk[0]), tbl=meta.ident),
+                "SELECT least(t.lo, k.lo), greatest(t.hi, k.hi) FROM (SELECT min({k}) AS lo, "
+                "max({k}) AS hi FROM {tbl}) t, (SELECT min((c.key->>%(col)s)::bigint) AS lo, "
+                "max((c.key->>%(col)s)::bigint) AS hi FROM drorch_reconcile.changes c "
+                "WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s) k").format(
+                    k=sql.Identifier(meta.pk[0]), tbl=meta.ident),
                 {"run": run_id, "tbl": name, "col": meta.pk[0]}):
             moved.append(seq)
         conn.execute(
@@ -406,6 +418,29 @@ def _row_refused(e: psycopg.Error) -> bool:
     return (e.sqlstate or "")[:2] in _ROW_ERRORS
 
 
+def resolve_rekeyed(conn: Conn, meta: TableMeta, run_id: str, change_id: str
+                    ) -> tuple[str, str | None]:
+    """A human chose ``old`` for a row that was to be re-keyed (refused before): insert it
+    under its assigned new key, as the batch path does, never over the new primary's row
+    under the old key. Runs in the caller's transaction (replica role); returns the
+    outcome and the database's error, if any."""
+    seq = int(conn.execute("SELECT seq FROM drorch_reconcile.changes WHERE run_id = %s "
+                           "AND change_id = %s", (run_id, change_id)).fetchone()[0])  # type: ignore[index]
+    parents = _rekeyed_parents(conn, run_id, {meta.name: meta})
+    try:
+        with conn.transaction():
+            _apply_set(conn, meta, run_id, seq, seq, False, parents)
+    except psycopg.Error as e:
+        if conn.closed or conn.broken or not _row_refused(e):
+            raise
+        return "error", _refusal(e)
+    if change_id in parents.blocked:
+        return "error", parents.blocked[change_id]
+    row = conn.execute("SELECT outcome FROM drorch_reconcile.applied WHERE run_id = %s "
+                       "AND change_id = %s", (run_id, change_id)).fetchone()
+    return (str(row[0]) if row else "error"), None
+
+
 def _refusal(e: psycopg.Error) -> str:
     diag = e.diag
     where = f" (constraint {diag.constraint_name})" if diag.constraint_name else ""
@@ -414,8 +449,8 @@ def _refusal(e: psycopg.Error) -> str:
 
 def _apply_rows(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int, deletes: bool,
                 parents: _Parents, errors: dict[str, str]) -> None:
-    """The slow path for a refused batch: row by row, each in a savepoint, each refusal
-    recorded in ``errors`` with the database's words."""
+    """The slow path for a refused batch: row by row, each in its own transaction, each
+    refusal recorded in ``errors`` with the database's words."""
     for seq, change_id in _pending(conn, run_id, meta.name, deletes, (lo, hi)):
         def one(seq: int = seq, change_id: str = change_id) -> None:
             try:
@@ -560,11 +595,15 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
         parents = _rekeyed_parents(conn, run_id, metas)
         errors: dict[str, str] = {}
         order = _parents_first(order, metas)
-        for deletes in (False, True):
-            for name in (reversed(order) if deletes else order):
-                if name in metas:
-                    _apply_table(conn, metas[name], run_id, deletes, batch_size, parents,
-                                 errors)
+        try:
+            for deletes in (False, True):
+                for name in (reversed(order) if deletes else order):
+                    if name in metas:
+                        _apply_table(conn, metas[name], run_id, deletes, batch_size,
+                                     parents, errors)
+        except ApplyBlocked:  # rows already written must not meet their keys again
+            advance_sequences(conn, list(metas.values()))
+            raise
         errors.update({k: v for k, v in parents.blocked.items() if k not in errors})
         _keep_new(conn, run_id)
         res.sequences_advanced = sorted(set(moved) | set(

@@ -20,6 +20,7 @@ from drorch.reconcile.apply import (
     _replica_role_txn,
     _try_apply,
     advance_sequences,
+    resolve_rekeyed,
     write_conflict_file,
 )
 from drorch.reconcile.catalog import TableMeta, load_table
@@ -70,7 +71,9 @@ def _apply_file(doc: conflicts.ConflictFile, conn: Conn, path: str) -> ApplyResu
             meta = meta.without(hidden.get(ch.table, []))  # they keep their default
             metas[ch.table] = meta
             detail = None
-            if e.resolution == "old":
+            if e.resolution == "old" and ch.action == "rekey" and ch.outcome is None:
+                outcome, detail = resolve_rekeyed(conn, meta, run_id, ch.change_id)
+            elif e.resolution == "old":
                 outcome, detail = _try_apply(conn, meta, run_id, ch, "resolved-old",
                                              e.new_fingerprint, ("stale",))
             else:
@@ -78,6 +81,8 @@ def _apply_file(doc: conflicts.ConflictFile, conn: Conn, path: str) -> ApplyResu
                 outcome = "resolved-new" if claimed else "already"
             if outcome == "resolved-old":
                 res.applied += 1
+            elif outcome == "rekeyed":
+                res.rekeyed += 1
             elif outcome == "resolved-new":
                 res.kept_new += 1
             elif outcome == "already":
