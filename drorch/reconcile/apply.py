@@ -56,7 +56,7 @@ class ApplyBlocked(RuntimeError):
 
 
 _TRANSIENT = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
-              psycopg.errors.SerializationFailure, psycopg.errors.QueryCanceled)
+              psycopg.errors.SerializationFailure)
 """Errors about contention or time, not about the row: the same batch is retried, never
 split into refusals (a lock held by the application says nothing about the old row)."""
 RETRIES = 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from drorch.reconcile import (
@@ -131,8 +132,11 @@ def test_new_primary_wal_gone_never_reverts_what_only_the_new_side_changed(
 
     seg = 16 * 1024 * 1024
     segno = walparse.lsn_to_int(story.divergence.lsn) // seg
+    with psycopg.connect(story.b.dsn(), autocommit=True) as c:  # region-b moves on
+        c.execute("SELECT pg_switch_wal()")
+        c.execute("CHECKPOINT")
     for f in (story.b.datadir / "pg_wal").glob(walbytes.wal_file_name(2, segno, seg)):
-        f.unlink()
+        f.unlink()  # and the segment holding the split is gone (recycled, or removed)
     div = story.divergence if commit_times else dataclasses.replace(story.divergence, at=None)
     new_rows = {t: story.rows(story.b, t) for t in KEYED}
     sp = spec(tmp_path / "c.jsonl")
