@@ -311,12 +311,28 @@ def reconcile_apply(
     engine, _store = engine_for(rb)
     db = rb.database(database) if database else rb.databases[0]
     dsn = db.endpoints[engine.active_region()].dsn()
-    result = apply_conflict_file(conflict_file, dsn)
-    engine.audit.record("reconcile.conflicts_applied", actor=actor or getpass.getuser(),
-                        inputs={"file": str(conflict_file), "database": db.name},
+    from drorch.reconcile.apply import ApplyBlocked, NotCaptured
+
+    who = actor or getpass.getuser()
+    inputs = {"file": str(conflict_file), "database": db.name}
+    try:
+        result = apply_conflict_file(conflict_file, dsn)
+    except (ApplyBlocked, NotCaptured, ValueError) as exc:
+        engine.audit.record("reconcile.conflicts_not_applied", actor=who, inputs=inputs,
+                            detail={"error": str(exc)})
+        err.print(f"nothing applied: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    engine.audit.record("reconcile.conflicts_applied", actor=who, inputs=inputs,
                         detail=result.to_dict())
-    out.print(f"applied {result.applied} resolution(s), {result.already_applied} already "
-              f"applied, {result.manual_pending} still unresolved")
+    out.print(f"applied {result.applied + result.rekeyed} resolution(s) "
+              f"({result.rekeyed} under a new key), kept the new primary's row for "
+              f"{result.kept_new}, {result.already_applied} already decided, "
+              f"{result.manual_pending} still unresolved")
+    if result.errors or result.stale:
+        err.print(f"{result.errors} refused by the new primary and {result.stale} changed "
+                  f"there since you saw them: {conflict_file} now says why; resolve them "
+                  "and apply it again", highlight=False)
+        raise typer.Exit(1)
 
 
 @audit_app.command("verify")

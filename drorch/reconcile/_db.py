@@ -15,9 +15,13 @@ from typing import Any
 
 import psycopg
 
+LOCK_TIMEOUT_MS = 30_000
+"""How long a statement waits for a row or table lock the application holds (then
+LockNotAvailable: apply retries the batch, see ``apply.RETRIES``)."""
+
 SESSION_OPTIONS = (
     "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=1 "
-    "-c bytea_output=hex -c statement_timeout=0 -c lock_timeout=30000"
+    f"-c bytea_output=hex -c statement_timeout=0 -c lock_timeout={LOCK_TIMEOUT_MS}"
 )
 
 Conn = psycopg.Connection[Any]

@@ -31,13 +31,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from drorch.reconcile import conflicts, store
+from drorch.reconcile import _db, conflicts, store
 from drorch.reconcile._db import Conn, connect
 from drorch.reconcile.catalog import TableMeta, load_table
 from drorch.reconcile.classify import fingerprint, mask, parse_row
@@ -60,21 +60,24 @@ _TRANSIENT = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected,
 """Errors about contention or time, not about the row: the same batch is retried, never
 split into refusals (a lock held by the application says nothing about the old row)."""
 RETRIES = 4
+T = TypeVar("T")
 
 
-def _retrying(what: str, fn: Callable[[], None]) -> None:
+def _retrying(what: str, fn: Callable[[], T],
+              then: str = "rerun the failback (nothing is applied twice)") -> T:
     """Run ``fn`` (one transaction) again on contention, with backoff; then raise
-    :class:`ApplyBlocked` naming ``what`` and the database's error."""
+    :class:`ApplyBlocked` naming ``what``, the database's error and ``then`` (what the
+    operator does next)."""
     try:
         for attempt in Retrying(retry=retry_if_exception_type(_TRANSIENT),
                                 stop=stop_after_attempt(RETRIES),
                                 wait=wait_exponential(multiplier=0.5, max=5), reraise=True):
             with attempt:
-                fn()
+                return fn()
     except _TRANSIENT as e:
         raise ApplyBlocked(f"{what}: {_refusal(e)}, {RETRIES} attempts; the application "
-                           "holds these rows: rerun the failback (nothing is applied twice)"
-                           ) from e
+                           f"holds these rows: {then}") from e
+    raise AssertionError("unreachable: tenacity re-raises or returns")
 
 
 def _key_pred(meta: TableMeta) -> sql.Composable:
@@ -157,24 +160,25 @@ def apply_one(conn: Conn, meta: TableMeta, run_id: str, ch: store.StoredChange, 
     return outcome
 
 
-LOCK_TIMEOUT_MS = 30_000
-"""How long one batch waits for a row the application holds before it is retried."""
-
-
 @contextmanager
 def _replica_role_txn(conn: Conn) -> Iterator[None]:
     with conn.transaction():
         conn.execute("SET LOCAL session_replication_role = replica")
+        # also on a caller's connection (resolve), whose session may wait forever
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-            sql.Literal(f"{int(LOCK_TIMEOUT_MS)}ms")))
+            sql.Literal(f"{int(_db.LOCK_TIMEOUT_MS)}ms")))
         yield
 
 
 def _try_apply(conn: Conn, meta: TableMeta, run_id: str, ch: store.StoredChange, outcome: str,
                expected: str, replace: tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """:func:`apply_one`, with a refusal of the row returned as ``("error", why)``;
+    contention and anything else not about the row raise."""
     try:
         return apply_one(conn, meta, run_id, ch, outcome, expected, replace), None
-    except psycopg.Error as e:  # a constraint of the new primary refused the row
+    except psycopg.Error as e:
+        if conn.closed or conn.broken or not _row_refused(e):
+            raise
         return "error", _refusal(e)
 
 

@@ -121,12 +121,7 @@ def load_table(conn: Conn, name: str) -> TableMeta | None:
             "JOIN pg_database d ON d.datname = current_database()",
             (oid, oid)).fetchall():
         rels[f"{spc}/{dboid}/{filenode}"] = RelMeta(str(qualified), _attrs(conn, int(relid)))
-    seqs = []
-    for col, _t, _g, _i in cols:
-        seq = conn.execute("SELECT pg_get_serial_sequence(%s, %s)",
-                           (f'"{schema}"."{table}"', col)).fetchone()[0]  # type: ignore[index]
-        if seq:
-            seqs.append((str(seq), str(col)))
+    seqs = [(str(r[0]), str(r[1])) for r in conn.execute(_SEQUENCES, (oid,))]
     types = {str(r[0]): str(r[1]) for r in cols}
     refs = conn.execute(
         "SELECT a.attname, format('%%s.%%s', n.nspname, p.relname) FROM pg_constraint k "
@@ -142,6 +137,28 @@ def load_table(conn: Conn, name: str) -> TableMeta | None:
                      frozenset(str(r[0]) for r in cols if r[2]),
                      frozenset(str(r[0]) for r in cols if r[3]), tuple(seqs),
                      references=tuple((str(c), str(t)) for c, t in refs))
+
+
+_SEQUENCES = """
+SELECT DISTINCT format('%%I.%%I', n.nspname, s.relname), a.attname
+FROM pg_attribute a
+JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND (
+     (d.classid = 'pg_attrdef'::regclass AND d.objid = (SELECT ad.oid FROM pg_attrdef ad
+      WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum))
+  OR (d.classid = 'pg_class'::regclass AND d.refobjid = a.attrelid
+      AND d.refobjsubid = a.attnum AND d.deptype IN ('a', 'i')))
+JOIN pg_class s ON s.relkind = 'S'
+ AND s.oid = CASE WHEN d.classid = 'pg_attrdef'::regclass THEN d.refobjid ELSE d.objid END
+JOIN pg_namespace n ON n.oid = s.relnamespace
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY 2, 1
+"""
+"""(sequence, column) for every sequence that feeds a column: one its default calls
+(``nextval('t1_id_seq')``, also a sequence another table owns, and a partition's default
+copied from its parent), one the column owns (serial) or its identity
+(``pg_depend``: "System Catalogs", PostgreSQL 15 docs, 53.18). ``pg_get_serial_sequence``
+alone misses the first two, and their sequences were never moved past the old
+primary's keys."""
 
 
 SKIPPED_SCHEMAS = ("pg_catalog", "information_schema", "drorch_reconcile")

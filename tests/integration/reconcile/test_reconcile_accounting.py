@@ -24,6 +24,7 @@ from drorch.lab.postgres import PgNode, make_pair
 from drorch.reconcile import (
     ReconcileSpec,
     ReconcileTable,
+    apply_conflict_file,
     apply_reconciliation,
     divergence_point,
     fence_as_standby,
@@ -136,10 +137,11 @@ def _spec(conflict_file: Path) -> ReconcileSpec:
                          conflict_file=str(conflict_file))
 
 
-def _reconcile(split: Split, conflict_file: Path) -> tuple[Any, Any, Any]:
+def _reconcile(split: Split, conflict_file: Path, spec: ReconcileSpec | None = None
+               ) -> tuple[Any, Any, Any]:
     """find, apply, account, as the failback step does; a blocked run is neither captured
     nor applied (a retry looks afresh)."""
-    spec = _spec(conflict_file)
+    spec = spec or _spec(conflict_file)
     report = find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
     if blocked(report):
         assert load_report(split.b.dsn(), report.run_id) is None
@@ -422,6 +424,7 @@ def test_a_row_the_application_keeps_locked_is_retried_never_refused(
     a human as "refused" and writes nothing of the batch; once the lock is gone a rerun
     applies all five."""
     from drorch.reconcile import ApplyBlocked
+    from drorch.reconcile import _db as db_mod
     from drorch.reconcile import apply as apply_mod
 
     def on_old(s: Split) -> None:
@@ -430,7 +433,7 @@ def test_a_row_the_application_keeps_locked_is_retried_never_refused(
 
     split = _split(workdir, on_old, lambda s: None)
     cleanup.append(split)
-    monkeypatch.setattr(apply_mod, "LOCK_TIMEOUT_MS", 100)
+    monkeypatch.setattr(db_mod, "LOCK_TIMEOUT_MS", 100)
     monkeypatch.setattr(apply_mod, "RETRIES", 2)
     spec = _spec(workdir / "conflicts.jsonl")
     report = find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
@@ -454,8 +457,6 @@ def test_a_child_left_to_a_human_names_its_parents_new_key(
     wait in the conflict file. A line whose order was re-keyed is shown with the order's
     new key (and says so), and resolving it ``old`` writes that key: never the old key,
     which on the new primary names region-b's different order."""
-    from drorch.reconcile import apply_conflict_file
-
     def on_old(s: Split) -> None:
         for i in range(40):
             order = s.old.insert(s.a.dsn(), "orders", "amount, region", (100 + i, "a"))
@@ -551,8 +552,6 @@ def test_a_child_of_a_refused_parent_is_held_for_a_human_not_orphaned(
     assert applied.errors + applied.manual_pending == 4  # a re-keyed row not written: pending
     # The human drops the CHECK, as the reason says, and picks 'old' for the re-keyed
     # order: it goes in under its new key; region-b's order under the old key stays.
-    from drorch.reconcile import apply_conflict_file
-
     _q(split.b.dsn(), "ALTER TABLE orders DROP CONSTRAINT not_these")
     rekeyed = picked["rekeyed"]
     lines = [json.loads(line) for line in conflict_file.read_text().splitlines()]
@@ -594,3 +593,93 @@ def test_sequences_near_their_limit_or_descending_never_break_apply(
     assert _q(split.b.dsn(), "SELECT last_value FROM pg_sequences WHERE sequencename = "
                              "'tiny_id_seq'") == [(32767,)]
     assert nextval_after(split.b.dsn(), "down_id_seq") < min(split.old.rows["down"])
+
+
+def test_a_shared_sequence_and_a_listed_partitions_sequence_are_moved_past_old_keys(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """``refunds`` takes its ids from ``orders_id_seq`` (a default naming another table's
+    sequence); ``events`` is partitioned and the runbook lists one partition, so each
+    partition is reconciled on its own while the sequence belongs to the parent. Both
+    sides insert through the sequences: region-b's refunds collide and are re-keyed from
+    the shared sequence, and afterwards neither sequence hands out a key either side used."""
+    def on_old(s: Split) -> None:
+        _q(s.a.dsn(), "CREATE TABLE refunds (id bigint PRIMARY KEY "
+                      "DEFAULT nextval('orders_id_seq'), note text NOT NULL); "
+                      "CREATE TABLE events (id bigserial, k int NOT NULL, note text, "
+                      "PRIMARY KEY (id, k)) PARTITION BY LIST (k); "
+                      "CREATE TABLE events_0 PARTITION OF events FOR VALUES IN (0); "
+                      "CREATE TABLE events_1 PARTITION OF events FOR VALUES IN (1)")
+        wait_caught_up(s.b.dsn(), s.a.dsn(), 60)
+        s.b.stop()
+        for i in range(40):
+            s.old.insert(s.a.dsn(), "refunds", "note", (f"a-{i}",))
+            s.old.insert(s.a.dsn(), "events", "k, note", (i % 2, f"a-{i}"))
+
+    def on_new(s: Split) -> None:
+        for i in range(3):
+            s.new.insert(s.b.dsn(), "refunds", "note", (f"b-{i}",))
+
+    split = _split(workdir, on_old, on_new, cut=False)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    spec = ReconcileSpec(tables=[ReconcileTable(name="public.events_0", policy="old-wins")],
+                         conflict_file=str(conflict_file))
+    report, applied, accounting = _reconcile(split, conflict_file, spec)
+    assert accounting.holds, accounting.problem()
+    assert applied.errors == 0 and applied.manual_pending == 0
+    assert {"public.orders_id_seq", "public.events_id_seq"} <= set(applied.sequences_advanced)
+    refunds = _rows(split.b.dsn(), "refunds")
+    assert sorted(r["note"] for r in refunds.values()) == sorted(
+        [f"a-{i}" for i in range(40)] + [f"b-{i}" for i in range(3)])
+    assert applied.rekeyed == 3, "region-b's 3 refunds took keys region-a used"
+    for b_id, row in split.new.rows["refunds"].items():
+        assert refunds[b_id] == row
+    assert _rows(split.b.dsn(), "events") == split.old.rows["events"]
+    assert nextval_after(split.b.dsn(), "orders_id_seq") > max(refunds)
+    assert nextval_after(split.b.dsn(), "events_id_seq") > max(split.old.rows["events"])
+
+
+def test_a_resolution_on_a_locked_row_is_retried_never_refused(
+        workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both regions changed order 3 (policy manual); a human resolves it 'old' while the
+    application holds the row. Applying the file stops with ApplyBlocked naming the file
+    and records nothing; once the lock is gone, applying it again writes region-a's row.
+    A resolution the new primary refuses is said in the file, with the database's error."""
+    from drorch.reconcile import ApplyBlocked
+    from drorch.reconcile import _db as db_mod
+    from drorch.reconcile import apply as apply_mod
+
+    def on_old(s: Split) -> None:
+        _q(s.a.dsn(), "UPDATE orders SET amount = 1003, region = 'a' WHERE id = 3; "
+                      "UPDATE orders SET amount = 1004, region = 'a' WHERE id = 4")
+
+    def on_new(s: Split) -> None:
+        _q(s.b.dsn(), "UPDATE orders SET amount = 2003, region = 'b' WHERE id = 3; "
+                      "UPDATE orders SET amount = 2004, region = 'b' WHERE id = 4")
+
+    split = _split(workdir, on_old, on_new)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    report, applied, accounting = _reconcile(split, conflict_file)
+    assert accounting.holds and applied.manual_pending == 2
+    lines = [json.loads(line) for line in conflict_file.read_text().splitlines()]
+    for entry in lines[1:]:
+        entry["resolution"] = "old"
+    conflict_file.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    monkeypatch.setattr(db_mod, "LOCK_TIMEOUT_MS", 100)
+    monkeypatch.setattr(apply_mod, "RETRIES", 2)
+    with psycopg.connect(split.b.dsn()) as holder:
+        holder.execute("SELECT 1 FROM orders WHERE id = 3 FOR UPDATE")
+        with pytest.raises(ApplyBlocked, match=r"conflicts\.jsonl.*55P03.*apply the file"):
+            apply_conflict_file(conflict_file, split.b.dsn())
+        holder.rollback()
+    assert _q(split.b.dsn(), "SELECT count(*) FROM drorch_reconcile.applied "
+                             "WHERE outcome LIKE 'resolved%'") == [(0,)]
+    _q(split.b.dsn(), "ALTER TABLE orders ADD CONSTRAINT small CHECK (amount < 1004) NOT VALID")
+    res = apply_conflict_file(conflict_file, split.b.dsn())
+    assert (res.applied, res.errors) == (1, 1)
+    assert _rows(split.b.dsn(), "orders")[3]["amount"] == 1003
+    assert _rows(split.b.dsn(), "orders")[4]["amount"] == 2004
+    (entry,) = load_conflicts(conflict_file).conflicts
+    assert entry.key == {"id": 4} and entry.resolution == "old"
+    assert "23514" in entry.reason and "small" in entry.reason
