@@ -311,13 +311,13 @@ def reconcile_apply(
     engine, _store = engine_for(rb)
     db = rb.database(database) if database else rb.databases[0]
     dsn = db.endpoints[engine.active_region()].dsn()
-    from drorch.reconcile.apply import ApplyBlocked, NotCaptured
+    from drorch.reconcile.apply import ApplyBlocked, NotCaptured, SchemaChanged
 
     who = actor or getpass.getuser()
     inputs = {"file": str(conflict_file), "database": db.name}
     try:
         result = apply_conflict_file(conflict_file, dsn)
-    except (ApplyBlocked, NotCaptured, ValueError) as exc:
+    except (ApplyBlocked, NotCaptured, SchemaChanged, ValueError) as exc:
         engine.audit.record("reconcile.conflicts_not_applied", actor=who, inputs=inputs,
                             detail={"error": str(exc)})
         err.print(f"nothing applied: {exc}", highlight=False)

@@ -25,7 +25,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from drorch.reconcile.apply import NotCaptured, apply_reconciliation
+    from drorch.reconcile.apply import (
+        ApplyBlocked,
+        NotCaptured,
+        SchemaChanged,
+        apply_reconciliation,
+    )
     from drorch.reconcile.config import ReconcileSpec, ReconcileTable
     from drorch.reconcile.fence import FenceError, fence_as_standby, verify_fenced, wait_replay_idle
     from drorch.reconcile.find import ReconcileError, find_divergence, run_id_for
@@ -55,6 +60,7 @@ _EXPORTS = {
     "FenceStatus": "drorch.reconcile.model",
     "NotCaptured": "drorch.reconcile.apply",
     "ApplyBlocked": "drorch.reconcile.apply",
+    "SchemaChanged": "drorch.reconcile.apply",
     "NotPromoted": "drorch.reconcile.timeline",
     "PgNodeLike": "drorch.reconcile.node",
     "ReconcileError": "drorch.reconcile.find",
@@ -80,12 +86,12 @@ _EXPORTS = {
 and the WAL readers at every CLI start."""
 
 __all__ = [
-    "ApplyResult", "Change", "Divergence", "DivergenceReport", "FenceError", "FenceStatus",
-    "NotCaptured", "NotPromoted", "PgNodeLike", "ReconcileError", "ReconcileSpec",
-    "ReconcileTable", "ResyncResult", "TableReport", "WalUnavailable", "apply_conflict_file",
-    "apply_reconciliation", "divergence_point", "fence_as_standby", "find_divergence",
-    "load_report", "resync_as_replica", "run_id_for", "verify_fenced", "wait_caught_up",
-    "wait_replay_idle", "wal_retention_warning",
+    "ApplyBlocked", "ApplyResult", "Change", "Divergence", "DivergenceReport", "FenceError",
+    "FenceStatus", "NotCaptured", "NotPromoted", "PgNodeLike", "ReconcileError",
+    "ReconcileSpec", "ReconcileTable", "ResyncResult", "SchemaChanged", "TableReport",
+    "WalUnavailable", "apply_conflict_file", "apply_reconciliation", "divergence_point",
+    "fence_as_standby", "find_divergence", "load_report", "resync_as_replica", "run_id_for",
+    "verify_fenced", "wait_caught_up", "wait_replay_idle", "wal_retention_warning",
 ]
 
 

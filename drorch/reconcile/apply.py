@@ -49,6 +49,11 @@ class NotCaptured(RuntimeError):
     """The run was never captured on this database: find_divergence first."""
 
 
+class SchemaChanged(RuntimeError):
+    """A column the captured rows carry is no longer on the new primary (dropped after
+    the divergence was found): its old-primary values would be lost. Nothing written."""
+
+
 class ApplyBlocked(RuntimeError):
     """Rows stayed locked (lock timeout, deadlock, serialization failure) through every
     retry: nothing of the batch was written, nothing was handed to a human as refused.
@@ -135,8 +140,11 @@ def _ref_params(meta: TableMeta) -> dict[str, list[str]]:
 
 
 def _current(conn: Conn, meta: TableMeta, params: dict[str, str]) -> str | None:
-    row = conn.execute(sql.SQL("SELECT to_jsonb(t)::text FROM {} AS t WHERE {} FOR UPDATE")
-                       .format(meta.ident, _key_pred(meta)), params).fetchone()
+    """The target row on the compared columns (as the conflict file's fingerprint is),
+    locked; None when absent."""
+    row = conn.execute(sql.SQL("SELECT (to_jsonb(t) - %(hidden)s::text[])::text FROM {} AS t "
+                               "WHERE {} FOR UPDATE").format(meta.ident, _key_pred(meta)),
+                       {**params, "hidden": list(meta.hidden)}).fetchone()
     return row[0] if row else None
 
 
@@ -216,6 +224,29 @@ def advance_sequences(conn: Conn, metas: list[TableMeta]) -> list[str]:
                     c=sql.Identifier(col), t=meta.ident), {}):
                 moved.append(seq)
     return moved
+
+
+def as_captured(conn: Conn, run_id: str, meta: TableMeta, new_only: list[str]) -> TableMeta:
+    """``meta`` (the new primary's table now) written and compared on the columns the
+    run captured: a column added on the new primary since (after the split, or between
+    finding and this apply) is left alone, so it keeps its default or the application's
+    value. Raises :class:`SchemaChanged` when a captured column is gone."""
+    row = conn.execute(
+        "SELECT array(SELECT jsonb_object_keys(coalesce(c.old_row, c.new_row))) "
+        "FROM drorch_reconcile.changes c WHERE c.run_id = %s AND c.tbl = %s "
+        "AND coalesce(c.old_row, c.new_row) IS NOT NULL LIMIT 1", (run_id, meta.name)
+    ).fetchone()
+    if row is None:  # only deletes by key, or nothing: no column is written
+        return meta.without(new_only)
+    captured = [str(c) for c in row[0]]
+    gone = sorted(set(captured) - set(meta.columns))
+    if gone:
+        raise SchemaChanged(
+            f"{meta.name}: column(s) {', '.join(gone)} were dropped on the new primary after "
+            "the divergence was found; the old primary's values for them would be lost. "
+            "Nothing was applied or rewound: add them back (ALTER TABLE ... ADD COLUMN) "
+            "and run the failback again, or decide with the data owner first")
+    return meta.without(sorted(set(new_only) | (set(meta.columns) - set(captured))))
 
 
 def _decision(ch: store.StoredChange, sensitive: set[str], outcome: str,
@@ -317,27 +348,62 @@ def _rekeyed_parents(conn: Conn, run_id: str, metas: dict[str, TableMeta]) -> _P
 
 def _hold_orphans(conn: Conn, meta: TableMeta, p: dict[str, Any], parents: _Parents) -> None:
     """Hold back rows whose foreign key names a parent row the old primary wrote in this
-    run that was not written here (refused, stale): foreign keys are not checked under
-    ``session_replication_role = replica``, so the row would land pointing at nothing, or
-    at the new primary's different row under the same key. Parents go first (tables in
-    foreign-key order), so their outcomes are known."""
-    for col, parent in meta.references:
-        pcol = parents.pk.get(parent)
-        if pcol is None:
-            continue
-        conn.execute(sql.SQL(
-            "UPDATE drorch_batch b SET held = format('its %%s %%s names a row of %%s the old "
-            "primary wrote that was not written here (%%s)', %(col)s::text, (b.r).{c}, "
-            "%(parent)s::text, coalesce(a.outcome, 'refused')) FROM drorch_reconcile.changes pc "
-            "LEFT JOIN drorch_reconcile.applied a ON a.run_id = pc.run_id "
-            "AND a.change_id = pc.change_id WHERE pc.run_id = %(run)s AND pc.tbl = %(parent)s "
-            f"AND pc.action IN {_WRITES} AND pc.old_row IS NOT NULL "
-            "AND pc.key->>%(pcol)s = (b.r).{c}::text "
-            "AND coalesce(a.outcome, '') NOT IN ('applied', 'rekeyed')").format(
-            c=sql.Identifier(col)), {**p, "col": col, "parent": parent, "pcol": pcol})
+    run that is not written here (refused, stale, held, or not written yet): foreign keys
+    are not checked under ``session_replication_role = replica``, so the row would land
+    pointing at nothing, or at the new primary's different row under the same key.
+
+    Parents go first (tables in foreign-key order); a parent in the same batch (a
+    self-referencing table) counts as written unless it is stale or held itself, so a
+    chain is settled by repeating until nothing more is held. A child whose parent comes
+    later (a cycle between tables, a parent in a later batch) is held now and tried
+    again by :func:`_retry_held`. Runs after the batch's target rows are compared."""
+    refs = [(col, parent, parents.pk[parent]) for col, parent in meta.references
+            if parent in parents.pk]
+    while refs:
+        held = 0
+        for col, parent, pcol in refs:
+            in_batch = sql.SQL(
+                "AND NOT EXISTS (SELECT 1 FROM drorch_batch s WHERE s.change_id = pc.change_id "
+                "AND s.held IS NULL AND s.cur IS NOT DISTINCT FROM s.new_row)"
+            ) if parent == meta.name else sql.SQL("")
+            held += conn.execute(sql.SQL(
+                "UPDATE drorch_batch b SET held = format('its %%s %%s names a row of %%s the "
+                "old primary wrote that was not written here (%%s)', %(col)s::text, "
+                "b.orig->>%(col)s, %(parent)s::text, coalesce(a.outcome, CASE WHEN "
+                "pb.change_id IS NOT NULL THEN 'stale or held' ELSE 'refused or held' END)) "
+                "FROM drorch_reconcile.changes pc LEFT JOIN drorch_reconcile.applied a "
+                "ON a.run_id = pc.run_id AND a.change_id = pc.change_id "
+                "LEFT JOIN drorch_batch pb ON pb.change_id = pc.change_id "
+                "WHERE b.held IS NULL AND pc.run_id = %(run)s AND pc.tbl = %(parent)s "
+                f"AND pc.action IN {_WRITES} AND pc.old_row IS NOT NULL "
+                "AND pc.key->>%(pcol)s = b.orig->>%(col)s "
+                "AND coalesce(a.outcome, '') NOT IN ('applied', 'rekeyed') {in_batch}"
+            ).format(in_batch=in_batch),
+                {**p, "col": col, "parent": parent, "pcol": pcol}).rowcount
+        if not held or all(parent != meta.name for _c, parent, _k in refs):
+            break
     for cid, why in conn.execute("SELECT change_id, held FROM drorch_batch "
                                  "WHERE held IS NOT NULL"):
         parents.blocked[str(cid)] = str(why)
+
+
+def _retry_held(conn: Conn, metas: dict[str, TableMeta], order: list[str], run_id: str,
+                parents: _Parents, errors: dict[str, str]) -> None:
+    """Try the held rows again, one by one, while that writes some: a child held because
+    its parent came later (a cycle, a later batch) goes in once the parent is written.
+    What stays held is in ``parents.blocked`` afterwards."""
+    while parents.blocked:
+        held = parents.blocked
+        parents.blocked = {}
+        rank = {name: i for i, name in enumerate(order)}
+        rows = sorted(((str(t), int(q)) for t, q in conn.execute(
+            "SELECT tbl, seq FROM drorch_reconcile.changes WHERE run_id = %s "
+            "AND change_id = ANY(%s)", (run_id, list(held)))),
+            key=lambda r: (rank.get(r[0], len(rank)), r[1]))
+        for table, seq in rows:
+            _apply_rows(conn, metas[table], run_id, seq, seq, False, parents, errors)
+        if len(parents.blocked) >= len(held):
+            return
 
 
 def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
@@ -351,18 +417,17 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
     conn.execute(sql.SQL(
         "CREATE TEMP TABLE drorch_batch (change_id text PRIMARY KEY, action text, "
         "new_row jsonb, cur jsonb, had boolean NOT NULL DEFAULT false, claimed text, "
-        "held text, r {}) "
+        "held text, orig jsonb, r {}) "
         "ON COMMIT DROP").format(tbl))
     conn.execute(sql.SQL(
-        "INSERT INTO drorch_batch (change_id, action, new_row, r) SELECT c.change_id, "
-        "c.action, c.new_row, jsonb_populate_record(NULL::{tbl}, coalesce(c.old_row, c.key)) "
+        "INSERT INTO drorch_batch (change_id, action, new_row, orig, r) SELECT c.change_id, "
+        "c.action, c.new_row, coalesce(c.old_row, c.key), "
+        "jsonb_populate_record(NULL::{tbl}, coalesce(c.old_row, c.key)) "
         "FROM drorch_reconcile.changes c WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
         f"AND c.seq BETWEEN %(lo)s AND %(hi)s AND c.action IN {_WRITES} "
         f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} AND NOT EXISTS (SELECT 1 "
         "FROM drorch_reconcile.applied a WHERE a.run_id = c.run_id "
         "AND a.change_id = c.change_id)").format(tbl=tbl), p)
-    if not deletes:
-        _hold_orphans(conn, meta, p, parents)
     if not deletes and meta.key_sequence is not None and meta.name in parents:
         conn.execute(sql.SQL(
             "UPDATE drorch_batch b SET r.{k} = m.new_id, new_row = NULL "
@@ -381,6 +446,8 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
             "to_jsonb(t) - %(hidden)s::text[] AS cur FROM drorch_batch s JOIN {tbl} t ON {m} "
             "FOR UPDATE OF t) x WHERE x.change_id = b.change_id").format(
             tbl=tbl, m=_match(meta, "t", "s.r")), {"hidden": list(meta.hidden)})
+    if not deletes:
+        _hold_orphans(conn, meta, p, parents)
     conn.execute(
         "WITH ins AS (INSERT INTO drorch_reconcile.applied (run_id, change_id, outcome) "
         "SELECT %(run)s, change_id, CASE WHEN cur IS DISTINCT FROM new_row THEN 'stale' "
@@ -592,8 +659,8 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
         store.ensure_schema(conn)
         order = [t.table for t in captured.tables]
         sens = {t.table: set(t.sensitive) for t in captured.tables}
-        metas = {t.table: m.without(t.new_only_columns) for t in captured.tables
-                 if (m := load_table(conn, t.table)) is not None}
+        metas = {t.table: as_captured(conn, run_id, m, t.new_only_columns)
+                 for t in captured.tables if (m := load_table(conn, t.table)) is not None}
         before = {"applied": _count(conn, run_id, "applied")}
         moved = assign_new_keys(conn, run_id, metas)
         parents = _rekeyed_parents(conn, run_id, metas)
@@ -605,6 +672,8 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
                     if name in metas:
                         _apply_table(conn, metas[name], run_id, deletes, batch_size,
                                      parents, errors)
+                if not deletes:
+                    _retry_held(conn, metas, order, run_id, parents, errors)
         except ApplyBlocked:  # rows already written must not meet their keys again
             advance_sequences(conn, list(metas.values()))
             raise
@@ -691,25 +760,28 @@ def _carried(carry: str | None) -> str:
 
 def _conflict_rows(conn: Conn, run_id: str, meta: TableMeta) -> Iterator[tuple[Any, ...]]:
     """The table's changes for a human, with both rows, streamed from a server cursor."""
-    new_row = sql.SQL("NULL::text")
+    new_row = compared = sql.SQL("NULL::text")
     join = sql.SQL("")
     if meta.pk:
         new_row = sql.SQL("to_jsonb(t)::text")
+        compared = sql.SQL("(to_jsonb(t) - %(hidden)s::text[])::text")
         join = sql.SQL("LEFT JOIN {tbl} t ON {m}").format(
             tbl=meta.ident, m=sql.SQL(" AND ").join(
                 sql.SQL("t.{c} = (jsonb_populate_record(NULL::{tbl}, c.key)).{c}").format(
                     c=sql.Identifier(c), tbl=meta.ident) for c in meta.pk))
     q = sql.SQL(
         "SELECT c.change_id, c.key::text, c.kind, c.action, c.columns, c.old_op, c.new_op, "
-        "c.undetermined, a.outcome, (c.old_row || k.carry)::text, {new_row}, k.carry::text "
+        "c.undetermined, a.outcome, (c.old_row || k.carry)::text, {new_row}, k.carry::text, "
+        "{compared} "
         "FROM drorch_reconcile.changes c CROSS JOIN {carry} LEFT JOIN "
         "drorch_reconcile.applied a ON a.run_id = c.run_id AND a.change_id = c.change_id "
         "{join} WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
         "AND c.action <> 'keep-new' AND (a.outcome IS NULL OR a.outcome = 'stale') "
-        "ORDER BY c.seq").format(new_row=new_row, join=join, carry=_CARRY)
+        "ORDER BY c.seq").format(new_row=new_row, compared=compared, join=join, carry=_CARRY)
     with conn.transaction(), conn.cursor(name="drorch_conflicts") as cur:
         cur.itersize = 2000
-        cur.execute(q, {"run": run_id, "tbl": meta.name, **_ref_params(meta)})
+        cur.execute(q, {"run": run_id, "tbl": meta.name, "hidden": list(meta.hidden),
+                        **_ref_params(meta)})
         yield from cur
 
 
@@ -726,7 +798,7 @@ def write_conflict_file(conn: Conn, run_id: str, metas: list[TableMeta],
         for meta in metas:
             s = sens.get(meta.name, set())
             for (cid, key, kind, action, columns, old_op, new_op, undetermined, outcome,
-                 old_text, new_text, carry) in _conflict_rows(conn, run_id, meta):
+                 old_text, new_text, carry, compared) in _conflict_rows(conn, run_id, meta):
                 ch = store.StoredChange(cid, meta.name, json.loads(key), kind, action,
                                         list(columns), old_op, new_op, bool(undetermined),
                                         old_text is None, new_text, outcome)
@@ -737,6 +809,8 @@ def write_conflict_file(conn: Conn, run_id: str, metas: list[TableMeta],
                        "columns": ch.columns, "old_op": old_op, "new_op": new_op,
                        "old": mask(parse_row(old_text) if old_text else None, s),
                        "new": mask(parse_row(new_text) if new_text else None, s),
-                       "new_fingerprint": fingerprint(new_text), "resolution": None}
+                       # over the compared columns: a column added on the new primary
+                       # (its value is never written) does not make a choice stale
+                       "new_fingerprint": fingerprint(compared), "resolution": None}
 
     return conflicts.write_stream(path, run_id, database, entries(), reset)

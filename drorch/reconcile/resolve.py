@@ -21,6 +21,7 @@ from drorch.reconcile.apply import (
     _retrying,
     _try_apply,
     advance_sequences,
+    as_captured,
     resolve_rekeyed,
     write_conflict_file,
 )
@@ -91,11 +92,13 @@ def _resolve_one(conn: Conn, run_id: str, e: conflicts.ConflictEntry, ch: store.
         res.manual_pending += 1
         res.decisions.append(_decision(ch, s, "pending"))
         return
-    meta = metas.get(ch.table) or load_table(conn, ch.table)
+    meta = metas.get(ch.table)
     if meta is None:
-        raise ValueError(f"table {ch.table} no longer exists")
-    meta = meta.without(hidden.get(ch.table, []))  # they keep their default
-    metas[ch.table] = meta
+        now = load_table(conn, ch.table)
+        if now is None:
+            raise ValueError(f"table {ch.table} no longer exists")
+        # columns added since keep their default; a captured one dropped raises
+        meta = metas[ch.table] = as_captured(conn, run_id, now, hidden.get(ch.table, []))
     detail = None
     if e.resolution == "old" and ch.action == "rekey" and ch.outcome is None:
         outcome, detail = resolve_rekeyed(conn, meta, run_id, ch.change_id)

@@ -87,7 +87,7 @@ class ReconcileDivergence(Step):
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         from drorch.reconcile.accounting import account
-        from drorch.reconcile.apply import apply_reconciliation
+        from drorch.reconcile.apply import ApplyBlocked, SchemaChanged, apply_reconciliation
         from drorch.reconcile.find import blocked, find_divergence
         from drorch.reconcile.timeline import divergence_point
 
@@ -121,9 +121,14 @@ class ReconcileDivergence(Step):
                              f"so it will not rewind the old primary: {accounting.problem()}",
                              accounting.to_dict())
         path = conflict_path(ctx, self.target)
-        result = apply_reconciliation(
-            report, new_dsn, db.reconcile, conflict_file=path,
-            mapping_file=str(Path(ctx.runbook.state_dir) / f"rekeyed-{self.target}.csv"))
+        try:
+            result = apply_reconciliation(
+                report, new_dsn, db.reconcile, conflict_file=path,
+                mapping_file=str(Path(ctx.runbook.state_dir) / f"rekeyed-{self.target}.csv"))
+        except (ApplyBlocked, SchemaChanged) as exc:  # nothing rewound; a resume goes on
+            ctx.record("reconcile.apply_stopped", {"database": self.target,
+                                                   "error": str(exc)}, outcome="halted")
+            raise StepFailed(f"{self.target}: {exc}") from exc
         applied = result.to_dict()
         accounting = account(report_doc, applied)
         for t in accounting.tables:  # one audit entry per table, never one per row

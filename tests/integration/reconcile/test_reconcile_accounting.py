@@ -373,6 +373,62 @@ def test_a_column_added_on_the_new_primary_is_compared_on_the_shared_columns(
     assert now[2]["coupon"] == "SPRING"
 
 
+@pytest.mark.parametrize("when", ["before-apply", "before-resolve"])
+def test_a_column_added_or_dropped_on_the_new_primary_after_finding(
+        workdir: Path, cleanup: list[Split], when: str) -> None:
+    """A migration lands on region-b between finding and applying (or resolving): ``tag``
+    added with a default, and the application sets it on one row. Region-a's rows go in
+    with the default, its changes leave region-b's ``tag`` alone, and nothing is called
+    stale for a column the capture never saw. A captured column dropped instead stops the
+    apply with SchemaChanged naming it, before anything is written."""
+    from drorch.reconcile import SchemaChanged
+
+    def on_old(s: Split) -> None:
+        for i in range(3):
+            s.old.insert(s.a.dsn(), "orders", "amount, region", (5001 + i, "a"))
+        _q(s.a.dsn(), "UPDATE orders SET amount = 999 WHERE id = 1; "
+                      "UPDATE orders SET amount = 998 WHERE id = 2")
+
+    def on_new(s: Split) -> None:
+        _q(s.b.dsn(), "SELECT setval('orders_id_seq', 1000); "
+                      "UPDATE orders SET amount = 2002 WHERE id = 2")
+
+    split = _split(workdir, on_old, on_new)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    spec = _spec(conflict_file)
+    report = find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
+    if when == "before-resolve":
+        applied = apply_reconciliation(report, split.b.dsn(), spec)
+        assert applied.manual_pending == 1  # order 2: both changed it
+        lines = [json.loads(line) for line in conflict_file.read_text().splitlines()]
+        lines[1]["resolution"] = "old"
+        conflict_file.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    _q(split.b.dsn(), "ALTER TABLE orders ADD COLUMN tag text NOT NULL DEFAULT 'none'; "
+                      "UPDATE orders SET tag = 'B' WHERE id IN (1, 2)")
+    if when == "before-apply":
+        applied = apply_reconciliation(report, split.b.dsn(), spec)
+        assert (applied.applied, applied.stale, applied.errors) == (4, 0, 0)
+    else:
+        res = apply_conflict_file(conflict_file, split.b.dsn())
+        assert (res.applied, res.stale, res.errors) == (1, 0, 0)
+    now = _rows(split.b.dsn(), "orders")
+    for key, row in split.old.rows["orders"].items():
+        assert now[key] == {**row, "tag": "none"}, key
+    assert (now[1]["amount"], now[1]["tag"]) == (999, "B")
+    if when == "before-resolve":
+        assert (now[2]["amount"], now[2]["tag"]) == (998, "B")
+    # a captured column dropped on region-b: stopped before writing, naming it
+    _q(split.b.dsn(), "DELETE FROM drorch_reconcile.applied; ALTER TABLE orders DROP COLUMN region")
+    before = _rows(split.b.dsn(), "orders")
+    with pytest.raises(SchemaChanged, match=r"public\.orders: column\(s\) region"):
+        if when == "before-apply":
+            apply_reconciliation(report, split.b.dsn(), spec)
+        else:
+            apply_conflict_file(conflict_file, split.b.dsn())
+    assert _rows(split.b.dsn(), "orders") == before
+
+
 def test_a_column_only_the_old_primary_has_blocks_naming_it(
         workdir: Path, cleanup: list[Split]) -> None:
     """Region-a adds ``mood`` to notes after the cut and writes a note with it: region-b
@@ -683,3 +739,64 @@ def test_a_resolution_on_a_locked_row_is_retried_never_refused(
     (entry,) = load_conflicts(conflict_file).conflicts
     assert entry.key == {"id": 4} and entry.resolution == "old"
     assert "23514" in entry.reason and "small" in entry.reason
+
+
+@pytest.mark.parametrize("refuse", [False, True], ids=["all-written", "one-boss-refused"])
+def test_a_self_referencing_table_writes_parents_before_children_and_holds_a_refused_ones(
+        workdir: Path, cleanup: list[Split], refuse: bool) -> None:
+    """``staff.manager_id`` names another ``staff`` row. Region-a hires two managers and
+    three reports under each (and one report under a report), all with default ids;
+    region-b hires two (so region-a's first rows collide and are re-keyed) and adds a
+    CHECK that refuses one of region-a's managers. The other manager's reports follow
+    it to its new key and are written with it, in the same batch; the refused manager's
+    reports (and theirs) are held for a human, never written pointing at nothing."""
+    def on_old(s: Split) -> None:
+        _q(s.a.dsn(), "CREATE TABLE staff (id bigserial PRIMARY KEY, name text NOT NULL, "
+                      "manager_id bigint REFERENCES staff)")
+        wait_caught_up(s.b.dsn(), s.a.dsn(), 60)
+        s.b.stop()
+        for m in ("kept", "refused"):
+            boss = s.old.insert(s.a.dsn(), "staff", "name", (f"boss-{m}",))
+            first = None
+            for i in range(3):
+                r = s.old.insert(s.a.dsn(), "staff", "name, manager_id", (f"{m}-{i}", boss))
+                first = first or r
+            s.old.insert(s.a.dsn(), "staff", "name, manager_id", (f"{m}-sub", first))
+
+    def on_new(s: Split) -> None:
+        for i in range(2):
+            s.new.insert(s.b.dsn(), "staff", "name", (f"b-{i}",))
+        if refuse:
+            _q(s.b.dsn(), "ALTER TABLE staff ADD CONSTRAINT no_refused CHECK "
+                          "(name <> 'boss-refused')")
+
+    split = _split(workdir, on_old, on_new, cut=False)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    report, applied, accounting = _reconcile(split, conflict_file)
+    assert accounting.holds, accounting.problem()
+    mapping = _mapping(Path(applied.mapping_file or ""))
+    assert len(mapping) == 2, "region-a's first two rows collide with region-b's"
+    old = split.old.rows["staff"]
+    by_name = {r["name"]: k for k, r in old.items()}
+    refused = {by_name[n] for n in ("boss-refused", "refused-0", "refused-1", "refused-2",
+                                    "refused-sub")} if refuse else set()
+    assert conflict_file.exists() == refuse
+    if refuse:
+        entries = {int(e.key["id"]): e for e in load_conflicts(conflict_file).conflicts}
+        assert set(entries) == refused
+        assert "no_refused" in entries[by_name["boss-refused"]].reason
+        for k in refused - {by_name["boss-refused"]}:
+            assert "was not written here" in entries[k].reason, entries[k].reason
+    now = _rows(split.b.dsn(), "staff")
+    for k, row in old.items():
+        if k in refused:
+            continue
+        want = {**row, "id": mapping.get(("staff", k), k)}
+        if row["manager_id"] is not None:
+            want["manager_id"] = mapping.get(("staff", row["manager_id"]), row["manager_id"])
+        assert now.get(want["id"]) == want, (row, now.get(want["id"]))
+    for row in now.values():  # nothing points at nothing
+        assert row["manager_id"] is None or row["manager_id"] in now, row
+    for k, row in split.new.rows["staff"].items():
+        assert now[k] == row
