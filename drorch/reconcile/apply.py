@@ -169,8 +169,13 @@ def apply_one(conn: Conn, meta: TableMeta, run_id: str, ch: store.StoredChange, 
 
 
 @contextmanager
-def _replica_role_txn(conn: Conn) -> Iterator[None]:
+def _replica_role_txn(conn: Conn, run_id: str) -> Iterator[None]:
+    """A transaction that writes like logical replication and holds the run's advisory
+    lock: appliers of one run (a rerun beside a stuck one, resolve beside apply) take
+    turns, so what one stages as unrecorded stays so until it commits."""
     with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                     (f"drorch_reconcile:{run_id}",))
         conn.execute("SET LOCAL session_replication_role = replica")
         # also on a caller's connection (resolve), whose session may wait forever
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
@@ -406,73 +411,108 @@ def _retry_held(conn: Conn, metas: dict[str, TableMeta], order: list[str], run_i
             return
 
 
+def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
+                parents: _Parents) -> None:
+    """Stage the batch in ``drorch_batch`` in one statement: each change's row as written
+    (a ``rekey`` row under its new key, a foreign key naming a re-keyed parent carrying
+    the parent's new key: ``orig`` keeps the old primary's values) and the target row,
+    locked, on the compared columns (``cur``)."""
+    tbl = meta.ident
+    joins: list[sql.Composable] = []
+    patches: list[sql.Composable] = []
+    new_row = sql.SQL("c.new_row")
+    if not deletes and meta.key_sequence is not None and meta.name in parents:
+        joins.append(sql.SQL(
+            "LEFT JOIN drorch_reconcile.rekeyed m ON c.action = 'rekey' "
+            "AND m.run_id = c.run_id AND m.change_id = c.change_id"))
+        patches.append(sql.SQL("jsonb_build_object({k}::text, m.new_id)").format(
+            k=sql.Literal(meta.pk[0])))
+        new_row = sql.SQL("CASE WHEN m.new_id IS NULL THEN c.new_row END")
+    for i, (col, parent) in enumerate(meta.references if not deletes else ()):
+        if parent in parents:  # the old primary's child row names the old primary's parent
+            alias = sql.Identifier(f"p{i}")
+            joins.append(sql.SQL(
+                "LEFT JOIN drorch_reconcile.rekeyed {a} ON {a}.run_id = c.run_id "
+                "AND {a}.tbl = {parent} AND {a}.old_id = CASE WHEN "
+                "jsonb_typeof(c.old_row->{col}) = 'number' "
+                "THEN (c.old_row->>{col})::numeric::bigint END").format(
+                a=alias, parent=sql.Literal(parent), col=sql.Literal(col)))
+            patches.insert(0, sql.SQL("jsonb_build_object({col}::text, {a}.new_id)").format(
+                col=sql.Literal(col), a=alias))
+    row = sql.SQL("coalesce(c.old_row, c.key)")
+    for patch in patches:  # a NULL new_id (nothing re-keyed) keeps the old value
+        row = sql.SQL("{row} || jsonb_strip_nulls({patch})").format(row=row, patch=patch)
+    target = sql.SQL("NULL::jsonb AS cur")
+    lateral = sql.SQL("")
+    if meta.pk:  # the target row, locked, on the compared columns
+        target = sql.SQL("x.cur")
+        lateral = sql.SQL(
+            "LEFT JOIN LATERAL (SELECT to_jsonb(t) - %(hidden)s::text[] AS cur FROM {tbl} t "
+            "WHERE {m} FOR UPDATE) x ON true").format(tbl=tbl, m=_match(meta, "t", "s.r"))
+    conn.execute(sql.SQL(
+        "INSERT INTO drorch_batch (change_id, action, new_row, orig, r, cur, had) "
+        "SELECT s.change_id, s.action, s.new_row, s.orig, s.r, {target}, {target} IS NOT NULL "
+        "FROM (SELECT c.change_id, c.action, {new_row} AS new_row, "
+        "coalesce(c.old_row, c.key) AS orig, jsonb_populate_record(NULL::{tbl}, {row}) AS r "
+        "FROM drorch_reconcile.changes c {joins} "
+        "WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
+        f"AND c.seq BETWEEN %(lo)s AND %(hi)s AND c.action IN {_WRITES} "
+        f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} AND NOT EXISTS (SELECT 1 "
+        "FROM drorch_reconcile.applied a WHERE a.run_id = c.run_id "
+        "AND a.change_id = c.change_id)) s {lateral}").format(
+        target=target, new_row=new_row, tbl=tbl, row=row, joins=sql.SQL(" ").join(joins),
+        lateral=lateral), {**p, "hidden": list(meta.hidden)})
+
+
+_WRITTEN = "b.held IS NULL AND b.cur IS NOT DISTINCT FROM b.new_row"
+"""A staged row that is written: not held, and the target still as captured (else
+``stale``)."""
+
+
 def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
                deletes: bool, parents: _Parents) -> None:
     """One batch (changes of ``meta`` with seq in [lo, hi]) as set-based statements inside
-    the caller's transaction. A ``rekey`` row goes in under its new key; a foreign key
-    naming a re-keyed parent (``parents``) gets the parent's new key. Raises what the new
-    primary raises."""
+    the caller's transaction (which holds the run's advisory lock: no other applier
+    claims these changes meanwhile). A ``rekey`` row goes in under its new key; a foreign
+    key naming a re-keyed parent (``parents``) gets the parent's new key. Raises what the
+    new primary raises."""
     p = {"run": run_id, "tbl": meta.name, "lo": lo, "hi": hi, "del": deletes}
     tbl = meta.ident
     conn.execute(sql.SQL(
         "CREATE TEMP TABLE drorch_batch (change_id text PRIMARY KEY, action text, "
-        "new_row jsonb, cur jsonb, had boolean NOT NULL DEFAULT false, claimed text, "
-        "held text, orig jsonb, r {}) "
+        "new_row jsonb, cur jsonb, had boolean NOT NULL, held text, orig jsonb, r {}) "
         "ON COMMIT DROP").format(tbl))
-    conn.execute(sql.SQL(
-        "INSERT INTO drorch_batch (change_id, action, new_row, orig, r) SELECT c.change_id, "
-        "c.action, c.new_row, coalesce(c.old_row, c.key), "
-        "jsonb_populate_record(NULL::{tbl}, coalesce(c.old_row, c.key)) "
-        "FROM drorch_reconcile.changes c WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
-        f"AND c.seq BETWEEN %(lo)s AND %(hi)s AND c.action IN {_WRITES} "
-        f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} AND NOT EXISTS (SELECT 1 "
-        "FROM drorch_reconcile.applied a WHERE a.run_id = c.run_id "
-        "AND a.change_id = c.change_id)").format(tbl=tbl), p)
-    if not deletes and meta.key_sequence is not None and meta.name in parents:
-        conn.execute(sql.SQL(
-            "UPDATE drorch_batch b SET r.{k} = m.new_id, new_row = NULL "
-            "FROM drorch_reconcile.rekeyed m WHERE b.action = 'rekey' "
-            "AND m.run_id = %(run)s AND m.change_id = b.change_id"
-        ).format(k=sql.Identifier(meta.pk[0])), p)
-    for col, parent in meta.references if not deletes else ():
-        if parent in parents:  # the old primary's child row names the old primary's parent
-            conn.execute(sql.SQL(
-                "UPDATE drorch_batch b SET r.{c} = m.new_id FROM drorch_reconcile.rekeyed m "
-                "WHERE m.run_id = %(run)s AND m.tbl = %(parent)s AND m.old_id = (b.r).{c}"
-            ).format(c=sql.Identifier(col)), {**p, "parent": parent})
-    if meta.pk:  # lock the target rows, then compare them with the captured ones
-        conn.execute(sql.SQL(
-            "UPDATE drorch_batch b SET cur = x.cur, had = true FROM (SELECT s.change_id, "
-            "to_jsonb(t) - %(hidden)s::text[] AS cur FROM drorch_batch s JOIN {tbl} t ON {m} "
-            "FOR UPDATE OF t) x WHERE x.change_id = b.change_id").format(
-            tbl=tbl, m=_match(meta, "t", "s.r")), {"hidden": list(meta.hidden)})
+    _load_batch(conn, meta, p, deletes, parents)
     if not deletes:
         _hold_orphans(conn, meta, p, parents)
-    conn.execute(
-        "WITH ins AS (INSERT INTO drorch_reconcile.applied (run_id, change_id, outcome) "
-        "SELECT %(run)s, change_id, CASE WHEN cur IS DISTINCT FROM new_row THEN 'stale' "
-        "WHEN action = 'rekey' THEN 'rekeyed' ELSE 'applied' END FROM drorch_batch "
-        "WHERE held IS NULL ON CONFLICT (run_id, change_id) DO NOTHING "
-        "RETURNING change_id, outcome) "
-        "UPDATE drorch_batch b SET claimed = ins.outcome FROM ins "
-        "WHERE b.change_id = ins.change_id", p)
+    claim = conn.execute(
+        "INSERT INTO drorch_reconcile.applied (run_id, change_id, outcome) "
+        "SELECT %(run)s, b.change_id, CASE WHEN b.cur IS DISTINCT FROM b.new_row THEN 'stale' "
+        "WHEN b.action = 'rekey' THEN 'rekeyed' ELSE 'applied' END FROM drorch_batch b "
+        "WHERE b.held IS NULL ON CONFLICT (run_id, change_id) DO NOTHING", p)
+    staged = conn.execute("SELECT count(*) FROM drorch_batch WHERE held IS NULL").fetchone()
+    if staged is None or claim.rowcount != staged[0]:
+        # only without the advisory lock (an older drorch applying at the same time)
+        raise RuntimeError(f"{meta.name}: another applier recorded some of these changes "
+                           "meanwhile; nothing of this batch is written: rerun")
     if deletes:
         conn.execute(sql.SQL(
-            "DELETE FROM {tbl} t USING drorch_batch b WHERE b.claimed = 'applied' AND {m}"
-        ).format(tbl=tbl, m=_match(meta, "t", "b.r")))
+            "DELETE FROM {tbl} t USING drorch_batch b WHERE {w} AND {m}"
+        ).format(tbl=tbl, w=sql.SQL(_WRITTEN), m=_match(meta, "t", "b.r")))
     else:
         writable = [c for c in meta.columns if c not in meta.generated | meta.identity_always]
         if meta.pk and writable:
             conn.execute(sql.SQL(
-                "UPDATE {tbl} t SET {sets} FROM drorch_batch b WHERE b.claimed = 'applied' "
-                "AND b.had AND {m}").format(
-                tbl=tbl, m=_match(meta, "t", "b.r"), sets=sql.SQL(", ").join(
+                "UPDATE {tbl} t SET {sets} FROM drorch_batch b WHERE {w} AND b.had "
+                "AND {m}").format(
+                tbl=tbl, w=sql.SQL(_WRITTEN), m=_match(meta, "t", "b.r"),
+                sets=sql.SQL(", ").join(
                     sql.SQL("{c} = (b.r).{c}").format(c=sql.Identifier(c)) for c in writable)))
         cols = [c for c in meta.columns if c not in meta.generated]
         conn.execute(sql.SQL(
             "INSERT INTO {tbl} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} "
-            "FROM drorch_batch b WHERE b.claimed IN ('applied', 'rekeyed') AND NOT b.had"
-        ).format(tbl=tbl, cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
+            "FROM drorch_batch b WHERE {w} AND NOT b.had"
+        ).format(tbl=tbl, w=sql.SQL(_WRITTEN), cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
                  rcols=sql.SQL(", ").join(sql.SQL("(b.r).{}").format(sql.Identifier(c))
                                           for c in cols)))
     conn.execute("DROP TABLE drorch_batch")
@@ -525,7 +565,7 @@ def _apply_rows(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int, dele
     for seq, change_id in _pending(conn, run_id, meta.name, deletes, (lo, hi)):
         def one(seq: int = seq, change_id: str = change_id) -> None:
             try:
-                with _replica_role_txn(conn):
+                with _replica_role_txn(conn, run_id):
                     _apply_set(conn, meta, run_id, seq, seq, deletes, parents)
             except psycopg.Error as e:
                 if conn.closed or conn.broken or not _row_refused(e):
@@ -535,27 +575,47 @@ def _apply_rows(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int, dele
         _retrying(f"{meta.name} change {change_id}", one)
 
 
+def _batches(conn: Conn, run_id: str, table: str, deletes: bool, batch: int
+             ) -> list[tuple[int, int, int]]:
+    """(first seq, last seq, changes) of each batch of the table's pending changes, in
+    capture order: only the bounds travel, never one row per change."""
+    return [(int(lo), int(hi), int(n)) for lo, hi, n in conn.execute(
+        "SELECT min(seq), max(seq), count(*) FROM (SELECT c.seq, (row_number() OVER "
+        "(ORDER BY c.seq) - 1) / %s AS g FROM drorch_reconcile.changes c WHERE c.run_id = %s "
+        f"AND c.tbl = %s AND c.action IN {_WRITES} AND (c.old_row IS NULL) = %s "
+        f"AND {_HAS_NEW_KEY} AND NOT EXISTS (SELECT 1 FROM drorch_reconcile.applied a "
+        "WHERE a.run_id = c.run_id AND a.change_id = c.change_id)) x GROUP BY g ORDER BY 1",
+        (batch, run_id, table, deletes))]
+
+
 def _apply_table(conn: Conn, meta: TableMeta, run_id: str, deletes: bool, batch: int,
                  parents: _Parents, errors: dict[str, str]) -> None:
     """Every pending change of one table (its upserts, or its deletes)."""
-    seqs = [seq for seq, _cid in _pending(conn, run_id, meta.name, deletes)]
-    todo = [(seqs[i: i + batch], False) for i in range(0, len(seqs), batch)][::-1]
+    todo = [(lo, hi, n, False) for lo, hi, n in _batches(conn, run_id, meta.name, deletes,
+                                                         batch)][::-1]
     while todo:
-        part, refused_before = todo.pop()
-        if refused_before and len(part) <= ONE_BY_ONE or len(part) == 1:
-            _apply_rows(conn, meta, run_id, part[0], part[-1], deletes, parents, errors)
+        lo, hi, n, refused_before = todo.pop()
+        if refused_before and n <= ONE_BY_ONE or n == 1:
+            _apply_rows(conn, meta, run_id, lo, hi, deletes, parents, errors)
             continue
-        def batch_txn(part: list[int] = part) -> None:
-            with _replica_role_txn(conn):
-                _apply_set(conn, meta, run_id, part[0], part[-1], deletes, parents)
+
+        def batch_txn(lo: int = lo, hi: int = hi) -> None:
+            with _replica_role_txn(conn, run_id):
+                _apply_set(conn, meta, run_id, lo, hi, deletes, parents)
 
         try:
-            _retrying(f"{meta.name} batch of {len(part)} changes", batch_txn)
+            _retrying(f"{meta.name} batch of {n} changes", batch_txn)
         except psycopg.Error as e:
             if conn.closed or conn.broken or not _row_refused(e):
                 raise
-            mid = len(part) // 2  # find the refused rows: halves, then one by one
-            todo += [(part[mid:], True), (part[:mid], True)]
+            # find the refused rows: halves, then one by one
+            seqs = [q for q, _cid in _pending(conn, run_id, meta.name, deletes, (lo, hi))]
+            if not seqs:
+                continue
+            mid = len(seqs) // 2
+            todo += [(seqs[mid], seqs[-1], len(seqs) - mid, True)]
+            if mid:
+                todo += [(seqs[0], seqs[mid - 1], mid, True)]
 
 
 def _keep_new(conn: Conn, run_id: str) -> int:

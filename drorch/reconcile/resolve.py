@@ -62,7 +62,7 @@ def _apply_file(doc: conflicts.ConflictFile, conn: Conn, path: str) -> ApplyResu
         metas: dict[str, TableMeta] = {}
         res = ApplyResult(run_id, conflict_file=path)
         stale: set[str] = set()
-        with _replica_role_txn(conn):
+        with _replica_role_txn(conn, run_id):
             for e in doc.conflicts:
                 _resolve_one(conn, run_id, e, stored[e.change_id], sens, hidden, metas, res,
                              stale)

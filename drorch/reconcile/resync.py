@@ -98,12 +98,18 @@ def archive_datadir(datadir: Path, archive: Path) -> Path:
     """Keep the stopped node's data directory as ``archive`` (tar, gzip level 1: the
     evidence of what the old primary held before it is rewound). Written to a temporary
     name and renamed, so an archive that exists is complete; one that exists is kept
-    (a rerun after a kill must not replace it with the rewound directory)."""
+    (a rerun after a kill must not replace it with the rewound directory).
+
+    Symbolic links are followed: ``pg_wal`` may point elsewhere (``initdb --waldir``)
+    and each tablespace is a link under ``pg_tblspc`` ("Database File Layout",
+    PostgreSQL 15 docs, 73.1); archived as links, the WAL and the tablespaces' rows
+    would be missing from the evidence."""
     if archive.exists():
         return archive
     archive.parent.mkdir(parents=True, exist_ok=True)
     partial = archive.with_name(archive.name + ".partial")
     with tarfile.open(partial, "w:gz", compresslevel=1) as tar:
+        tar.dereference = True
         tar.add(datadir, arcname=datadir.name)
     os.replace(partial, archive)
     return archive
