@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Policy = Literal["old-wins", "new-wins", "manual"]
 Method = Literal["auto", "wal", "full"]
 Collisions = Literal["rekey", "manual"]
+
+SENSITIVE_EVERYWHERE = ("password", "password_hash", "passwd", "secret", "token", "api_key",
+                        "access_token", "refresh_token", "ssn", "card_number", "cvv", "iban")
+"""Column names masked in every table by default: a table nobody listed (reconciled all
+the same) may hold credentials or card data, and its rows reach the conflict file."""
 
 
 class _Model(BaseModel):
@@ -65,6 +70,19 @@ class ReconcileSpec(_Model):
     conflict_file: str | None = None
     method: Method = "auto"
     default_policy: Policy = "manual"
+    sensitive_everywhere: list[str] = Field(
+        default_factory=lambda: list(SENSITIVE_EVERYWHERE))
+    """Columns masked in every table that has them, listed or not, on top of a listed
+    table's own ``sensitive_columns`` (``[]`` turns the default list off)."""
+
+    @model_validator(mode="after")
+    def _mask_everywhere(self) -> ReconcileSpec:
+        extra = self.sensitive_everywhere
+        if extra:
+            object.__setattr__(self, "tables", [t.model_copy(update={
+                "sensitive_columns": t.sensitive_columns + [
+                    c for c in extra if c not in t.sensitive_columns]}) for t in self.tables])
+        return self
 
     @field_validator("tables")
     @classmethod
@@ -86,7 +104,9 @@ class ReconcileSpec(_Model):
         return any(t.name == name for t in self.tables)
 
     def unlisted(self, name: str) -> ReconcileTable:
-        """A table found in the database but not in the runbook: ``default_policy``, no
-        sensitive columns. Built without the name pattern (the database named it)."""
+        """A table found in the database but not in the runbook: ``default_policy``, the
+        ``sensitive_everywhere`` columns masked. Built without the name pattern (the
+        database named it)."""
         return ReconcileTable.model_construct(name=name, policy=self.default_policy,
-                                              sensitive_columns=[], collisions="rekey")
+                                              sensitive_columns=list(self.sensitive_everywhere),
+                                              collisions="rekey")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from drorch.reconcile.config import ReconcileSpec, ReconcileTable
+from drorch.reconcile.config import SENSITIVE_EVERYWHERE, ReconcileSpec, ReconcileTable
 
 
 def test_defaults_and_table_lookup() -> None:
@@ -40,7 +40,22 @@ def test_tables_not_listed_take_the_default_policy() -> None:
     assert spec.listed("public.orders") and not spec.listed("public.ledger")
     assert spec.table("public.orders").policy == "old-wins"
     unlisted = spec.table("Weird Schema.ledger")  # the database's names, not the pattern's
-    assert (unlisted.name, unlisted.policy, unlisted.sensitive_columns) == (
-        "Weird Schema.ledger", "manual", [])
+    assert (unlisted.name, unlisted.policy) == ("Weird Schema.ledger", "manual")
+    assert "password_hash" in unlisted.sensitive_columns
     everything = ReconcileSpec.model_validate({"default_policy": "new-wins"})
     assert everything.tables == [] and everything.table("public.x").policy == "new-wins"
+
+
+def test_common_secret_columns_are_masked_in_every_table_unless_turned_off() -> None:
+    """A table nobody listed may hold a password hash or a card number: the default list
+    masks such columns everywhere, on top of a listed table's own; ``[]`` turns it off."""
+    spec = ReconcileSpec(tables=[ReconcileTable(name="app.users", sensitive_columns=["pin"])])
+    assert spec.table("app.users").sensitive_columns == ["pin", *SENSITIVE_EVERYWHERE]
+    assert spec.table("app.cards").sensitive_columns == list(SENSITIVE_EVERYWHERE)
+    own = ReconcileSpec.model_validate({"tables": [{"name": "app.users",
+                                                    "sensitive_columns": ["pin"]}],
+                                        "sensitive_everywhere": ["tax_id"]})
+    assert own.table("app.users").sensitive_columns == ["pin", "tax_id"]
+    assert own.table("app.other").sensitive_columns == ["tax_id"]
+    off = ReconcileSpec.model_validate({"sensitive_everywhere": []})
+    assert off.table("app.other").sensitive_columns == []
