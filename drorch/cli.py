@@ -91,6 +91,14 @@ def _warn_split_unpinned(rb: Runbook, region: str) -> None:
             out.print(f"[bold yellow]warning[/] {db.name} in {region}: its WAL from the split "
                       f"is not pinned (no slot {slot}); a failback may not tell which side "
                       "changed a row, and such rows go to a human", highlight=False)
+            continue
+        held = pg.slot_retained_bytes(db.endpoints[region].dsn(), slot) or 0
+        cap = pg.slot_wal_cap_mb(db.endpoints[region].dsn())
+        bound = (f"at most {cap:,} MB (max_slot_wal_keep_size)" if cap >= 0 else
+                 "no limit: the disk fills if the failback waits; set the database's "
+                 "split_wal_max_mb")
+        out.print(f"{db.name} in {region}: the split's WAL pin holds "
+                  f"{held / 2**20:,.0f} MB, {bound}", highlight=False)
 
 
 def _warn_wal_retention(rb: Runbook, region: str) -> None:

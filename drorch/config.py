@@ -70,6 +70,14 @@ class DatabasePair(_Model):
     promote_timeout_s: float = Field(default=60, gt=0)
     resync_timeout_s: float = Field(default=300, gt=0)
     reconcile: ReconcileSpec | None = None
+    split_wal_max_mb: int | None = Field(
+        default=None, ge=1,
+        description="After an unplanned promotion drorch keeps the new primary's WAL from "
+        "the split (a slot) until the failback reads it. PostgreSQL keeps it without limit "
+        "unless max_slot_wal_keep_size is set: set this to have drorch set that cap "
+        "(server-wide, restored after the failback) so a long wait for failback cannot "
+        "fill the disk of the only primary; past it the WAL is dropped and rows only the "
+        "new primary changed are attributed by commit time or go to a human.")
     sequence_gap: int = Field(
         default=1_000_000, ge=0,
         description="After a promotion that could not wait for the old primary (it may "

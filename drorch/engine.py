@@ -142,8 +142,12 @@ class Engine:
             for e in self.store.events(last.id):
                 if e.kind == "step" and e.name.startswith("promote:") and e.status == "started":
                     promoted.setdefault(e.name.split(":", 1)[1], e.at)
+            # The WAL caps the failover set on the promoted nodes: the failback restores them.
+            caps = {db.name: cap for db in self.runbook.databases
+                    if (cap := self.store.fact(last.id, f"split:{db.name}:cap")) is not None}
             return (self.store.fact(last.id, "to_region"), self.store.fact(last.id, "from_region"),
-                    {"failover_incident": last.id, "failover_promoted_at": promoted})
+                    {"failover_incident": last.id, "failover_promoted_at": promoted,
+                     "split_wal_caps": caps})
 
         return self._open("failback", actor, reason, trigger, where)
 

@@ -361,6 +361,35 @@ def wal_pinned(target: Target, slot: str) -> bool:
     return bool(row and row[0])
 
 
+def slot_wal_cap_mb(target: Target) -> int:
+    """``max_slot_wal_keep_size`` in MB: the most WAL any slot may hold before the server
+    invalidates it; -1 is unlimited, the default ("Replication", PostgreSQL 15 docs,
+    20.6.1)."""
+    with _use(target) as c:
+        row = c.execute("SELECT setting::bigint FROM pg_settings "
+                        "WHERE name = 'max_slot_wal_keep_size'").fetchone()
+    return int(row[0]) if row else -1
+
+
+def set_slot_wal_cap_mb(target: Target, mb: int) -> None:
+    """Set ``max_slot_wal_keep_size`` (``ALTER SYSTEM`` + reload: it is a sighup
+    setting). Server-wide: every slot of the node gets the cap."""
+    with _use(target) as c:
+        c.execute(sql.SQL("ALTER SYSTEM SET max_slot_wal_keep_size = {}").format(
+            sql.Literal(f"{int(mb)}MB" if mb >= 0 else "-1")))
+        c.execute("SELECT pg_reload_conf()")
+
+
+def slot_retained_bytes(target: Target, slot: str) -> int | None:
+    """WAL bytes the slot holds back now (current position minus its ``restart_lsn``);
+    None when there is no such slot or it has lost its WAL."""
+    with _use(target) as c:
+        row = c.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+                        "FROM pg_replication_slots WHERE slot_name = %s "
+                        "AND restart_lsn IS NOT NULL", (slot,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
 def release_wal(target: Target, slot: str) -> bool:
     """Drop the pin (idempotent); True when a slot was dropped."""
     with _use(target) as c:

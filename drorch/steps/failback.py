@@ -152,6 +152,14 @@ class ReconcileDivergence(Step):
             ctx.record("reconcile.split_wal_released", {
                 "database": self.target, "region": ctx.from_region,
                 "slot": pg.split_slot_name(self.target)})
+        cap = (ctx.facts.get("split_wal_caps") or {}).get(self.target)
+        if cap is not None and not ctx.facts.get(f"split:{self.target}:cap_restored"):
+            # the cap the failover's promotion set: put the node's own setting back
+            pg.set_slot_wal_cap_mb(new_dsn, int(cap["previous_mb"]))
+            ctx.facts.set(f"split:{self.target}:cap_restored", True)
+            ctx.record("reconcile.split_wal_cap_restored", {
+                "database": self.target, "region": ctx.from_region,
+                "max_slot_wal_keep_size_mb": cap["previous_mb"]})
         ctx.facts.set(f"reconcile:{self.target}:applied", applied)
         return {"split_wal_released": released,
                 "run_id": report.run_id, "summary": report.summary(), "totals": report.totals(),

@@ -178,11 +178,33 @@ def pin_split_wal(ctx: StepContext, database: str, dsn: str) -> dict[str, Any] |
     if not _unplanned(ctx, database):
         return None
     slot = pg.split_slot_name(database)
-    pinned = {"slot": slot, "restart_lsn": pg.pin_wal(dsn, slot)}
+    pinned: dict[str, Any] = {"slot": slot, "restart_lsn": pg.pin_wal(dsn, slot)}
+    pinned.update(_cap_split_wal(ctx, database, dsn))
     if ctx.facts.get(f"split:{database}:pinned") is None:
         ctx.facts.set(f"split:{database}:pinned", pinned)
         ctx.record("step.promote.split_wal_pinned", {"database": database, **pinned})
     return pinned
+
+
+def _cap_split_wal(ctx: StepContext, database: str, dsn: str) -> dict[str, Any]:
+    """Bound what the split slot may keep: the runbook's ``split_wal_max_mb`` becomes the
+    node's ``max_slot_wal_keep_size`` when that is unlimited or larger (the previous value
+    journaled first, restored by the failback). Without it the pin is unbounded, and the
+    step's output says so."""
+    limit = ctx.runbook.database(database).split_wal_max_mb
+    key = f"split:{database}:cap"
+    done = ctx.facts.get(key)
+    if done is not None:
+        return {"cap_mb": done["cap_mb"], "cap_set_by_drorch": True}
+    current = pg.slot_wal_cap_mb(dsn)
+    if limit is None or 0 <= current <= limit:
+        return {"cap_mb": current if current >= 0 else None,
+                **({} if current >= 0 else {"unbounded": True})}
+    ctx.facts.set(key, {"cap_mb": limit, "previous_mb": current})  # before the change
+    pg.set_slot_wal_cap_mb(dsn, limit)
+    ctx.record("step.promote.split_wal_capped", {"database": database, "cap_mb": limit,
+                                                 "previous_mb": current})
+    return {"cap_mb": limit, "cap_set_by_drorch": True}
 
 
 def advance_sequences(ctx: StepContext, database: str, dsn: str) -> dict[str, Any] | None:

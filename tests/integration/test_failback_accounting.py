@@ -236,6 +236,8 @@ def test_columns_added_mid_incident(lab: Lab) -> None:
                          "WHERE slot_name = 'drorch_split_main'").fetchone()[0] == 1
     planned = lab.cli("plan")
     assert planned.returncode == 0 and "not pinned" not in planned.stdout, planned.stdout
+    assert "the split's WAL pin holds" in planned.stdout and "at most 2,048 MB" in " ".join(
+        planned.stdout.split()), planned.stdout
     with psycopg.connect(b, autocommit=True) as c:
         c.execute("SELECT pg_drop_replication_slot('drorch_split_main')")
     warned = lab.cli("plan").stdout

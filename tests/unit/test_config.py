@@ -33,7 +33,7 @@ def test_lab_runbook_loads() -> None:
     (lambda t: t.replace("aws_region: us-west-2", "aws_region: [1, 2]"),
      ":17: regions.1.aws_region: Input should be a valid string"),
     (lambda t: t.replace("  insync_timeout_s: 30", "  insync_timeout_s: 30\n  colour: red"),
-     ":49: dns.colour: unknown field"),
+     ":52: dns.colour: unknown field"),
     (lambda t: t.replace("    aws_region: us-east-1\n", ""),
      "regions.0.aws_region: required field is missing"),
     (lambda t: t.replace("  - {secret_id: lab/main/db, region: region-b",
