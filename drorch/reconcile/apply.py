@@ -340,6 +340,9 @@ class _Parents:
     """Table -> its one-column primary key."""
     blocked: dict[str, str] = field(default_factory=dict)
     """Change id -> why the child row was held back (its parent row was not written)."""
+    group: list[str] = field(default_factory=list)
+    """Change ids written together in one transaction (rows that name each other): a
+    parent among them counts as written; the group commits only if all of them are."""
 
     def __contains__(self, table: object) -> bool:
         return table in self.rekeyed
@@ -382,14 +385,20 @@ def _hold_orphans(conn: Conn, meta: TableMeta, p: dict[str, Any], parents: _Pare
                 "WHERE b.held IS NULL AND pc.run_id = %(run)s AND pc.tbl = %(parent)s "
                 f"AND pc.action IN {_WRITES} AND pc.old_row IS NOT NULL "
                 "AND pc.key->>%(pcol)s = b.orig->>%(col)s "
-                "AND coalesce(a.outcome, '') NOT IN ('applied', 'rekeyed') {in_batch}"
+                "AND coalesce(a.outcome, '') NOT IN ('applied', 'rekeyed') "
+                "AND pc.change_id <> ALL(%(group)s::text[]) {in_batch}"
             ).format(in_batch=in_batch),
-                {**p, "col": col, "parent": parent, "pcol": pcol}).rowcount
+                {**p, "col": col, "parent": parent, "pcol": pcol,
+                 "group": parents.group}).rowcount
         if not held or all(parent != meta.name for _c, parent, _k in refs):
             break
     for cid, why in conn.execute("SELECT change_id, held FROM drorch_batch "
                                  "WHERE held IS NOT NULL"):
-        parents.blocked[str(cid)] = str(why)
+        parents.blocked[str(cid)] = _HELD + str(why)
+
+
+_HELD = "held: "
+"""Marks a reason as a row held back for its parent (not refused by the database)."""
 
 
 def _retry_held(conn: Conn, metas: dict[str, TableMeta], order: list[str], run_id: str,
@@ -401,14 +410,55 @@ def _retry_held(conn: Conn, metas: dict[str, TableMeta], order: list[str], run_i
         held = parents.blocked
         parents.blocked = {}
         rank = {name: i for i, name in enumerate(order)}
-        rows = sorted(((str(t), int(q)) for t, q in conn.execute(
-            "SELECT tbl, seq FROM drorch_reconcile.changes WHERE run_id = %s "
+        rows = sorted(((str(t), int(q), str(c)) for t, q, c in conn.execute(
+            "SELECT tbl, seq, change_id FROM drorch_reconcile.changes WHERE run_id = %s "
             "AND change_id = ANY(%s)", (run_id, list(held)))),
             key=lambda r: (rank.get(r[0], len(rank)), r[1]))
-        for table, seq in rows:
+        for table, seq, _cid in rows:
             _apply_rows(conn, metas[table], run_id, seq, seq, False, parents, errors)
         if len(parents.blocked) >= len(held):
+            rows = [r for r in rows if r[2] in parents.blocked]
+            if len(rows) > 1 and _apply_group(conn, metas, run_id, rows, parents):
+                parents.blocked = {}
             return
+
+
+class _GroupRefused(Exception):
+    """A row of a group was not written: the whole group is rolled back."""
+
+
+def _apply_group(conn: Conn, metas: dict[str, TableMeta], run_id: str,
+                 rows: list[tuple[str, int, str]], parents: _Parents) -> bool:
+    """Write rows that name each other (a foreign-key cycle between tables, a chain held
+    across batches) in one transaction, each counting the others as written; all or
+    none: if any is refused, stale or held for a parent outside the group, nothing of it
+    is written and they stay held. True when written."""
+    held = parents.blocked
+    ids = [cid for _t, _q, cid in rows]
+
+    def txn() -> None:
+        with _replica_role_txn(conn, run_id):
+            for table, seq, _cid in rows:
+                _apply_set(conn, metas[table], run_id, seq, seq, False, parents)
+            written = conn.execute(
+                "SELECT count(*) FROM drorch_reconcile.applied WHERE run_id = %s AND "
+                "change_id = ANY(%s) AND outcome IN ('applied', 'rekeyed')", (run_id, ids)
+            ).fetchone()
+            if written is None or written[0] != len(ids):
+                raise _GroupRefused
+
+    parents.group, parents.blocked = ids, {}
+    try:
+        _retrying(f"{len(ids)} rows that name each other", txn)
+        return True
+    except _GroupRefused:
+        return False
+    except psycopg.Error as e:
+        if conn.closed or conn.broken or not _row_refused(e):
+            raise
+        return False
+    finally:
+        parents.group, parents.blocked = [], held
 
 
 def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
@@ -786,6 +836,9 @@ def _beside(conflict_file: str | None, run_id: str) -> str:
 
 
 def _reason(ch: store.StoredChange, error: str | None = None) -> str:
+    if error is not None and error.startswith(_HELD):
+        return (f"not written: {error[len(_HELD):]}; resolve that row first, then choose "
+                "'old' here (or 'new' to keep the new primary's) and apply this file")
     if error is not None:
         return (f"the new primary refused the old primary's row ({error}); fix the cause "
                 "(or choose 'new' to keep the new primary's), then apply this file")

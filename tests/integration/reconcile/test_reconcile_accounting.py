@@ -800,3 +800,56 @@ def test_a_self_referencing_table_writes_parents_before_children_and_holds_a_ref
         assert row["manager_id"] is None or row["manager_id"] in now, row
     for k, row in split.new.rows["staff"].items():
         assert now[k] == row
+
+
+def test_rows_that_name_each_other_across_tables_are_written_together(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """``teams.lead_id`` names a person and ``people.team_id`` a team (a foreign-key
+    cycle, the lead's key deferred). Region-a makes three teams, each with its lead, one
+    transaction each; region-b makes one of each, so region-a's first rows collide and
+    are re-keyed. Neither table can go first: the rows are written together in one
+    transaction, keys carried, and nothing points at nothing."""
+    def on_old(s: Split) -> None:
+        _q(s.a.dsn(), "CREATE TABLE teams (id bigserial PRIMARY KEY, name text NOT NULL, "
+                      "lead_id bigint); CREATE TABLE people (id bigserial PRIMARY KEY, "
+                      "name text NOT NULL, team_id bigint REFERENCES teams); "
+                      "ALTER TABLE teams ADD FOREIGN KEY (lead_id) REFERENCES people "
+                      "DEFERRABLE INITIALLY DEFERRED")
+        wait_caught_up(s.b.dsn(), s.a.dsn(), 60)
+        s.b.stop()
+        for i in range(3):
+            with psycopg.connect(s.a.dsn()) as c:
+                team = c.execute("INSERT INTO teams (name) VALUES (%s) RETURNING id",
+                                 (f"a-team-{i}",)).fetchone()[0]  # type: ignore[index]
+                lead = c.execute("INSERT INTO people (name, team_id) VALUES (%s, %s) "
+                                 "RETURNING id", (f"a-lead-{i}", team)).fetchone()[0]  # type: ignore[index]
+                c.execute("UPDATE teams SET lead_id = %s WHERE id = %s", (lead, team))
+            s.old.rows.setdefault("teams", {})[team] = {"id": team, "name": f"a-team-{i}",
+                                                         "lead_id": lead}
+            s.old.rows.setdefault("people", {})[lead] = {"id": lead, "name": f"a-lead-{i}",
+                                                          "team_id": team}
+
+    def on_new(s: Split) -> None:
+        s.new.insert(s.b.dsn(), "teams", "name", ("b-team",))
+        s.new.insert(s.b.dsn(), "people", "name", ("b-person",))
+
+    split = _split(workdir, on_old, on_new, cut=False)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    report, applied, accounting = _reconcile(split, conflict_file)
+    assert accounting.holds, accounting.problem()
+    assert not conflict_file.exists(), conflict_file.read_text()
+    mapping = _mapping(Path(applied.mapping_file or ""))
+    assert {("teams", 1), ("people", 1)} <= set(mapping)
+    teams, people = _rows(split.b.dsn(), "teams"), _rows(split.b.dsn(), "people")
+    for old_id, row in split.old.rows["teams"].items():
+        new_id = mapping.get(("teams", old_id), old_id)
+        lead = mapping.get(("people", row["lead_id"]), row["lead_id"])
+        assert teams[new_id] == {**row, "id": new_id, "lead_id": lead}
+        assert people[lead]["team_id"] == new_id and people[lead]["name"] == row[
+            "name"].replace("team", "lead")
+    for t in teams.values():
+        assert t["lead_id"] is None or t["lead_id"] in people, t
+    for person in people.values():
+        assert person["team_id"] is None or person["team_id"] in teams, person
+    assert teams[1]["name"] == "b-team" and people[1]["name"] == "b-person"
