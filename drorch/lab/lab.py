@@ -34,7 +34,7 @@ import httpx
 from drorch.adapters.aws import AwsClients
 from drorch.config import Runbook
 from drorch.lab import schema, services
-from drorch.lab.postgres import PgNode, make_owned_dir
+from drorch.lab.postgres import PgNode, init_pair, make_owned_dir
 from drorch.procs import pid_alive
 
 REGION_ADDRESS = {0: "127.0.1.1", 1: "127.0.2.1"}
@@ -127,13 +127,15 @@ def stop_pid(pid: int | None) -> None:
 
 
 def _wait_streaming(primary: PgNode, replica: PgNode, timeout_s: float = 30) -> None:
+    """Until the replica streams and has replayed everything the primary wrote so far."""
     import psycopg
 
     deadline = time.monotonic() + timeout_s
     with psycopg.connect(primary.dsn(), autocommit=True) as c:
+        goal = c.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
         while time.monotonic() < deadline:
-            row = c.execute("SELECT count(*) FROM pg_stat_replication WHERE state='streaming'"
-                            ).fetchone()
+            row = c.execute("SELECT count(*) FROM pg_stat_replication WHERE state='streaming' "
+                            "AND replay_lsn >= %s", (goal,)).fetchone()
             if row and row[0] >= 1:
                 return
             time.sleep(0.05)
@@ -257,14 +259,21 @@ def _up_pair(runbook: Runbook, db_name: str, password: str, state: _Recorder) ->
     node_a = node_for(runbook, db_name, primary)
     node_b = node_for(runbook, db_name, secondary)
     make_owned_dir(node_a.rundir.parent, 0o755)
-    node_a.init_primary()
+    cloned = init_pair(node_a, node_b)  # region-b cloned before region-a first starts
     node_a.start()
     state.update(lambda s: s.nodes.append({"db": db_name, "region": primary,
                                            **_node_dict(node_a)}))
+    if cloned:  # streams region-a's schema as it is made
+        node_b.start()
+        state.update(lambda s: s.nodes.append({"db": db_name, "region": secondary,
+                                               **_node_dict(node_b)}))
     ep = runbook.database(db_name).endpoints[primary]
     schema.create_database_and_schema(node_a.dsn(), password, dbname=ep.dbname)
     with psycopg.connect(node_a.dsn(ep.dbname), autocommit=True) as c:
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+    if cloned:
+        _wait_streaming(node_a, node_b)
+        return
     node_b.init_replica_of(node_a)
     node_b.start()
     state.update(lambda s: s.nodes.append({"db": db_name, "region": secondary,

@@ -10,11 +10,15 @@ that user. Server logs live outside the data directory because
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +44,55 @@ LAB_SETTINGS: dict[str, str] = {
     "max_connections": "60",
     "shared_preload_libraries": "''",
 }
+
+
+INITDB_ARGS = ["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
+_template_lock = threading.Lock()
+
+
+def initdb_template() -> Path | None:
+    """A pristine ``initdb`` output kept once per user, binaries and arguments (in the
+    temporary directory), built on first use: ``initdb`` takes seconds, copying its output
+    a fraction, and the lab and every test make new clusters. Clusters copied from it
+    share one system identifier, as a primary and its replicas do. None when
+    ``DRORCH_LAB_INITDB_CACHE=0``."""
+    if os.environ.get("DRORCH_LAB_INITDB_CACHE", "1") == "0":
+        return None
+    with _template_lock:
+        version = run_pg_tool(["postgres", "--version"]).strip()
+        key = hashlib.sha256(f"{PG_BIN}\0{version}\0{INITDB_ARGS}\0{LAB_SETTINGS}".encode()
+                             ).hexdigest()[:12]
+        root = Path(tempfile.gettempdir()) / f"drorch-initdb-{os.geteuid()}"
+        template = root / key
+        if (template / "global" / "pg_control").exists():
+            return template
+        root.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(root, 0o755)
+        build = root / f"{key}.{os.getpid()}.{threading.get_ident()}"
+        shutil.rmtree(build, ignore_errors=True)
+        make_owned_dir(build)
+        run_pg_tool(["initdb", "-D", str(build), *INITDB_ARGS])
+        # Started once with the lab's settings and shut down cleanly, so its control file
+        # records them: a standby cloned from it needs its max_connections etc. no lower
+        # than the control file says.
+        with open(build / "postgresql.conf", "a") as fh:
+            fh.write("\n# drorch lab template\n" + "".join(
+                f"{k} = {v}\n" for k, v in {**LAB_SETTINGS, "listen_addresses": "''",
+                                            "unix_socket_directories": f"'{build}'"}.items()))
+        log = root / f"{build.name}.log"
+        log.touch()
+        if _is_root():
+            shutil.chown(log, SUPERUSER, SUPERUSER)
+        run_pg_tool(["pg_ctl", "-D", str(build), "-l", str(log), "-w", "-t", "60",
+                     "-o", "-p 1", "start"], timeout=70)
+        run_pg_tool(["pg_ctl", "-D", str(build), "-m", "fast", "-w", "stop"])
+        log.unlink()
+        (build / "postmaster.opts").unlink(missing_ok=True)
+        try:
+            os.rename(build, template)  # atomic: a template that exists is complete
+        except OSError:  # another process made it first
+            shutil.rmtree(build, ignore_errors=True)
+        return template
 
 
 class PostgresUnavailable(RuntimeError):
@@ -124,15 +177,39 @@ class PgNode:
                 fh.write(f"{key} = {value}\n")
 
     def init_primary(self) -> None:
+        """A new cluster: a copy of the cached ``initdb`` output (see
+        :func:`initdb_template`), or ``initdb`` itself when the cache is off."""
         self._prepare_rundir()
         make_owned_dir(self.datadir)
-        run_pg_tool(
-            [
-                "initdb", "-D", str(self.datadir), "-U", SUPERUSER, "--auth=trust",
-                "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
-            ]
-        )
+        template = initdb_template()
+        if template is None:
+            run_pg_tool(["initdb", "-D", str(self.datadir), *INITDB_ARGS])
+        else:
+            subprocess.run(["cp", "-a", f"{template}/.", str(self.datadir)], check=True,
+                           capture_output=True)
         self._pin_own_settings()
+
+    def init_standby_clone(self, primary: PgNode) -> bool:
+        """Make this node a streaming standby of ``primary`` by copying the same cached
+        ``initdb`` output ``primary`` was made from, before ``primary`` first starts: a
+        cleanly shut down cluster is a valid base backup of itself ("Setting Up a Standby
+        Server", PostgreSQL 15 docs, 27.2.4), and the copy saves a ``pg_basebackup``.
+        False (nothing done) when the cache is off: use :meth:`init_replica_of`."""
+        template = initdb_template()
+        if template is None or primary.is_running() or primary.settings != self.settings:
+            return False
+        self._prepare_rundir()
+        make_owned_dir(self.datadir)
+        subprocess.run(["cp", "-a", f"{template}/.", str(self.datadir)], check=True,
+                       capture_output=True)
+        with open(self.datadir / "postgresql.auto.conf", "a") as fh:
+            fh.write(f"primary_conninfo = 'user={SUPERUSER} host=127.0.0.1 "
+                     f"port={primary.port}'\n")
+        (self.datadir / "standby.signal").touch()
+        if _is_root():
+            shutil.chown(self.datadir / "standby.signal", SUPERUSER, SUPERUSER)
+        self._pin_own_settings()
+        return True
 
     def init_replica_of(self, primary: PgNode, slot: str | None = None) -> None:
         """Base-backup from ``primary`` and configure streaming (standby.signal)."""
@@ -215,6 +292,17 @@ class PgNode:
         shutil.rmtree(self.datadir, ignore_errors=True)
 
 
+def init_pair(primary: PgNode, replica: PgNode) -> bool:
+    """``primary`` made, and ``replica`` cloned as its standby side by side (two copies at
+    once); False when the replica could not be cloned (make it with
+    :meth:`PgNode.init_replica_of` once the primary runs)."""
+    initdb_template()  # built once, before two threads want it
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        clone = pool.submit(replica.init_standby_clone, primary)
+        primary.init_primary()
+        return clone.result()
+
+
 def make_pair(workdir: Path, port_a: int | None = None, port_b: int | None = None,
               names: tuple[str, str] = ("region-a", "region-b")) -> tuple[PgNode, PgNode]:
     """Start a primary and a streaming replica of it; returns (primary, replica)."""
@@ -224,8 +312,9 @@ def make_pair(workdir: Path, port_a: int | None = None, port_b: int | None = Non
                      workdir / names[0])
     replica = PgNode(names[1], workdir / names[1] / "data", port_b or free_port(),
                      workdir / names[1])
-    primary.init_primary()
+    cloned = init_pair(primary, replica)
     primary.start()
-    replica.init_replica_of(primary)
+    if not cloned:
+        replica.init_replica_of(primary)
     replica.start()
     return primary, replica
