@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -29,6 +30,21 @@ Action = Literal["apply-old", "keep-new", "manual", "rekey"]
 def canonical_key(values: list[Any]) -> str:
     """One string per primary key, equal on both nodes for equal values."""
     return json.dumps(values, separators=(",", ":"), default=str)
+
+
+_INT_ARRAY = re.compile(r"\[(?:0|-?[1-9][0-9]*)(?:, (?:0|-?[1-9][0-9]*))*\]")
+
+
+def key_from_array(text: str) -> str:
+    """The canonical key of a ``jsonb_build_array(key columns)::text``.
+
+    Equal to ``canonical_key`` of the parsed values (what parsing the whole row gave):
+    integer-only keys, the usual case, are rewritten without parsing (``json.loads`` and
+    ``dumps`` render such an array identically but for the separator; ``-0`` is left to
+    the parser, which makes it ``0``)."""
+    if _INT_ARRAY.fullmatch(text):
+        return text.replace(", ", ",")
+    return canonical_key(parse_row(text))
 
 
 def key_of(row: Row, pk: list[str]) -> str:

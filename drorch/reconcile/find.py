@@ -42,11 +42,11 @@ from drorch.reconcile.catalog import (
 )
 from drorch.reconcile.classify import (
     attribute,
-    canonical_key,
     change_id,
     classify,
     decide,
     differing_columns,
+    key_from_array,
     parse_row,
     side_op,
 )
@@ -68,31 +68,39 @@ def run_id_for(database: str, divergence: Divergence) -> str:
     return f"{database}@{divergence.timeline}:{divergence.lsn}"
 
 
-def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[dict[str, Any]], with_ts: bool,
+def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[str], with_ts: bool,
                  known: dict[str, str] | None) -> tuple[dict[str, tuple[str, datetime | None]],
                                                        int]:
     """Rows (``to_jsonb`` text and commit time) of the given keys, by canonical key, and
     how many rows were read here (shipped to drorch).
 
-    ``known``: rows this node already gave by TID (live, so current): not asked again."""
+    ``keys``: each key's values as a JSON array (canonical keys are). ``known``: rows this
+    node already gave by TID (live, so current): not asked again. The server builds the
+    key records and renders each row's key apart (``jsonb_build_array``), so drorch
+    neither encodes nor parses a row per key."""
     out: dict[str, tuple[str, datetime | None]] = {}
-    shipped = 0
     if known and not with_ts:
         out = {k: (v, None) for k, v in known.items()}
-        keys = [kd for kd in keys if canonical_key([kd[c] for c in meta.pk]) not in out]
+        keys = [k for k in keys if k not in out]
     if not keys:
         return out, 0
+    shipped = 0
     t_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in meta.pk)
     k_cols = sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(c)) for c in meta.pk)
+    fields = sql.SQL(", ").join(sql.SQL("{}, a.v -> {}").format(sql.Literal(c), sql.Literal(i))
+                                for i, c in enumerate(meta.pk))
     ts = sql.SQL("pg_xact_commit_timestamp(t.xmin)" if with_ts else "NULL::timestamptz")
-    q = sql.SQL("SELECT (to_jsonb(t) - %s::text[])::text, {ts} FROM {tbl} AS t JOIN "
-                "jsonb_populate_recordset(NULL::{tbl}, %s::jsonb) AS k ON ({t}) = ({k})"
-                ).format(ts=ts, tbl=meta.ident, t=t_cols, k=k_cols)
+    q = sql.SQL("SELECT jsonb_build_array({t})::text, (to_jsonb(t) - %s::text[])::text, {ts} "
+                "FROM {tbl} AS t JOIN jsonb_populate_recordset(NULL::{tbl}, "
+                "(SELECT jsonb_agg(jsonb_build_object({fields})) "
+                "FROM jsonb_array_elements(%s::jsonb) AS a(v))) AS k ON ({t}) = ({k})"
+                ).format(ts=ts, tbl=meta.ident, t=t_cols, k=k_cols, fields=fields)
     with conn.transaction():
         conn.execute("SET LOCAL enable_hashjoin = off")
         conn.execute("SET LOCAL enable_mergejoin = off")
-        for text, at in conn.execute(q, (list(meta.hidden), json.dumps(keys, default=str))):
-            out[canonical_key([parse_row(text)[c] for c in meta.pk])] = (text, at)
+        for key_text, text, at in conn.execute(q, (list(meta.hidden),
+                                                   "[" + ",".join(keys) + "]")):
+            out[key_from_array(key_text)] = (text, at)
             shipped += 1
     return out, shipped
 
@@ -122,7 +130,7 @@ def _base(a: Any, b: Any, ot: bool | None, nt: bool | None, obase: bool | None,
 def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
                     cfg: ReconcileTable, run_id: str,
                     wal_old: SideTable | None, wal_new: SideTable | None,
-                    lookup: list[dict[str, Any]], keys: set[str] | None, at: datetime | None,
+                    lookup: list[str], keys: set[str] | None, at: datetime | None,
                     report: DivergenceReport) -> TableReport:
     """Read both rows of every key in ``lookup``, classify, decide.
 
@@ -147,12 +155,20 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
         tr.old_touched, tr.old_transactions = len(wal_old.touched), len(wal_old.transactions)
     if wal_new is not None:
         tr.new_touched, tr.new_transactions = len(wal_new.touched), len(wal_new.transactions)
+    rekey = cfg.collisions == "rekey" and meta.key_sequence is not None
+    iso = _iso_cached()
     for key in sorted(keys if keys is not None else set(a_rows) | set(b_rows)):
         a_ent, b_ent = a_rows.get(key), b_rows.get(key)
-        a = parse_row(a_ent[0]) if a_ent else None
-        b = parse_row(b_ent[0]) if b_ent else None
         o_touch = wal_old.touched.get(key) if wal_old is not None else None
         n_touch = wal_new.touched.get(key) if wal_new is not None else None
+        a_text = a_ent[0] if a_ent else None
+        b_text = b_ent[0] if b_ent else None
+        if a_text == b_text:  # the same text parses to the same row: nothing diverged
+            if o_touch is not None and n_touch is not None:
+                tr.converged += 1
+            continue
+        a = parse_row(a_text) if a_text is not None else None
+        b = parse_row(b_text) if b_text is not None else None
         ot = (o_touch is not None) if wal_old is not None else _after(a_ent, at)
         nt = (n_touch is not None) if wal_new is not None else _after(b_ent, at)
         obase = o_touch.base_had if o_touch else None
@@ -166,14 +182,27 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
             continue
         tr.changes.append(Change(
             change_id(run_id, cfg.name, key), cfg.name, _key_dict(meta, key), kind,
-            decide(kind, cfg.policy, undetermined, base,
-                   rekey=cfg.collisions == "rekey" and meta.key_sequence is not None),
+            decide(kind, cfg.policy, undetermined, base, rekey=rekey),
             differing_columns(a, b),
             side_op(base, a) if ot is not False else None,
-            side_op(base, b) if nt is not False else None, undetermined,
-            a_ent[0] if a_ent else None, b_ent[0] if b_ent else None,
-            _iso(wal_old.last_commit.get(key)) if wal_old is not None and ot else None))
+            side_op(base, b) if nt is not False else None, undetermined, a_text, b_text,
+            iso(wal_old.last_commit.get(key)) if wal_old is not None and ot else None))
     return tr
+
+
+def _iso_cached() -> Callable[[datetime | None], str | None]:
+    """``_iso`` remembered per moment: a side's keys share few commit times (one per
+    transaction), and formatting one per key was a visible cost."""
+    seen: dict[datetime, str] = {}
+
+    def iso(at: datetime | None) -> str | None:
+        if at is None:
+            return None
+        text = seen.get(at)
+        if text is None:
+            text = seen[at] = at.isoformat()
+        return text
+    return iso
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -390,13 +419,14 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
             if report.method == "wal":
                 assert so is not None and sn is not None
                 keys = set(so.touched) | set(sn.touched)
-                lookup = [_key_dict(mo, k) for k in keys]
+                lookup = list(keys)
                 tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, keys, at,
                                      report)
             else:
                 diff = compare_table(old, new, mo, mn.columns if mn.hidden else None)
                 report.rows_shipped += diff.rows_shipped
-                tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, diff.keys, None,
+                lookup = [json.dumps([kd[c] for c in mo.pk], default=str) for kd in diff.keys]
+                tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, None,
                                      at, report)
             if mn.hidden:
                 report.notes.append(

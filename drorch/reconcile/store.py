@@ -15,6 +15,7 @@ A run is captured in one transaction: it exists completely or not at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,22 +111,42 @@ def capture(conn: Conn, report: DivergenceReport) -> bool:
         ).fetchone()
         if not inserted:
             return False
-        seq = 0
         with conn.cursor() as cur, cur.copy(
                 "COPY drorch_reconcile.changes (run_id, change_id, seq, tbl, key, kind, action, "
                 "columns, old_op, new_op, undetermined, old_row, new_row) FROM STDIN") as copy:
-            run = _copy_text(report.run_id)
-            for t in report.tables:
-                tbl = _copy_text(t.table)
-                for c in t.changes:
-                    seq += 1
-                    copy.write("\t".join((
-                        run, c.change_id, str(seq), tbl,
-                        _copy_text(json.dumps(c.key, default=str)), c.kind, c.action,
-                        _copy_text(_array_literal(c.columns)), _copy_text(c.old_op),
-                        _copy_text(c.new_op), "t" if c.undetermined else "f",
-                        _copy_text(c.old_row), _copy_text(c.new_row))) + "\n")
+            for chunk in _copy_chunks(report):
+                copy.write(chunk)
     return True
+
+
+COPY_CHUNK_LINES = 5_000
+"""Lines handed to COPY per write: one write per line cost more than forming the line."""
+
+
+def _copy_chunks(report: DivergenceReport) -> Iterator[str]:
+    """The report's changes as COPY text lines, in capture order, a few thousand at a time."""
+    run = _copy_text(report.run_id)
+    lines: list[str] = []
+    columns: dict[tuple[str, ...], str] = {}  # a table's changes share few column lists
+    seq = 0
+    for t in report.tables:
+        tbl = _copy_text(t.table)
+        for c in t.changes:
+            seq += 1
+            cols = columns.get(tuple(c.columns))
+            if cols is None:
+                cols = columns[tuple(c.columns)] = _copy_text(_array_literal(c.columns))
+            lines.append("\t".join((
+                run, c.change_id, str(seq), tbl,
+                _copy_text(json.dumps(c.key, default=str)), c.kind, c.action,
+                cols, _copy_text(c.old_op),
+                _copy_text(c.new_op), "t" if c.undetermined else "f",
+                _copy_text(c.old_row), _copy_text(c.new_row))))
+            if len(lines) >= COPY_CHUNK_LINES:
+                yield "\n".join(lines) + "\n"
+                lines = []
+    if lines:
+        yield "\n".join(lines) + "\n"
 
 
 def _copy_text(value: str | None) -> str:
