@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -131,7 +132,7 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
                     cfg: ReconcileTable, run_id: str,
                     wal_old: SideTable | None, wal_new: SideTable | None,
                     lookup: list[str], keys: set[str] | None, at: datetime | None,
-                    report: DivergenceReport) -> TableReport:
+                    report: DivergenceReport, emit: Emit | None = None) -> TableReport:
     """Read both rows of every key in ``lookup``, classify, decide.
 
     ``metas``: the old and the new node's table (the new one may hide columns it alone
@@ -155,8 +156,28 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
         tr.old_touched, tr.old_transactions = len(wal_old.touched), len(wal_old.transactions)
     if wal_new is not None:
         tr.new_touched, tr.new_transactions = len(wal_new.touched), len(wal_new.transactions)
+    _judge(tr, meta, cfg, run_id, (wal_old, wal_new), (a_rows, b_rows), keys, at, emit)
+    return tr
+
+
+Rows = dict[str, tuple[str, datetime | None]]
+Emit = Callable[[str, list[Change]], None]
+"""Receives a table's changes as they are found (the capture), in report order."""
+EMIT_EVERY = 5_000
+
+
+def _judge(tr: TableReport, meta: TableMeta, cfg: ReconcileTable, run_id: str,
+           wal: tuple[SideTable | None, SideTable | None], rows: tuple[Rows, Rows],
+           keys: set[str] | None, at: datetime | None, emit: Emit | None = None) -> None:
+    """Classify and decide every key (``keys``; None: every key with a row on either side)
+    into ``tr``, handing every ``EMIT_EVERY`` new changes to ``emit``. Runs once per
+    divergent key, so it does only what the key needs: rows with the same text are the
+    same row and are never parsed."""
+    wal_old, wal_new = wal
+    a_rows, b_rows = rows
     rekey = cfg.collisions == "rekey" and meta.key_sequence is not None
     iso = _iso_cached()
+    sent = len(tr.changes)
     for key in sorted(keys if keys is not None else set(a_rows) | set(b_rows)):
         a_ent, b_ent = a_rows.get(key), b_rows.get(key)
         o_touch = wal_old.touched.get(key) if wal_old is not None else None
@@ -187,7 +208,11 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
             side_op(base, a) if ot is not False else None,
             side_op(base, b) if nt is not False else None, undetermined, a_text, b_text,
             iso(wal_old.last_commit.get(key)) if wal_old is not None and ot else None))
-    return tr
+        if emit is not None and len(tr.changes) - sent >= EMIT_EVERY:
+            emit(tr.table, tr.changes[sent:])
+            sent = len(tr.changes)
+    if emit is not None and len(tr.changes) > sent:
+        emit(tr.table, tr.changes[sent:])
 
 
 def _iso_cached() -> Callable[[datetime | None], str | None]:
@@ -404,50 +429,84 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
             for side, w in (("old", wal_old), ("new", wal_new))}
         for w in (wal_old, wal_new):
             report.rows_shipped += w.rows_shipped if w else 0
-        old_xids: set[int] = set()
-        for cfg in tables:
-            if cfg.name not in metas:
-                continue
-            mo, mn = metas[cfg.name]
-            so = wal_old.tables.get(cfg.name) if wal_old else None
-            sn = wal_new.tables.get(cfg.name) if wal_new else None
-            if not mo.pk:
-                entry, utr = unkeyed_table(old, new, cfg, mo, run_id, report, wal_old, wal_new)
-                report.tables_without_pk.append(entry)
-                report.tables.append(utr)
-                continue
-            if report.method == "wal":
-                assert so is not None and sn is not None
-                keys = set(so.touched) | set(sn.touched)
-                lookup = list(keys)
-                tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, keys, at,
-                                     report)
-            else:
-                diff = compare_table(old, new, mo, mn.columns if mn.hidden else None)
-                report.rows_shipped += diff.rows_shipped
-                lookup = [json.dumps([kd[c] for c in mo.pk], default=str) for kd in diff.keys]
-                tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, None,
-                                     at, report)
-            if mn.hidden:
-                report.notes.append(
-                    f"{cfg.name}: column(s) {', '.join(mn.hidden)} exist on the new primary "
-                    "only (added after the split): compared on the columns both share; the "
-                    "old primary's rows take their default")
-            old_xids |= so.transactions if so else set()
-            report.tables.append(tr)
-        old_xids |= wal_old.no_pk_transactions if wal_old else set()
-        report.transactions = {
-            "old_committed": wal_old.committed_top if wal_old else None,
-            "old_touching_tables": len(old_xids) if wal_old else None,
-            "new_committed": wal_new.committed_top if wal_new else None}
-        report.unconfigured_tables = _other_tables(old, wal_old)
-        report.problems += _unaccountable(old, report, wal_old)
-        if promoted_at is not None and wal_old is not None:
-            report.in_time = split_in_time(report, wal_old.commit_times, promoted_at)
-        report.seconds = time.monotonic() - t0
-        if capture and not blocked(report):
-            store.capture(new, report)  # a blocked run is not kept: a retry finds afresh
+        with _capturing(new_dsn, run_id, capture) as cap:
+            old_xids = _find_tables(old, new, tables, metas, report, (wal_old, wal_new), at,
+                                    cap.add if cap is not None else None)
+            _conclude(old, report, wal_old, wal_new, old_xids, promoted_at)
+            report.seconds = time.monotonic() - t0
+            if cap is not None and not blocked(report):
+                cap.finish(report)  # a blocked run is not kept: a retry finds afresh
     return report
+
+
+@contextmanager
+def _capturing(new_dsn: str, run_id: str, capture: bool) -> Iterator[store.Capture | None]:
+    """The run's capture on a connection of its own (the new node's other connection
+    keeps reading rows while the changes already found are written); None when not
+    capturing or already captured."""
+    if not capture:
+        yield None
+        return
+    with connect(new_dsn) as conn, store.capturing(conn, run_id) as cap:
+        yield cap
+
+
+def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
+                 metas: dict[str, tuple[TableMeta, TableMeta]], report: DivergenceReport,
+                 wal: tuple[WalSide | None, WalSide | None], at: datetime | None,
+                 emit: Emit | None) -> set[int]:
+    """Every table's changes into ``report`` (and to ``emit`` as found, in report order);
+    the old side's transactions that touched them."""
+    wal_old, wal_new = wal
+    run_id = report.run_id
+    old_xids: set[int] = set()
+    for cfg in tables:
+        if cfg.name not in metas:
+            continue
+        mo, mn = metas[cfg.name]
+        so = wal_old.tables.get(cfg.name) if wal_old else None
+        sn = wal_new.tables.get(cfg.name) if wal_new else None
+        if not mo.pk:
+            entry, utr = unkeyed_table(old, new, cfg, mo, run_id, report, wal_old, wal_new)
+            report.tables_without_pk.append(entry)
+            report.tables.append(utr)
+            if emit is not None and utr.changes:
+                emit(utr.table, utr.changes)
+            continue
+        if report.method == "wal":
+            assert so is not None and sn is not None
+            keys = set(so.touched) | set(sn.touched)
+            lookup = list(keys)
+            tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, keys, at,
+                                 report, emit)
+        else:
+            diff = compare_table(old, new, mo, mn.columns if mn.hidden else None)
+            report.rows_shipped += diff.rows_shipped
+            lookup = [json.dumps([kd[c] for c in mo.pk], default=str) for kd in diff.keys]
+            tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, None,
+                                 at, report, emit)
+        if mn.hidden:
+            report.notes.append(
+                f"{cfg.name}: column(s) {', '.join(mn.hidden)} exist on the new primary "
+                "only (added after the split): compared on the columns both share; the "
+                "old primary's rows take their default")
+        old_xids |= so.transactions if so else set()
+        report.tables.append(tr)
+    return old_xids
+
+
+def _conclude(old: Conn, report: DivergenceReport, wal_old: WalSide | None,
+              wal_new: WalSide | None, old_xids: set[int], promoted_at: datetime | None) -> None:
+    """Transactions, tables and problems the table loop does not see, and the time split."""
+    old_xids |= wal_old.no_pk_transactions if wal_old else set()
+    report.transactions = {
+        "old_committed": wal_old.committed_top if wal_old else None,
+        "old_touching_tables": len(old_xids) if wal_old else None,
+        "new_committed": wal_new.committed_top if wal_new else None}
+    report.unconfigured_tables = _other_tables(old, wal_old)
+    report.problems += _unaccountable(old, report, wal_old)
+    if promoted_at is not None and wal_old is not None:
+        report.in_time = split_in_time(report, wal_old.commit_times, promoted_at)
 
 
 def blocked(report: DivergenceReport) -> bool:
