@@ -47,6 +47,16 @@ def key_from_array(text: str) -> str:
     return canonical_key(parse_row(text))
 
 
+_CANONICAL_INTS = re.compile(r"\[-?[0-9]+(?:,-?[0-9]+)*\]")
+
+
+def key_values(key: str) -> list[Any]:
+    """The values of a canonical key (``json.loads``; integer-only keys without it)."""
+    if _CANONICAL_INTS.fullmatch(key):
+        return [int(v) for v in key[1:-1].split(",")]
+    return json.loads(key)  # type: ignore[no-any-return]
+
+
 def key_of(row: Row, pk: list[str]) -> str:
     return canonical_key([row[c] for c in pk])
 

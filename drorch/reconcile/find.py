@@ -48,6 +48,7 @@ from drorch.reconcile.classify import (
     decide,
     differing_columns,
     key_from_array,
+    key_values,
     parse_row,
     side_op,
 )
@@ -115,7 +116,7 @@ def _both(on_old: Callable[[], T], on_new: Callable[[], T]) -> tuple[T, T]:
 
 
 def _key_dict(meta: TableMeta, key: str) -> dict[str, Any]:
-    return dict(zip(meta.pk, json.loads(key), strict=True))
+    return dict(zip(meta.pk, key_values(key), strict=True))
 
 
 def _base(a: Any, b: Any, ot: bool | None, nt: bool | None, obase: bool | None,
@@ -161,6 +162,8 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
 
 
 Rows = dict[str, tuple[str, datetime | None]]
+_PRESENT = object()
+"""Stands for a row whose values are not needed (only that it exists)."""
 Emit = Callable[[str, list[Change]], None]
 """Receives a table's changes as they are found (the capture), in report order."""
 EMIT_EVERY = 5_000
@@ -178,6 +181,10 @@ def _judge(tr: TableReport, meta: TableMeta, cfg: ReconcileTable, run_id: str,
     rekey = cfg.collisions == "rekey" and meta.key_sequence is not None
     iso = _iso_cached()
     sent = len(tr.changes)
+    # A row only the old side has differs in all its columns: those of the old table (the
+    # fenced node's catalog cannot change), checked against the first such row parsed
+    # (None: not checked yet; empty: they differed, every row is parsed).
+    old_columns: list[str] | None = None
     for key in sorted(keys if keys is not None else set(a_rows) | set(b_rows)):
         a_ent, b_ent = a_rows.get(key), b_rows.get(key)
         o_touch = wal_old.touched.get(key) if wal_old is not None else None
@@ -188,7 +195,12 @@ def _judge(tr: TableReport, meta: TableMeta, cfg: ReconcileTable, run_id: str,
             if o_touch is not None and n_touch is not None:
                 tr.converged += 1
             continue
-        a = parse_row(a_text) if a_text is not None else None
+        if b_text is None and old_columns:
+            a: Any = _PRESENT  # its columns are known; only its presence is judged below
+        else:
+            a = parse_row(a_text) if a_text is not None else None
+            if b_text is None and old_columns is None:
+                old_columns = sorted(a) if sorted(a) == sorted(meta.columns) else []
         b = parse_row(b_text) if b_text is not None else None
         ot = (o_touch is not None) if wal_old is not None else _after(a_ent, at)
         nt = (n_touch is not None) if wal_new is not None else _after(b_ent, at)
@@ -204,7 +216,7 @@ def _judge(tr: TableReport, meta: TableMeta, cfg: ReconcileTable, run_id: str,
         tr.changes.append(Change(
             change_id(run_id, cfg.name, key), cfg.name, _key_dict(meta, key), kind,
             decide(kind, cfg.policy, undetermined, base, rekey=rekey),
-            differing_columns(a, b),
+            list(old_columns) if a is _PRESENT else differing_columns(a, b),
             side_op(base, a) if ot is not False else None,
             side_op(base, b) if nt is not False else None, undetermined, a_text, b_text,
             iso(wal_old.last_commit.get(key)) if wal_old is not None and ot else None))
