@@ -141,7 +141,8 @@ class Capture:
         self._run = _copy_text(run_id)
         self._seq = 0
         self._columns: dict[tuple[str, ...], str] = {}  # a table's changes share a few lists
-        self.report: DivergenceReport | None = None
+        self.report: str | None = None
+        """The finished run's report (JSON, counts only)."""
 
     def add(self, table: str, changes: Sequence[Change]) -> None:
         """Capture these changes of ``table`` (after every change added before)."""
@@ -150,8 +151,9 @@ class Capture:
 
     def finish(self, report: DivergenceReport) -> None:
         """Keep the run, with ``report`` (counts only): it commits when the block ends.
-        A capture left unfinished is rolled back."""
-        self.report = report
+        A capture left unfinished is rolled back. The report is rendered now, while the
+        server still works through the changes queued before it."""
+        self.report = json.dumps(report.to_dict(with_changes=False), default=str)
 
     def _lines(self, table: str, changes: Sequence[Change]) -> str:
         run, tbl = self._run, _copy_text(table)
@@ -164,7 +166,7 @@ class Capture:
             lines.append("\t".join((
                 run, c.change_id, str(self._seq), tbl,
                 _copy_text(_KEY_ENCODER.encode(c.key)), c.kind, c.action, cols,
-                _copy_text(c.old_op), _copy_text(c.new_op), "t" if c.undetermined else "f",
+                _op(c.old_op), _op(c.new_op), "t" if c.undetermined else "f",
                 _copy_text(c.old_row), _copy_text(c.new_row))))
         return "\n".join(lines) + "\n" if lines else ""
 
@@ -191,7 +193,7 @@ def capturing(conn: Conn, run_id: str) -> Iterator[Capture | None]:
         if cap.report is None:
             raise psycopg.Rollback(tx)
         conn.execute("UPDATE drorch_reconcile.runs SET report = %s::jsonb WHERE run_id = %s",
-                     (json.dumps(cap.report.to_dict(with_changes=False), default=str), run_id))
+                     (cap.report, run_id))
 
 
 def _skip_proven_reference_checks(conn: Conn) -> None:
@@ -202,6 +204,11 @@ def _skip_proven_reference_checks(conn: Conn) -> None:
     do); anyone else keeps the check."""
     if scalar(conn, "SELECT current_setting('is_superuser')") == "on":
         conn.execute("SET LOCAL session_replication_role = replica")
+
+
+def _op(op: str | None) -> str:
+    """A side's operation in COPY text: one of a few plain words (never escaped), or NULL."""
+    return "\\N" if op is None else op
 
 
 def _copy_text(value: str | None) -> str:
