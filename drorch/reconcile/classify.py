@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -31,13 +32,43 @@ def canonical_key(values: list[Any]) -> str:
     return json.dumps(values, separators=(",", ":"), default=str)
 
 
+_INT_ARRAY = re.compile(r"\[(?:0|-?[1-9][0-9]*)(?:, (?:0|-?[1-9][0-9]*))*\]")
+
+
+def key_from_array(text: str) -> str:
+    """The canonical key of a ``jsonb_build_array(key columns)::text``.
+
+    Equal to ``canonical_key`` of the parsed values (what parsing the whole row gave):
+    integer-only keys, the usual case, are rewritten without parsing (``json.loads`` and
+    ``dumps`` render such an array identically but for the separator; ``-0`` is left to
+    the parser, which makes it ``0``)."""
+    if _INT_ARRAY.fullmatch(text):
+        return text.replace(", ", ",")
+    return canonical_key(parse_row(text))
+
+
+_CANONICAL_INTS = re.compile(r"\[-?[0-9]+(?:,-?[0-9]+)*\]")
+
+
+def key_values(key: str) -> list[Any]:
+    """The values of a canonical key (``json.loads``; integer-only keys without it)."""
+    if _CANONICAL_INTS.fullmatch(key):
+        return [int(v) for v in key[1:-1].split(",")]
+    return json.loads(key)  # type: ignore[no-any-return]
+
+
 def key_of(row: Row, pk: list[str]) -> str:
     return canonical_key([row[c] for c in pk])
 
 
+_ROW_DECODER = json.JSONDecoder(parse_float=Decimal)
+"""One decoder for every row: ``json.loads(text, parse_float=...)`` builds a new one per
+call, which cost as much as parsing a small row."""
+
+
 def parse_row(text: str) -> Row:
     """A ``to_jsonb(row)::text`` as a dict; numbers as exact decimals or ints."""
-    return json.loads(text, parse_float=Decimal)
+    return _ROW_DECODER.decode(text)  # type: ignore[no-any-return]
 
 
 def differing_columns(a: Row | None, b: Row | None) -> list[str]:

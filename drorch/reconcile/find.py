@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -42,11 +43,12 @@ from drorch.reconcile.catalog import (
 )
 from drorch.reconcile.classify import (
     attribute,
-    canonical_key,
     change_id,
     classify,
     decide,
     differing_columns,
+    key_from_array,
+    key_values,
     parse_row,
     side_op,
 )
@@ -68,31 +70,39 @@ def run_id_for(database: str, divergence: Divergence) -> str:
     return f"{database}@{divergence.timeline}:{divergence.lsn}"
 
 
-def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[dict[str, Any]], with_ts: bool,
+def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[str], with_ts: bool,
                  known: dict[str, str] | None) -> tuple[dict[str, tuple[str, datetime | None]],
                                                        int]:
     """Rows (``to_jsonb`` text and commit time) of the given keys, by canonical key, and
     how many rows were read here (shipped to drorch).
 
-    ``known``: rows this node already gave by TID (live, so current): not asked again."""
+    ``keys``: each key's values as a JSON array (canonical keys are). ``known``: rows this
+    node already gave by TID (live, so current): not asked again. The server builds the
+    key records and renders each row's key apart (``jsonb_build_array``), so drorch
+    neither encodes nor parses a row per key."""
     out: dict[str, tuple[str, datetime | None]] = {}
-    shipped = 0
     if known and not with_ts:
         out = {k: (v, None) for k, v in known.items()}
-        keys = [kd for kd in keys if canonical_key([kd[c] for c in meta.pk]) not in out]
+        keys = [k for k in keys if k not in out]
     if not keys:
         return out, 0
+    shipped = 0
     t_cols = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in meta.pk)
     k_cols = sql.SQL(", ").join(sql.SQL("k.{}").format(sql.Identifier(c)) for c in meta.pk)
+    fields = sql.SQL(", ").join(sql.SQL("{}, a.v -> {}").format(sql.Literal(c), sql.Literal(i))
+                                for i, c in enumerate(meta.pk))
     ts = sql.SQL("pg_xact_commit_timestamp(t.xmin)" if with_ts else "NULL::timestamptz")
-    q = sql.SQL("SELECT (to_jsonb(t) - %s::text[])::text, {ts} FROM {tbl} AS t JOIN "
-                "jsonb_populate_recordset(NULL::{tbl}, %s::jsonb) AS k ON ({t}) = ({k})"
-                ).format(ts=ts, tbl=meta.ident, t=t_cols, k=k_cols)
+    q = sql.SQL("SELECT jsonb_build_array({t})::text, (to_jsonb(t) - %s::text[])::text, {ts} "
+                "FROM {tbl} AS t JOIN jsonb_populate_recordset(NULL::{tbl}, "
+                "(SELECT jsonb_agg(jsonb_build_object({fields})) "
+                "FROM jsonb_array_elements(%s::jsonb) AS a(v))) AS k ON ({t}) = ({k})"
+                ).format(ts=ts, tbl=meta.ident, t=t_cols, k=k_cols, fields=fields)
     with conn.transaction():
         conn.execute("SET LOCAL enable_hashjoin = off")
         conn.execute("SET LOCAL enable_mergejoin = off")
-        for text, at in conn.execute(q, (list(meta.hidden), json.dumps(keys, default=str))):
-            out[canonical_key([parse_row(text)[c] for c in meta.pk])] = (text, at)
+        for key_text, text, at in conn.execute(q, (list(meta.hidden),
+                                                   "[" + ",".join(keys) + "]")):
+            out[key_from_array(key_text)] = (text, at)
             shipped += 1
     return out, shipped
 
@@ -106,7 +116,7 @@ def _both(on_old: Callable[[], T], on_new: Callable[[], T]) -> tuple[T, T]:
 
 
 def _key_dict(meta: TableMeta, key: str) -> dict[str, Any]:
-    return dict(zip(meta.pk, json.loads(key), strict=True))
+    return dict(zip(meta.pk, key_values(key), strict=True))
 
 
 def _base(a: Any, b: Any, ot: bool | None, nt: bool | None, obase: bool | None,
@@ -122,8 +132,8 @@ def _base(a: Any, b: Any, ot: bool | None, nt: bool | None, obase: bool | None,
 def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
                     cfg: ReconcileTable, run_id: str,
                     wal_old: SideTable | None, wal_new: SideTable | None,
-                    lookup: list[dict[str, Any]], keys: set[str] | None, at: datetime | None,
-                    report: DivergenceReport) -> TableReport:
+                    lookup: list[str], keys: set[str] | None, at: datetime | None,
+                    report: DivergenceReport, emit: Emit | None = None) -> TableReport:
     """Read both rows of every key in ``lookup``, classify, decide.
 
     ``metas``: the old and the new node's table (the new one may hide columns it alone
@@ -147,12 +157,51 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
         tr.old_touched, tr.old_transactions = len(wal_old.touched), len(wal_old.transactions)
     if wal_new is not None:
         tr.new_touched, tr.new_transactions = len(wal_new.touched), len(wal_new.transactions)
+    _judge(tr, meta, cfg, run_id, (wal_old, wal_new), (a_rows, b_rows), keys, at, emit)
+    return tr
+
+
+Rows = dict[str, tuple[str, datetime | None]]
+_PRESENT = object()
+"""Stands for a row whose values are not needed (only that it exists)."""
+Emit = Callable[[str, list[Change]], None]
+"""Receives a table's changes as they are found (the capture), in report order."""
+EMIT_EVERY = 5_000
+
+
+def _judge(tr: TableReport, meta: TableMeta, cfg: ReconcileTable, run_id: str,
+           wal: tuple[SideTable | None, SideTable | None], rows: tuple[Rows, Rows],
+           keys: set[str] | None, at: datetime | None, emit: Emit | None = None) -> None:
+    """Classify and decide every key (``keys``; None: every key with a row on either side)
+    into ``tr``, handing every ``EMIT_EVERY`` new changes to ``emit``. Runs once per
+    divergent key, so it does only what the key needs: rows with the same text are the
+    same row and are never parsed."""
+    wal_old, wal_new = wal
+    a_rows, b_rows = rows
+    rekey = cfg.collisions == "rekey" and meta.key_sequence is not None
+    iso = _iso_cached()
+    sent = len(tr.changes)
+    # A row only the old side has differs in all its columns: those of the old table (the
+    # fenced node's catalog cannot change), checked against the first such row parsed
+    # (None: not checked yet; empty: they differed, every row is parsed).
+    old_columns: list[str] | None = None
     for key in sorted(keys if keys is not None else set(a_rows) | set(b_rows)):
         a_ent, b_ent = a_rows.get(key), b_rows.get(key)
-        a = parse_row(a_ent[0]) if a_ent else None
-        b = parse_row(b_ent[0]) if b_ent else None
         o_touch = wal_old.touched.get(key) if wal_old is not None else None
         n_touch = wal_new.touched.get(key) if wal_new is not None else None
+        a_text = a_ent[0] if a_ent else None
+        b_text = b_ent[0] if b_ent else None
+        if a_text == b_text:  # the same text parses to the same row: nothing diverged
+            if o_touch is not None and n_touch is not None:
+                tr.converged += 1
+            continue
+        if b_text is None and old_columns:
+            a: Any = _PRESENT  # its columns are known; only its presence is judged below
+        else:
+            a = parse_row(a_text) if a_text is not None else None
+            if b_text is None and old_columns is None:
+                old_columns = sorted(a) if sorted(a) == sorted(meta.columns) else []
+        b = parse_row(b_text) if b_text is not None else None
         ot = (o_touch is not None) if wal_old is not None else _after(a_ent, at)
         nt = (n_touch is not None) if wal_new is not None else _after(b_ent, at)
         obase = o_touch.base_had if o_touch else None
@@ -166,14 +215,31 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
             continue
         tr.changes.append(Change(
             change_id(run_id, cfg.name, key), cfg.name, _key_dict(meta, key), kind,
-            decide(kind, cfg.policy, undetermined, base,
-                   rekey=cfg.collisions == "rekey" and meta.key_sequence is not None),
-            differing_columns(a, b),
+            decide(kind, cfg.policy, undetermined, base, rekey=rekey),
+            list(old_columns) if a is _PRESENT else differing_columns(a, b),
             side_op(base, a) if ot is not False else None,
-            side_op(base, b) if nt is not False else None, undetermined,
-            a_ent[0] if a_ent else None, b_ent[0] if b_ent else None,
-            _iso(wal_old.last_commit.get(key)) if wal_old is not None and ot else None))
-    return tr
+            side_op(base, b) if nt is not False else None, undetermined, a_text, b_text,
+            iso(wal_old.last_commit.get(key)) if wal_old is not None and ot else None))
+        if emit is not None and len(tr.changes) - sent >= EMIT_EVERY:
+            emit(tr.table, tr.changes[sent:])
+            sent = len(tr.changes)
+    if emit is not None and len(tr.changes) > sent:
+        emit(tr.table, tr.changes[sent:])
+
+
+def _iso_cached() -> Callable[[datetime | None], str | None]:
+    """``_iso`` remembered per moment: a side's keys share few commit times (one per
+    transaction), and formatting one per key was a visible cost."""
+    seen: dict[datetime, str] = {}
+
+    def iso(at: datetime | None) -> str | None:
+        if at is None:
+            return None
+        text = seen.get(at)
+        if text is None:
+            text = seen[at] = at.isoformat()
+        return text
+    return iso
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -375,49 +441,84 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
             for side, w in (("old", wal_old), ("new", wal_new))}
         for w in (wal_old, wal_new):
             report.rows_shipped += w.rows_shipped if w else 0
-        old_xids: set[int] = set()
-        for cfg in tables:
-            if cfg.name not in metas:
-                continue
-            mo, mn = metas[cfg.name]
-            so = wal_old.tables.get(cfg.name) if wal_old else None
-            sn = wal_new.tables.get(cfg.name) if wal_new else None
-            if not mo.pk:
-                entry, utr = unkeyed_table(old, new, cfg, mo, run_id, report, wal_old, wal_new)
-                report.tables_without_pk.append(entry)
-                report.tables.append(utr)
-                continue
-            if report.method == "wal":
-                assert so is not None and sn is not None
-                keys = set(so.touched) | set(sn.touched)
-                lookup = [_key_dict(mo, k) for k in keys]
-                tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, keys, at,
-                                     report)
-            else:
-                diff = compare_table(old, new, mo, mn.columns if mn.hidden else None)
-                report.rows_shipped += diff.rows_shipped
-                tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, diff.keys, None,
-                                     at, report)
-            if mn.hidden:
-                report.notes.append(
-                    f"{cfg.name}: column(s) {', '.join(mn.hidden)} exist on the new primary "
-                    "only (added after the split): compared on the columns both share; the "
-                    "old primary's rows take their default")
-            old_xids |= so.transactions if so else set()
-            report.tables.append(tr)
-        old_xids |= wal_old.no_pk_transactions if wal_old else set()
-        report.transactions = {
-            "old_committed": wal_old.committed_top if wal_old else None,
-            "old_touching_tables": len(old_xids) if wal_old else None,
-            "new_committed": wal_new.committed_top if wal_new else None}
-        report.unconfigured_tables = _other_tables(old, wal_old)
-        report.problems += _unaccountable(old, report, wal_old)
-        if promoted_at is not None and wal_old is not None:
-            report.in_time = split_in_time(report, wal_old.commit_times, promoted_at)
-        report.seconds = time.monotonic() - t0
-        if capture and not blocked(report):
-            store.capture(new, report)  # a blocked run is not kept: a retry finds afresh
+        with _capturing(new_dsn, run_id, capture) as cap:
+            old_xids = _find_tables(old, new, tables, metas, report, (wal_old, wal_new), at,
+                                    cap.add if cap is not None else None)
+            _conclude(old, report, wal_old, wal_new, old_xids, promoted_at)
+            report.seconds = time.monotonic() - t0
+            if cap is not None and not blocked(report):
+                cap.finish(report)  # a blocked run is not kept: a retry finds afresh
     return report
+
+
+@contextmanager
+def _capturing(new_dsn: str, run_id: str, capture: bool) -> Iterator[store.Capture | None]:
+    """The run's capture on a connection of its own (the new node's other connection
+    keeps reading rows while the changes already found are written); None when not
+    capturing or already captured."""
+    if not capture:
+        yield None
+        return
+    with connect(new_dsn) as conn, store.capturing(conn, run_id) as cap:
+        yield cap
+
+
+def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
+                 metas: dict[str, tuple[TableMeta, TableMeta]], report: DivergenceReport,
+                 wal: tuple[WalSide | None, WalSide | None], at: datetime | None,
+                 emit: Emit | None) -> set[int]:
+    """Every table's changes into ``report`` (and to ``emit`` as found, in report order);
+    the old side's transactions that touched them."""
+    wal_old, wal_new = wal
+    run_id = report.run_id
+    old_xids: set[int] = set()
+    for cfg in tables:
+        if cfg.name not in metas:
+            continue
+        mo, mn = metas[cfg.name]
+        so = wal_old.tables.get(cfg.name) if wal_old else None
+        sn = wal_new.tables.get(cfg.name) if wal_new else None
+        if not mo.pk:
+            entry, utr = unkeyed_table(old, new, cfg, mo, run_id, report, wal_old, wal_new)
+            report.tables_without_pk.append(entry)
+            report.tables.append(utr)
+            if emit is not None and utr.changes:
+                emit(utr.table, utr.changes)
+            continue
+        if report.method == "wal":
+            assert so is not None and sn is not None
+            keys = set(so.touched) | set(sn.touched)
+            lookup = list(keys)
+            tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, keys, at,
+                                 report, emit)
+        else:
+            diff = compare_table(old, new, mo, mn.columns if mn.hidden else None)
+            report.rows_shipped += diff.rows_shipped
+            lookup = [json.dumps([kd[c] for c in mo.pk], default=str) for kd in diff.keys]
+            tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, None,
+                                 at, report, emit)
+        if mn.hidden:
+            report.notes.append(
+                f"{cfg.name}: column(s) {', '.join(mn.hidden)} exist on the new primary "
+                "only (added after the split): compared on the columns both share; the "
+                "old primary's rows take their default")
+        old_xids |= so.transactions if so else set()
+        report.tables.append(tr)
+    return old_xids
+
+
+def _conclude(old: Conn, report: DivergenceReport, wal_old: WalSide | None,
+              wal_new: WalSide | None, old_xids: set[int], promoted_at: datetime | None) -> None:
+    """Transactions, tables and problems the table loop does not see, and the time split."""
+    old_xids |= wal_old.no_pk_transactions if wal_old else set()
+    report.transactions = {
+        "old_committed": wal_old.committed_top if wal_old else None,
+        "old_touching_tables": len(old_xids) if wal_old else None,
+        "new_committed": wal_new.committed_top if wal_new else None}
+    report.unconfigured_tables = _other_tables(old, wal_old)
+    report.problems += _unaccountable(old, report, wal_old)
+    if promoted_at is not None and wal_old is not None:
+        report.in_time = split_in_time(report, wal_old.commit_times, promoted_at)
 
 
 def blocked(report: DivergenceReport) -> bool:

@@ -9,17 +9,25 @@ its primary key is what makes applying idempotent). The schema is readable by
 superusers only: it holds the same values as the application tables,
 sensitive ones included, and they never leave the database except masked.
 
-A run is captured in one transaction: it exists completely or not at all.
+A run is captured in one transaction: it exists completely or not at all. Its
+changes are written while they are still being found (:func:`capturing`), on a
+connection of its own; the report row is completed last.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from drorch.reconcile._db import Conn
-from drorch.reconcile.model import DivergenceReport
+import psycopg
+from psycopg import Copy
+from psycopg.copy import QueuedLibpqWriter
+
+from drorch.reconcile._db import Conn, scalar
+from drorch.reconcile.model import Change, DivergenceReport
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS drorch_reconcile;
@@ -101,31 +109,106 @@ def load_report(conn: Conn, run_id: str) -> DivergenceReport | None:
 
 def capture(conn: Conn, report: DivergenceReport) -> bool:
     """Store the report and every change's rows; False if the run was already captured."""
-    ensure_schema(conn)
-    with conn.transaction():
-        inserted = conn.execute(
-            "INSERT INTO drorch_reconcile.runs (run_id, report) VALUES (%s, %s::jsonb) "
-            "ON CONFLICT (run_id) DO NOTHING RETURNING 1",
-            (report.run_id, json.dumps(report.to_dict(with_changes=False), default=str))
-        ).fetchone()
-        if not inserted:
+    with capturing(conn, report.run_id) as cap:
+        if cap is None:
             return False
-        seq = 0
-        with conn.cursor() as cur, cur.copy(
-                "COPY drorch_reconcile.changes (run_id, change_id, seq, tbl, key, kind, action, "
-                "columns, old_op, new_op, undetermined, old_row, new_row) FROM STDIN") as copy:
-            run = _copy_text(report.run_id)
-            for t in report.tables:
-                tbl = _copy_text(t.table)
-                for c in t.changes:
-                    seq += 1
-                    copy.write("\t".join((
-                        run, c.change_id, str(seq), tbl,
-                        _copy_text(json.dumps(c.key, default=str)), c.kind, c.action,
-                        _copy_text(_array_literal(c.columns)), _copy_text(c.old_op),
-                        _copy_text(c.new_op), "t" if c.undetermined else "f",
-                        _copy_text(c.old_row), _copy_text(c.new_row))) + "\n")
+        for t in report.tables:
+            cap.add(t.table, t.changes)
+        cap.finish(report)
     return True
+
+
+_COPY_CHANGES = ("COPY drorch_reconcile.changes (run_id, change_id, seq, tbl, key, kind, "
+                 "action, columns, old_op, new_op, undetermined, old_row, new_row) FROM STDIN")
+
+COPY_CHUNK_LINES = 5_000
+"""Lines handed to COPY per write: one write per line cost more than forming the line."""
+
+_KEY_ENCODER = json.JSONEncoder(default=str)
+"""``json.dumps(key, default=str)`` without building an encoder per change."""
+
+
+class Capture:
+    """A run being captured: changes go to the new primary as they are found.
+
+    Fed table by table in the report's order (``seq`` numbers them as :func:`changes`
+    returns them). The COPY's writes are queued to a thread of psycopg's, so the server
+    parses and indexes one batch while drorch classifies the next: capture no longer
+    waits for the whole classification, nor classification for the server."""
+
+    def __init__(self, copy: Copy, run_id: str) -> None:
+        self._copy = copy
+        self._run = _copy_text(run_id)
+        self._seq = 0
+        self._columns: dict[tuple[str, ...], str] = {}  # a table's changes share a few lists
+        self.report: str | None = None
+        """The finished run's report (JSON, counts only)."""
+
+    def add(self, table: str, changes: Sequence[Change]) -> None:
+        """Capture these changes of ``table`` (after every change added before)."""
+        for i in range(0, len(changes), COPY_CHUNK_LINES):
+            self._copy.write(self._lines(table, changes[i:i + COPY_CHUNK_LINES]))
+
+    def finish(self, report: DivergenceReport) -> None:
+        """Keep the run, with ``report`` (counts only): it commits when the block ends.
+        A capture left unfinished is rolled back. The report is rendered now, while the
+        server still works through the changes queued before it."""
+        self.report = json.dumps(report.to_dict(with_changes=False), default=str)
+
+    def _lines(self, table: str, changes: Sequence[Change]) -> str:
+        run, tbl = self._run, _copy_text(table)
+        lines = []
+        for c in changes:
+            self._seq += 1
+            cols = self._columns.get(tuple(c.columns))
+            if cols is None:
+                cols = self._columns[tuple(c.columns)] = _copy_text(_array_literal(c.columns))
+            lines.append("\t".join((
+                run, c.change_id, str(self._seq), tbl,
+                _copy_text(_KEY_ENCODER.encode(c.key)), c.kind, c.action, cols,
+                _op(c.old_op), _op(c.new_op), "t" if c.undetermined else "f",
+                _copy_text(c.old_row), _copy_text(c.new_row))))
+        return "\n".join(lines) + "\n" if lines else ""
+
+
+@contextmanager
+def capturing(conn: Conn, run_id: str) -> Iterator[Capture | None]:
+    """Capture run ``run_id`` in one transaction on ``conn`` (nothing else may use it
+    meanwhile); None when the run is already captured. The run is kept only when
+    :meth:`Capture.finish` was called and the block ends without an error: a run exists
+    completely or not at all."""
+    ensure_schema(conn)
+    with conn.transaction() as tx:
+        # the report is written last, when it is known; until the commit nobody sees the row
+        if not conn.execute("INSERT INTO drorch_reconcile.runs (run_id, report) VALUES "
+                            "(%s, '{}'::jsonb) ON CONFLICT (run_id) DO NOTHING RETURNING 1",
+                            (run_id,)).fetchone():
+            yield None
+            return
+        _skip_proven_reference_checks(conn)
+        with conn.cursor() as cur, cur.copy(_COPY_CHANGES,
+                                            writer=QueuedLibpqWriter(cur)) as copy:
+            cap = Capture(copy, run_id)
+            yield cap
+        if cap.report is None:
+            raise psycopg.Rollback(tx)
+        conn.execute("UPDATE drorch_reconcile.runs SET report = %s::jsonb WHERE run_id = %s",
+                     (cap.report, run_id))
+
+
+def _skip_proven_reference_checks(conn: Conn) -> None:
+    """Every change captured references the run row this transaction has just inserted
+    (and holds, unseen by anyone else): their foreign-key check, a trigger per row and a
+    quarter of the COPY's time on the server, cannot fail. A superuser's capture skips it
+    for this transaction only (``SET LOCAL session_replication_role``, as bulk restores
+    do); anyone else keeps the check."""
+    if scalar(conn, "SELECT current_setting('is_superuser')") == "on":
+        conn.execute("SET LOCAL session_replication_role = replica")
+
+
+def _op(op: str | None) -> str:
+    """A side's operation in COPY text: one of a few plain words (never escaped), or NULL."""
+    return "\\N" if op is None else op
 
 
 def _copy_text(value: str | None) -> str:

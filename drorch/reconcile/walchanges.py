@@ -104,8 +104,15 @@ def touched_keys(records: list[HeapRecord], live: Mapping[RelTid, str],
                          first.head_lsn if first else head_lsn, *latest)
 
     for (rel, tid), key in live.items():
-        base, head_lsn = chains.head(rel, tid, 1 << 64)
         creators = chains.creators.get((rel, tid))
+        if creators is not None and len(creators) == 1 and creators[0].op == "insert" \
+                and key not in out:
+            # the usual case (bulk inserts): the chain is one insert in the window, so the
+            # key is new on this side; what ``head`` and ``note`` conclude, without them
+            r = creators[0]
+            out[key] = Touch(False, r.lsn, r.lsn, r.xid)
+            continue
+        base, head_lsn = chains.head(rel, tid, 1 << 64)
         note(key, base, head_lsn, creators[-1] if creators else None)
     for r in records:
         if r.op == "delete" or (r.op == "update" and r.lsn in old_keys):

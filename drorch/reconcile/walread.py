@@ -34,7 +34,7 @@ from drorch.reconcile import walbytes as wb
 from drorch.reconcile import walparse as wp
 from drorch.reconcile._db import Conn
 from drorch.reconcile.catalog import TableMeta
-from drorch.reconcile.classify import canonical_key, parse_row
+from drorch.reconcile.classify import key_from_array
 from drorch.reconcile.tidfetch import fetch_live, fetch_unkeyed
 from drorch.reconcile.tupledecode import UnsupportedKey, decode_logged_tuple
 from drorch.reconcile.walchanges import (
@@ -204,11 +204,11 @@ def _canonical_keys(conn: Conn, meta: TableMeta, raw: dict[int, dict[str, Any]])
         return {}
     lsns = list(raw)
     payload = json.dumps([raw[k] for k in lsns], default=str)
-    rows = conn.execute(sql.SQL("SELECT to_jsonb(r)::text FROM jsonb_populate_recordset("
-                                "NULL::{}, %s::jsonb) AS r").format(meta.ident),
-                        (payload,)).fetchall()
-    return {lsn: canonical_key([parse_row(t)[c] for c in meta.pk])
-            for lsn, (t,) in zip(lsns, rows, strict=True)}
+    key = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in meta.pk)
+    rows = conn.execute(sql.SQL("SELECT jsonb_build_array({})::text FROM "
+                                "jsonb_populate_recordset(NULL::{}, %s::jsonb) AS r").format(
+                            key, meta.ident), (payload,)).fetchall()
+    return {lsn: key_from_array(t) for lsn, (t,) in zip(lsns, rows, strict=True)}
 
 
 def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], dboid: int, *,

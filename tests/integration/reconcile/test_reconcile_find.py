@@ -13,8 +13,11 @@ from drorch.reconcile import (
     ReconcileSpec,
     ReconcileTable,
     find_divergence,
+    store,
     verify_fenced,
 )
+from drorch.reconcile._db import connect
+from drorch.reconcile.model import Change, Divergence, TableReport
 from tests.integration.reconcile.reconcile_story import SECRET_MARK, Story, expected, spec
 
 pytestmark = pytest.mark.postgres
@@ -167,3 +170,64 @@ def test_new_primary_wal_gone_never_reverts_what_only_the_new_side_changed(
         assert not b_only_undetermined
     else:  # the issue's case: an old-wins table used to revert these to the split's value
         assert b_only_undetermined
+
+
+def _report(run_id: str) -> DivergenceReport:
+    tables = []
+    for name, ids in (("public.t1", (3, 1)), ("public.t2", (2,))):
+        tr = TableReport(name, ["id"], "old-wins")
+        tr.changes = [Change(f"{name}-{i}", name, {"id": i}, "old-only", "apply-old", ["id", "v"],
+                             "insert", None, False, json.dumps({"id": i, "v": "a\tb\\c"}), None)
+                      for i in ids]
+        tables.append(tr)
+    return DivergenceReport(run_id, "db", "wal", "test", Divergence("0/1", 2, 1), tables=tables)
+
+
+def _stored(dsn: str, run_id: str) -> tuple[int, list[tuple[int, str, str, str]]]:
+    with psycopg.connect(dsn) as c:
+        runs = c.execute("SELECT count(*) FROM drorch_reconcile.runs WHERE run_id = %s",
+                         (run_id,)).fetchone()
+        rows = c.execute("SELECT seq, tbl, change_id, old_row->>'v' FROM drorch_reconcile.changes "
+                         "WHERE run_id = %s ORDER BY seq", (run_id,)).fetchall()
+    assert runs is not None
+    return runs[0], rows
+
+
+def test_a_capture_streamed_while_finding_is_kept_only_when_finished(shared_story: Story
+                                                                      ) -> None:
+    """Changes are written as they are found, in report order (seq), in one transaction:
+    a capture not finished (a blocked run) or ended by an error leaves nothing, so a
+    retry finds afresh; a finished one is kept once with its report."""
+    dsn = shared_story.b.dsn()
+    run_id = "test-streamed-capture@2:0/1"
+    rep = _report(run_id)
+    with connect(dsn) as conn:
+        with store.capturing(conn, run_id) as cap:
+            assert cap is not None
+            cap.add("public.t1", rep.tables[0].changes)  # never finished: blocked
+        assert _stored(dsn, run_id) == (0, [])
+        with pytest.raises(RuntimeError), store.capturing(conn, run_id) as cap:
+            assert cap is not None
+            cap.add("public.t1", rep.tables[0].changes)
+            raise RuntimeError("found something wrong half-way")
+        assert _stored(dsn, run_id) == (0, [])
+        with store.capturing(conn, run_id) as cap:
+            assert cap is not None
+            cap.add("public.t1", rep.tables[0].changes[:1])
+            cap.add("public.t1", rep.tables[0].changes[1:])
+            cap.add("public.t2", rep.tables[1].changes)
+            cap.finish(rep)
+        try:
+            v = "a\tb\\c"
+            assert _stored(dsn, run_id) == (1, [(1, "public.t1", "public.t1-3", v),
+                                                (2, "public.t1", "public.t1-1", v),
+                                                (3, "public.t2", "public.t2-2", v)])
+            kept = conn.execute("SELECT report FROM drorch_reconcile.runs WHERE run_id = %s",
+                                (run_id,)).fetchone()
+            assert kept is not None and kept[0] == json.loads(json.dumps(
+                rep.to_dict(with_changes=False), default=str))
+            with store.capturing(conn, run_id) as cap:
+                assert cap is None  # captured once
+            assert not store.capture(conn, rep)
+        finally:
+            conn.execute("DELETE FROM drorch_reconcile.runs WHERE run_id = %s", (run_id,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -15,6 +16,8 @@ from drorch.reconcile.classify import (
     decide,
     differing_columns,
     fingerprint,
+    key_from_array,
+    key_values,
     mask,
     parse_row,
     side_op,
@@ -109,3 +112,19 @@ def test_both_sides_inserting_the_same_new_key_is_a_collision_never_a_policy_cho
         assert decide("conflict", policy, base=False) == "manual"
     assert decide("conflict", "old-wins", base=True) == "apply-old"
     assert decide("conflict", "new-wins", base=True) == "keep-new"
+
+
+@pytest.mark.parametrize("text", [
+    "[1]", "[1, 2]", "[-5, 0]", "[-0]", "[12345678901234567890123]", "[1.5]", "[1.50]",
+    "[1e+100]", '["a, b"]', '["é\\u0001"]', '[1, "x"]', "[true]", '["2020-01-01T00:00:00+00:00"]'])
+def test_a_key_rendered_by_the_server_is_the_key_parsed_from_its_row(text: str) -> None:
+    """``jsonb_build_array(key)::text`` gives the canonical key that parsing the row gave,
+    also on the fast path for integers (``-0`` parses to 0)."""
+    assert key_from_array(text) == canonical_key(parse_row(text))
+
+
+@pytest.mark.parametrize("key", ["[1]", "[1,2]", "[-5,0]", "[12345678901234567890123]",
+                                 '["1.5"]', '["a, b"]', '[1,"x"]', "[true]"])
+def test_key_values_are_the_json_values_of_the_canonical_key(key: str) -> None:
+    assert key_values(key) == json.loads(key)
+    assert canonical_key(key_values(key)) == key

@@ -6,6 +6,7 @@ import pytest
 
 from drorch.reconcile.walchanges import (
     KeysNotLogged,
+    Touch,
     committed_records,
     created_tids,
     touched_keys,
@@ -81,3 +82,14 @@ def test_transactions_touching_maps_subtransactions_to_their_parent() -> None:
     recs = [rec(1, "insert", (0, 1), xid=733), rec(2, "insert", (0, 2), xid=735),
             rec(3, "insert", (0, 3), xid=740)]
     assert transactions_touching(recs, {733: 732, 735: 732, 732: 732, 740: 740}) == {732, 740}
+
+
+def test_a_bulk_inserted_tuple_is_a_new_key_last_written_by_its_insert() -> None:
+    """The common case (one insert created the live tuple) gives what walking its chain
+    gives, also when another record of the window touched the same key first."""
+    recs = [rec(1, "insert", (0, 1), xid=20), rec(2, "delete", None, (0, 9), xid=21),
+            rec(3, "insert", (0, 2), xid=22)]
+    out = touched_keys(recs, {(REL, (0, 1)): "[1]", (REL, (0, 2)): "[2]"}, {2: "[2]"})
+    assert out["[1]"] == Touch(False, 1, 1, 20)
+    assert out["[2]"].base_had is True  # deleted at the split's row first, then inserted
+    assert (out["[2]"].last_lsn, out["[2]"].last_xid) == (3, 22)
