@@ -250,7 +250,8 @@ def split_in_time(report: DivergenceReport, commit_times: dict[int, datetime],
                   promoted_at: datetime) -> dict[str, Any]:
     """The old side's divergent writes before and after the failover's promotion.
 
-    ``commit_times``: every commit on the old primary after the split (its clock);
+    ``commit_times``: the old primary's commits after the split that wrote the
+    reconciled tables (its clock), by top-level xid;
     ``promoted_at``: when the failover's promotion was requested (drorch's clock: skew
     between the two shows as writes on the wrong side of the line, so the window is
     reported too). Rows are keys whose last old-side change committed then."""
@@ -375,6 +376,23 @@ def _other_tables(conn: Conn, side: WalSide | None) -> list[str]:
                                   "drorch_reconcile"):
             names.add(f"{row[0]}.{row[1]}")
     return sorted(names)
+
+
+def _vanished(conn: Conn, side: WalSide) -> list[tuple[str, int]]:
+    """Relation files of this database that took committed row changes after the split,
+    existed at the split (not created since) and belong to no relation now: a table the
+    old primary dropped. (A table it truncated or rewrote keeps a relation, and its
+    changes stop the WAL method; temporary tables write no WAL.)"""
+    out = []
+    for rel, n in sorted(side.other_rels.items()):
+        spc, _db, filenode = rel.split("/")
+        if int(filenode) in side.created_filenodes:
+            continue  # created after the split and dropped again: it held nothing at the split
+        oid = scalar(conn, "SELECT pg_filenode_relation(%s, %s)",
+                     (0 if spc == _default_spc(conn) else int(spc), int(filenode)))
+        if oid is None:
+            out.append((rel, n))
+    return out
 
 
 def _default_spc(conn: Conn) -> str:
@@ -518,7 +536,11 @@ def _conclude(old: Conn, report: DivergenceReport, wal_old: WalSide | None,
     report.unconfigured_tables = _other_tables(old, wal_old)
     report.problems += _unaccountable(old, report, wal_old)
     if promoted_at is not None and wal_old is not None:
-        report.in_time = split_in_time(report, wal_old.commit_times, promoted_at)
+        # only commits that wrote the database's tables: one that wrote nothing here
+        # (a temporary table, another database, a bare sequence) lost nothing
+        report.in_time = split_in_time(
+            report, {x: at for x, at in wal_old.commit_times.items() if x in old_xids},
+            promoted_at)
 
 
 def blocked(report: DivergenceReport) -> bool:
@@ -538,6 +560,14 @@ def _unaccountable(old: Conn, report: DivergenceReport, wal_old: WalSide | None)
             out.append(f"database {name}: {n} row changes committed on the old primary after "
                        f"the split; only {report.database} is reconciled and a rewind "
                        "erases the whole cluster's divergence")
+        for rel, n in _vanished(old, wal_old):
+            out.append(
+                f"relation file {rel}: {n} row changes committed on the old primary after "
+                "the split to a table that is no longer there (dropped there after the "
+                "split): drorch cannot apply them, nor carry the drop. The old primary was "
+                "not rewound and keeps them; recover what is needed from it (read-only), "
+                "then drop the table on the new primary too or accept the loss with the "
+                "data owner, and run the failback again")
         for table, n in sorted(wal_old.no_pk_removed.items()):
             if n:
                 out.append(f"{table}: no primary key, and the old primary deleted or updated "

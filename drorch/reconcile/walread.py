@@ -119,6 +119,8 @@ class WalSide:
     """``spc/db/filenode`` of unconfigured relations -> committed records"""
     rows_shipped: int = 0
     commit_times: dict[int, datetime] = field(default_factory=dict)
+    created_filenodes: set[int] = field(default_factory=set)
+    """Relation files this side created after the split (new tables, rewrites)."""
     """Top-level xid -> commit time (this node's clock), every commit after the split"""
 
 
@@ -249,7 +251,8 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
             if rec:
                 heap.append(rec)
     heap = committed_records(heap, committed)
-    side = WalSide(end, len({t for t in top_of.values()}), commit_times=commit_at)
+    side = WalSide(end, len({t for t in top_of.values()}), commit_times=commit_at,
+                   created_filenodes=created)
     if wp.lsn_to_int(end) > split:
         for db_oid, n in _query(conn, _OTHER_DBS_SQL, {"start": start, "end": end,
                                                        "xids": [str(x) for x in sorted(committed)],

@@ -111,6 +111,8 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     lab_mod.node_for(lab.runbook, "main", "region-a").start()
     late = dict(_insert(a, "notes", "body", (f"region-a-late-{i}",)) for i in range(7))
     old["notes"].update(late)
+    with psycopg.connect(a) as c:  # a commit that writes no table of the database
+        c.execute("CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1)")
     # Region-b acknowledged more than this test wrote: the failover's validation flows
     # checked out and mailed. Everything new on region-b since the split counts.
     for t in new:

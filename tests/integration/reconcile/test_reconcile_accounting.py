@@ -853,3 +853,25 @@ def test_rows_that_name_each_other_across_tables_are_written_together(
     for person in people.values():
         assert person["team_id"] is None or person["team_id"] in teams, person
     assert teams[1]["name"] == "b-team" and people[1]["name"] == "b-person"
+
+
+def test_a_table_the_old_primary_dropped_after_the_split_blocks_the_rewind(
+        workdir: Path, cleanup: list[Split]) -> None:
+    """Region-a writes three notes, then drops ``notes``; it also fills and drops a table
+    it created after the split. The notes' writes cannot be applied (and the drop is not
+    carried): the invariant fails naming them, so nothing rewinds region-a. The table
+    made and dropped after the split alone would not block."""
+    def on_old(s: Split) -> None:
+        for i in range(3):
+            s.old.insert(s.a.dsn(), "notes", "body", (f"a-{i}",))
+        _q(s.a.dsn(), "CREATE TABLE scratch (id int PRIMARY KEY); "
+                      "INSERT INTO scratch SELECT generate_series(1, 5)")
+        _q(s.a.dsn(), "DROP TABLE scratch; DROP TABLE notes")
+
+    split = _split(workdir, on_old, lambda s: None)
+    cleanup.append(split)
+    report, _applied, accounting = _reconcile(split, workdir / "conflicts.jsonl")
+    assert report.method == "wal" and not accounting.holds
+    (problem,) = [p for p in report.problems if "no longer there" in p]
+    assert "3 row changes" in problem
+    assert "Nothing was rewound" in accounting.problem()
