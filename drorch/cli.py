@@ -325,7 +325,7 @@ def reconcile_apply(
     inputs = {"file": str(conflict_file), "database": db.name}
     try:
         result = apply_conflict_file(conflict_file, dsn)
-    except (ApplyBlocked, NotCaptured, SchemaChanged, ValueError) as exc:
+    except (ApplyBlocked, NotCaptured, SchemaChanged, ValueError, OSError) as exc:
         engine.audit.record("reconcile.conflicts_not_applied", actor=who, inputs=inputs,
                             detail={"error": str(exc)})
         err.print(f"nothing applied: {exc}", highlight=False)

@@ -371,12 +371,25 @@ def slot_wal_cap_mb(target: Target) -> int:
     return int(row[0]) if row else -1
 
 
-def set_slot_wal_cap_mb(target: Target, mb: int) -> None:
-    """Set ``max_slot_wal_keep_size`` (``ALTER SYSTEM`` + reload: it is a sighup
-    setting). Server-wide: every slot of the node gets the cap."""
+def slot_wal_cap_altered(target: Target) -> bool:
+    """Whether ``max_slot_wal_keep_size`` comes from ``ALTER SYSTEM``
+    (``postgresql.auto.conf``) rather than the configuration file or the default."""
     with _use(target) as c:
-        c.execute(sql.SQL("ALTER SYSTEM SET max_slot_wal_keep_size = {}").format(
-            sql.Literal(f"{int(mb)}MB" if mb >= 0 else "-1")))
+        row = c.execute("SELECT coalesce(sourcefile, '') LIKE '%%postgresql.auto.conf' "
+                        "FROM pg_settings WHERE name = 'max_slot_wal_keep_size'").fetchone()
+    return bool(row and row[0])
+
+
+def set_slot_wal_cap_mb(target: Target, mb: int | None) -> None:
+    """Set ``max_slot_wal_keep_size`` (``ALTER SYSTEM`` + reload: it is a sighup
+    setting); None resets it to what the configuration file or the default says.
+    Server-wide: every slot of the node gets the cap."""
+    with _use(target) as c:
+        if mb is None:
+            c.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        else:
+            c.execute(sql.SQL("ALTER SYSTEM SET max_slot_wal_keep_size = {}").format(
+                sql.Literal(f"{int(mb)}MB" if mb >= 0 else "-1")))
         c.execute("SELECT pg_reload_conf()")
 
 

@@ -64,35 +64,58 @@ def initdb_template() -> Path | None:
                              ).hexdigest()[:12]
         root = Path(tempfile.gettempdir()) / f"drorch-initdb-{os.geteuid()}"
         template = root / key
-        if (template / "global" / "pg_control").exists():
+        if _complete(template):
             return template
         root.mkdir(mode=0o755, exist_ok=True)
         os.chmod(root, 0o755)
         build = root / f"{key}.{os.getpid()}.{threading.get_ident()}"
         shutil.rmtree(build, ignore_errors=True)
         make_owned_dir(build)
-        run_pg_tool(["initdb", "-D", str(build), *INITDB_ARGS])
+        try:
+            _build_template(build)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)
+            raise
+        if template.exists() and not _complete(template):  # broken (half deleted): replace
+            shutil.rmtree(template, ignore_errors=True)
+        try:
+            os.rename(build, template)  # atomic: a template that exists is complete
+        except OSError:  # another process made it first
+            shutil.rmtree(build, ignore_errors=True)
+        return template
+
+
+def _complete(template: Path) -> bool:
+    return all((template / p).exists() for p in (
+        "PG_VERSION", "global/pg_control", "base", "pg_wal", "postgresql.conf"))
+
+
+def _build_template(build: Path) -> None:
+    """``initdb``, then one start and clean stop with the lab's settings."""
+    run_pg_tool(["initdb", "-D", str(build), *INITDB_ARGS])
+    # the socket in a short directory of its own: a long temporary path would exceed
+    # the 107 bytes a Unix socket path may have
+    sock = Path(tempfile.mkdtemp(prefix="drorch-s", dir="/tmp" if Path("/tmp").is_dir()
+                                 else None))
+    os.chmod(sock, 0o777)
+    try:
         # Started once with the lab's settings and shut down cleanly, so its control file
         # records them: a standby cloned from it needs its max_connections etc. no lower
         # than the control file says.
         with open(build / "postgresql.conf", "a") as fh:
             fh.write("\n# drorch lab template\n" + "".join(
                 f"{k} = {v}\n" for k, v in {**LAB_SETTINGS, "listen_addresses": "''",
-                                            "unix_socket_directories": f"'{build}'"}.items()))
-        log = root / f"{build.name}.log"
+                                            "unix_socket_directories": f"'{sock}'"}.items()))
+        log = sock / "template.log"
         log.touch()
         if _is_root():
             shutil.chown(log, SUPERUSER, SUPERUSER)
         run_pg_tool(["pg_ctl", "-D", str(build), "-l", str(log), "-w", "-t", "60",
                      "-o", "-p 1", "start"], timeout=70)
         run_pg_tool(["pg_ctl", "-D", str(build), "-m", "fast", "-w", "stop"])
-        log.unlink()
         (build / "postmaster.opts").unlink(missing_ok=True)
-        try:
-            os.rename(build, template)  # atomic: a template that exists is complete
-        except OSError:  # another process made it first
-            shutil.rmtree(build, ignore_errors=True)
-        return template
+    finally:
+        shutil.rmtree(sock, ignore_errors=True)
 
 
 class PostgresUnavailable(RuntimeError):

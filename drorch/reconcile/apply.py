@@ -168,14 +168,19 @@ def apply_one(conn: Conn, meta: TableMeta, run_id: str, ch: store.StoredChange, 
     return outcome
 
 
+def _lock_run(conn: Conn, run_id: str) -> None:
+    """The run's advisory lock, to the end of the caller's transaction."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                 (f"drorch_reconcile:{run_id}",))
+
+
 @contextmanager
 def _replica_role_txn(conn: Conn, run_id: str) -> Iterator[None]:
     """A transaction that writes like logical replication and holds the run's advisory
     lock: appliers of one run (a rerun beside a stuck one, resolve beside apply) take
     turns, so what one stages as unrecorded stays so until it commits."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                     (f"drorch_reconcile:{run_id}",))
+        _lock_run(conn, run_id)
         conn.execute("SET LOCAL session_replication_role = replica")
         # also on a caller's connection (resolve), whose session may wait forever
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
@@ -183,10 +188,65 @@ def _replica_role_txn(conn: Conn, run_id: str) -> Iterator[None]:
         yield
 
 
+def _would_dangle(conn: Conn, meta: TableMeta, run_id: str, ch: store.StoredChange
+                  ) -> str | None:
+    """Why writing this change by itself (a human's resolution) would break a foreign
+    key the apply does not check, or None: its parent is not on the new primary, its key
+    names a re-keyed parent (the row belongs under the parent's new key), or (a delete)
+    a child on the new primary still names it."""
+    params: dict[str, Any] = {"run": run_id, "cid": ch.change_id, **_ref_params(meta)}
+    src = sql.SQL("FROM drorch_reconcile.changes c, {carry} WHERE c.run_id = %(run)s "
+                  "AND c.change_id = %(cid)s").format(carry=_CARRY)
+    if ch.old_absent:
+        for child, ccols, pcols in meta.referenced_by:
+            cschema, ctable = child.split(".", 1)
+            match = sql.SQL(" AND ").join(
+                sql.SQL("x.{cc}::text = c.key->>{pc}").format(cc=sql.Identifier(cc),
+                                                             pc=sql.Literal(pc))
+                for cc, pc in zip(ccols, pcols, strict=True))
+            if all(pc in meta.pk for pc in pcols) and conn.execute(sql.SQL(
+                    "SELECT 1 FROM drorch_reconcile.changes c WHERE c.run_id = %(run)s "
+                    "AND c.change_id = %(cid)s AND EXISTS (SELECT 1 FROM {ct} x WHERE {m})"
+                    ).format(ct=sql.Identifier(cschema, ctable), m=match), params).fetchone():
+                return f"rows of {child} on the new primary still name it ({', '.join(ccols)})"
+        return None
+    for col, parent in meta.references:
+        parent_meta = load_table(conn, parent)
+        if parent_meta is None or len(parent_meta.pk) != 1:
+            continue
+        pcol = parent_meta.pk[0]
+        if col in meta.pk and conn.execute(
+                "SELECT 1 FROM drorch_reconcile.changes c JOIN drorch_reconcile.rekeyed m "
+                "ON m.run_id = c.run_id AND m.tbl = %(parent)s AND m.old_id = CASE WHEN "
+                "jsonb_typeof(c.old_row->%(col)s) = 'number' THEN "
+                "(c.old_row->>%(col)s)::numeric::bigint END JOIN drorch_reconcile.applied a "
+                "ON a.run_id = m.run_id AND a.change_id = m.change_id AND a.outcome = 'rekeyed' "
+                "WHERE c.run_id = %(run)s AND c.change_id = %(cid)s",
+                {**params, "parent": parent, "col": col}).fetchone():
+            return (f"its {col}, part of its key, names a row of {parent} that was re-keyed "
+                    "(see the key mapping file): insert this row yourself under the new "
+                    "key, then choose 'new'")
+        pschema, ptable = parent.split(".", 1)
+        if conn.execute(sql.SQL(
+                "SELECT 1 {src} AND (c.old_row || k.carry)->>{col} IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM {pt} x WHERE x.{pc}::text = "
+                "(c.old_row || k.carry)->>{col})").format(
+                src=src, col=sql.Literal(col), pt=sql.Identifier(pschema, ptable),
+                pc=sql.Identifier(pcol)), params).fetchone():
+            return (f"its {col} names a row of {parent} that is not on the new primary "
+                    "(not written, or deleted there)")
+    return None
+
+
 def _try_apply(conn: Conn, meta: TableMeta, run_id: str, ch: store.StoredChange, outcome: str,
                expected: str, replace: tuple[str, ...] = ()) -> tuple[str, str | None]:
     """:func:`apply_one`, with a refusal of the row returned as ``("error", why)``;
-    contention and anything else not about the row raise."""
+    contention and anything else not about the row raise. A row that would point at
+    nothing, or leave a child on the new primary pointing at nothing, is not written:
+    ``("error", "held: ...")``."""
+    why = _would_dangle(conn, meta, run_id, ch)
+    if why is not None:
+        return "error", _HELD + why
     try:
         return apply_one(conn, meta, run_id, ch, outcome, expected, replace), None
     except psycopg.Error as e:
@@ -375,9 +435,9 @@ def _hold_orphans(conn: Conn, meta: TableMeta, p: dict[str, Any], parents: _Pare
                 "AND s.held IS NULL AND s.cur IS NOT DISTINCT FROM s.new_row)"
             ) if parent == meta.name else sql.SQL("")
             held += conn.execute(sql.SQL(
-                "UPDATE drorch_batch b SET held = format('its %%s %%s names a row of %%s the "
+                "UPDATE drorch_batch b SET held = format('its %%s names a row of %%s the "
                 "old primary wrote that was not written here (%%s)', %(col)s::text, "
-                "b.orig->>%(col)s, %(parent)s::text, coalesce(a.outcome, CASE WHEN "
+                "%(parent)s::text, coalesce(a.outcome, CASE WHEN "
                 "pb.change_id IS NOT NULL THEN 'stale or held' ELSE 'refused or held' END)) "
                 "FROM drorch_reconcile.changes pc LEFT JOIN drorch_reconcile.applied a "
                 "ON a.run_id = pc.run_id AND a.change_id = pc.change_id "
@@ -390,8 +450,54 @@ def _hold_orphans(conn: Conn, meta: TableMeta, p: dict[str, Any], parents: _Pare
             ).format(in_batch=in_batch),
                 {**p, "col": col, "parent": parent, "pcol": pcol,
                  "group": parents.group}).rowcount
+            if not parents.group:  # (a group's rows are checked all together)
+                held += _hold_missing_parent(conn, meta, p, col, parent, pcol)
         if not held or all(parent != meta.name for _c, parent, _k in refs):
             break
+    for cid, why in conn.execute("SELECT change_id, held FROM drorch_batch "
+                                 "WHERE held IS NOT NULL"):
+        parents.blocked[str(cid)] = _HELD + str(why)
+
+
+def _hold_missing_parent(conn: Conn, meta: TableMeta, p: dict[str, Any], col: str,
+                         parent: str, pcol: str) -> int:
+    """Hold rows whose foreign key names a row that is not on the new primary now (the
+    new primary deleted it, or it was never there) and is not being written in this batch:
+    foreign keys are not checked while applying. Returns rows held."""
+    pschema, ptable = parent.split(".", 1)
+    in_batch = sql.SQL(
+        "AND NOT EXISTS (SELECT 1 FROM drorch_batch s WHERE s.held IS NULL "
+        "AND s.cur IS NOT DISTINCT FROM s.new_row AND (s.r).{pc} = (b.r).{c})").format(
+        pc=sql.Identifier(pcol), c=sql.Identifier(col)) if parent == meta.name else sql.SQL("")
+    return conn.execute(sql.SQL(
+        "UPDATE drorch_batch b SET held = format('its %%s names a row of %%s that is not on "
+        "the new primary (deleted there, or never written)', %(col)s::text, %(parent)s::text) "
+        "WHERE b.held IS NULL AND (b.r).{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {pt} x "
+        "WHERE x.{pc} = (b.r).{c}) {in_batch}").format(
+        c=sql.Identifier(col), pt=sql.Identifier(pschema, ptable), pc=sql.Identifier(pcol),
+        in_batch=in_batch), {**p, "col": col, "parent": parent}).rowcount
+
+
+def _hold_referenced(conn: Conn, meta: TableMeta, p: dict[str, Any],
+                     parents: _Parents) -> None:
+    """Hold back deletes of rows a child on the new primary still names (one the new
+    primary inserted after the split): neither the foreign key nor its ON DELETE action
+    runs while applying, so the child would be left pointing at nothing."""
+    for child, ccols, pcols in meta.referenced_by:
+        cschema, ctable = child.split(".", 1)
+        match = sql.SQL(" AND ").join(
+            sql.SQL("x.{cc} = (b.r).{pc}").format(cc=sql.Identifier(cc), pc=sql.Identifier(pc))
+            for cc, pc in zip(ccols, pcols, strict=True))
+        going = sql.SQL(
+            "AND NOT EXISTS (SELECT 1 FROM drorch_batch s WHERE s.held IS NULL AND {m})").format(
+            m=_match(meta, "x", "s.r")) if child == meta.name and meta.pk else sql.SQL("")
+        conn.execute(sql.SQL(
+            "UPDATE drorch_batch b SET held = format('rows of %%s on the new primary still "
+            "name it (%%s)', %(child)s::text, %(ccols)s::text) WHERE b.held IS NULL "
+            "AND b.cur IS NOT DISTINCT FROM b.new_row AND EXISTS (SELECT 1 FROM {ct} x "
+            "WHERE {match} {going})").format(ct=sql.Identifier(cschema, ctable), match=match,
+                                             going=going),
+            {**p, "child": child, "ccols": ", ".join(ccols)})
     for cid, why in conn.execute("SELECT change_id, held FROM drorch_batch "
                                  "WHERE held IS NOT NULL"):
         parents.blocked[str(cid)] = _HELD + str(why)
@@ -418,47 +524,59 @@ def _retry_held(conn: Conn, metas: dict[str, TableMeta], order: list[str], run_i
             _apply_rows(conn, metas[table], run_id, seq, seq, False, parents, errors)
         if len(parents.blocked) >= len(held):
             rows = [r for r in rows if r[2] in parents.blocked]
-            if len(rows) > 1 and _apply_group(conn, metas, run_id, rows, parents):
-                parents.blocked = {}
-            return
+            if len(rows) < 2 or not _apply_group(conn, metas, run_id, rows, parents):
+                return
 
 
 class _GroupRefused(Exception):
-    """A row of a group was not written: the whole group is rolled back."""
+    """Rows of a group were not written: the whole attempt is rolled back."""
+
+    def __init__(self, failed: set[str]) -> None:
+        super().__init__(f"{len(failed)} rows of the group not written")
+        self.failed = failed
 
 
 def _apply_group(conn: Conn, metas: dict[str, TableMeta], run_id: str,
                  rows: list[tuple[str, int, str]], parents: _Parents) -> bool:
     """Write rows that name each other (a foreign-key cycle between tables, a chain held
     across batches) in one transaction, each counting the others as written; all or
-    none: if any is refused, stale or held for a parent outside the group, nothing of it
-    is written and they stay held. True when written."""
-    held = parents.blocked
-    ids = [cid for _t, _q, cid in rows]
+    none. Rows refused, stale or held for a parent outside the group are dropped from it
+    and the rest tried again, so an unrelated held row does not hold a cycle back. True
+    when some were written; what stays held is in ``parents.blocked``."""
+    held = dict(parents.blocked)
+    group = list(rows)
+    while len(group) > 1:
+        ids = [cid for _t, _q, cid in group]
 
-    def txn() -> None:
-        with _replica_role_txn(conn, run_id):
-            for table, seq, _cid in rows:
-                _apply_set(conn, metas[table], run_id, seq, seq, False, parents)
-            written = conn.execute(
-                "SELECT count(*) FROM drorch_reconcile.applied WHERE run_id = %s AND "
-                "change_id = ANY(%s) AND outcome IN ('applied', 'rekeyed')", (run_id, ids)
-            ).fetchone()
-            if written is None or written[0] != len(ids):
-                raise _GroupRefused
+        def txn(group: list[tuple[str, int, str]] = group, ids: list[str] = ids) -> None:
+            refused: set[str] = set()
+            with _replica_role_txn(conn, run_id):
+                for table, seq, cid in group:
+                    try:
+                        with conn.transaction():
+                            _apply_set(conn, metas[table], run_id, seq, seq, False, parents)
+                    except psycopg.Error as e:
+                        if conn.closed or conn.broken or not _row_refused(e):
+                            raise
+                        refused.add(cid)
+                written = {str(r[0]) for r in conn.execute(
+                    "SELECT change_id FROM drorch_reconcile.applied WHERE run_id = %s AND "
+                    "change_id = ANY(%s) AND outcome IN ('applied', 'rekeyed')", (run_id, ids))}
+                if written != set(ids):
+                    raise _GroupRefused(set(ids) - written | refused)
 
-    parents.group, parents.blocked = ids, {}
-    try:
-        _retrying(f"{len(ids)} rows that name each other", txn)
+        parents.group, parents.blocked = ids, {}
+        try:
+            _retrying(f"{len(ids)} rows that name each other", txn)
+        except _GroupRefused as e:
+            group = [r for r in group if r[2] not in e.failed]
+            continue
+        finally:
+            parents.group = []
+        parents.blocked = {k: v for k, v in held.items() if k not in ids}
         return True
-    except _GroupRefused:
-        return False
-    except psycopg.Error as e:
-        if conn.closed or conn.broken or not _row_refused(e):
-            raise
-        return False
-    finally:
-        parents.group, parents.blocked = [], held
+    parents.blocked = held
+    return False
 
 
 def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
@@ -533,7 +651,9 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
         "new_row jsonb, cur jsonb, had boolean NOT NULL, held text, orig jsonb, r {}) "
         "ON COMMIT DROP").format(tbl))
     _load_batch(conn, meta, p, deletes, parents)
-    if not deletes:
+    if deletes:
+        _hold_referenced(conn, meta, p, parents)
+    else:
         _hold_orphans(conn, meta, p, parents)
     claim = conn.execute(
         "INSERT INTO drorch_reconcile.applied (run_id, change_id, outcome) "
@@ -772,7 +892,12 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
         metas = {t.table: as_captured(conn, run_id, m, t.new_only_columns)
                  for t in captured.tables if (m := load_table(conn, t.table)) is not None}
         before = {"applied": _count(conn, run_id, "applied")}
-        moved = assign_new_keys(conn, run_id, metas)
+        def keys() -> list[str]:  # under the run's lock: a second applier waits, then reuses
+            with conn.transaction():
+                _lock_run(conn, run_id)
+                return assign_new_keys(conn, run_id, metas)
+
+        moved = _retrying("assigning new keys", keys)
         parents = _rekeyed_parents(conn, run_id, metas)
         errors: dict[str, str] = {}
         order = _parents_first(order, metas)

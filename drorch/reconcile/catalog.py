@@ -47,6 +47,10 @@ class TableMeta:
     """(column, parent table) for each single-column foreign key: where a re-keyed
     parent's new key must be carried."""
 
+    referenced_by: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = ()
+    """(child table, its columns, this table's columns) of each foreign key naming this
+    table: a row still named by a child on the new primary must not be deleted."""
+
     def without(self, columns: list[str] | tuple[str, ...]) -> TableMeta:
         """This table compared and written on every column but ``columns``."""
         if not columns:
@@ -133,10 +137,21 @@ def load_table(conn: Conn, name: str) -> TableMeta | None:
         "AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = k.confrelid "
         "AND i.indisprimary AND i.indnkeyatts = 1 AND i.indkey[0] = k.confkey[1]) "
         "ORDER BY k.conname", (oid,)).fetchall()
+    children = conn.execute(
+        "SELECT format('%%s.%%s', n.nspname, c.relname), "
+        "array(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, i) "
+        "JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i), "
+        "array(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, i) "
+        "JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i) "
+        "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE k.confrelid = %s AND k.contype = 'f' ORDER BY k.conname", (oid,)).fetchall()
     return TableMeta(name, oid, pk, [str(r[0]) for r in cols], rels, {c: types[c] for c in pk},
                      frozenset(str(r[0]) for r in cols if r[2]),
                      frozenset(str(r[0]) for r in cols if r[3]), tuple(seqs),
-                     references=tuple((str(c), str(t)) for c, t in refs))
+                     references=tuple((str(c), str(t)) for c, t in refs),
+                     referenced_by=tuple((str(t), tuple(cc), tuple(pc))
+                                         for t, cc, pc in children))
 
 
 _SEQUENCES = """

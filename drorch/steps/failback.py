@@ -155,7 +155,9 @@ class ReconcileDivergence(Step):
         cap = (ctx.facts.get("split_wal_caps") or {}).get(self.target)
         if cap is not None and not ctx.facts.get(f"split:{self.target}:cap_restored"):
             # the cap the failover's promotion set: put the node's own setting back
-            pg.set_slot_wal_cap_mb(new_dsn, int(cap["previous_mb"]))
+            # as it was: ALTER SYSTEM's value again, or no ALTER SYSTEM entry at all
+            pg.set_slot_wal_cap_mb(new_dsn, int(cap["previous_mb"])
+                                   if cap.get("previous_by_alter_system") else None)
             ctx.facts.set(f"split:{self.target}:cap_restored", True)
             ctx.record("reconcile.split_wal_cap_restored", {
                 "database": self.target, "region": ctx.from_region,

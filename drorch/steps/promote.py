@@ -194,13 +194,16 @@ def _cap_split_wal(ctx: StepContext, database: str, dsn: str) -> dict[str, Any]:
     limit = ctx.runbook.database(database).split_wal_max_mb
     key = f"split:{database}:cap"
     done = ctx.facts.get(key)
-    if done is not None:
+    if done is not None:  # journaled first: a kill may have come before the setting
+        if pg.slot_wal_cap_mb(dsn) != done["cap_mb"]:
+            pg.set_slot_wal_cap_mb(dsn, int(done["cap_mb"]))
         return {"cap_mb": done["cap_mb"], "cap_set_by_drorch": True}
     current = pg.slot_wal_cap_mb(dsn)
     if limit is None or 0 <= current <= limit:
         return {"cap_mb": current if current >= 0 else None,
                 **({} if current >= 0 else {"unbounded": True})}
-    ctx.facts.set(key, {"cap_mb": limit, "previous_mb": current})  # before the change
+    ctx.facts.set(key, {"cap_mb": limit, "previous_mb": current,  # before the change
+                        "previous_by_alter_system": pg.slot_wal_cap_altered(dsn)})
     pg.set_slot_wal_cap_mb(dsn, limit)
     ctx.record("step.promote.split_wal_capped", {"database": database, "cap_mb": limit,
                                                  "previous_mb": current})

@@ -330,7 +330,8 @@ def test_failback_finds_every_divergent_write_and_loses_none(lab: Lab) -> None:
     # ... at most the runbook's split_wal_max_mb (max_slot_wal_keep_size was unlimited:
     # drorch set it for the failover, the failback put it back)
     assert pinned["cap_mb"] == 2048 and pinned["cap_set_by_drorch"]
-    assert store.fact(failover.id, "split:main:cap") == {"cap_mb": 2048, "previous_mb": -1}
+    assert store.fact(failover.id, "split:main:cap") == {
+        "cap_mb": 2048, "previous_mb": -1, "previous_by_alter_system": False}
     with psycopg.connect(_dsn(lab, "region-b")) as c:
         assert c.execute("SHOW max_slot_wal_keep_size").fetchone()[0] == "-1"
     for region in ("region-a", "region-b"):
