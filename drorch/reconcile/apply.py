@@ -511,7 +511,10 @@ def _retry_held(conn: Conn, metas: dict[str, TableMeta], order: list[str], run_i
                 parents: _Parents, errors: dict[str, str]) -> None:
     """Try the held rows again, one by one, while that writes some: a child held because
     its parent came later (a cycle, a later batch) goes in once the parent is written.
-    What stays held is in ``parents.blocked`` afterwards."""
+    What stays held is in ``parents.blocked`` afterwards. Passes alternate between
+    capture order and its reverse, so a chain written leaf first (each parent after its
+    child) goes in one pass, not one row per pass."""
+    backwards = True
     while parents.blocked:
         held = parents.blocked
         parents.blocked = {}
@@ -519,7 +522,8 @@ def _retry_held(conn: Conn, metas: dict[str, TableMeta], order: list[str], run_i
         rows = sorted(((str(t), int(q), str(c)) for t, q, c in conn.execute(
             "SELECT tbl, seq, change_id FROM drorch_reconcile.changes WHERE run_id = %s "
             "AND change_id = ANY(%s)", (run_id, list(held)))),
-            key=lambda r: (rank.get(r[0], len(rank)), r[1]))
+            key=lambda r: (rank.get(r[0], len(rank)), -r[1] if backwards else r[1]))
+        backwards = not backwards
         for table, seq, _cid in rows:
             _apply_rows(conn, metas[table], run_id, seq, seq, False, parents, errors)
         if len(parents.blocked) >= len(held):

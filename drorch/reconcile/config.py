@@ -110,3 +110,12 @@ class ReconcileSpec(_Model):
         return ReconcileTable.model_construct(name=name, policy=self.default_policy,
                                               sensitive_columns=list(self.sensitive_everywhere),
                                               collisions="rekey")
+
+
+def masked_columns(names: list[str], columns: list[str]) -> list[str]:
+    """The runbook's sensitive names, plus each of the table's ``columns`` that equals one
+    of them but for case (``Password`` for ``password``): a value is never shown because
+    a name was spelled differently. Whole names only (``pin`` does not mask
+    ``shipping``)."""
+    lowered = {n.lower() for n in names}
+    return list(dict.fromkeys([*names, *(c for c in columns if c.lower() in lowered)]))

@@ -52,7 +52,7 @@ from drorch.reconcile.classify import (
     parse_row,
     side_op,
 )
-from drorch.reconcile.config import ReconcileSpec, ReconcileTable
+from drorch.reconcile.config import ReconcileSpec, ReconcileTable, masked_columns
 from drorch.reconcile.fence import FenceError, verify_fenced, wait_replay_idle
 from drorch.reconcile.fullcompare import compare_table
 from drorch.reconcile.model import Change, Divergence, DivergenceReport, TableReport
@@ -151,7 +151,8 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
         lambda: _rows_by_key(old, meta, lookup, with_ts, a_known),
         lambda: _rows_by_key(new, new_meta, lookup, with_ts, b_known))
     report.rows_shipped += a_shipped + b_shipped
-    tr = TableReport(cfg.name, meta.pk, cfg.policy, list(cfg.sensitive_columns),
+    tr = TableReport(cfg.name, meta.pk, cfg.policy, masked_columns(cfg.sensitive_columns,
+                                                               new_meta.columns + meta.columns),
                      new_only_columns=list(new_meta.hidden))
     if wal_old is not None:
         tr.old_touched, tr.old_transactions = len(wal_old.touched), len(wal_old.transactions)

@@ -19,7 +19,7 @@ from psycopg import sql
 from drorch.reconcile._db import Conn
 from drorch.reconcile.catalog import TableMeta
 from drorch.reconcile.classify import change_id, parse_row
-from drorch.reconcile.config import ReconcileTable
+from drorch.reconcile.config import ReconcileTable, masked_columns
 from drorch.reconcile.fullcompare import compare_no_pk
 from drorch.reconcile.model import Change, DivergenceReport, TableReport
 from drorch.reconcile.walread import WalSide
@@ -50,7 +50,7 @@ def unkeyed_table(old: Conn, new: Conn, cfg: ReconcileTable, meta: TableMeta, ru
         report.rows_shipped += diff.rows_shipped
         texts = _as_json(old, meta, diff.old_only_rows)
         entry["rows_only_on_old"], entry["rows_only_on_new"] = diff.only_old, diff.only_new
-    tr = TableReport(cfg.name, [], cfg.policy, list(cfg.sensitive_columns))
+    tr = TableReport(cfg.name, [], cfg.policy, masked_columns(cfg.sensitive_columns, meta.columns))
     seen: dict[str, int] = {}
     for i, text in enumerate(texts, start=1):
         digest = hashlib.sha256(text.encode()).hexdigest()

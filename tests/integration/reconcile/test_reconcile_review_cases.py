@@ -548,3 +548,22 @@ def test_old_child_of_parent_new_primary_deleted(wd: Path, nodes: list[PgNode]) 
     assert all(r[2] is not None for r in rows), f"old primary's line written as an orphan: {rows}"
     (entry,) = conflicts(cf)[1:]
     assert entry["table"] == "public.lines" and "not on the new primary" in entry["reason"]
+
+
+def test_a_chain_written_leaf_first_across_batches(wd: Path, nodes: list[PgNode]) -> None:
+    """Each parent has a higher id (and comes later) than its child, 120 deep, applied in
+    batches of 10: every row is written, none points at nothing, no human needed (the
+    held rows go in one backward pass, not one row per pass)."""
+    def on_old(dsn: str) -> None:
+        q(dsn, "INSERT INTO nodes SELECT 1000 + g, CASE WHEN g < 120 THEN 1001 + g END, "
+               "'c' || g FROM generate_series(0, 120) g")
+
+    a, b = split(wd, SELF2, on_old, lambda d: None)
+    nodes += [a, b]
+    cf = wd / "c.jsonl"
+    spec = ReconcileSpec(tables=[ReconcileTable(name="public.nodes", policy="old-wins")],
+                         conflict_file=str(cf))
+    _report, applied = run(a, b, spec, batch_size=10)
+    assert (applied.applied, applied.errors) == (121, 0) and not cf.exists()
+    rows = {r[0]: r[1] for r in q(b.dsn(), "SELECT id, parent_id FROM nodes")}
+    assert not [i for i, p in rows.items() if p is not None and p not in rows]

@@ -59,3 +59,12 @@ def test_common_secret_columns_are_masked_in_every_table_unless_turned_off() -> 
     assert own.table("app.other").sensitive_columns == ["tax_id"]
     off = ReconcileSpec.model_validate({"sensitive_everywhere": []})
     assert off.table("app.other").sensitive_columns == []
+
+
+def test_a_sensitive_name_masks_a_column_spelled_with_other_case() -> None:
+    """`"Password"` is masked by the default `password`; names match whole, not in part
+    (`pin` listed does not mask `shipping`)."""
+    from drorch.reconcile.config import masked_columns
+
+    assert masked_columns(["password", "pin"], ["id", "Password", "shipping", "PIN"]) == [
+        "password", "pin", "Password", "PIN"]
