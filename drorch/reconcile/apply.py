@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -845,7 +846,8 @@ def write_key_mapping(conn: Conn, run_id: str, path: str) -> int:
     """The old -> new key of every re-keyed row as CSV (table, key column, old key, new
     key, change id), for the business to act on; returns rows written."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path + ".tmp")
+    # a name of its own: two appliers of one run may write the file at once
+    tmp = Path(f"{path}.{os.getpid()}.{threading.get_ident()}.tmp")
     n = 0
     with tmp.open("wb") as f, conn.cursor() as cur, cur.copy(sql.SQL(
             "COPY (SELECT m.tbl AS table, m.key_column, m.old_id AS old_key, "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -91,7 +92,8 @@ def write_stream(path: str | Path, run_id: str, database: str,
         else:
             keep_aside(path, old_run or "unreadable")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # a name of its own: two appliers of one run may write the file at once
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     n = 0
     with tmp.open("w") as f:
         f.write(json.dumps(_Header(run_id=run_id, database=database).model_dump()) + "\n")
