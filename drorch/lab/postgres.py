@@ -85,6 +85,12 @@ def initdb_template() -> Path | None:
         return template
 
 
+def _copy(template: Path, datadir: Path) -> None:
+    """The template's files into ``datadir``, owners and modes kept (``cp -a``)."""
+    subprocess.run(["cp", "-a", f"{template}/.", str(datadir)], check=True,
+                   capture_output=True)
+
+
 def _complete(template: Path) -> bool:
     return all((template / p).exists() for p in (
         "PG_VERSION", "global/pg_control", "base", "pg_wal", "postgresql.conf"))
@@ -208,8 +214,7 @@ class PgNode:
         if template is None:
             run_pg_tool(["initdb", "-D", str(self.datadir), *INITDB_ARGS])
         else:
-            subprocess.run(["cp", "-a", f"{template}/.", str(self.datadir)], check=True,
-                           capture_output=True)
+            _copy(template, self.datadir)
         self._pin_own_settings()
 
     def init_standby_clone(self, primary: PgNode) -> bool:
@@ -223,8 +228,7 @@ class PgNode:
             return False
         self._prepare_rundir()
         make_owned_dir(self.datadir)
-        subprocess.run(["cp", "-a", f"{template}/.", str(self.datadir)], check=True,
-                       capture_output=True)
+        _copy(template, self.datadir)
         with open(self.datadir / "postgresql.auto.conf", "a") as fh:
             fh.write(f"primary_conninfo = 'user={SUPERUSER} host=127.0.0.1 "
                      f"port={primary.port}'\n")

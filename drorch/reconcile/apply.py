@@ -455,9 +455,7 @@ def _hold_orphans(conn: Conn, meta: TableMeta, p: dict[str, Any], parents: _Pare
                 held += _hold_missing_parent(conn, meta, p, col, parent, pcol)
         if not held or all(parent != meta.name for _c, parent, _k in refs):
             break
-    for cid, why in conn.execute("SELECT change_id, held FROM drorch_batch "
-                                 "WHERE held IS NOT NULL"):
-        parents.blocked[str(cid)] = _HELD + str(why)
+    _collect_held(conn, parents)
 
 
 def _hold_missing_parent(conn: Conn, meta: TableMeta, p: dict[str, Any], col: str,
@@ -499,13 +497,18 @@ def _hold_referenced(conn: Conn, meta: TableMeta, p: dict[str, Any],
             "WHERE {match} {going})").format(ct=sql.Identifier(cschema, ctable), match=match,
                                              going=going),
             {**p, "child": child, "ccols": ", ".join(ccols)})
-    for cid, why in conn.execute("SELECT change_id, held FROM drorch_batch "
-                                 "WHERE held IS NOT NULL"):
-        parents.blocked[str(cid)] = _HELD + str(why)
+    _collect_held(conn, parents)
 
 
 _HELD = "held: "
 """Marks a reason as a row held back for its parent (not refused by the database)."""
+
+
+def _collect_held(conn: Conn, parents: _Parents) -> None:
+    """The batch's held rows into ``parents.blocked``, with their reasons."""
+    for cid, why in conn.execute("SELECT change_id, held FROM drorch_batch "
+                                 "WHERE held IS NOT NULL"):
+        parents.blocked[str(cid)] = _HELD + str(why)
 
 
 def _retry_held(conn: Conn, metas: dict[str, TableMeta], order: list[str], run_id: str,
