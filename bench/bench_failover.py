@@ -43,7 +43,8 @@ def make_runbook(state_dir: Path, pairs: int) -> Runbook:
     ports = iter(sorted({free_port() for _ in range(4 + 2 * pairs + 8)}))
     env = {"DRORCH_STATE_DIR": str(state_dir), "DRORCH_LAB_MOTO_PORT": str(next(ports)),
            "DRORCH_LAB_APP_PORT": str(next(ports)), "DRORCH_LAB_DNS_PORT": str(next(ports)),
-           "DRORCH_LAB_SMTP_PORT": str(next(ports))}
+           "DRORCH_LAB_SMTP_PORT": str(next(ports)), "DRORCH_LAB_AWS_A_PORT": str(next(ports)),
+           "DRORCH_LAB_AWS_B_PORT": str(next(ports))}
     os.environ.update(env)
     raw: dict[str, Any] = yaml.safe_load(_expand_env((ROOT / "runbooks/lab.yaml").read_text()))
     template = raw["databases"][0]
@@ -72,7 +73,7 @@ def one_run(pairs: int, settle_s: float) -> dict[str, Any]:
             state = Path(rb.state_dir)
             store = SqliteStore(state / "journal.db")
             engine = Engine(rb, store, AuditLog(state / "audit.jsonl", redactor=logs.REDACTOR),
-                            AwsClients(rb.aws.endpoint_url))
+                            AwsClients.for_runbook(rb))
             engine.warm_up()
             incident = engine.start_failover(actor="bench", reason="bench",
                                              trigger={"kind": "manual", "detail": "bench"})

@@ -37,7 +37,7 @@ def open_context(runbook: Runbook) -> tuple[Any, Any, Any]:
     state = Path(runbook.state_dir)
     store = SqliteStore(state / "journal.db")
     audit = AuditLog(state / "audit.jsonl", redactor=logs.REDACTOR)
-    return store, audit, AwsClients(runbook.aws.endpoint_url)
+    return store, audit, AwsClients.for_runbook(runbook)
 
 
 def engine_for(rb: Runbook, progress: Any = None) -> tuple[Any, Any]:

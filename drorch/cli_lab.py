@@ -34,7 +34,9 @@ def lab_up(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
 def lab_fail(
     region: str,
     runbook: RunbookOpt = Path("runbooks/lab.yaml"),
-    mode: Annotated[str, typer.Option(help="stop, hang or flap")] = "stop",
+    mode: Annotated[str, typer.Option(
+        help="stop, hang or flap (its databases and app), or aws-down (its AWS API only; "
+             "combine with one of the others for a whole region)")] = "stop",
     period: Annotated[float, typer.Option(help="flap period in seconds")] = 4.0,
     actor: ActorOpt = None,
 ) -> None:
@@ -42,12 +44,16 @@ def lab_fail(
     from drorch.lab import faults
 
     rb = load_or_exit(runbook)
-    if mode not in ("stop", "hang", "flap"):
-        err.print("--mode must be stop, hang or flap")
+    if mode not in faults.MODES:
+        err.print(f"--mode must be one of {', '.join(faults.MODES)}")
         raise typer.Exit(2)
     _store, audit, _aws = open_context(rb)
-    out.print(faults.fail(rb, region, mode, period_s=period, audit=audit,  # type: ignore[arg-type]
-                          actor=actor or getpass.getuser()))
+    try:
+        out.print(faults.fail(rb, region, mode, period_s=period,  # type: ignore[arg-type]
+                              audit=audit, actor=actor or getpass.getuser()))
+    except faults.FaultError as exc:
+        err.print(f"[bold red]lab fail:[/] {exc}")
+        raise typer.Exit(1) from None
 
 
 @lab_app.command("heal")
@@ -58,7 +64,11 @@ def lab_heal(region: str, runbook: RunbookOpt = Path("runbooks/lab.yaml"),
 
     rb = load_or_exit(runbook)
     _store, audit, _aws = open_context(rb)
-    out.print(faults.heal(rb, region, audit=audit, actor=actor or getpass.getuser()))
+    try:
+        out.print(faults.heal(rb, region, audit=audit, actor=actor or getpass.getuser()))
+    except faults.FaultError as exc:
+        err.print(f"[bold red]lab heal:[/] {exc}")
+        raise typer.Exit(1) from None
 
 
 @lab_app.command("drill")

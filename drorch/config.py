@@ -149,6 +149,14 @@ class Targets(_Model):
 
 class Aws(_Model):
     endpoint_url: str | None = None
+    # Per AWS region, for regional services (SSM, Secrets Manager, SQS): one region's API
+    # can then fail on its own (the lab puts a proxy per region here). Route 53 is global
+    # and keeps ``endpoint_url``.
+    region_endpoints: dict[str, str] = Field(default_factory=dict)
+    # A step aimed at the failed region (its write flag, its copy of a secret) gets this
+    # long before it is deferred: that region's API may be down or hanging, and the
+    # failover must not wait on it.
+    failed_region_deadline_s: float = Field(default=5.0, gt=0, le=300)
 
 
 class Runbook(_Model):

@@ -14,7 +14,8 @@ from drorch.metrics import rto as rto_of
 
 def show_progress(step: str, status: str, sentence: str, detail: dict[str, Any]) -> None:
     style = {"started": "cyan", "done": "green", "failed": "bold red",
-             "rolled_back": "yellow", "healthy": "green", "degraded": "yellow"}.get(status, "white")
+             "rolled_back": "yellow", "deferred": "magenta", "healthy": "green",
+             "degraded": "yellow"}.get(status, "white")
     wait = f" (waited {detail['wait_s']:.2f}s)" if "wait_s" in detail else ""
     out.print(f"  [{style}]{status:>11}[/] {step:<28} {sentence}{wait}", highlight=False)
 

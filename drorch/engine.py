@@ -3,9 +3,14 @@
 Order of every step: journal ``started`` -> ``apply`` -> journal ``done``, with
 ``check`` first so a step finished by a process that was then killed is
 observed, not repeated. Only the lease holder acts, and every journal write
-carries its fencing token. Before an irreversible step (promotion) a failure
-rolls back (each done step's ``undo``, in reverse); after one, the incident
-halts with its reason, for a human to ``drorch resume``.
+carries its fencing token. Before an irreversible step (promotion) is requested
+a failure rolls back (each done step's ``undo``, in reverse); from the moment it
+is requested, the incident halts with its reason, for a human to ``drorch resume``.
+
+In a failover, a step that calls the failed region's AWS API (its write flag, its
+copy of a secret) is best effort: it gets ``aws.failed_region_deadline_s``, and
+when that region does not answer it is journaled ``deferred`` (never ``failed``),
+the failover goes on, and :meth:`Engine.retry_deferred` tries it again later.
 """
 
 from __future__ import annotations
@@ -232,18 +237,22 @@ class Engine:
                           detail=detail)
         log.info("machine.transition", incident=inc.id, trigger=trigger, state=lc.current.value)
 
-    def _run(self, inc: Incident, token: int) -> str:
-        path = PATHS[inc.kind]
-        lc = Lifecycle(State(inc.state))
+    def _context(self, inc: Incident, token: int) -> StepContext:
         facts = _Facts(self.store, inc.id, self.lease_name, token)
 
         def recorder(action: str, inputs: dict[str, Any], outcome: str = "ok") -> None:
             self.audit.record(action, actor=inc.actor, incident=inc.id, inputs=inputs,
                               outcome=outcome)
 
-        ctx = StepContext(self.runbook, inc.id, inc.actor, facts.get("from_region"),
-                          facts.get("to_region"), self.aws, facts, nodes=self.nodes,
-                          recorder=recorder)
+        return StepContext(self.runbook, inc.id, inc.actor, facts.get("from_region"),
+                           facts.get("to_region"), self.aws, facts, nodes=self.nodes,
+                           recorder=recorder)
+
+    def _run(self, inc: Incident, token: int) -> str:
+        path = PATHS[inc.kind]
+        lc = Lifecycle(State(inc.state))
+        facts = _Facts(self.store, inc.id, self.lease_name, token)
+        ctx = self._context(inc, token)
         if lc.current == State.HALTED:
             self._transition(inc, lc, path.resume, token)
         elif lc.can(path.start):
@@ -255,8 +264,8 @@ class Engine:
             if failure is None:
                 continue
             step, exc = failure
-            if self._irreversible_done(inc, plan):
-                reason = f"{step.id} failed after promotion: {exc}"
+            if self._irreversible_requested(inc, plan, ctx):
+                reason = f"{step.id} failed after promotion was requested: {exc}"
                 self._transition(inc, lc, "halt", token, {"reason": reason, "step": step.id})
                 raise IncidentHalted(reason)
             undo_error = self._roll_back(inc, plan, ctx, token)
@@ -273,9 +282,21 @@ class Engine:
         self._transition(inc, lc, path.done, token)
         return lc.current.value
 
-    def _irreversible_done(self, inc: Incident, plan: list[Stage]) -> bool:
-        return any(step.irreversible and self.store.step_status(inc.id, step.id) == "done"
+    def _irreversible_requested(self, inc: Incident, plan: list[Stage],
+                                ctx: StepContext) -> bool:
+        """An irreversible action was requested (journaled before the request) or done:
+        a promotion that outlived its timeout may still be completing, so nothing may
+        be undone (that would leave two writable primaries)."""
+        return any(step.irreversible and (self.store.step_status(inc.id, step.id) == "done"
+                                          or step.requested(ctx))
                    for stage in plan for step in stage.steps)
+
+    def _failed_region_api(self, inc: Incident, step: Step, ctx: StepContext) -> str | None:
+        """The failed region, when ``step`` calls its AWS API during a failover."""
+        if inc.kind != "failover":
+            return None
+        region = step.api_region(ctx)
+        return region if region is not None and region == ctx.from_region else None
 
     def _run_stage(self, inc: Incident, stage: Stage, ctx: StepContext,
                    token: int) -> tuple[Step, Exception] | None:
@@ -292,6 +313,78 @@ class Engine:
         if self.store.step_status(inc.id, step.id) == "done":
             self.progress(step.id, "done", "already journaled as done", {})
             return None
+        region = self._failed_region_api(inc, step, ctx)
+        if region is not None:
+            self._best_effort(inc, step, ctx, token, region)
+            return None
+        return self._attempt(inc, step, ctx, token)
+
+    def _best_effort(self, inc: Incident, step: Step, ctx: StepContext, token: int,
+                     region: str) -> None:
+        """Run ``step`` with the failed-region deadline; defer it when it fails or does
+        not finish in time. A step still waiting at the deadline goes on in a daemon
+        thread: if that region answers late, its own journal entry says what happened."""
+        deadline = self.runbook.aws.failed_region_deadline_s
+
+        def attempt() -> None:
+            try:
+                self._attempt(inc, step, ctx, token, deferred_region=region)
+            except StaleLease:
+                log.info("step.late_answer_ignored", incident=inc.id, step=step.id)
+
+        worker = threading.Thread(target=attempt, name=f"best-effort {step.id}", daemon=True)
+        worker.start()
+        worker.join(deadline)
+        if worker.is_alive():
+            self._defer(inc, step, token, region, f"no answer within {deadline:g} s")
+
+    def _defer(self, inc: Incident, step: Step, token: int, region: str, error: str) -> None:
+        api = step.api
+        note = (f"could not reach {region}'s {api} API ({error}): deferred, retried while "
+                "the failover is in force and re-checked at failback")
+        detail = {"region": region, "api": api, "error": error, "note": note}
+        self.store.append(inc.id, "step", step.id, "deferred", detail, lease=self.lease_name,
+                          token=token)
+        self.audit.record(f"step.{step.stage}.deferred", actor=inc.actor, incident=inc.id,
+                          inputs={"step": step.id}, outcome="deferred", detail=detail)
+        self.progress(step.id, "deferred", note, detail)
+        log.warning("step.deferred", incident=inc.id, step=step.id, region=region, error=error)
+
+    def deferred_steps(self, incident_id: str) -> list[Step]:
+        """The incident's steps journaled ``deferred`` last (not done since)."""
+        inc = self.store.incident(incident_id)
+        if inc is None:
+            return []
+        plan = self.plan(self.store.fact(inc.id, "from_region"),
+                         self.store.fact(inc.id, "to_region"), inc.kind)
+        return [s for stage in plan for s in stage.steps
+                if self.store.step_status(inc.id, s.id) == "deferred"]
+
+    def retry_deferred(self, incident_id: str) -> dict[str, str]:
+        """Try the incident's deferred steps again (each best effort, under the lease);
+        returns each one's status afterwards (``done`` or still ``deferred``). Nothing
+        when another orchestrator holds the lease: it is acting and will retry."""
+        pending = self.deferred_steps(incident_id)
+        inc = self.store.incident(incident_id)
+        if not pending or inc is None:
+            return {}
+        try:
+            token = self.store.acquire_lease(self.lease_name, this_holder(), LEASE_TTL_S)
+        except LeaseHeld:
+            return {}
+        try:
+            ctx = self._context(inc, token)
+            for step in pending:
+                region = step.api_region(ctx) or ctx.from_region
+                self._best_effort(inc, step, ctx, token, region)
+        finally:
+            self.store.release_lease(self.lease_name, token)
+        return {s.id: self.store.step_status(inc.id, s.id) or "pending" for s in pending}
+
+    def _attempt(self, inc: Incident, step: Step, ctx: StepContext, token: int,
+                 deferred_region: str | None = None) -> tuple[Step, Exception] | None:
+        """check, apply, journal. ``deferred_region``: a failure defers the step (journaled
+        ``deferred``, no failure returned) instead of failing it."""
         journal = dict(lease=self.lease_name, token=token)
         try:
             # Journaled before ``check`` so a step's duration includes finding out.
@@ -317,6 +410,11 @@ class Engine:
         except StaleLease:
             raise
         except Exception as exc:  # noqa: BLE001 (every failure is journaled, then decided on)
+            if deferred_region is not None:
+                self._defer(inc, step, token, deferred_region,
+                            str(exc).strip().splitlines()[0] if str(exc).strip()
+                            else type(exc).__name__)
+                return None
             detail = {"error": str(exc), "type": type(exc).__name__,
                       **(exc.detail if isinstance(exc, StepFailed) else {})}
             self.store.append(inc.id, "step", step.id, "failed", detail, **journal)

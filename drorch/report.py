@@ -101,12 +101,17 @@ def _summary(report: Mapping[str, Any]) -> str:
         rpo_text += (f"; {after['rows']} more rows were written to the old primary after the "
                      f"failover ({after.get('first')} to {after.get('last')}), not counted")
     who = report["decided_by"]
+    not_done = report.get("not_done") or []
+    deferred = ""
+    if not_done:
+        deferred = (" Not done (the region's AWS API did not answer; retried later): "
+                    + "; ".join(f"{d['step']} in {d['region']}" for d in not_done) + ".")
     return (
         f"{report['kind'].capitalize()} {report['incident_id']} ({report['runbook']}, "
         f"{report.get('from_region') or '?'} -> {report.get('to_region') or '?'}) "
         f"decided by {who['actor']} on a {who['trigger'].get('kind', 'manual')} trigger: "
         f"{report['outcome']}; {passed}/{len(flows)} flows passed; "
-        f"RTO {fmt(report['rto'])}; RPO {rpo_text}."
+        f"RTO {fmt(report['rto'])}; RPO {rpo_text}.{deferred}"
     )
 
 
@@ -155,6 +160,11 @@ def build_report(incident: Mapping[str, Any]) -> dict[str, Any]:
         "overhead_s": numbers["overhead_s"],
         "phases": numbers["phases"],
         "steps": steps,
+        # steps aimed at the failed region that could not be done (its API did not
+        # answer): best effort, deferred, retried while the failover is in force
+        "not_done": [{"step": s["id"], "region": s["detail"].get("region"),
+                      "api": s["detail"].get("api"), "error": s["detail"].get("error")}
+                     for s in steps if s["status"] == "deferred"],
         "flows": flows,
         "timeline": _timeline(incident, numbers["rto"]["start"]),
         "audit": incident.get("audit"),
@@ -286,6 +296,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for f in report["flows"]:
         out.append(f"| {_md(f.get('name'))} | {'passed' if f.get('ok') else '**FAILED**'} | "
                    f"{f.get('attempts')} | {_num(f.get('duration_s'))} | {_md(f.get('error'))} |")
+    if report.get("not_done"):
+        out += ["", "## Not done in the failed region", "", "| Step | Region | API | Error |",
+                "|---|---|---|---|"]
+        out += [f"| {_md(d['step'])} | {_md(d['region'])} | {_md(d['api'])} | "
+                f"{_md(d['error'])} |" for d in report["not_done"]]
     out += _reconcile_markdown(report.get("reconcile") or {})
     out += ["", "## Timeline", "", "| +s | Event | Detail |", "|---|---|---|"]
     for ev in report["timeline"]:
@@ -303,7 +318,8 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}.miss{color:#c00;font-w
 overflow-x:auto;font-size:12px}svg text{font-size:11px;font-family:monospace}"""
 
 _BAR_COLOURS = {"done": "#4a9", "failed": "#d33", "rolled_back": "#e90", "skipped": "#bbb",
-                "pending": "#ddd", "detect": "#89c", "decide": "#a8c", "validate": "#48c"}
+                "deferred": "#c9a", "pending": "#ddd", "detect": "#89c", "decide": "#a8c",
+                "validate": "#48c"}
 
 
 def gantt_svg(report: Mapping[str, Any], width: int = 900) -> str:

@@ -116,13 +116,15 @@ def lab_env(tmp_path: Path, block: ports.PortBlock | None = None) -> dict[str, s
     """Environment for a lab of its own: ports from ``block`` (this worker's by default),
     state under ``tmp_path``."""
     take = block.take if block is not None else free_port
-    moto, pg_a, pg_b, app, dns, smtp = (take() for _ in range(6))
+    moto, pg_a, pg_b, app, dns, smtp, aws_a, aws_b = (take() for _ in range(8))
     return {
         "DRORCH_LAB_APP_PORT": str(app),
         "DRORCH_LAB_DNS_PORT": str(dns),
         "DRORCH_LAB_SMTP_PORT": str(smtp),
         "DRORCH_STATE_DIR": str(tmp_path / "state"),
         "DRORCH_LAB_MOTO_PORT": str(moto),
+        "DRORCH_LAB_AWS_A_PORT": str(aws_a),
+        "DRORCH_LAB_AWS_B_PORT": str(aws_b),
         "DRORCH_LAB_PG_A_PORT": str(pg_a),
         "DRORCH_LAB_PG_B_PORT": str(pg_b),
         "DRORCH_RUNBOOK": str(LAB_RUNBOOK),

@@ -1,6 +1,8 @@
 """boto3 clients, made in one place so endpoint, retries and timeouts are uniform.
 
-In the lab ``endpoint_url`` points at a moto server; in production it is None.
+In the lab ``endpoint_url`` points at a moto server and ``region_endpoints`` at a proxy
+per AWS region in front of it (so one region's API can be down while the other's
+answers); in production both are empty and boto3 picks AWS's endpoints.
 """
 
 from __future__ import annotations
@@ -16,20 +18,37 @@ _CONFIG = Config(connect_timeout=3, read_timeout=10,
                  retries={"max_attempts": 3, "mode": "standard"})
 
 
+GLOBAL_SERVICES = frozenset({"route53"})
+"""Services with one endpoint for every region (Route 53's control plane is in us-east-1)."""
+
+
 class AwsClients:
     """A factory of boto3 clients keyed by (service, AWS region)."""
 
-    def __init__(self, endpoint_url: str | None = None) -> None:
+    def __init__(self, endpoint_url: str | None = None,
+                 region_endpoints: dict[str, str] | None = None) -> None:
         self.endpoint_url = endpoint_url
-        if endpoint_url:
+        self.region_endpoints = dict(region_endpoints or {})
+        if endpoint_url or self.region_endpoints:
             # moto accepts any credentials; never let a lab call reach real AWS keys.
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 
+    @classmethod
+    def for_runbook(cls, runbook: Any) -> AwsClients:
+        """The clients a runbook's ``aws`` block describes (endpoints; none in production)."""
+        return cls(runbook.aws.endpoint_url, runbook.aws.region_endpoints)
+
     @lru_cache(maxsize=64)  # noqa: B019 (one factory per process run)
     def client(self, service: str, region: str) -> Any:
         return boto3.session.Session().client(
-            service, region_name=region, endpoint_url=self.endpoint_url, config=_CONFIG)
+            service, region_name=region, endpoint_url=self.endpoint_for(service, region),
+            config=_CONFIG)
+
+    def endpoint_for(self, service: str, region: str) -> str | None:
+        if service in GLOBAL_SERVICES:
+            return self.endpoint_url
+        return self.region_endpoints.get(region, self.endpoint_url)
 
     def __call__(self, service: str, region: str) -> Any:
         return self.client(service, region)

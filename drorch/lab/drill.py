@@ -118,7 +118,7 @@ def run_drill(runbook: Runbook, *, keep: bool, say: Say,
     try:
         store = SqliteStore(state / "journal.db")
         audit = AuditLog(state / "audit.jsonl", redactor=logs.REDACTOR)
-        aws = AwsClients(runbook.aws.endpoint_url)
+        aws = AwsClients.for_runbook(runbook)
         variables = runbook.validation.variables if runbook.validation else {}
         user = variables.get("user", "")
         traffic = Traffic(runbook.dns.records[0].name, runbook.lab.app_port,

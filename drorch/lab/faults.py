@@ -8,6 +8,11 @@ Modes (``fail``):
 - ``flap``: a detached ``python -m drorch.lab.faults flap`` process freezes the
   region for half of each period and thaws it for the other half. Freezing rather
   than restarting keeps the period exact (a restart takes about a second).
+- ``aws-down``: the region's AWS API (its relay in front of moto,
+  ``drorch.lab.aws_proxy``) is frozen with SIGSTOP: calls to that region's SSM,
+  Secrets Manager and SQS hang until the caller's deadline, while its databases
+  are untouched. It combines with a database fault on the same region (``stop``
+  + ``aws-down`` is a whole region gone); Route 53 is global and keeps answering.
 
 ``heal`` undoes any of them: stops the flapper, SIGCONTs everything, starts the
 PostgreSQL nodes that are down and the app if it is gone. It is safe to run twice
@@ -36,8 +41,14 @@ from drorch.config import Runbook
 from drorch.lab import lab, services
 from drorch.lab.postgres import PgNode
 
-Mode = Literal["stop", "hang", "flap"]
-MODES: tuple[str, ...] = ("stop", "hang", "flap")
+Mode = Literal["stop", "hang", "flap", "aws-down"]
+MODES: tuple[str, ...] = ("stop", "hang", "flap", "aws-down")
+AWS_DOWN = "aws-down"
+
+
+def _fault_key(region: str, mode: str) -> str:
+    """Where a fault is kept in faults.json: the AWS API's apart from the databases'."""
+    return f"{region}:aws" if mode == AWS_DOWN else region
 
 
 class FaultError(RuntimeError):
@@ -125,9 +136,12 @@ def fail(runbook: Runbook, region: str, mode: Mode, *, period_s: float = 2.0,
     if period_s <= 0:
         raise FaultError("the flap period must be positive")
     faults = active_faults(runbook)
-    if region in faults:
-        raise FaultError(f"{region} already has a {faults[region]['mode']} fault: "
+    key = _fault_key(region, mode)
+    if key in faults:
+        raise FaultError(f"{region} already has a {faults[key]['mode']} fault: "
                          f"run `drorch lab heal {region}` first")
+    if mode == AWS_DOWN:
+        return _aws_down(runbook, state, region, faults, audit, actor)
     nodes = _nodes(runbook, region)
     app_pid = state.services.get(f"app:{region}")
     entry: dict[str, Any] = {"mode": mode, "since": time.time()}
@@ -159,15 +173,46 @@ def fail(runbook: Runbook, region: str, mode: Mode, *, period_s: float = 2.0,
     return sentence
 
 
+def _aws_down(runbook: Runbook, state: lab.LabState, region: str,
+              faults: dict[str, dict[str, Any]], audit: AuditLog | None, actor: str) -> str:
+    name = lab.aws_service_name(runbook, region)
+    pid = state.services.get(name) if name else None
+    if pid is None or not services.pid_alive(pid):
+        raise FaultError(f"{region} has no AWS endpoint of its own in this lab (the runbook's "
+                         "aws.region_endpoints names none for its AWS region, or its relay "
+                         "is not running)")
+    _signal_pid(pid, signal.SIGSTOP)
+    faults[_fault_key(region, AWS_DOWN)] = {"mode": AWS_DOWN, "since": time.time(), "pid": None}
+    _write_faults(runbook, faults)
+    sentence = (f"{region}'s AWS API ({runbook.region(region).aws_region}: SSM, Secrets "
+                "Manager, SQS) hung: its endpoint is frozen (SIGSTOP); databases untouched")
+    if audit is not None:
+        audit.record("lab.fault.injected", actor=actor, reason=sentence,
+                     inputs={"region": region, "mode": AWS_DOWN}, detail={"endpoint_pid": pid})
+    return sentence
+
+
+def _thaw_aws(runbook: Runbook, region: str) -> bool:
+    """SIGCONT the region's AWS endpoint; True when there is one."""
+    state = lab.LabState.load(lab.state_path(runbook))
+    name = lab.aws_service_name(runbook, region)
+    pid = state.services.get(name) if state and name else None
+    _signal_pid(pid, signal.SIGCONT)
+    return pid is not None
+
+
 def heal(runbook: Runbook, region: str, *, audit: AuditLog | None = None,
          actor: str = "lab") -> str:
     """Bring ``region`` back: stop the flapper, resume frozen processes, start what is
-    down. Idempotent; returns what was done, in one sentence."""
+    down, thaw its AWS API. Idempotent; returns what was done, in one sentence."""
     _region_checked(runbook, region)
     faults = active_faults(runbook)
     entry = faults.pop(region, None)
+    aws_entry = faults.pop(_fault_key(region, AWS_DOWN), None)
     _write_faults(runbook, faults)  # first: a flapper that outlives its stop sees this
     done: list[str] = []
+    if _thaw_aws(runbook, region) and aws_entry:
+        done.append("AWS API answering")
     if entry and entry.get("pid"):
         services.stop_pid(int(entry["pid"]))
         done.append("flapper stopped")
@@ -184,7 +229,8 @@ def heal(runbook: Runbook, region: str, *, audit: AuditLog | None = None,
     sentence = f"{region} healed" + (f": {', '.join(done)}" if done else " (resumed)")
     if audit is not None:
         audit.record("lab.fault.healed", actor=actor, reason=sentence,
-                     inputs={"region": region, "mode": entry["mode"] if entry else None},
+                     inputs={"region": region, "mode": entry["mode"] if entry else None,
+                             "aws_down": aws_entry is not None},
                      detail={"done": done})
     return sentence
 
@@ -203,6 +249,7 @@ def release_all(runbook: Runbook) -> list[str]:
     for region in runbook.regions:
         _freeze_region(_nodes(runbook, region.name), _app_pid(state_file, region.name),
                        signal.SIGCONT)
+        _thaw_aws(runbook, region.name)
     return done
 
 

@@ -101,6 +101,23 @@ def _moto_port(runbook: Runbook) -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
+def _region_endpoint_ports(runbook: Runbook) -> dict[str, int]:
+    """The lab's per-AWS-region endpoints (relays in front of moto), by AWS region."""
+    out = {}
+    for aws_region, url in runbook.aws.region_endpoints.items():
+        if not url.startswith("http://127.0.0.1:"):
+            raise ValueError(f"a lab runbook's aws.region_endpoints[{aws_region}] must be "
+                             "http://127.0.0.1:PORT")
+        out[aws_region] = int(url.rsplit(":", 1)[1].split("/")[0])
+    return out
+
+
+def aws_service_name(runbook: Runbook, region: str) -> str | None:
+    """The lab service (in ``LabState.services``) that is ``region``'s AWS API, if any."""
+    aws_region = runbook.region(region).aws_region
+    return f"aws:{aws_region}" if aws_region in runbook.aws.region_endpoints else None
+
+
 def start_moto(port: int, logfile: Path) -> int:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "ab") as out:
@@ -290,7 +307,9 @@ def app_config(runbook: Runbook, region: str) -> dict[str, Any]:
     secret = next(s for s in runbook.secrets if s.region == region)
     return {
         "region": region, "aws_region": runbook.region(region).aws_region,
-        "endpoint_url": runbook.aws.endpoint_url, "secret_id": secret.secret_id,
+        "endpoint_url": runbook.aws.region_endpoints.get(runbook.region(region).aws_region,
+                                                          runbook.aws.endpoint_url),
+        "secret_id": secret.secret_id,
         "flag_parameter": runbook.write_flag.parameter if runbook.write_flag else
         "/drorch/lab/writes-frozen",
         "smtp_host": "127.0.0.1", "smtp_port": runbook.lab.smtp_port,
@@ -321,6 +340,10 @@ def _start_services(runbook: Runbook, state: _Recorder, pool: ThreadPoolExecutor
         starts["dns"] = partial(
             services.start_dns, "127.0.0.1", lab.dns_port, endpoint_url=runbook.aws.endpoint_url,
             zone=runbook.dns.zone, log_path=base / "dns.log")
+    for aws_region, port in _region_endpoint_ports(runbook).items():
+        starts[f"aws:{aws_region}"] = partial(
+            services.start_aws_proxy, port, _moto_port(runbook),
+            log_path=base / f"aws-{aws_region}.log")
     for region in runbook.regions:
         starts[f"app:{region.name}"] = partial(
             services.start_app, app_config(runbook, region.name), base / f"app-{region.name}.log")

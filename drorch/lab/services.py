@@ -154,6 +154,18 @@ def start_app(config: dict[str, Any] | Path, log_path: Path, *, timeout: float =
     return _wait_ready(proc, lambda: _http_answers(url), log_path, timeout)
 
 
+def start_aws_proxy(listen_port: int, upstream_port: int, *, log_path: Path,
+                    host: str = "127.0.0.1", timeout: float = 20) -> int:
+    """Start one region's AWS endpoint (``drorch.lab.aws_proxy``) relaying to moto on
+    ``upstream_port``; ready when moto answers through it. Returns its PID."""
+    ensure_free(host, listen_port)
+    proc = _spawn("drorch.lab.aws_proxy", ["--listen", f"{host}:{listen_port}",
+                                           "--upstream", f"127.0.0.1:{upstream_port}"],
+                  log_path)
+    url = f"http://{host}:{listen_port}/moto-api/"
+    return _wait_ready(proc, lambda: _http_answers(url), log_path, timeout)
+
+
 def start_dns(host: str, port: int, *, endpoint_url: str, zone: str, log_path: Path,
               region: str = "us-east-1", timeout: float = 20) -> int:
     """Start the authoritative DNS server for ``zone``; returns its PID."""

@@ -67,6 +67,8 @@ class StepFailed(Exception):
 class Step(ABC):
     stage: ClassVar[str]
     irreversible: ClassVar[bool] = False
+    api: ClassVar[str] = "AWS"
+    """The AWS API a step calls (for messages: "could not reach region-a's SSM API")."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -90,6 +92,18 @@ class Step(ABC):
     def undo(self, ctx: StepContext) -> dict[str, Any] | None:
         """Reverse ``apply`` during a rollback; None when there is nothing to undo."""
         return None
+
+    def api_region(self, ctx: StepContext) -> str | None:
+        """The runbook region whose AWS API this step calls, None when it calls none (or
+        a global one). In a failover, a step calling the failed region's API is best
+        effort: that API may be down with the region, and the failover must not wait on
+        it nor roll back because of it."""
+        return None
+
+    def requested(self, ctx: StepContext) -> bool:
+        """An irreversible step: was its action requested (journaled just before the
+        request)? From then on a failure halts for a human; it never rolls back."""
+        return False
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from drorch.steps.base import Step, StepContext, StepFailed
 
 class RaiseWriteFlag(Step):
     stage = "freeze"
+    api = "SSM"
 
     @property
     def id(self) -> str:
@@ -28,6 +29,9 @@ class RaiseWriteFlag(Step):
 
     def _client(self, ctx: StepContext) -> Any:
         return ctx.aws("ssm", ctx.aws_region(self.target))
+
+    def api_region(self, ctx: StepContext) -> str | None:
+        return self.target
 
     def check(self, ctx: StepContext) -> bool:
         wf = ctx.runbook.write_flag
@@ -175,6 +179,7 @@ class LowerWriteFlag(Step):
     """The region we move to takes writes: its flag must say so."""
 
     stage = "open"
+    api = "SSM"
 
     @property
     def id(self) -> str:
@@ -185,6 +190,9 @@ class LowerWriteFlag(Step):
 
     def _client(self, ctx: StepContext) -> Any:
         return ctx.aws("ssm", ctx.aws_region(self.target))
+
+    def api_region(self, ctx: StepContext) -> str | None:
+        return self.target
 
     def check(self, ctx: StepContext) -> bool:
         wf = ctx.runbook.write_flag

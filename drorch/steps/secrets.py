@@ -19,6 +19,7 @@ def secret_target(secret_id: str, region: str) -> str:
 
 class RewriteSecret(Step):
     stage = "secrets"
+    api = "Secrets Manager"
     _seen: tuple[dict[str, Any], str] | None = None
 
     def _spec(self, ctx: StepContext) -> Any:
@@ -28,6 +29,9 @@ class RewriteSecret(Step):
 
     def _client(self, ctx: StepContext) -> Any:
         return ctx.aws("secretsmanager", ctx.aws_region(self._spec(ctx).region))
+
+    def api_region(self, ctx: StepContext) -> str | None:
+        return str(self._spec(ctx).region)
 
     def _wanted(self, ctx: StepContext) -> tuple[str, int]:
         ep = ctx.runbook.database(self._spec(ctx).database).endpoints[ctx.to_region]

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.postgres
 
 
 def _aws(lab: Lab) -> AwsClients:
-    return AwsClients(lab.runbook.aws.endpoint_url)
+    return AwsClients.for_runbook(lab.runbook)
 
 
 def _weights(lab: Lab) -> dict[str, int]:

@@ -35,7 +35,7 @@ def _dsn(lab: Lab, region: str, user: str | None = None) -> str:
 
 
 def _aws(lab: Lab) -> AwsClients:
-    return AwsClients(lab.runbook.aws.endpoint_url)
+    return AwsClients.for_runbook(lab.runbook)
 
 
 def _weights(lab: Lab) -> dict[str, int]:

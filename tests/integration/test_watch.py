@@ -88,7 +88,7 @@ def _variant(lab: Lab, path: Path, **health: Any) -> Path:
 def _alarm_queue(lab: Lab, visibility_s: int = 30) -> tuple[Any, str]:
     """A queue in the lab's moto server, in the secondary's AWS region: the watcher's
     choice when the queue URL does not name one."""
-    sqs = AwsClients(lab.runbook.aws.endpoint_url)("sqs", lab.runbook.secondary.aws_region)
+    sqs = AwsClients.for_runbook(lab.runbook)("sqs", lab.runbook.secondary.aws_region)
     return sqs, sqs.create_queue(QueueName="drorch-alarms", Attributes={
         "VisibilityTimeout": str(visibility_s)})["QueueUrl"]
 
@@ -160,7 +160,7 @@ def test_stopped_primary_fails_over_and_restarts_pick_up_where_they_were(
     runbook = load_runbook(rb_path)
     store = _open(lab.state_dir)
     audit = AuditLog(lab.state_dir / "audit.jsonl", redactor=logs.REDACTOR)
-    aws = AwsClients(runbook.aws.endpoint_url)
+    aws = AwsClients.for_runbook(runbook)
     try:
         assert watch(runbook, store, audit, aws, stop=threading.Event(), max_seconds=3) is None
         assert store.incidents() == []

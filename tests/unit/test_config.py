@@ -14,6 +14,11 @@ from tests.conftest import LAB_RUNBOOK, ROOT
 GOOD = LAB_RUNBOOK.read_text()
 
 
+def _line(text: str) -> int:
+    """The shipped runbook's line holding ``text`` (1-based)."""
+    return next(i for i, line in enumerate(GOOD.splitlines(), 1) if text in line)
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "rb.yaml"
     path.write_text(text)
@@ -29,11 +34,11 @@ def test_lab_runbook_loads() -> None:
 
 @pytest.mark.parametrize(("mutate", "expected"), [
     (lambda t: t.replace("role: secondary", "role: boss"),
-     ":18: regions.1.role: Input should be 'primary' or 'secondary'"),
+     f":{_line('role: secondary')}: regions.1.role: Input should be 'primary' or 'secondary'"),
     (lambda t: t.replace("aws_region: us-west-2", "aws_region: [1, 2]"),
-     ":17: regions.1.aws_region: Input should be a valid string"),
+     f":{_line('aws_region: us-west-2')}: regions.1.aws_region: Input should be a valid string"),
     (lambda t: t.replace("  insync_timeout_s: 30", "  insync_timeout_s: 30\n  colour: red"),
-     ":52: dns.colour: unknown field"),
+     f":{_line('insync_timeout_s: 30') + 1}: dns.colour: unknown field"),
     (lambda t: t.replace("    aws_region: us-east-1\n", ""),
      "regions.0.aws_region: required field is missing"),
     (lambda t: t.replace("  - {secret_id: lab/main/db, region: region-b",
@@ -60,7 +65,7 @@ def test_cli_reports_runbook_error_without_traceback(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "drorch.cli", "plan", "-r", str(path)],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
-    assert f"{path}:18: regions.1.role" in result.stderr
+    assert f"{path}:{_line('role: secondary')}: regions.1.role" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 
 

@@ -18,7 +18,7 @@ TOKEN = "tok-abcdefghijklmnopqrstuvwxyz"
 TOP_KEYS = {
     "schema_version", "incident_id", "kind", "runbook", "from_region", "to_region", "state",
     "outcome", "summary", "decided_by", "times", "rto", "rpo", "targets_missed", "detect_s",
-    "waits_s", "overhead_s", "phases", "steps", "flows", "timeline", "audit",
+    "waits_s", "overhead_s", "phases", "steps", "flows", "timeline", "audit", "not_done",
 }
 
 
