@@ -9,6 +9,7 @@ The measurement is journaled before ``pg_promote`` so a kill cannot lose it.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from drorch.adapters import postgres as pg
@@ -115,9 +116,15 @@ class PromoteDatabase(Step):
                 measured = self._measure(ctx, old, new)
                 ctx.facts.set(key, measured)
             start = time.monotonic()
+            requested = self._journal_request(ctx)
             if not pg.promote(new, db.promote_timeout_s):
-                raise StepFailed(f"{self.target}: pg_promote did not finish in "
-                                 f"{db.promote_timeout_s:.0f}s", measured)
+                raise StepFailed(
+                    f"{self.target}: promotion in {ctx.to_region} requested at "
+                    f"{requested}, not confirmed within {db.promote_timeout_s:g}s (replay "
+                    "may be held back on it, e.g. by a recovery conflict with a query "
+                    "there); it may still complete, so nothing is rolled back: find out "
+                    "why, then `drorch resume` reads the node's real role and carries on",
+                    {**measured, "promotion_requested_at": requested})
             promote_s = time.monotonic() - start
             pinned = pin_split_wal(ctx, self.target, new_dsn)
             gap = advance_sequences(ctx, self.target, new_dsn)
@@ -125,6 +132,22 @@ class PromoteDatabase(Step):
                     "split_wal": pinned,
                     "wait_s": round(promote_s + measured["catch_up_wait_s"], 4),
                     "timeline": pg.timeline(new)}
+
+
+    def _request_key(self) -> str:
+        return f"promote:{self.target}:requested"
+
+    def _journal_request(self, ctx: StepContext) -> str:
+        """Journal the promotion request before it is made (an action is irreversible
+        from the moment it is requested); the first request's time is kept."""
+        at = ctx.facts.get(self._request_key())
+        if at is None:
+            at = datetime.now(UTC).isoformat(timespec="milliseconds")
+            ctx.facts.set(self._request_key(), at)
+        return str(at)
+
+    def requested(self, ctx: StepContext) -> bool:
+        return ctx.facts.get(self._request_key()) is not None
 
 
 class OpenWrites(Step):

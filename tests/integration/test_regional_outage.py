@@ -7,9 +7,13 @@ effort: the failover completes without them, says so, and they are done later.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
+import psycopg
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ReadTimeoutError
@@ -19,6 +23,7 @@ from drorch.adapters import postgres as pg
 from drorch.adapters.aws import AwsClients
 from drorch.audit import AuditLog
 from drorch.engine import Engine
+from drorch.lab import lab as lab_mod
 from drorch.store.sqlite import SqliteStore
 from tests.conftest import Lab
 
@@ -111,3 +116,93 @@ def test_aws_down_is_a_fault_of_its_own(lab: Lab) -> None:
         probe.get_parameter(Name=FLAG)
     assert lab.cli("lab", "heal", "region-a").returncode == 0
     assert probe.get_parameter(Name=FLAG)["Parameter"]["Value"] == "false"
+
+
+def _runbook_with(lab: Lab, tmp_path: Path, line_after: str, extra: str) -> Path:
+    """The lab runbook with ``extra`` (already indented) inserted after the line holding
+    ``line_after``."""
+    lines = lab.runbook_path.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line_after in line)
+    path = tmp_path / "runbook.yaml"
+    path.write_text("\n".join([*lines[:at + 1], extra, *lines[at + 1:]]) + "\n")
+    return path
+
+
+def _journal(lab: Lab) -> list[tuple[str, str, str, dict[str, Any]]]:
+    store = SqliteStore(lab.state_dir / "journal.db")
+    try:
+        return [(e.kind, e.name, e.status, e.detail)
+                for e in store.events(store.incidents()[-1].id)]
+    finally:
+        store.close()
+
+
+def test_a_promotion_that_outlives_its_timeout_halts_and_resume_completes_it(
+        lab: Lab, tmp_path: Path) -> None:
+    """Replay on region-b held back by a recovery conflict (a query there, standby delay
+    -1): the promotion is requested, not confirmed within promote_timeout_s. The failover
+    halts (never rolls back: the flag stays raised, nothing is undone) saying when it was
+    requested; once the query ends the promotion completes by itself, and `drorch resume`
+    finds region-b promoted and finishes the failover without a second request."""
+    rb = _runbook_with(lab, tmp_path, "max_lag_bytes:", "    promote_timeout_s: 3")
+    env = {"DRORCH_RUNBOOK": str(rb)}
+    a = lab.runbook.database("main").endpoints["region-a"].dsn()
+    b = lab.runbook.database("main").endpoints["region-b"].dsn()
+    with psycopg.connect(b, autocommit=True) as c:
+        for name in ("max_standby_streaming_delay", "max_standby_archive_delay"):
+            c.execute(f"ALTER SYSTEM SET {name} = -1")
+        c.execute("SELECT pg_reload_conf()")
+    blocker = psycopg.connect(b)
+    try:
+        blocker.execute("SELECT count(*) FROM orders")  # holds a lock in an open transaction
+        with psycopg.connect(a, autocommit=True) as c:
+            c.execute("BEGIN; LOCK TABLE orders IN ACCESS EXCLUSIVE MODE; COMMIT")
+            lsn = c.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
+        wait_received(b, lsn)
+        assert lab.cli("lab", "fail", "region-a", "--mode", "stop").returncode == 0
+
+        halted = lab.cli("failover", "--reason", "blocked promotion", extra_env=env)
+        assert halted.returncode != 0, halted.stdout
+        assert _incident_state(lab) == "halted"
+        journal = _journal(lab)
+        assert not [e for e in journal if e[2] in ("rolled_back", "undo_failed")]
+        failed = [e for e in journal if e[1] == "promote:main" and e[2] == "failed"]
+        assert failed and "requested at" in failed[-1][3]["error"]
+        assert failed[-1][3]["promotion_requested_at"]
+        halt = [e for e in journal if e[0] == "transition" and e[1] == "halt"]
+        assert halt and "promotion was requested" in halt[-1][3]["reason"]
+        assert flags.is_frozen(AwsClients.for_runbook(lab.runbook)("ssm", "us-east-1"), FLAG)
+    finally:
+        blocker.close()
+    _until(lambda: not pg.in_recovery(b), 60)  # the request completes once replay goes on
+
+    resumed = lab.cli("resume", extra_env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _incident_state(lab) == "failed_over"
+    log = lab_mod.node_for(lab.runbook, "main", "region-b").logfile.read_text()
+    assert log.count("received promote request") == 1
+    promote = [e for e in _journal(lab) if e[1] == "promote:main"]
+    assert promote[-1][2] == "done"
+    assert promote[-1][3].get("observed") == "already done; not applied again"
+
+
+def wait_received(dsn: str, lsn: str) -> None:
+    """Until the standby has received (not necessarily replayed) ``lsn``."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        _until(lambda: c.execute("SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn",
+                                 (lsn,)).fetchone()[0], 30)
+
+
+def _until(ok: Callable[[], Any], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ok():
+        assert time.monotonic() < deadline, f"not within {timeout_s} s"
+        time.sleep(0.1)
+
+
+def _incident_state(lab: Lab) -> str:
+    store = SqliteStore(lab.state_dir / "journal.db")
+    try:
+        return store.incidents()[-1].state
+    finally:
+        store.close()
