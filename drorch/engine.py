@@ -150,9 +150,13 @@ class Engine:
             # The WAL caps the failover set on the promoted nodes: the failback restores them.
             caps = {db.name: cap for db in self.runbook.databases
                     if (cap := self.store.fact(last.id, f"split:{db.name}:cap")) is not None}
+            # The synchronous standbys the failover's promotion emptied: restored once the
+            # old primary streams again.
+            sync = {db.name: fit for db in self.runbook.databases
+                    if (fit := self.store.fact(last.id, f"sync:{db.name}")) is not None}
             return (self.store.fact(last.id, "to_region"), self.store.fact(last.id, "from_region"),
                     {"failover_incident": last.id, "failover_promoted_at": promoted,
-                     "split_wal_caps": caps})
+                     "split_wal_caps": caps, "failover_sync_fits": sync})
 
         return self._open("failback", actor, reason, trigger, where)
 

@@ -411,6 +411,71 @@ def release_wal(target: Target, slot: str) -> bool:
     return bool(row)
 
 
+# -- synchronous replication -------------------------------------------------
+@dataclass(frozen=True)
+class SyncStandbys:
+    """``synchronous_standby_names`` parsed ("Replication", PostgreSQL 15 docs, 20.6.2):
+    ``[FIRST|ANY] num_sync (name, ...)`` or a bare list (``FIRST 1``); ``*`` matches any
+    standby; names compare case-insensitively unless double-quoted."""
+
+    method: str
+    num_sync: int
+    names: tuple[str, ...]
+
+    def matches(self, application_name: str) -> bool:
+        return any(n == "*" or n == application_name or n.lower() == application_name.lower()
+                   for n in self.names)
+
+
+_SYNC_RE = re.compile(r"^\s*(?:(FIRST|ANY)\s+)?(?:(\d+)\s*\((.*)\)|(.*))\s*$",
+                      re.IGNORECASE | re.DOTALL)
+
+
+def parse_sync_standbys(value: str) -> SyncStandbys | None:
+    """None when empty (asynchronous replication); ValueError when it cannot be read."""
+    if not value.strip():
+        return None
+    m = _SYNC_RE.match(value)
+    if m is None:
+        raise ValueError(f"cannot read synchronous_standby_names {value!r}")
+    method = (m.group(1) or "FIRST").upper()
+    listed = m.group(3) if m.group(2) is not None else m.group(4)
+    names = tuple(n.strip().strip('"') for n in listed.split(",") if n.strip())
+    if not names:
+        raise ValueError(f"cannot read synchronous_standby_names {value!r}")
+    return SyncStandbys(method, int(m.group(2) or 1), names)
+
+
+def sync_standby_names(target: Target) -> tuple[str, bool]:
+    """The node's ``synchronous_standby_names`` and whether it comes from ``ALTER SYSTEM``
+    (``postgresql.auto.conf``)."""
+    with _use(target, 3000) as c:
+        row = c.execute("SELECT setting, coalesce(sourcefile, '') LIKE '%%postgresql.auto.conf' "
+                        "FROM pg_settings WHERE name = 'synchronous_standby_names'").fetchone()
+    return (str(row[0]), bool(row[1])) if row else ("", False)
+
+
+def streaming_standbys(target: Target) -> list[str]:
+    """``application_name`` of every standby streaming from the node now."""
+    with _use(target, 3000) as c:
+        return [str(r[0]) for r in c.execute(
+            "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'")]
+
+
+def set_sync_standby_names(target: Target, value: str | None) -> None:
+    """``ALTER SYSTEM`` + reload (a sighup setting); None resets it to the configuration
+    file's value or the default. Emptying it releases commits already waiting for a
+    standby (the checkpointer wakes them when it sees no synchronous standby is
+    defined, ``SyncRepUpdateSyncStandbysDefined`` in ``src/backend/replication/syncrep.c``)."""
+    with _use(target, 3000) as c:
+        if value is None:
+            c.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        else:
+            c.execute(sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
+                sql.Literal(value)))
+        c.execute("SELECT pg_reload_conf()")
+
+
 # -- promotion -------------------------------------------------------------
 def write_barrier(dsn: Target) -> str:
     """Commit a WAL record on a (frozen) primary and return its LSN.
@@ -484,12 +549,25 @@ def ensure_canary(admin_dsn: str, grant_to: str) -> None:
             sql.Identifier(grant_to)))
 
 
+class CommitNotAcknowledged(RuntimeError):
+    """A commit waited for a synchronous standby past its deadline."""
+
+
 def canary_write(dsn: str, marker: str) -> str:
     """Write one row and read it back in a new transaction: proves writes work
     for the credentials in ``dsn`` (the application's, from its secret)."""
+    notices: list[str] = []
     with connect(dsn, 5000) as c:
+        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
         c.execute("INSERT INTO drorch.canary(marker) VALUES (%s) ON CONFLICT (marker) DO UPDATE "
                   "SET written_at = now()", (marker,))
+        if any("synchronous replication" in n for n in notices):
+            # statement_timeout cancelled the commit's wait for a standby; PostgreSQL says
+            # "canceling wait for synchronous replication ... committed locally"
+            raise CommitNotAcknowledged(
+                "the canary's commit did not return within 5 s: it waits for a synchronous "
+                "standby that does not acknowledge (synchronous_standby_names); the "
+                "application's commits hang the same way")
         row = c.execute("SELECT marker FROM drorch.canary WHERE marker=%s", (marker,)).fetchone()
     if not row:
         raise RuntimeError("canary row written but not read back")

@@ -17,6 +17,7 @@ from typing import Any
 
 from drorch.adapters import postgres as pg
 from drorch.steps.base import Step, StepContext, StepFailed
+from drorch.steps.promote import keep_sync_standbys, restore_sync_standbys, sync_fact_key
 
 
 def _node(ctx: StepContext, db: str, region: str) -> Any:
@@ -216,6 +217,7 @@ class ResyncAsReplica(Step):
         from drorch.reconcile.resync import resync_as_replica
 
         rebuilt, source = self._roles(ctx)
+        own = self._own_sync(ctx, rebuilt)
         result = resync_as_replica(_node(ctx, self.target, rebuilt),
                                    _dsn(ctx, self.target, source),
                                    captured=self._captured(ctx),
@@ -224,7 +226,39 @@ class ResyncAsReplica(Step):
         if result.evidence:
             ctx.record("resync.evidence_kept", {"database": self.target, "region": rebuilt,
                                                 "archive": result.evidence})
-        return result.to_dict()
+        if own is not None:  # the rebuild copied the source's postgresql.auto.conf
+            keep_sync_standbys(_dsn(ctx, self.target, rebuilt), own)
+        restored = restore_sync_standbys(ctx, self.target, _dsn(ctx, self.target, source),
+                                         self._sync_fit(ctx), self._sync_restored_key())
+        return {**result.to_dict(), **({"sync_standbys_restored": restored} if restored
+                                       else {})}
+
+    def _own_sync(self, ctx: StepContext, rebuilt: str) -> dict[str, Any] | None:
+        """The rebuilt node's own ``synchronous_standby_names``, journaled before the
+        rebuild (pg_rewind and a base backup copy the source's ``postgresql.auto.conf``
+        over it); None when the node does not answer (nothing known to keep)."""
+        key = f"{self.stage}:{self.target}:own_sync"
+        own = ctx.facts.get(key)
+        if own is None:
+            try:
+                value, altered = pg.sync_standby_names(_dsn(ctx, self.target, rebuilt))
+            except pg.Unreachable:
+                return None
+            own = {"value": value, "by_alter_system": altered}
+            ctx.facts.set(key, own)
+        return dict(own)
+
+    def _sync_fit(self, ctx: StepContext) -> dict[str, Any] | None:
+        """What the failover's promotion did to the serving node's synchronous standbys:
+        put back now that the rebuilt node streams from it."""
+        return (ctx.facts.get("failover_sync_fits") or {}).get(self.target)
+
+    def _sync_restored_key(self) -> str:
+        return f"{self.stage}:{self.target}:sync_restored"
+
+    def _sync_pending(self, ctx: StepContext) -> bool:
+        return (self._sync_fit(ctx) is not None
+                and not ctx.facts.get(self._sync_restored_key()))
 
     def _evidence(self, ctx: StepContext, rebuilt: str) -> Path | None:
         """Where the old primary's data directory is archived before the rewind (kept
@@ -250,8 +284,13 @@ class RejoinAsReplica(ResyncAsReplica):
     def _evidence(self, ctx: StepContext, rebuilt: str) -> Path | None:
         return None  # frozen and caught up before the promotion: nothing diverged
 
+    def _sync_fit(self, ctx: StepContext) -> dict[str, Any] | None:
+        """What this failback's promotion did to the old primary's synchronous standbys."""
+        return ctx.facts.get(sync_fact_key(self.target))
+
     def check(self, ctx: StepContext) -> bool:
         try:
-            return pg.in_recovery(_dsn(ctx, self.target, ctx.from_region))
+            return (pg.in_recovery(_dsn(ctx, self.target, ctx.from_region))
+                    and not self._sync_pending(ctx))
         except pg.Unreachable:
             return False

@@ -126,10 +126,11 @@ class PromoteDatabase(Step):
                     "why, then `drorch resume` reads the node's real role and carries on",
                     {**measured, "promotion_requested_at": requested})
             promote_s = time.monotonic() - start
+            sync = fit_sync_standbys(ctx, self.target, new_dsn)
             pinned = pin_split_wal(ctx, self.target, new_dsn)
             gap = advance_sequences(ctx, self.target, new_dsn)
             return {**measured, "promote_wait_s": round(promote_s, 4), "sequence_gap": gap,
-                    "split_wal": pinned,
+                    "split_wal": pinned, "synchronous_standbys": sync,
                     "wait_s": round(promote_s + measured["catch_up_wait_s"], 4),
                     "timeline": pg.timeline(new)}
 
@@ -164,14 +165,81 @@ class OpenWrites(Step):
         return ctx.runbook.database(self.target).endpoints[ctx.to_region].dsn()
 
     def check(self, ctx: StepContext) -> bool:
-        return (sequences_done(ctx, self.target)
+        return (sequences_done(ctx, self.target) and sync_fits(ctx, self.target, self._dsn(ctx))
                 and pg.writes_open(self._dsn(ctx), ctx.runbook.database(self.target).app_roles))
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
+        fit_sync_standbys(ctx, self.target, self._dsn(ctx))
         pin_split_wal(ctx, self.target, self._dsn(ctx))
         gap = advance_sequences(ctx, self.target, self._dsn(ctx))
         changed = pg.open_writes(self._dsn(ctx), ctx.runbook.database(self.target).app_roles)
         return {"roles_let_in": changed, "sequence_gap": gap}
+
+
+def sync_fact_key(database: str) -> str:
+    return f"sync:{database}"
+
+
+def _sync_satisfied(value: str, streaming: list[str]) -> tuple[bool, list[str]]:
+    """Can a commit on this node return with these standbys streaming? And which of
+    them the setting names."""
+    parsed = pg.parse_sync_standbys(value)
+    if parsed is None:
+        return True, []
+    named = [n for n in streaming if parsed.matches(n)]
+    return len(named) >= parsed.num_sync, named
+
+
+def sync_fits(ctx: StepContext, database: str, dsn: str) -> bool:
+    """The promoted node's synchronous standbys can acknowledge commits (read only)."""
+    value, _ = pg.sync_standby_names(dsn)
+    return _sync_satisfied(value, pg.streaming_standbys(dsn))[0]
+
+
+def fit_sync_standbys(ctx: StepContext, database: str, dsn: str) -> dict[str, Any] | None:
+    """Right after a promotion: a ``synchronous_standby_names`` naming standbys that do
+    not stream to this node (the usual symmetric setting, with the old primary gone)
+    would hang every commit on it, drorch's and the application's, for ever. Keep only
+    the named standbys that stream (``ANY k``), or none; the previous value is journaled
+    first (fact ``sync:<database>``) and put back when a standby streams again
+    (failback). Returns what was done; None when nothing needed changing."""
+    key = sync_fact_key(database)
+    value, altered = pg.sync_standby_names(dsn)
+    satisfied, named = _sync_satisfied(value, pg.streaming_standbys(dsn))
+    fact = ctx.facts.get(key)
+    if satisfied:
+        return fact
+    if fact is None:
+        fact = {"previous": value, "previous_by_alter_system": altered,
+                "set": "ANY {} ({})".format(len(named), ", ".join(f'"{n}"' for n in named))
+                if named else ""}
+        ctx.facts.set(key, fact)  # before the change: a kill leaves it restorable
+    pg.set_sync_standby_names(dsn, fact["set"])
+    ctx.record("step.promote.sync_standbys_fitted", {"database": database, **fact})
+    return fact
+
+
+def restore_sync_standbys(ctx: StepContext, database: str, dsn: str,
+                          fact: dict[str, Any] | None, done_key: str) -> dict[str, Any] | None:
+    """Put back the ``synchronous_standby_names`` a promotion replaced (``fact`` from
+    :func:`fit_sync_standbys`), once a standby streams again; ``done_key`` journals it.
+    Idempotent; None when there was nothing to restore."""
+    if fact is None or ctx.facts.get(done_key):
+        return None
+    pg.set_sync_standby_names(dsn, fact["previous"] if fact.get("previous_by_alter_system")
+                              else None)
+    ctx.facts.set(done_key, True)
+    restored = {"database": database, "synchronous_standby_names": fact["previous"]}
+    ctx.record("step.resync.sync_standbys_restored", restored)
+    return restored
+
+
+def keep_sync_standbys(dsn: str, own: dict[str, Any]) -> None:
+    """Give a rebuilt node back its own ``synchronous_standby_names`` (``own``: value and
+    whether it came from ``ALTER SYSTEM``), when the rebuild changed it."""
+    value, altered = pg.sync_standby_names(dsn)
+    if (value, altered) != (own["value"], own["by_alter_system"]):
+        pg.set_sync_standby_names(dsn, own["value"] if own["by_alter_system"] else None)
 
 
 def _unplanned(ctx: StepContext, database: str) -> bool:

@@ -34,7 +34,7 @@ class CanaryWrite(Step):
         host, port = value.get(spec.host_key), value.get(spec.port_key)
         try:
             pg.canary_write(secrets.dsn_from_secret(value), ctx.incident_id)
-        except pg.psycopg.Error as exc:
+        except (pg.psycopg.Error, pg.CommitNotAcknowledged) as exc:
             raise StepFailed(f"canary write through secret {spec.secret_id} failed: "
                              f"{str(exc).strip().splitlines()[0]}",
                              {"host": host, "port": port}) from exc

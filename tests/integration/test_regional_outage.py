@@ -206,3 +206,56 @@ def _incident_state(lab: Lab) -> str:
         return store.incidents()[-1].state
     finally:
         store.close()
+
+
+def _sync_names(dsn: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return str(c.execute("SHOW synchronous_standby_names").fetchone()[0])
+
+
+def _app_commit_returns(lab: Lab, region: str) -> None:
+    """An application insert on ``region`` commits and is acknowledged: no commit left
+    waiting for a standby (a 5 s statement_timeout turns such a wait into a warning)."""
+    notices: list[str] = []
+    dsn = lab.runbook.database("main").endpoints[region].dsn()
+    with psycopg.connect(dsn, autocommit=True, options="-c statement_timeout=5000") as c:
+        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        c.execute("SET ROLE app")
+        c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES (1, 1, %s)",
+                  (region,))
+    assert not [n for n in notices if "synchronous" in n], notices
+
+
+def test_synchronous_replication_on_both_nodes_does_not_hang_the_failover(lab: Lab) -> None:
+    """synchronous_standby_names = '*' on both nodes (zero-loss inside a region) and
+    region-a killed: the promoted region-b has no standby, so drorch empties the setting
+    there (journaled first), the failover completes and the application's commits on
+    region-b return. The failback puts '*' back on region-b once region-a streams from
+    it, and on region-a once region-b streams again."""
+    a = lab.runbook.database("main").endpoints["region-a"].dsn()
+    b = lab.runbook.database("main").endpoints["region-b"].dsn()
+    for dsn in (a, b):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            c.execute("SELECT pg_reload_conf()")
+    _until(lambda: _sync_names(a) == "*", 10)
+    _app_commit_returns(lab, "region-a")  # region-b streams: the setting is satisfied
+    assert lab.cli("lab", "fail", "region-a", "--mode", "stop").returncode == 0
+
+    result = lab.cli("failover", "--reason", "region-a gone")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _sync_names(b) == ""
+    _app_commit_returns(lab, "region-b")
+    store = SqliteStore(lab.state_dir / "journal.db")
+    try:
+        failover = store.incidents()[-1].id
+        assert store.fact(failover, "sync:main") == {
+            "previous": "*", "previous_by_alter_system": True, "set": ""}
+    finally:
+        store.close()
+
+    assert lab.cli("lab", "heal", "region-a").returncode == 0
+    back = lab.cli("failback", "--reason", "region-a is back", timeout=300)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert _sync_names(a) == "*" and _sync_names(b) == "*"
+    _app_commit_returns(lab, "region-a")
