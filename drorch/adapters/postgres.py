@@ -416,14 +416,16 @@ def release_wal(target: Target, slot: str) -> bool:
 class SyncStandbys:
     """``synchronous_standby_names`` parsed ("Replication", PostgreSQL 15 docs, 20.6.2):
     ``[FIRST|ANY] num_sync (name, ...)`` or a bare list (``FIRST 1``); ``*`` matches any
-    standby; names compare case-insensitively unless double-quoted."""
+    standby; names compare case-insensitively unless double-quoted (``names`` keep
+    their quotes)."""
 
     method: str
     num_sync: int
     names: tuple[str, ...]
 
     def matches(self, application_name: str) -> bool:
-        return any(n == "*" or n == application_name or n.lower() == application_name.lower()
+        return any(n == "*" or (n[1:-1] == application_name if n.startswith('"')
+                                else n.lower() == application_name.lower())
                    for n in self.names)
 
 
@@ -440,7 +442,7 @@ def parse_sync_standbys(value: str) -> SyncStandbys | None:
         raise ValueError(f"cannot read synchronous_standby_names {value!r}")
     method = (m.group(1) or "FIRST").upper()
     listed = m.group(3) if m.group(2) is not None else m.group(4)
-    names = tuple(n.strip().strip('"') for n in listed.split(",") if n.strip())
+    names = tuple(n.strip() for n in listed.split(",") if n.strip())  # quotes kept
     if not names:
         raise ValueError(f"cannot read synchronous_standby_names {value!r}")
     return SyncStandbys(method, int(m.group(2) or 1), names)
