@@ -68,6 +68,11 @@ class DatabasePair(_Model):
     replication_role: str = "postgres"
     max_lag_bytes: int | None = Field(default=None, ge=0)
     promote_timeout_s: float = Field(default=60, gt=0)
+    freeze_others_wait_s: float = Field(
+        default=0, ge=0, le=600,
+        description="The freeze ends every client session on the node it freezes, not only "
+        "the app_roles' (any of them could commit after the barrier): their open write "
+        "transactions get this long to finish first; 0 ends them at once.")
     resync_timeout_s: float = Field(default=300, gt=0)
     reconcile: ReconcileSpec | None = None
     split_wal_max_mb: int | None = Field(

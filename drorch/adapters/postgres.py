@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -132,6 +132,11 @@ class FreezeRecord:
     roles_locked: list[str]
     auto_conf_read_only: str | None
     sessions_ended: int = 0
+    # What else the freeze found (not part of the undo): sessions of other roles it
+    # ended, by role, and the prepared transactions waiting on the node (any of them
+    # may still be committed by ``COMMIT PREPARED``).
+    others_ended: dict[str, int] = field(default_factory=dict, compare=False)
+    prepared: list[dict[str, Any]] = field(default_factory=list, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"roles_locked": self.roles_locked,
@@ -196,15 +201,21 @@ def freeze_baseline(target: Target, app_roles: list[str]) -> FreezeRecord:
 
 def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None = None, *,
            on_intent: Callable[[FreezeRecord], None] | None = None,
-           on_roles_locked: Callable[[], None] | None = None) -> FreezeRecord:
-    """Stop every application write on this node; replication keeps streaming.
+           on_roles_locked: Callable[[], None] | None = None,
+           others_wait_s: float = 0.0) -> FreezeRecord:
+    """Stop every write on this node; replication keeps streaming.
 
     Locks the application roles out (``ALTER ROLE … NOLOGIN``), makes read-only
     the default for new transactions (``ALTER SYSTEM``, reload), then ends the
     application roles' sessions and waits until they are gone (an open
     transaction dies uncommitted). ``default_transaction_read_only`` alone is no
     freeze: a client may ``SET`` it off
-    (https://www.postgresql.org/docs/15/runtime-config-client.html).
+    (https://www.postgresql.org/docs/15/runtime-config-client.html). Then every
+    other client session (an ETL job, an operator's superuser session: any of them
+    may ``BEGIN READ WRITE`` and commit after the barrier) is ended too, after
+    giving their open write transactions up to ``others_wait_s`` to finish (0: at
+    once); walsenders (replication) and this session stay. Prepared transactions
+    are listed in the record (ending sessions does not end them).
 
     ``previous`` is what an earlier, possibly half-done, freeze recorded before it
     changed anything: what was there before comes from it, never from this node,
@@ -238,8 +249,37 @@ def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None =
             raise FreezeIncomplete(f"{left} session(s) of {app_roles} still connected after "
                                    "pg_terminate_backend waited 5 s for each: writes not "
                                    "stopped")
+        others = _end_other_sessions(c, others_wait_s)
+        prepared = [{"gid": r[0], "owner": r[1], "database": r[2], "prepared_at": r[3]}
+                    for r in c.execute("SELECT gid, owner, database, prepared::text "
+                                       "FROM pg_prepared_xacts ORDER BY prepared")]
     return FreezeRecord(intent.roles_locked, intent.auto_conf_read_only,
-                        intent.sessions_ended + int(ended))
+                        intent.sessions_ended + int(ended), others, prepared)
+
+
+_OTHER_SESSIONS = ("FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                   "AND pid <> pg_backend_pid()")
+
+
+def _end_other_sessions(c: psycopg.Connection[Any], wait_s: float) -> dict[str, int]:
+    """End every client session but this one (application roles are gone already);
+    first wait up to ``wait_s`` for their open write transactions (those holding a
+    transaction id) to end by themselves. Returns the sessions ended, by role."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and c.execute(
+            "SELECT count(*) " + _OTHER_SESSIONS + " AND backend_xid IS NOT NULL"
+            ).fetchone()[0]:  # type: ignore[index]
+        time.sleep(0.05)
+    ended: dict[str, int] = {}
+    for role, ok in c.execute("SELECT coalesce(usename, '?'), pg_terminate_backend(pid, 5000) "
+                              + _OTHER_SESSIONS):
+        if ok:
+            ended[role] = ended.get(role, 0) + 1
+    left = c.execute("SELECT count(*) " + _OTHER_SESSIONS).fetchone()[0]  # type: ignore[index]
+    if left:
+        raise FreezeIncomplete(f"{left} other session(s) still connected after "
+                               "pg_terminate_backend waited 5 s for each: writes not stopped")
+    return ended
 
 
 def is_frozen(target: Target, app_roles: list[str]) -> bool:

@@ -93,9 +93,10 @@ def freeze_journaled(ctx: StepContext, database: str, target: pg.Target,
     def journal_intent(intent: pg.FreezeRecord) -> None:
         ctx.facts.set(key, {"phase": "intent", **intent.to_dict()})
 
-    record = pg.freeze(target, ctx.runbook.database(database).app_roles, previous,
-                       on_intent=journal_intent,
-                       on_roles_locked=lambda: fault_point(f"{step_id}:roles_locked"))
+    db = ctx.runbook.database(database)
+    record = pg.freeze(target, db.app_roles, previous, on_intent=journal_intent,
+                       on_roles_locked=lambda: fault_point(f"{step_id}:roles_locked"),
+                       others_wait_s=db.freeze_others_wait_s)
     ctx.facts.set(key, {"phase": "done", **record.to_dict()})
     return record
 
@@ -145,7 +146,9 @@ class FreezeDatabase(Step):
             ctx.facts.set(key, None)
             raise StepFailed(f"freeze of {self.target} failed ({exc}); what it changed "
                              "was undone", {"undone": intent.to_dict()}) from exc
-        return {"reachable": True, **record.to_dict()}
+        return {"reachable": True, **record.to_dict(),
+                "other_sessions_ended": record.others_ended,
+                "prepared_transactions": record.prepared}
 
     def _unreachable(self, ctx: StepContext, exc: Exception) -> dict[str, Any]:
         key = freeze_fact_key(self.target)

@@ -259,3 +259,28 @@ def test_synchronous_replication_on_both_nodes_does_not_hang_the_failover(lab: L
     assert back.returncode == 0, back.stdout + back.stderr
     assert _sync_names(a) == "*" and _sync_names(b) == "*"
     _app_commit_returns(lab, "region-a")
+
+
+def test_the_freeze_ends_writers_of_every_role(lab: Lab) -> None:
+    """A superuser's transaction open on region-a when the failover freezes it (an ETL
+    job, an operator's session): the freeze ends that session, so its insert never
+    commits after the barrier, on either node; the journal names the role it ended."""
+    a = lab.runbook.database("main").endpoints["region-a"].dsn()
+    b = lab.runbook.database("main").endpoints["region-b"].dsn()
+    etl = psycopg.connect(a)
+    try:
+        etl.execute("INSERT INTO orders(user_id, amount_cents, region) "
+                    "VALUES (1, 777, 'etl-open-at-freeze')")
+        result = lab.cli("failover", "--reason", "drill with an open ETL transaction")
+        assert result.returncode == 0, result.stdout + result.stderr
+        with pytest.raises(psycopg.OperationalError):
+            etl.commit()
+    finally:
+        etl.close()
+    for dsn in (a, b):
+        with psycopg.connect(dsn) as c:
+            assert c.execute("SELECT count(*) FROM orders WHERE region = "
+                             "'etl-open-at-freeze'").fetchone()[0] == 0
+    freeze = [e for e in _journal(lab) if e[1] == "freeze:main" and e[2] == "done"]
+    assert freeze[-1][3]["other_sessions_ended"].get("postgres", 0) >= 1
+    assert freeze[-1][3]["prepared_transactions"] == []
