@@ -13,7 +13,7 @@ DEMO_STATE := $(CURDIR)/.drorch-demo
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[test,lab]"
 	touch $(STAMP)
 
 # PostgreSQL 15 server binaries (Debian packages) when the machine lacks them.

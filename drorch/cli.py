@@ -21,6 +21,7 @@ from drorch.cli_common import (
     load_or_exit,
     open_context,
     out,
+    read_only_engine,
 )
 from drorch.cli_lab import lab_app
 from drorch.config import Runbook
@@ -56,7 +57,7 @@ def plan(runbook: RunbookOpt) -> None:
 
 
 def _plan(rb: Runbook, kind: str = "failover") -> None:
-    engine, _store = engine_for(rb)
+    engine = read_only_engine(rb)
     aws = engine.aws
     src = engine.active_region()
     dst = next(r.name for r in rb.regions if r.name != src)

@@ -40,6 +40,25 @@ def open_context(runbook: Runbook) -> tuple[Any, Any, Any]:
     return store, audit, AwsClients.for_runbook(runbook)
 
 
+class _NoAudit:
+    """The audit log of a command that records nothing."""
+
+    def record(self, action: str, **_: Any) -> dict[str, Any]:
+        raise RuntimeError(f"plan / dry run: {action} is not recorded (nothing changes)")
+
+
+def read_only_engine(rb: Runbook) -> Any:
+    """The engine for commands that change nothing on disk (``plan``, ``--dry-run``): the
+    journal read-only (an empty one in memory when there is none yet), no audit log, no
+    node control, so no state directory, journal or audit entry is created."""
+    from drorch.adapters.aws import AwsClients
+    from drorch.engine import Engine
+    from drorch.store.sqlite import SqliteStore
+
+    store = SqliteStore.read_only(Path(rb.state_dir) / "journal.db")
+    return Engine(rb, store, _NoAudit(), AwsClients(rb.aws.endpoint_url))  # type: ignore[arg-type]
+
+
 def engine_for(rb: Runbook, progress: Any = None) -> tuple[Any, Any]:
     """The engine with this runbook's store, audit log, AWS clients and node control
     (the lab's clusters for a lab runbook; none otherwise)."""

@@ -9,20 +9,23 @@ names the file, the line when known, the field path and what is wrong.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drorch.health.config import HealthPolicy, RegionHealth
 from drorch.reconcile.config import ReconcileSpec
+from drorch.runbook_file import (
+    MAX_SHOWN,
+    Problem,
+    RunbookError,
+    expand_env,
+    read_runbook_file,
+    runbook_error,
+)
+from drorch.unique import DuplicateName, require_unique
 from drorch.validate.spec import FlowSpec
-
-
-class RunbookError(Exception):
-    """A runbook could not be loaded; the message is meant for a human."""
 
 
 class _Model(BaseModel):
@@ -104,6 +107,14 @@ class DnsRecord(_Model):
     type: Literal["A", "AAAA", "CNAME"] = "A"
     set_identifiers: dict[str, str]
 
+    @model_validator(mode="after")
+    def _distinct_identifiers(self) -> DnsRecord:
+        """Two regions on one set identifier would be one record: the flip could not
+        move weight from one region to the other."""
+        require_unique(list(self.set_identifiers.values()), "set identifier",
+                       ("set_identifiers",), field=None, keys=list(self.set_identifiers))
+        return self
+
 
 class Dns(_Model):
     zone: str
@@ -115,6 +126,12 @@ class Dns(_Model):
         description="host:port of authoritative servers the DNS step queries after the flip",
     )
     verify_timeout_s: float = Field(default=60, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_records(self) -> Dns:
+        require_unique([(r.name, r.type) for r in self.records], "dns record (name, type)",
+                       ("records",))
+        return self
 
 
 class WriteFlag(_Model):
@@ -132,6 +149,7 @@ class Validation(_Model):
 
     @model_validator(mode="after")
     def _variables_defined(self) -> Validation:
+        require_unique([f.name for f in self.flows], "flow name", ("flows",))
         for flow in self.flows:
             missing = flow.missing_variables(set(self.variables))
             if missing:
@@ -182,16 +200,16 @@ class Runbook(_Model):
     @model_validator(mode="after")
     def _references_resolve(self) -> Runbook:
         names = [r.name for r in self.regions]
-        if len(names) != len(set(names)):
-            raise ValueError("region names must be unique")
+        require_unique(names, "region name", ("regions",))
         roles = sorted(r.role for r in self.regions)
         if roles != ["primary", "secondary"]:
             raise ValueError("exactly one primary and one secondary region are required")
         db_names = [d.name for d in self.databases]
         if not db_names:
             raise ValueError("at least one database pair is required")
-        if len(db_names) != len(set(db_names)):
-            raise ValueError("database names must be unique")
+        require_unique(db_names, "database name", ("databases",))
+        require_unique([(s.secret_id, s.region) for s in self.secrets],
+                       "secret (secret_id, region)", ("secrets",), field="secret_id")
         for db in self.databases:
             missing = set(names) - set(db.endpoints)
             unknown = set(db.endpoints) - set(names)
@@ -250,37 +268,13 @@ class Runbook(_Model):
         return next(d for d in self.databases if d.name == name)
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
 def _expand_env(text: str) -> str:
-    """``${VAR}`` and ``${VAR:-default}``: lets tests and the lab move ports."""
-
-    def sub(m: re.Match[str]) -> str:
-        value = os.environ.get(m.group(1))
-        if value is None:
-            if m.group(2) is None:
-                raise RunbookError(f"environment variable {m.group(1)} is not set")
-            return m.group(2)
-        return value
-
-    return _ENV_REF.sub(sub, text)
-
-
-class _LineLoader(yaml.SafeLoader):
-    """A YAML loader that remembers the line of every mapping key."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
-    mapping = loader.construct_mapping(node, deep=True)
-    lines = {}
-    for key_node, _ in node.value:
-        lines[key_node.value] = key_node.start_mark.line + 1
-    mapping["__lines__"] = lines
-    return mapping
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+    """``${VAR}`` and ``${VAR:-default}`` in a whole text (the loader substitutes inside
+    parsed values instead: see ``drorch.runbook_file``)."""
+    value, missing = expand_env(text)
+    if missing:
+        raise RunbookError(f"environment variable {missing[0]} is not set")
+    return value
 
 
 def _strip_lines(obj: Any) -> Any:
@@ -308,39 +302,39 @@ def _line_of(raw: Any, loc: tuple[int | str, ...]) -> int | None:
     return line
 
 
+def _problem(raw: Any, error: Any) -> Problem:
+    """One pydantic error as a problem at the line of the deepest field it names; a
+    repeated name (``DuplicateName``) is placed at its item, with the first use's line."""
+    loc = tuple(error["loc"])
+    cause = (error.get("ctx") or {}).get("error")
+    text = _describe(error)
+    if isinstance(cause, DuplicateName):
+        first = _line_of(raw, loc + cause.first)
+        loc += cause.at
+        text = str(cause) + (f" (first at line {first})" if first else "")
+    field = ".".join(str(p) for p in loc) or "(runbook)"
+    return Problem(_line_of(raw, loc), f"{field}: {text}")
+
+
 def _describe(error: dict[str, Any]) -> str:
     kind = error["type"]
     if kind == "missing":
         return "required field is missing"
     if kind == "extra_forbidden":
         return "unknown field (not part of the runbook format)"
-    return str(error["msg"])
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def load_runbook(path: str | Path) -> Runbook:
-    """Read and validate a runbook; raise ``RunbookError`` with a readable message."""
+    """Read and validate a runbook; raise ``RunbookError`` with a readable message:
+    every line names the file (and line and field where there is one), at most a
+    screenful of them (``drorch.runbook_file`` says what is refused and why)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise RunbookError(f"{path}: cannot read runbook: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.load(_expand_env(text), Loader=_LineLoader)  # noqa: S506 (SafeLoader subclass)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RunbookError(f"{path}{where}: invalid YAML: {problem}") from None
+    raw = read_runbook_file(path)
     if not isinstance(raw, dict):
         raise RunbookError(f"{path}: a runbook must be a YAML mapping at the top level")
     try:
         return Runbook.model_validate(_strip_lines(raw))
     except ValidationError as exc:
-        messages = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            field = ".".join(str(p) for p in loc) or "(runbook)"
-            line = _line_of(raw, loc)
-            where = f":{line}" if line else ""
-            messages.append(f"{path}{where}: {field}: {_describe(err)}")
-        raise RunbookError("\n".join(messages)) from None
+        problems = [_problem(raw, err) for err in exc.errors()[:MAX_SHOWN]]
+        raise runbook_error(path, problems, total=exc.error_count()) from None

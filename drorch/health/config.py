@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from drorch.unique import require_unique
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -116,9 +118,7 @@ class RegionHealth(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> RegionHealth:
-        names = [p.name for p in self.probes]
-        if len(names) != len(set(names)):
-            raise ValueError(f"region {self.region!r}: probe names must be unique")
+        require_unique([p.name for p in self.probes], "probe name", ("probes",))
         if self.quorum > len(self.probes):
             raise ValueError(
                 f"region {self.region!r}: quorum {self.quorum} is more than the "
@@ -174,8 +174,7 @@ class HealthPolicy(_Model):
     @model_validator(mode="after")
     def _references(self) -> HealthPolicy:
         names = [r.region for r in self.regions]
-        if len(names) != len(set(names)):
-            raise ValueError("health: each region may appear once")
+        require_unique(names, "health region", ("regions",), field="region")
         if self.regions:
             unknown = sorted(set(self.alarm_regions.values()) - set(names))
             if unknown:

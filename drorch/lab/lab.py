@@ -33,7 +33,7 @@ import httpx
 
 from drorch.adapters.aws import AwsClients
 from drorch.config import Runbook
-from drorch.lab import schema, services
+from drorch.lab import require_lab_extra, schema, services
 from drorch.lab.postgres import PgNode, init_pair, make_owned_dir
 from drorch.procs import pid_alive
 
@@ -215,6 +215,7 @@ def up(runbook: Runbook) -> LabState:
     thread per database pair, the services together): most of the time is spent
     waiting for other processes, so threads cut ``up`` to about the slowest part.
     """
+    require_lab_extra()
     path = state_path(runbook)
     existing = LabState.load(path)
     if existing is not None:

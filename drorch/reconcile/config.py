@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drorch.unique import require_unique
+
 Policy = Literal["old-wins", "new-wins", "manual"]
 Method = Literal["auto", "wal", "full"]
 Collisions = Literal["rekey", "manual"]
@@ -87,10 +89,7 @@ class ReconcileSpec(_Model):
     @field_validator("tables")
     @classmethod
     def _unique(cls, tables: list[ReconcileTable]) -> list[ReconcileTable]:
-        names = [t.name for t in tables]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"tables listed twice: {', '.join(dupes)}")
+        require_unique([t.name for t in tables], "table")
         return tables
 
     def table(self, name: str) -> ReconcileTable:

@@ -125,6 +125,28 @@ class SqliteStore:
         # One connection shared by a stage's parallel steps: serialise its use.
         self._lock = threading.RLock()
 
+    @classmethod
+    def read_only(cls, path: Path) -> SqliteStore:
+        """The journal as it is, for commands that must change nothing (``plan``,
+        ``--dry-run``): no directory is created, the journal is not written (every write
+        raises ``sqlite3.OperationalError``). Without a journal, an empty one in memory:
+        nothing has happened yet. (Reading a WAL-mode journal that no process has open,
+        SQLite creates its empty ``-wal`` and ``-shm`` files beside it, as any reader
+        does; the next writer uses them.)"""
+        store = cls.__new__(cls)
+        store.path = path
+        if path.exists():
+            store._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                        timeout=30, isolation_level=None,
+                                        check_same_thread=False)
+        else:
+            store._db = sqlite3.connect(":memory:", isolation_level=None,
+                                        check_same_thread=False)
+            store._db.executescript(SCHEMA)
+        store._db.execute("PRAGMA query_only=ON")
+        store._lock = threading.RLock()
+        return store
+
     def close(self) -> None:
         self._db.close()
 

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drorch.unique import DuplicateName, require_unique
 from drorch.validate.template import sql_parameter_names, template_names
 
 PRESENT = "*"
@@ -140,11 +141,15 @@ class FlowSpec(_Spec):
     def _well_formed(self) -> FlowSpec:
         if not self.steps and not self.checks:
             raise ValueError(f"flow {self.name!r} has neither steps nor checks")
-        seen: set[str] = set()
-        for label in [s.name for s in self.steps] + [c.name for c in self.checks]:
-            if label in seen:
-                raise ValueError(f"flow {self.name!r}: step/check name {label!r} used twice")
-            seen.add(label)
+        # Steps and checks share one namespace (their results are reported by name).
+        require_unique([s.name for s in self.steps], "step name", ("steps",))
+        require_unique([c.name for c in self.checks], "check name", ("checks",))
+        step_index = {s.name: i for i, s in enumerate(self.steps)}
+        for i, check in enumerate(self.checks):
+            if check.name in step_index:
+                raise DuplicateName(f"step/check name {check.name!r} is used twice",
+                                    at=("checks", i, "name"),
+                                    first=("steps", step_index[check.name], "name"))
         return self
 
     def variables_used(self) -> set[str]:

@@ -44,7 +44,7 @@ def test_lab_runbook_loads() -> None:
     (lambda t: t.replace("  - {secret_id: lab/main/db, region: region-b",
                          "  - {secret_id: lab/main/db, region: region-z"),
      "unknown region 'region-z'"),
-    (lambda t: t.replace("port: ${DRORCH_LAB_PG_B_PORT:-25433}", "port: many"),
+    (lambda t: t.replace("port: \"${DRORCH_LAB_PG_B_PORT:-25433}\"", "port: many"),
      "databases.0.endpoints.region-b.port: Input should be a valid integer"),
     (lambda t: t.replace("regions:\n", "regions:\n  - [unclosed\n"),
      "invalid YAML"),
