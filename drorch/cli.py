@@ -237,10 +237,63 @@ def status(runbook: RunbookOpt) -> None:
     active = engine.active_region()
     out.print(f"runbook {rb.name}: writes served by [bold]{active}[/]")
     print_health(rb, store, active)
+    _print_watch(rb, store)
     if not incidents:
         out.print("no incidents recorded")
         return
     print_summary(incident_record(store, rb, incidents[-1].id))
+
+
+def _print_watch(rb: Runbook, store: Any) -> None:
+    """The recovery hold (from the journal, now) and the watcher's last refusal."""
+    import time
+
+    from drorch.watch import watch_status
+
+    hold, record = watch_status(rb, store, time.time())
+    if hold is not None:
+        out.print(f"[bold yellow]automatic failover held[/]: {hold.reason}", highlight=False)
+    d = record.decision
+    if d is not None and d.action == "refuse":
+        when = time.strftime("%H:%M:%S", time.localtime(record.updated_at or 0))
+        out.print(f"watcher ({record.state}, {when}) [bold]refuses[/] ({d.guard}): {d.reason}",
+                  highlight=False)
+
+
+@app.command()
+def ack(
+    incident: Annotated[str, typer.Argument(help="The failover incident to acknowledge.")],
+    runbook: RunbookOpt,
+    reason: ReasonOpt = None,
+    actor: ActorOpt = None,
+) -> None:
+    """Acknowledge a completed failover: a human has looked at it, so `drorch watch` may
+    fail over by itself again once the runbook's recovery period is over."""
+    import time
+
+    rb = load_or_exit(runbook)
+    store, audit, _aws = open_context(rb)
+    inc = store.incident(incident)
+    if inc is None or inc.runbook != rb.name:
+        err.print(f"no incident {incident} in runbook {rb.name}")
+        raise typer.Exit(1)
+    if inc.kind != "failover" or not store.fact(inc.id, "completed"):
+        err.print(f"{incident} is a {inc.kind} in state {inc.state}: only a completed "
+                  "failover holds automatic failover, so there is nothing to acknowledge")
+        raise typer.Exit(1)
+    if not reason:
+        err.print("ack needs --reason (it goes to the audit log)")
+        raise typer.Exit(2)
+    if (done := store.fact(inc.id, "ack")) is not None:  # idempotent: the first ack stands
+        out.print(f"{incident} was already acknowledged by {done['by']} at "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(done['at']))}",
+                  highlight=False)
+        return
+    who = actor or getpass.getuser()
+    store.set_fact(inc.id, "ack", {"by": who, "at": time.time(), "reason": reason})
+    audit.record("incident.acknowledged", actor=who, incident=inc.id, reason=reason,
+                 inputs={"kind": inc.kind, "state": inc.state})
+    out.print(f"{incident} acknowledged by {who}", highlight=False)
 
 
 @app.command()
@@ -249,28 +302,36 @@ def watch(
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this long (drills).")]
     = None,
 ) -> None:
-    """Watch region health; fail over by itself when the runbook's window says so."""
+    """Watch region health as a service: fail over by itself when the runbook's window
+    says so, keep watching the new primary after it, fence the old one when it answers
+    again. Stops on SIGTERM/SIGINT or after --max-seconds."""
     import signal
     import threading
 
-    from drorch.watch import watch as run_watch
+    from drorch.watch import serve
 
     rb = load_or_exit(runbook)
     store, audit, aws = open_context(rb)
     stop = threading.Event()
+    received: list[str] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
-        incident_id = run_watch(rb, store, audit, aws, stop=stop, progress=show_progress,
-                                max_seconds=max_seconds)
+        driven = serve(rb, store, audit, aws, stop=stop, progress=show_progress,
+                       max_seconds=max_seconds)
     except ValueError as exc:
         err.print(f"[bold red]cannot watch:[/] {exc}")
         raise typer.Exit(2) from None
-    if incident_id:
-        record = incident_record(store, rb, incident_id)
-        print_summary(record)
-        if record["state"] != "failed_over":
-            raise typer.Exit(1)
+    for incident_id in driven:
+        print_summary(incident_record(store, rb, incident_id))
+    why = received[0] if received else "--max-seconds reached"
+    out.print(f"watch stopped ({why}): {len(driven)} failover(s) driven; nothing held "
+              "(no lease, no alarm in hand)", highlight=False)
 
 
 @app.command()

@@ -8,19 +8,28 @@ which and why. Side effects, in order:
 
 - every verdict change (and the count starting: ``degraded``) is journaled in
   ``store.put("watch:<runbook>")`` and audited as ``watch.verdict``;
-- a refusal by a guard (secondary unhealthy, lag, failover already running or done)
-  is audited as ``watch.refused`` when it starts or its reason changes;
+- the recovery hold (after a completed failover: no automatic failover before
+  ``drorch ack INCIDENT`` and the end of ``health.recovery_period_s``) is journaled
+  and audited as ``watch.hold`` when it starts, moves on or ends;
+- a refusal by a guard (secondary unhealthy, lag, failover already running or done,
+  recovery hold) is audited as ``watch.refused`` when it starts or its reason changes;
+- while a failover is in force, the old primary is fenced the round it answers again
+  and its write flag raised (``drorch.watch_fence``);
 - a failover is opened with ``Engine.start_failover(actor="auto", trigger=...)``,
   audited as ``watch.failover_started``, its id journaled, then run to its end.
 
-Stopping: ``stop`` is checked between ticks, so a tick in hand finishes (at most one
-probe timeout). A failover in hand is driven to its end (completed, rolled back or
-halted): the engine has no safe stopping point short of that, and its journal makes
-a resume safe if the process is killed anyway. Restart: the windows, the last
-decision and the id of a failover this watcher started are read back; that failover
-is resumed if it was interrupted, and the count continues if the gap allows it.
-``watch`` returns after one failover (the regions' roles have changed; watching
-again is a new decision for a human).
+After a failover the watcher goes on: the journal says which region serves writes
+now, so the regions swap roles on the next tick. A rolled-back attempt restarts the
+failed region's count: the retry comes after a whole new failing window.
+
+Stopping: only ``stop`` (SIGTERM/SIGINT in the CLI) or ``max_seconds``. ``stop`` is
+checked between ticks, so a tick in hand finishes (at most one probe timeout). A
+failover in hand is driven to its end (completed, rolled back or halted): the engine
+has no safe stopping point short of that, and its journal makes a resume safe if the
+process is killed anyway. Restart: the windows, the last decision and the id of a
+failover this watcher started are read back; that failover is resumed if it was
+interrupted, and the count continues if the gap allows it. ``watch`` (for drills)
+returns after the first failover it drove; ``serve`` is the service.
 """
 
 from __future__ import annotations
@@ -55,7 +64,8 @@ from drorch.health import (
 from drorch.machine import State
 from drorch.steps.base import Clients
 from drorch.store.sqlite import SqliteStore
-from drorch.watch_state import TickView, WatchDecision, WatchRecord
+from drorch.watch_fence import ReturnFence, in_force, latest_failover
+from drorch.watch_state import Hold, TickView, WatchDecision, WatchRecord
 
 log = structlog.get_logger("drorch.watch")
 
@@ -93,13 +103,31 @@ def health_summary(runbook: Runbook, store: SqliteStore) -> list[dict[str, Any]]
     return ws.summary_rows(ws.from_json(store.get(record_key(runbook))), specs)
 
 
+def watch_status(runbook: Runbook, store: SqliteStore, now: float) -> tuple[Hold | None,
+                                                                          WatchRecord]:
+    """For ``drorch status``: the recovery hold in force now, from the journal (the
+    watcher may not be running), and the watcher's record (its last decision)."""
+    hold = (ws.hold_for(latest_failover(store, runbook.name), runbook.health, now)
+            if runbook.health is not None else None)
+    return hold, ws.from_json(store.get(record_key(runbook)))
+
+
 def watch(runbook: Runbook, store: SqliteStore, audit: AuditLog, aws: Clients, *,
           stop: threading.Event, progress: ProgressFn | None = None,
           max_seconds: float | None = None) -> str | None:
-    """Run until ``stop`` is set or ``max_seconds`` have passed; returns the id of the
-    failover it started (or resumed) and drove to its end, else ``None``."""
-    watcher = _Watcher(runbook, store, audit, aws, progress)
-    return watcher.run(stop, max_seconds)
+    """For drills: run until the first failover this watcher starts (or resumes) has
+    ended and return its id; ``None`` when ``stop`` or ``max_seconds`` came first."""
+    driven = _Watcher(runbook, store, audit, aws, progress).run(stop, max_seconds, once=True)
+    return driven[0] if driven else None
+
+
+def serve(runbook: Runbook, store: SqliteStore, audit: AuditLog, aws: Clients, *,
+          stop: threading.Event, progress: ProgressFn | None = None,
+          max_seconds: float | None = None) -> list[str]:
+    """The service: watch, fail over when the window says so, keep watching after it
+    (fencing the old primary when it returns), until ``stop`` is set or
+    ``max_seconds`` have passed. Returns the ids of the failovers it drove."""
+    return _Watcher(runbook, store, audit, aws, progress).run(stop, max_seconds, once=False)
 
 
 class _Watcher:
@@ -116,6 +144,7 @@ class _Watcher:
                                               if k in self.specs})
         self.fresh: frozenset[str] = frozenset()
         self.alarms = self._alarm_queue()
+        self.fence = ReturnFence(runbook, store, audit, aws, self.engine)
 
     def _alarm_queue(self) -> AlarmQueue | None:
         url = self.policy.alarm_queue_url
@@ -125,10 +154,15 @@ class _Watcher:
         return AlarmQueue(self.aws("sqs", region), url)
 
     # -- the loop ------------------------------------------------------------
-    def run(self, stop: threading.Event, max_seconds: float | None) -> str | None:
+    def run(self, stop: threading.Event, max_seconds: float | None, *,
+            once: bool) -> list[str]:
+        """The loop; with ``once`` it returns after the first failover it drove."""
+        driven: list[str] = []
         resumed = self._resume_own_incident()
         if resumed is not None:
-            return resumed
+            driven.append(resumed)
+            if once:
+                return driven
         deadline = None if max_seconds is None else time.monotonic() + max_seconds
         log.info("watch.started", runbook=self.runbook.name, regions=list(self.specs),
                  carried_over=sorted(self.record.windows))
@@ -140,18 +174,25 @@ class _Watcher:
                     if decision is not None and decision.action == "failover":
                         incident_id = self._failover(decision)
                         if incident_id is not None:
-                            return incident_id
+                            driven.append(incident_id)
+                            if once:
+                                return driven
                     now = time.time()
                     nap = ws.seconds_until_due(self.record.windows, self.specs, now, TICK_CAP_S)
                     if deadline is not None:
                         nap = min(nap, max(0.0, deadline - time.monotonic()))
                     stop.wait(nap)
             finally:
+                self.fence.close()
                 if self.record.state != "failing_over":
                     self._save(replace(self.record, state="stopped"))
-        log.info("watch.stopped", runbook=self.runbook.name,
-                 reason="stop requested" if stop.is_set() else "max seconds reached")
-        return None
+        reason = "stop requested" if stop.is_set() else "max seconds reached"
+        self.audit.record("watch.stopped", actor="auto", reason=reason,
+                          detail={"failovers_driven": driven,
+                                  "held": "nothing (no lease, no alarm in hand)"})
+        log.info("watch.stopped", runbook=self.runbook.name, reason=reason,
+                 released="nothing held: no lease, no alarm in hand")
+        return driven
 
     def _tick(self, pool: ThreadPoolExecutor) -> WatchDecision | None:
         """One observe -> decide pass; ``None`` when nothing was due and no alarm came."""
@@ -182,11 +223,15 @@ class _Watcher:
                if current is not None and (ws.needs_lag(current, spec) or ws.lag_worth_keeping(
                    rounds.get(primary), spec, self.policy)) else None)
         last_lag = (lag, now) if lag is not None else self.record.last_lag
+        self._fence_returned(rounds)
+        hold = ws.hold_for(latest_failover(self.store, self.runbook.name), self.policy, now)
         view = TickView(now, primary, secondary, windows, self.fresh, self._busy(), lag,
-                        last_lag)
+                        last_lag, hold)
         decision = ws.decide(view, self.policy)
+        if ws.hold_changed(self.record.hold, hold):
+            self._hold_changed(self.record.hold, hold)
         record = replace(self.record, windows=windows, primary=primary, updated_at=now,
-                         last_lag=last_lag,
+                         last_lag=last_lag, hold=hold,
                          state=ws.watch_state_for(windows.get(primary)),
                          probes={**self.record.probes,
                                  **{k: tuple(v) for k, v in rounds.items()}})
@@ -253,7 +298,32 @@ class _Watcher:
         incidents = self.store.incidents(self.runbook.name)
         return bool(incidents) and incidents[-1].state == State.FAILED_OVER
 
+    def _fence_returned(self, rounds: Mapping[str, list[Any]]) -> None:
+        """While a failover is in force: fence the old primary in the round it answers
+        again, and keep trying to raise its write flag (``drorch.watch_fence``)."""
+        fo = in_force(self.engine)
+        if fo is None:
+            return
+        self.fence.raise_flag(fo)
+        spec = self.specs.get(fo.from_region)
+        if spec is not None and ws.old_primary_answers(rounds.get(fo.from_region), spec):
+            for sentence in self.fence.fence(fo):
+                if self.progress is not None:
+                    self.progress(f"fence:{fo.from_region}", "done", sentence, {})
+
     # -- journaling ----------------------------------------------------------
+    def _hold_changed(self, before: Hold | None, after: Hold | None) -> None:
+        """Journaled (the record's ``hold``) and audited once per change, not per tick."""
+        reason = after.reason if after is not None else (
+            f"incident {before.incident if before else '?'}: automatic failover allowed "
+            "again (acknowledged, recovery period over)")
+        self.audit.record("watch.hold", actor="auto", reason=reason,
+                          incident=(after or before).incident if (after or before) else None,
+                          outcome="held" if after is not None else "released",
+                          inputs={"acked": after.acked if after else True,
+                                  "period_over": after.period_over if after else True})
+        log.warning("watch.hold", held=after is not None, reason=reason)
+
     def _save(self, record: WatchRecord) -> None:
         self.record = record
         self.store.put(self.key, ws.to_json(record))
@@ -299,16 +369,35 @@ class _Watcher:
         return self._drive(incident_id)
 
     def _drive(self, incident_id: str) -> str:
+        rolled_back = False
         try:
             final = self.engine.run(incident_id)
             log.info("watch.failover_ended", incident=incident_id, state=final)
         except (IncidentHalted, IncidentRolledBack) as exc:
+            rolled_back = isinstance(exc, IncidentRolledBack)
             log.error("watch.failover_ended", incident=incident_id, state=type(exc).__name__,
                       reason=str(exc))
         finally:
-            self._save(replace(self.record, state="stopped",
+            self._save(replace(self.record, state="monitoring",
                                primary=self.engine.active_region()))
+        if rolled_back:
+            self._retry_later(incident_id)
         return incident_id
+
+    def _retry_later(self, incident_id: str) -> None:
+        """A rolled-back failover is tried again, after a whole new failing window of
+        the region it left (not on the next tick, not never)."""
+        inc = self.store.incident(incident_id)
+        region = self.store.fact(incident_id, "from_region") if inc else None
+        if region is None or region not in self.specs:
+            return
+        windows, self.fresh = ws.restart_count(self.record.windows, self.fresh, region)
+        self._save(replace(self.record, windows=windows))
+        reason = (f"failover {incident_id} rolled back: {region}'s count starts again, "
+                  "the next failing window retries it")
+        self.audit.record("watch.retry_armed", actor="auto", incident=incident_id,
+                          reason=reason, inputs={"region": region})
+        log.warning("watch.retry_armed", incident=incident_id, region=region)
 
     def _resume_own_incident(self) -> str | None:
         """Finish a failover this watcher started and did not see to its end (killed
@@ -328,4 +417,4 @@ class _Watcher:
         return self._drive(inc.id)
 
 
-__all__ = ["health_specs", "health_summary", "record_key", "watch"]
+__all__ = ["health_specs", "health_summary", "record_key", "serve", "watch", "watch_status"]

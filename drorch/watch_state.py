@@ -12,7 +12,8 @@ not the watcher's.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -24,6 +25,8 @@ from drorch.health import (
     Verdict,
     WindowState,
     decide_failover,
+    fmt_duration,
+    initial_state,
     next_probe_at,
 )
 from drorch.health.probes import ProbeResult
@@ -55,6 +58,66 @@ class WatchRecord:
     updated_at: float | None = None
     last_lag: tuple[int, float] | None = None
     """(bytes, when) of the last lag read while the primary answered."""
+    hold: Hold | None = None
+    """The recovery hold in force at the last tick (for ``drorch status``)."""
+
+
+@dataclass(frozen=True)
+class LastFailover:
+    """The latest completed failover, as the journal tells it: what a recovery hold is
+    about. ``acked_by``/``acked_at`` come from ``drorch ack`` (fact ``ack``)."""
+
+    incident: str
+    completed_at: float
+    from_region: str
+    to_region: str
+    acked_by: str | None = None
+    acked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """No automatic failover now, and why. ``acked``/``period_over`` are what can change
+    while the same incident holds it: each change is journaled once."""
+
+    incident: str
+    reason: str
+    acked: bool
+    period_over: bool
+
+    @property
+    def key(self) -> tuple[str, bool, bool]:
+        return (self.incident, self.acked, self.period_over)
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(at))
+
+
+def hold_for(last: LastFailover | None, policy: HealthPolicy, now: float) -> Hold | None:
+    """The recovery hold after ``last``: in force until a human acknowledged it *and*
+    ``policy.recovery_period_s`` has passed since it completed; ``None`` once both hold
+    (or when nothing failed over). Pure: ``now`` is the caller's clock."""
+    if last is None:
+        return None
+    ends = last.completed_at + policy.recovery_period_s
+    acked, over = last.acked_by is not None, now >= ends
+    if acked and over:
+        return None
+    until = [] if acked else [f"a human runs `drorch ack {last.incident}`"]
+    if not over:
+        until.append(f"the recovery period of {fmt_duration(policy.recovery_period_s)} "
+                     f"ends at {_clock(ends)}")
+    by = f", acknowledged by {last.acked_by}" if acked else ""
+    reason = (f"incident {last.incident} failed over {last.from_region} -> {last.to_region} "
+              f"at {_clock(last.completed_at)}{by}: no automatic failover until "
+              + " and ".join(until))
+    return Hold(last.incident, reason, acked, over)
+
+
+def hold_changed(before: Hold | None, after: Hold | None) -> bool:
+    """Whether the hold started, ended or moved on (acknowledged, period over)."""
+    return (before.key if before else None) != (after.key if after else None)
 
 
 @dataclass(frozen=True)
@@ -73,6 +136,7 @@ class TickView:
     busy: bool
     lag_bytes: int | None
     last_lag: tuple[int, float] | None = None
+    hold: Hold | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +153,8 @@ class WatchDecision:
 
 
 def decide(view: TickView, policy: HealthPolicy) -> WatchDecision:
-    """The one decision of a tick, from the view alone (see ``decide_failover``)."""
+    """The one decision of a tick, from the view alone (see ``decide_failover``); a
+    failover the guards allow is refused while a recovery hold is in force."""
     primary = view.windows.get(view.primary)
     if primary is None or view.primary not in view.fresh:
         return WatchDecision("none", f"{view.primary}: not observed by this watcher yet")
@@ -101,6 +166,9 @@ def decide(view: TickView, policy: HealthPolicy) -> WatchDecision:
                         last_lag_before(primary, view.last_lag, policy))
     if d.action != "failover":
         return WatchDecision(d.action, d.reason, d.guard)
+    if view.hold is not None:
+        return WatchDecision("refuse", f"{d.reason.removesuffix(': failing over')}; "
+                             f"{view.hold.reason}", "recovery_hold")
     return WatchDecision("failover", d.reason, None, trigger_for(primary, policy, d.reason))
 
 
@@ -163,6 +231,23 @@ def lag_worth_keeping(results: list[ProbeResult] | None, spec: RegionHealth,
     pg_probes = {p.name for p in spec.probes if p.kind == "postgres"}
     answered = {r.probe for r in results if r.ok}
     return bool(pg_probes) and pg_probes <= answered
+
+
+def old_primary_answers(results: Sequence[ProbeResult] | None, spec: RegionHealth) -> bool:
+    """Whether this round shows the old primary's database answering again: one of its
+    region's PostgreSQL probes passed (any probe, when the region has none). Only then
+    is the fence tried: a dead node is not dialled every tick."""
+    if not results:
+        return False
+    pg_probes = {p.name for p in spec.probes if p.kind == "postgres"}
+    return any(r.ok and (not pg_probes or r.probe in pg_probes) for r in results)
+
+
+def restart_count(windows: Mapping[str, WindowState], fresh: frozenset[str],
+                  region: str) -> tuple[dict[str, WindowState], frozenset[str]]:
+    """After a rolled-back failover: ``region``'s count starts again from its next round,
+    so the retry comes after a whole new failing window, not on the next tick."""
+    return ({**windows, region: initial_state(region)}, fresh - {region})
 
 
 def due_regions(windows: Mapping[str, WindowState], specs: Mapping[str, RegionHealth],
@@ -256,6 +341,7 @@ def to_json(record: WatchRecord) -> dict[str, Any]:
         "probes": {k: [asdict(r) for r in v] for k, v in record.probes.items()},
         "changes": list(record.changes[-MAX_CHANGES:]),
         "last_lag": list(record.last_lag) if record.last_lag else None,
+        "hold": asdict(record.hold) if record.hold else None,
     }
 
 
@@ -275,6 +361,7 @@ def from_json(doc: Any) -> WatchRecord:
             changes=tuple(doc.get("changes", ())),
             updated_at=doc.get("updated_at"),
             last_lag=tuple(doc["last_lag"]) if doc.get("last_lag") else None,  # type: ignore[arg-type]
+            hold=Hold(**doc["hold"]) if doc.get("hold") else None,
         )
     except (KeyError, TypeError, ValueError):
         return WatchRecord()

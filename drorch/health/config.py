@@ -162,6 +162,12 @@ class HealthPolicy(_Model):
     Alarms reach a region by, in order: ``alarm_regions`` (alarm name -> region),
     a ``cloudwatch_alarm`` probe of that region naming the alarm, or the AWS
     region in the alarm's ARN matching a region's ``aws_region``.
+
+    ``recovery_period_s``: after a completed failover the watcher starts no other
+    failover by itself for this long (counted from the failover's completion) *and*
+    not before a human has run ``drorch ack INCIDENT``: a region that just failed
+    over is often still unsettled, and a second automatic move is a decision a
+    person should have seen coming. A human ``drorch failover`` is not held.
     """
 
     regions: list[RegionHealth] = Field(default_factory=list)
@@ -170,6 +176,7 @@ class HealthPolicy(_Model):
     alarm_regions: dict[str, str] = Field(default_factory=dict)
     max_replica_lag_bytes: int | None = Field(default=None, ge=0)
     refuse_on_unknown_lag: bool = True
+    recovery_period_s: float = Field(default=3600.0, ge=0)
 
     @model_validator(mode="after")
     def _references(self) -> HealthPolicy:

@@ -18,7 +18,7 @@ from drorch.health.window import Verdict
 Action = Literal["failover", "wait", "refuse", "none"]
 Guard = Literal[
     "already_failing_over", "secondary_unhealthy", "secondary_unknown",
-    "replica_lag", "replica_lag_unknown",
+    "replica_lag", "replica_lag_unknown", "recovery_hold",
 ]
 
 

@@ -1,5 +1,7 @@
 """`drorch watch` on the real lab: it fails over by itself on a stopped or hung primary,
-ignores a flapping one, refuses a failover into a dead secondary, reads alarms from SQS."""
+ignores a flapping one, refuses a failover into a dead secondary, reads alarms from SQS.
+It is a service: after its failover it keeps watching until SIGTERM (the story after
+the failover is in test_watch_service.py)."""
 
 from __future__ import annotations
 
@@ -76,6 +78,29 @@ def _exit_code(proc: subprocess.Popen[bytes], timeout: float, log: Path) -> int:
     except subprocess.TimeoutExpired:
         pytest.fail(f"watcher still running after {timeout:g}s; its log ends:\n"
                     + log.read_text()[-6000:])
+
+
+def _watch_until_failed_over(lab: Lab, log: Path, *args: str, timeout: float = 60) -> str:
+    """Run `drorch watch` (a service: it keeps watching after its failover) until an
+    incident is failed over, then SIGTERM it; returns its output once it exited 0."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "drorch.cli", "watch", *args],
+                                env={**os.environ, **lab.env}, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None and not any(
+                i.state == "failed_over" for i in _incidents(lab.state_dir)):
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()  # still watching after its failover
+        proc.send_signal(signal.SIGTERM)
+        assert _exit_code(proc, 30, log) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return log.read_text()
 
 
 def _variant(lab: Lab, path: Path, **health: Any) -> Path:
@@ -189,8 +214,8 @@ def test_stopped_primary_fails_over_and_restarts_pick_up_where_they_were(
     assert inc.trigger["alarms"] == ["region-a-db"]
     assert inc.created_at - first_failure >= WINDOW_S
 
-    resumed = _ok(lab.cli("watch", "--runbook", str(rb_path), "--max-seconds", "40"))
-    assert "failed_over" in resumed.stdout
+    resumed = _watch_until_failed_over(lab, tmp_path / "resumed.log", "--runbook", str(rb_path))
+    assert "failed_over" in resumed
     (done,) = _incidents(lab.state_dir)
     assert (done.id, done.state) == (inc.id, "failed_over")
     log = lab_mod.node_for(lab.runbook, "main", "region-b").logfile.read_text()
@@ -200,15 +225,15 @@ def test_stopped_primary_fails_over_and_restarts_pick_up_where_they_were(
     assert verify(lab.state_dir / "audit.jsonl").ok
 
 
-def test_hung_primary_fails_over(lab: Lab) -> None:
+def test_hung_primary_fails_over(lab: Lab, tmp_path: Path) -> None:
     """A frozen region-a (its port still accepts, nothing answers) is failed over by the
     `drorch watch` command on its own; the trigger names the probes that timed out."""
     _ok(lab.cli("lab", "fail", "region-a", "--mode", "hang"))
     try:
-        result = _ok(lab.cli("watch", "--max-seconds", "40"))
+        result = _watch_until_failed_over(lab, tmp_path / "watch.log")
     finally:
         lab.cli("lab", "heal", "region-a")
-    assert "failed_over" in result.stdout
+    assert "failed_over" in result
     (inc,) = _incidents(lab.state_dir)
     assert inc.state == "failed_over" and inc.actor == "auto"
     assert inc.trigger["kind"] == "health"
@@ -232,8 +257,8 @@ def test_alarm_may_trigger_alone(lab: Lab, tmp_path: Path) -> None:
                      extra_env={"DRORCH_FAULT_KILL_AT": "watch:alarms_read"})
     assert killed.returncode == -9, killed.stdout + killed.stderr
     assert not _queue_empty(sqs, url)
-    result = _ok(lab.cli("watch", "--runbook", str(rb_path), "--max-seconds", "40"))
-    assert "failed_over" in result.stdout
+    result = _watch_until_failed_over(lab, tmp_path / "watch.log", "--runbook", str(rb_path))
+    assert "failed_over" in result
     (inc,) = _incidents(lab.state_dir)
     assert inc.state == "failed_over"
     assert inc.trigger["kind"] == "alarm" and inc.trigger["alarms"] == ["region-a-latency"]
@@ -266,7 +291,13 @@ def test_primary_dying_under_a_strict_lag_limit_fails_over_on_the_last_reading(
         assert _record(lab.state_dir).last_lag, (tmp_path / "watch.log").read_text()
         _ok(lab.cli("lab", "fail", "region-a", "--mode", "stop"))
         log_path = tmp_path / "watch.log"
-        assert _exit_code(proc, 50, log_path) == 0, log_path.read_text()
+        deadline = time.monotonic() + 50
+        while time.monotonic() < deadline and proc.poll() is None and not any(
+                i.state == "failed_over" for i in _incidents(lab.state_dir)):
+            time.sleep(0.2)
+        assert proc.poll() is None, log_path.read_text()  # a service: still running
+        proc.send_signal(signal.SIGTERM)
+        assert _exit_code(proc, 30, log_path) == 0, log_path.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -302,7 +333,7 @@ def test_flapping_primary_is_not_failed_over_and_sigterm_stops_cleanly(
     try:
         # Watch until the watcher has itself seen two cycles and 2.5 windows have passed
         # since its first verdict (not since the process started: a busy machine delays
-        # its first round), the process still running (a failover would end it).
+        # its first round), the process still running.
         deadline = time.monotonic() + 90
         first_seen: float | None = None
         while time.monotonic() < deadline and proc.poll() is None:
