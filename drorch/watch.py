@@ -300,11 +300,13 @@ class _Watcher:
 
     def _fence_returned(self, rounds: Mapping[str, list[Any]]) -> None:
         """While a failover is in force: fence the old primary in the round it answers
-        again, and keep trying to raise its write flag (``drorch.watch_fence``)."""
+        again, and keep trying to raise its write flag and to do the failover's deferred
+        steps (``drorch.watch_fence``)."""
         fo = in_force(self.engine)
         if fo is None:
             return
         self.fence.raise_flag(fo)
+        self.fence.retry_deferred(fo)
         spec = self.specs.get(fo.from_region)
         if spec is not None and ws.old_primary_answers(rounds.get(fo.from_region), spec):
             for sentence in self.fence.fence(fo):

@@ -24,7 +24,10 @@ holds it, the watcher does not fence (failback fences the node itself).
 
 The old region's write flag is raised too, best effort: its AWS API may be as down
 as its database was. Each attempt runs in the background (one at a time) so a hung
-API never delays the probes; the first failure and the success are recorded.
+API never delays the probes; the first failure and the success are recorded. The
+failover's steps that were deferred because that API did not answer (its write flag,
+its copy of a secret) are tried again the same way, at most every
+``RETRY_DEFERRED_EVERY_S`` (``Engine.retry_deferred`` journals each attempt).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from drorch.watch_state import LastFailover
 log = structlog.get_logger("drorch.watch")
 
 ACTOR = "auto"
+RETRY_DEFERRED_EVERY_S = 30.0
 
 
 def fenced_key(database: str) -> str:
@@ -119,6 +123,8 @@ class ReturnFence:
         self.engine = engine
         self._flag: Future[None] | None = None
         self._flag_error: str | None = None
+        self._retry: Future[None] | None = None
+        self._retried_at = float("-inf")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="watch-flag")
 
     def close(self) -> None:
@@ -192,6 +198,30 @@ class ReturnFence:
                           outcome="ok" if state == "fenced" else "skipped", detail=detail)
         log.warning("watch.old_primary_fenced", database=database, region=region, state=state)
         return f"{database} in {region}: {state.replace('_', ' ')}"
+
+    # -- the failover's deferred steps ----------------------------------------
+    def retry_deferred(self, fo: LastFailover) -> None:
+        """Start one background retry of the failover's deferred steps, unless one is
+        running, the last began less than ``RETRY_DEFERRED_EVERY_S`` ago, or none is
+        left."""
+        if self._retry is not None and not self._retry.done():
+            return
+        if time.monotonic() - self._retried_at < RETRY_DEFERRED_EVERY_S:
+            return
+        if not self.engine.deferred_steps(fo.incident):
+            return
+        self._retried_at = time.monotonic()
+        self._retry = self._pool.submit(self._retry_deferred, fo)
+
+    def _retry_deferred(self, fo: LastFailover) -> None:
+        if not self._still_in_force(fo):  # a failback began meanwhile: it redoes them
+            return
+        try:
+            after = self.engine.retry_deferred(fo.incident)
+        except Exception as exc:  # noqa: BLE001 (best effort: the next round retries)
+            log.warning("watch.retry_deferred_failed", incident=fo.incident, error=_error(exc))
+            return
+        log.info("watch.retried_deferred", incident=fo.incident, steps=after)
 
     # -- the write flag ------------------------------------------------------
     def raise_flag(self, fo: LastFailover) -> None:
