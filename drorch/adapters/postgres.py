@@ -518,6 +518,20 @@ def set_sync_standby_names(target: Target, value: str | None) -> None:
         c.execute("SELECT pg_reload_conf()")
 
 
+def user_writes_since(target: Target, lsn: str) -> int:
+    """Transactions that wrote rows of user tables (relation file number >= 16384,
+    ``FirstNormalObjectId``) in this primary's WAL from ``lsn`` to its end: writes
+    another node that left at ``lsn`` has not got. Catalog-only work (autoanalyze's
+    statistics, say) does not count. Needs ``pg_walinspect`` in the database."""
+    with _use(target, 60000) as c:
+        row = c.execute(
+            "SELECT count(DISTINCT xid::text) FROM pg_get_wal_records_info(%s::pg_lsn, "
+            "pg_current_wal_flush_lsn()) WHERE resource_manager IN ('Heap', 'Heap2') "
+            "AND substring(block_ref from 'rel [0-9]+/[0-9]+/([0-9]+)')::bigint >= 16384",
+            (lsn,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 # -- promotion -------------------------------------------------------------
 def write_barrier(dsn: Target) -> str:
     """Commit a WAL record on a (frozen) primary and return its LSN.

@@ -288,6 +288,44 @@ class RejoinAsReplica(ResyncAsReplica):
         """What this failback's promotion did to the old primary's synchronous standbys."""
         return ctx.facts.get(sync_fact_key(self.target))
 
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        checked = self._no_writes_after_split(ctx)
+        return {**super().apply(ctx), "writes_after_split": checked}
+
+    def _no_writes_after_split(self, ctx: StepContext) -> dict[str, Any]:
+        """Before the rewind: the node we left must have written no row after the node
+        now serving left it (its promotion). The freeze ended every session there, but
+        a superuser may have logged in again and written; a rewind would erase that
+        without a trace, so any such write stops the rejoin (the incident halts, the
+        node is left as it is)."""
+        from drorch.reconcile.timeline import divergence_point
+
+        left = _dsn(ctx, self.target, ctx.from_region)
+        try:
+            if pg.in_recovery(left):
+                return {"checked": False, "why": "already a standby"}
+        except pg.Unreachable:
+            return {"checked": False, "why": "unreachable"}
+        split = divergence_point(_dsn(ctx, self.target, ctx.to_region)).lsn
+        try:
+            n = pg.user_writes_since(left, split)
+        except pg.Error as exc:
+            raise StepFailed(
+                f"{self.target} in {ctx.from_region}: cannot check it for writes after "
+                f"{ctx.to_region}'s promotion ({str(exc).strip().splitlines()[0]}); not "
+                "rewinding it (install pg_walinspect there, then `drorch resume`)") from exc
+        if n:
+            ctx.record("rejoin.writes_after_split", {
+                "database": self.target, "region": ctx.from_region, "split_lsn": split,
+                "transactions": n}, outcome="halted")
+            raise StepFailed(
+                f"{self.target} in {ctx.from_region}: {n} transaction(s) wrote rows there "
+                f"after {ctx.to_region}'s promotion at {split} (after the freeze): divergent "
+                "writes a rewind would erase. Not rewinding it: it is left as it is "
+                "(frozen, not serving); recover those rows from it, then `drorch resume`",
+                {"split_lsn": split, "transactions": n})
+        return {"checked": True, "split_lsn": split, "transactions": 0}
+
     def check(self, ctx: StepContext) -> bool:
         try:
             return (pg.in_recovery(_dsn(ctx, self.target, ctx.from_region))

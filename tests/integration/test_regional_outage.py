@@ -297,3 +297,30 @@ def test_the_freeze_ends_writers_of_every_role(lab: Lab) -> None:
     freeze = [e for e in _journal(lab) if e[1] == "freeze:main" and e[2] == "done"]
     assert freeze[-1][3]["other_sessions_ended"].get("postgres", 0) >= 1
     assert freeze[-1][3]["prepared_transactions"] == []
+
+
+def test_no_rewind_erases_writes_made_after_the_switch(lab: Lab) -> None:
+    """Failback killed just before region-b (the node it leaves) is rebuilt as a
+    replica; meanwhile a superuser writes on region-b, frozen but still a primary. The
+    resumed failback finds that write in region-b's WAL after region-a's promotion and
+    halts instead of rewinding it away: the row is still there and region-b is left as
+    it is."""
+    assert lab.cli("failover", "--reason", "drill").returncode == 0
+    killed = lab.cli("failback", "--reason", "back", timeout=300,
+                     extra_env={"DRORCH_FAULT_KILL_AT": "rejoin:main:before_apply"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    b = lab.runbook.database("main").endpoints["region-b"].dsn()
+    with psycopg.connect(b, autocommit=True) as c:
+        c.execute("SET default_transaction_read_only = off")
+        c.execute("INSERT INTO orders(user_id, amount_cents, region) "
+                  "VALUES (1, 999, 'late-superuser')")
+    resumed = lab.cli("resume", timeout=300)
+    assert resumed.returncode != 0, resumed.stdout
+    assert _incident_state(lab) == "halted"
+    failed = [e for e in _journal(lab) if e[1] == "rejoin:main" and e[2] == "failed"]
+    assert failed and failed[-1][3]["transactions"] == 1, failed
+    assert "a rewind would erase" in failed[-1][3]["error"]
+    with psycopg.connect(b) as c:
+        assert not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        assert c.execute("SELECT count(*) FROM orders WHERE region = 'late-superuser'"
+                         ).fetchone()[0] == 1
