@@ -524,6 +524,9 @@ def user_writes_since(target: Target, lsn: str) -> int:
     another node that left at ``lsn`` has not got. Catalog-only work (autoanalyze's
     statistics, say) does not count. Needs ``pg_walinspect`` in the database."""
     with _use(target, 60000) as c:
+        ahead = c.execute("SELECT %s::pg_lsn >= pg_current_wal_flush_lsn()", (lsn,)).fetchone()
+        if ahead and ahead[0]:
+            return 0  # nothing written since (the other node's WAL went further on its own)
         row = c.execute(
             "SELECT count(DISTINCT xid::text) FROM pg_get_wal_records_info(%s::pg_lsn, "
             "pg_current_wal_flush_lsn()) WHERE resource_manager IN ('Heap', 'Heap2') "
