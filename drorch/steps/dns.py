@@ -5,7 +5,11 @@ check with real DNS queries that the authoritative servers answer with it.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from drorch.adapters import dns as dnsq
 from drorch.adapters import route53
@@ -47,25 +51,42 @@ class FlipDns(Step):
                 "verify answers")
 
     def check(self, ctx: StepContext) -> bool:
-        zone = route53.zone_id(self._client(ctx), self.target)
-        wanted = self._wanted(ctx)
-        have = {(r.name, r.set_identifier): r.weight for r in self._records(ctx, zone)}
+        with _route53_api(ctx):
+            zone = route53.zone_id(self._client(ctx), self.target)
+            wanted = self._wanted(ctx)
+            have = {(r.name, r.set_identifier): r.weight for r in self._records(ctx, zone)}
         return all(have.get(k) == w for k, w in wanted.items())
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         spec = ctx.runbook.dns
         assert spec is not None
         client = self._client(ctx)
-        zone = route53.zone_id(client, self.target)
-        records = self._records(ctx, zone)
-        change_id = route53.change_weights(client, zone, records, self._wanted(ctx),
-                                           f"drorch {ctx.incident_id}: to {ctx.to_region}")
+        with _route53_api(ctx):
+            zone = route53.zone_id(client, self.target)
+            records = self._records(ctx, zone)
+            change_id = route53.change_weights(client, zone, records, self._wanted(ctx),
+                                               f"drorch {ctx.incident_id}: to {ctx.to_region}")
         ctx.facts.set(f"dns:{self.target}:change", change_id)
         insync_s = route53.wait_insync(client, change_id, spec.insync_timeout_s)
         detail: dict[str, Any] = {"change_id": change_id, "insync_wait_s": round(insync_s, 4)}
         detail.update(verify_answers(ctx, records))
         detail["wait_s"] = round(insync_s + detail.get("dns_verify_s", 0.0), 4)
         return detail
+
+
+@contextmanager
+def _route53_api(ctx: StepContext) -> Iterator[None]:
+    """Route 53's control plane (its change API) lives in one AWS region, us-east-1,
+    and can fail while both of ours are fine: say so plainly, with what it means."""
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise StepFailed(
+            f"Route 53's API (control plane in us-east-1) failed: {exc}. DNS still sends "
+            f"clients to {ctx.from_region}; set the weights by hand ({ctx.to_region} "
+            f"{ctx.runbook.dns.active_weight if ctx.runbook.dns else 100}, "
+            f"{ctx.from_region} 0) or wait for the API, then `drorch resume`",
+            {"route53_error": str(exc)}) from exc
 
 
 def verify_answers(ctx: StepContext, records: list[route53.WeightedRecord]) -> dict[str, Any]:
