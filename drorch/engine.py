@@ -68,7 +68,10 @@ class IncidentRolledBack(Exception):
 
 
 @dataclass
-class _Facts:
+class IncidentFacts:
+    """One incident's facts, written under a lease token (an actor that lost the lease
+    cannot record what it did not finish)."""
+
     store: SqliteStore
     incident_id: str
     lease: str
@@ -242,7 +245,7 @@ class Engine:
         log.info("machine.transition", incident=inc.id, trigger=trigger, state=lc.current.value)
 
     def _context(self, inc: Incident, token: int) -> StepContext:
-        facts = _Facts(self.store, inc.id, self.lease_name, token)
+        facts = IncidentFacts(self.store, inc.id, self.lease_name, token)
 
         def recorder(action: str, inputs: dict[str, Any], outcome: str = "ok") -> None:
             self.audit.record(action, actor=inc.actor, incident=inc.id, inputs=inputs,
@@ -255,7 +258,7 @@ class Engine:
     def _run(self, inc: Incident, token: int) -> str:
         path = PATHS[inc.kind]
         lc = Lifecycle(State(inc.state))
-        facts = _Facts(self.store, inc.id, self.lease_name, token)
+        facts = IncidentFacts(self.store, inc.id, self.lease_name, token)
         ctx = self._context(inc, token)
         if lc.current == State.HALTED:
             self._transition(inc, lc, path.resume, token)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -43,7 +42,7 @@ from drorch.adapters import flags
 from drorch.adapters import postgres as pg
 from drorch.audit import AuditLog
 from drorch.config import Runbook
-from drorch.engine import LEASE_TTL_S, Engine
+from drorch.engine import LEASE_TTL_S, Engine, IncidentFacts
 from drorch.steps.base import Clients, StepContext
 from drorch.steps.freeze import freeze_journaled
 from drorch.store.sqlite import LeaseHeld, SqliteStore, StaleLease, this_holder
@@ -61,23 +60,6 @@ def fenced_key(database: str) -> str:
 
 def flag_key(region: str) -> str:
     return f"write_flag_on_return:{region}"
-
-
-@dataclass
-class _IncidentFacts:
-    """The failover incident's facts, written under the lease token this fence holds
-    (a watcher that lost the lease cannot record a fence it did not finish)."""
-
-    store: SqliteStore
-    incident_id: str
-    lease: str
-    token: int
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.store.fact(self.incident_id, key, default)
-
-    def set(self, key: str, value: Any) -> None:
-        self.store.set_fact(self.incident_id, key, value, lease=self.lease, token=self.token)
 
 
 def in_force(engine: Engine) -> LastFailover | None:
@@ -147,7 +129,7 @@ class ReturnFence:
             log.info("watch.fence_deferred", incident=fo.incident, reason=str(exc))
             return []
         try:
-            facts = _IncidentFacts(self.store, fo.incident, lease, token)
+            facts = IncidentFacts(self.store, fo.incident, lease, token)
             ctx = StepContext(self.runbook, fo.incident, ACTOR, fo.from_region, fo.to_region,
                               self.aws, facts)
             return [s for db in self.runbook.databases
@@ -168,7 +150,7 @@ class ReturnFence:
         except pg.Error:
             return True  # gone again: nothing to do until it answers
 
-    def _fence_one(self, ctx: StepContext, facts: _IncidentFacts, database: str) -> str | None:
+    def _fence_one(self, ctx: StepContext, facts: IncidentFacts, database: str) -> str | None:
         db = self.runbook.database(database)
         region = ctx.from_region
         dsn = db.endpoints[region].dsn()
@@ -185,7 +167,7 @@ class ReturnFence:
             return None
         return self._recorded(ctx, facts, database, "fenced", record.to_dict())
 
-    def _recorded(self, ctx: StepContext, facts: _IncidentFacts, database: str, state: str,
+    def _recorded(self, ctx: StepContext, facts: IncidentFacts, database: str, state: str,
                   detail: dict[str, Any]) -> str:
         region = ctx.from_region
         previous = facts.get(fenced_key(database)) or {}

@@ -30,6 +30,7 @@ from drorch.engine import Engine
 from drorch.lab import lab as lab_mod
 from drorch.store.sqlite import SqliteStore
 from tests.conftest import Lab
+from tests.integration.test_failover import _incident_state
 
 pytestmark = pytest.mark.postgres
 
@@ -211,14 +212,6 @@ def _until(ok: Callable[[], Any], timeout_s: float) -> None:
     while not ok():
         assert time.monotonic() < deadline, f"not within {timeout_s} s"
         time.sleep(0.1)
-
-
-def _incident_state(lab: Lab) -> str:
-    store = SqliteStore(lab.state_dir / "journal.db")
-    try:
-        return store.incidents()[-1].state
-    finally:
-        store.close()
 
 
 def _sync_names(dsn: str) -> str:
