@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -98,6 +98,7 @@ class Engine:
         self.nodes = nodes
         self.progress = progress or (lambda *_: None)
         self.lease_name = f"runbook:{runbook.name}"
+        self._inflight: list[threading.Thread] = []
 
     # -- regions -------------------------------------------------------------
     def _completed(self) -> list[Incident]:
@@ -329,9 +330,15 @@ class Engine:
     def _best_effort(self, inc: Incident, step: Step, ctx: StepContext, token: int,
                      region: str) -> None:
         """Run ``step`` with the failed-region deadline; defer it when it fails or does
-        not finish in time. A step still waiting at the deadline goes on in a daemon
-        thread: if that region answers late, its own journal entry says what happened."""
+        not finish in time. Its AWS clients give up within the deadline themselves (one
+        attempt, connect and read timeouts of half of it each, see
+        ``AwsClients.with_deadline``), so the call cannot land long after the step
+        was deferred; the thread is kept until it ends, and a rollback or a retry waits
+        for it (``_settle``) before it undoes or releases anything."""
         deadline = self.runbook.aws.failed_region_deadline_s
+        quick = getattr(self.aws, "with_deadline", None)
+        if quick is not None:
+            ctx = replace(ctx, aws=quick(deadline))
 
         def attempt() -> None:
             try:
@@ -340,10 +347,19 @@ class Engine:
                 log.info("step.late_answer_ignored", incident=inc.id, step=step.id)
 
         worker = threading.Thread(target=attempt, name=f"best-effort {step.id}", daemon=True)
+        self._inflight.append(worker)
         worker.start()
         worker.join(deadline)
         if worker.is_alive():
             self._defer(inc, step, token, region, f"no answer within {deadline:g} s")
+
+    def _settle(self) -> bool:
+        """Wait (bounded) for best-effort calls still in flight; True when none is left."""
+        limit = time.monotonic() + self.runbook.aws.failed_region_deadline_s + 5
+        for worker in self._inflight:
+            worker.join(max(0.0, limit - time.monotonic()))
+        self._inflight = [w for w in self._inflight if w.is_alive()]
+        return not self._inflight
 
     def _defer(self, inc: Incident, step: Step, token: int, region: str, error: str) -> None:
         api = step.api
@@ -358,9 +374,13 @@ class Engine:
         log.warning("step.deferred", incident=inc.id, step=step.id, region=region, error=error)
 
     def deferred_steps(self, incident_id: str) -> list[Step]:
-        """The incident's steps journaled ``deferred`` last (not done since)."""
+        """The steps journaled ``deferred`` last (not done since) of the failover in
+        force; none for any other incident (a rolled-back or failed-back failover gave
+        the region back: its deferred steps must not be done any more)."""
         inc = self.store.incident(incident_id)
-        if inc is None:
+        last = self.last_failover()
+        if inc is None or last is None or last.id != incident_id \
+                or self.open_incident() is not None:
             return []
         plan = self.plan(self.store.fact(inc.id, "from_region"),
                          self.store.fact(inc.id, "to_region"), inc.kind)
@@ -384,6 +404,7 @@ class Engine:
             for step in pending:
                 region = step.api_region(ctx) or ctx.from_region
                 self._best_effort(inc, step, ctx, token, region)
+            self._settle()  # nothing of ours may land after the lease is given back
         finally:
             self.store.release_lease(self.lease_name, token)
         return {s.id: self.store.step_status(inc.id, s.id) or "pending" for s in pending}
@@ -422,6 +443,9 @@ class Engine:
                             str(exc).strip().splitlines()[0] if str(exc).strip()
                             else type(exc).__name__)
                 return None
+            region = step.api_region(ctx)
+            if region is not None and not isinstance(exc, StepFailed):
+                exc = StepFailed(f"could not reach {region}'s {step.api} API: {exc}")
             detail = {"error": str(exc), "type": type(exc).__name__,
                       **(exc.detail if isinstance(exc, StepFailed) else {})}
             self.store.append(inc.id, "step", step.id, "failed", detail, **journal)
@@ -433,7 +457,12 @@ class Engine:
 
     def _roll_back(self, inc: Incident, plan: list[Stage], ctx: StepContext,
                    token: int) -> str | None:
-        """Undo done steps in reverse; returns the first undo error (the rest stay done)."""
+        """Undo done steps in reverse; returns the first undo error (the rest stay done).
+        A best-effort call still in flight is waited for first: one that lands late is
+        journaled done, and undone with the rest."""
+        if not self._settle():
+            return ("a call to the failed region's API is still in flight and may land "
+                    "after the rollback: check that region's write flag and secrets")
         done = [s for stage in plan for s in stage.steps
                 if self.store.step_status(inc.id, s.id) == "done"]
         for step in reversed(done):

@@ -69,7 +69,26 @@ def incident_record(store: SqliteStore, runbook: Runbook, incident_id: str) -> d
         "reconcile": reconcile_section(facts, list(steps.values())),
         "targets": runbook.targets.model_dump(),
         "audit": facts.get("audit"),
+        **({"old_region": _old_region(runbook, steps, facts, from_region)}
+           if inc.kind == "failover" else {}),
     }
+
+
+def _old_region(runbook: Runbook, steps: dict[str, dict[str, Any]], facts: dict[str, Any],
+                region: str | None) -> dict[str, Any]:
+    """What a failover knew about the region it left: whether each database answered
+    its freeze, whether (and when) the watcher fenced it when it came back, and
+    whether its write flag was raised on return. Nothing here is assumed: a key is
+    None until something was observed."""
+    dbs = {}
+    for db in runbook.databases:
+        freeze = steps.get(f"freeze:{db.name}", {})
+        dbs[db.name] = {
+            "reachable_at_freeze": (freeze.get("detail") or {}).get("reachable")
+            if freeze.get("status") == "done" else None,
+            "fenced_on_return": facts.get(f"fenced_on_return:{db.name}")}
+    return {"region": region, "databases": dbs,
+            "write_flag_on_return": facts.get(f"write_flag_on_return:{region}")}
 
 
 def rpo_from_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:

@@ -103,6 +103,13 @@ def _summary(report: Mapping[str, Any]) -> str:
     who = report["decided_by"]
     not_done = report.get("not_done") or []
     deferred = ""
+    prepared = [f"{p['gid']} ({s['id'].split(':', 1)[1]})" for s in report["steps"]
+                if s["stage"] == "promote" and s["status"] == "done"
+                for p in (s.get("detail") or {}).get("prepared_transactions") or []]
+    if prepared:
+        deferred += (" Prepared transactions on the new primary need a human (they hold "
+                     "their row locks until COMMIT PREPARED or ROLLBACK PREPARED there): "
+                     + ", ".join(prepared) + ".")
     if not_done:
         deferred = (" Not done (the region's AWS API did not answer; retried later): "
                     + "; ".join(f"{d['step']} in {d['region']}" for d in not_done) + ".")
@@ -171,6 +178,8 @@ def build_report(incident: Mapping[str, Any]) -> dict[str, Any]:
     }
     if incident.get("reconcile"):
         report["reconcile"] = incident["reconcile"]
+    if incident.get("old_region"):
+        report["old_region"] = incident["old_region"]
     report["summary"] = _summary(report)
     # JSON round trip: the report is exactly what its JSON form says, nothing richer.
     return json.loads(json.dumps(redact(report), default=str))
@@ -219,6 +228,27 @@ def _target_rows(report: Mapping[str, Any]) -> list[tuple[str, str, str, str, bo
                      _num(report["rpo"]["replica_behind_s"]), "–", "a fact, not a bound",
                      False))
     return rows
+
+
+def _old_region_markdown(old: Mapping[str, Any] | None) -> list[str]:
+    """What was known about the region a failover left, while and after it was gone."""
+    if not old:
+        return []
+    out = ["", f"## What was known about {_md(old.get('region'))}", ""]
+    for db, seen in (old.get("databases") or {}).items():
+        reach = seen.get("reachable_at_freeze")
+        fenced = seen.get("fenced_on_return") or {}
+        out.append(f"- {_md(db)}: "
+                   + ("answered the freeze" if reach else "did not answer the freeze"
+                      if reach is False else "freeze not recorded")
+                   + (f"; came back and was fenced ({_md(fenced.get('state'))}) by "
+                      f"{_md(fenced.get('by'))} at {_md(_iso(fenced.get('at')))}"
+                      if fenced else "; not seen back since"))
+    flag = old.get("write_flag_on_return")
+    if flag:
+        out.append(f"- write flag on return: {_md(flag.get('state'))} at "
+                   f"{_md(_iso(flag.get('at')))}")
+    return out
 
 
 def _md(text: Any) -> str:
@@ -301,6 +331,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 "|---|---|---|---|"]
         out += [f"| {_md(d['step'])} | {_md(d['region'])} | {_md(d['api'])} | "
                 f"{_md(d['error'])} |" for d in report["not_done"]]
+    out += _old_region_markdown(report.get("old_region"))
     out += _reconcile_markdown(report.get("reconcile") or {})
     out += ["", "## Timeline", "", "| +s | Event | Detail |", "|---|---|---|"]
     for ev in report["timeline"]:

@@ -193,7 +193,12 @@ def _check(node: yaml.Node, path: tuple[Any, ...], loader: _Loader,
         first: dict[tuple[str, str], int] = {}
         for key, value in node.value:
             _check(key, path, loader, problems)
-            if isinstance(key, yaml.ScalarNode) and key.tag != _MERGE_TAG:
+            if isinstance(key, yaml.ScalarNode) and key.tag == _MERGE_TAG:
+                problems.append(Problem(key.start_mark.line + 1, (
+                    f"{'.'.join(str(p) for p in path) or '(top level)'}: merge keys (<<) "
+                    "are not allowed in a runbook: write the keys out (a merged key "
+                    "would silently lose to one given here)")))
+            elif isinstance(key, yaml.ScalarNode):
                 line = key.start_mark.line + 1
                 where = ".".join(str(p) for p in path) or "(top level)"
                 if (ident := (key.tag, key.value)) in first:

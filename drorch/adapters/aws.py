@@ -8,6 +8,7 @@ answers); in production both are empty and boto3 picks AWS's endpoints.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -40,10 +41,19 @@ class AwsClients:
         return cls(runbook.aws.endpoint_url, runbook.aws.region_endpoints)
 
     @lru_cache(maxsize=64)  # noqa: B019 (one factory per process run)
-    def client(self, service: str, region: str) -> Any:
+    def client(self, service: str, region: str, deadline_s: float | None = None) -> Any:
+        config = _CONFIG if deadline_s is None else Config(
+            connect_timeout=deadline_s / 2, read_timeout=deadline_s / 2,
+            retries={"max_attempts": 1, "mode": "standard"})
         return boto3.session.Session().client(
             service, region_name=region, endpoint_url=self.endpoint_for(service, region),
-            config=_CONFIG)
+            config=config)
+
+    def with_deadline(self, deadline_s: float) -> Callable[[str, str], Any]:
+        """Clients whose calls give up within ``deadline_s`` (one attempt; connect and
+        read timeouts of half of it each): for best-effort calls to a region that may be
+        down, which must not land long after the caller moved on."""
+        return lambda service, region: self.client(service, region, deadline_s)
 
     def endpoint_for(self, service: str, region: str) -> str | None:
         if service in GLOBAL_SERVICES:

@@ -250,11 +250,20 @@ def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None =
                                    "pg_terminate_backend waited 5 s for each: writes not "
                                    "stopped")
         others = _end_other_sessions(c, others_wait_s)
-        prepared = [{"gid": r[0], "owner": r[1], "database": r[2], "prepared_at": r[3]}
-                    for r in c.execute("SELECT gid, owner, database, prepared::text "
-                                       "FROM pg_prepared_xacts ORDER BY prepared")]
+        prepared = prepared_transactions(c)
     return FreezeRecord(intent.roles_locked, intent.auto_conf_read_only,
                         intent.sessions_ended + int(ended), others, prepared)
+
+
+def prepared_transactions(target: Target) -> list[dict[str, Any]]:
+    """Transactions prepared for two-phase commit and not yet finished (``gid``,
+    ``owner``, ``database``, ``prepared_at``). Ending sessions does not end them, they
+    replicate, and they keep their row locks until someone runs ``COMMIT PREPARED`` or
+    ``ROLLBACK PREPARED`` (PostgreSQL 15 docs, PREPARE TRANSACTION)."""
+    with _use(target, 3000) as c:
+        return [{"gid": r[0], "owner": r[1], "database": r[2], "prepared_at": r[3]}
+                for r in c.execute("SELECT gid, owner, database, prepared::text "
+                                   "FROM pg_prepared_xacts ORDER BY prepared")]
 
 
 _OTHER_SESSIONS = ("FROM pg_stat_activity WHERE backend_type = 'client backend' "

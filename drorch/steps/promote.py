@@ -129,8 +129,14 @@ class PromoteDatabase(Step):
             sync = fit_sync_standbys(ctx, self.target, new_dsn)
             pinned = pin_split_wal(ctx, self.target, new_dsn)
             gap = advance_sequences(ctx, self.target, new_dsn)
+            prepared = pg.prepared_transactions(new)
+            if prepared:  # replicated from the old primary, row locks and all
+                ctx.record("step.promote.prepared_transactions",
+                           {"database": self.target, "region": ctx.to_region,
+                            "prepared": prepared}, outcome="attention")
             return {**measured, "promote_wait_s": round(promote_s, 4), "sequence_gap": gap,
                     "split_wal": pinned, "synchronous_standbys": sync,
+                    "prepared_transactions": prepared,
                     "wait_s": round(promote_s + measured["catch_up_wait_s"], 4),
                     "timeline": pg.timeline(new)}
 

@@ -99,6 +99,7 @@ def test_failover_completes_with_the_failed_regions_aws_api_down(lab: Lab) -> No
             stderr=subprocess.DEVNULL)
         try:  # the watcher does the deferred steps once region-a's API answers
             _until(lambda: not engine.deferred_steps(incident), 60)
+            _until(lambda: store.fact(incident, "fenced_on_return:main") is not None, 60)
         finally:
             watcher.send_signal(signal.SIGTERM)
             watcher.wait(30)
@@ -109,7 +110,10 @@ def test_failover_completes_with_the_failed_regions_aws_api_down(lab: Lab) -> No
         store.close()
     assert flags.is_frozen(aws("ssm", "us-east-1"), FLAG)
     assert _secret_port(aws, lab, "region-a") == b_port
-    assert _report(lab)["not_done"] == []
+    after = _report(lab)
+    assert after["not_done"] == []
+    seen = after["old_region"]["databases"]["main"]
+    assert seen["reachable_at_freeze"] is False and seen["fenced_on_return"]["by"] == "watch"
 
 
 def test_aws_down_is_a_fault_of_its_own(lab: Lab) -> None:

@@ -200,7 +200,15 @@ def test_the_documentation_lists_every_top_level_key() -> None:
     documented: set[str] = set()
     for cells in re.findall(r"^\| (`[^|]+`) \|", section, flags=re.MULTILINE):
         documented |= set(re.findall(r"`([a-z_]+)`", cells))
-    assert documented == TOP_KEYS | {"reconcile"}
+    assert documented == TOP_KEYS | {"reconcile", "old_region"}
+    old = {"region": "region-a", "write_flag_on_return": None, "databases": {"main": {
+        "reachable_at_freeze": False,
+        "fenced_on_return": {"state": "fenced", "by": "watch", "at": 1.0e9, "times": 1}}}}
+    failover = build_report(incident(old_region=old))
+    assert set(failover) == TOP_KEYS | {"old_region"} and failover["old_region"] == old
+    shown = render(failover, "md")
+    assert "## What was known about region-a" in shown
+    assert "main: did not answer the freeze; came back and was fenced (fenced) by watch" in shown
     section = {"main": {"method": "wal", "acknowledged_rows_lost": 0, "tables": []}}
     failback = build_report(incident(kind="failback", reconcile=section))
     assert set(failback) == TOP_KEYS | {"reconcile"} and failback["reconcile"] == section

@@ -307,3 +307,12 @@ def test_cli_answers_a_bad_runbook_with_one_message(
     assert f"{path}:" in result.stderr and expected in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert len(result.stderr.splitlines()) <= 20
+
+
+def test_a_merge_key_is_refused(tmp_path: Path) -> None:
+    """``<<`` with an inline mapping (no alias) would let a key be given twice without
+    the duplicate-key check seeing it: refused where it stands (found by review)."""
+    text = GOOD.replace("write_flag:\n", "write_flag:\n  <<: {parameter: /other}\n")
+    path = _write(tmp_path, text)
+    error = _error(path)
+    assert error.startswith(f"{path}:{_line(text, '<<: {parameter')}: write_flag: merge keys")

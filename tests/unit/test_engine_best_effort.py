@@ -1,0 +1,112 @@
+"""Review of issue 15 (best-effort steps in the failed region): a late answer.
+
+A best-effort step still waiting at ``aws.failed_region_deadline_s`` goes on in a
+daemon thread. When the failover then rolls back (before promotion) the step is
+journaled ``deferred``, so the rollback does not undo it; when the region's API then
+answers, the late ``apply`` raises the write flag in the region that serves writes
+again, and the journal of a rolled-back incident says the flag step is ``done``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drorch.audit import AuditLog
+from drorch.config import load_runbook
+from drorch.engine import Engine, IncidentRolledBack
+from drorch.steps import freeze as freeze_steps
+from drorch.steps import promote as promote_steps
+from drorch.steps.base import StepFailed
+from drorch.store.sqlite import SqliteStore
+from tests.conftest import LAB_RUNBOOK
+
+LATE_S = 1.0  # region-a's SSM answers this long after the request (deadline: 0.2 s)
+
+
+def _rigged(monkeypatch: pytest.MonkeyPatch, flag: dict[str, Any]) -> None:
+    """Fake world: region-a's SSM answers late; the freeze is a no-op; promotion fails
+    before it is requested (e.g. region-b's replica unreachable)."""
+    lock = threading.Lock()
+
+    def flag_check(self: Any, ctx: Any) -> bool:
+        return bool(flag["frozen"])
+
+    def flag_apply(self: Any, ctx: Any) -> dict[str, Any]:
+        time.sleep(LATE_S)  # the request is in flight; the API answers late
+        with lock:
+            flag["frozen"] = True
+            flag["history"].append(("raised", time.monotonic()))
+        return {"region": self.target, "value": "true"}
+
+    def flag_undo(self: Any, ctx: Any) -> dict[str, Any]:
+        with lock:
+            flag["frozen"] = False
+            flag["history"].append(("lowered", time.monotonic()))
+        return {"value": "false"}
+
+    monkeypatch.setattr(freeze_steps.RaiseWriteFlag, "check", flag_check)
+    monkeypatch.setattr(freeze_steps.RaiseWriteFlag, "apply", flag_apply)
+    monkeypatch.setattr(freeze_steps.RaiseWriteFlag, "undo", flag_undo)
+    monkeypatch.setattr(freeze_steps.FreezeDatabase, "check", lambda self, ctx: False)
+    monkeypatch.setattr(freeze_steps.FreezeDatabase, "apply", lambda self, ctx: {"ok": 1})
+    monkeypatch.setattr(freeze_steps.FreezeDatabase, "undo",
+                        lambda self, ctx: {"restored": {}})
+
+    def promote_apply(self: Any, ctx: Any) -> dict[str, Any]:
+        raise StepFailed("main in region-b is unreachable")
+
+    monkeypatch.setattr(promote_steps.PromoteDatabase, "check", lambda self, ctx: False)
+    monkeypatch.setattr(promote_steps.PromoteDatabase, "apply", promote_apply)
+
+
+def test_a_late_write_flag_never_lands_after_the_rollback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flag: dict[str, Any] = {"frozen": False, "history": []}
+    _rigged(monkeypatch, flag)
+    runbook = load_runbook(LAB_RUNBOOK)
+    runbook = runbook.model_copy(update={"aws": runbook.aws.model_copy(
+        update={"failed_region_deadline_s": 0.2})})
+    store = SqliteStore(tmp_path / "journal.db")
+    engine = Engine(runbook, store, AuditLog(tmp_path / "audit.jsonl"), lambda *_: None)
+    incident = engine.start_failover(actor="alice", reason="r", trigger={"kind": "manual"})
+    with pytest.raises(IncidentRolledBack):
+        engine.run(incident)
+    assert store.incident(incident).state == "monitoring"  # rolled back: region-a serves
+    time.sleep(LATE_S + 0.5)  # region-a's SSM answers the request made before the rollback
+
+    # region-a serves writes again: its write flag must not say frozen.
+    assert flag["frozen"] is False, (
+        f"the write flag landed in region-a after the rollback: {flag['history']}")
+    statuses = [e.status for e in store.events(incident)
+                if e.name == "freeze:write-flag@region-a"]
+    assert statuses[-1] != "done", f"journal of a rolled-back incident: {statuses}"
+
+
+def test_retry_deferred_refuses_a_rolled_back_incident(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engine.retry_deferred raises a rolled-back failover's write flag in the region
+    that serves writes (it does not look at the incident's state)."""
+    flag: dict[str, Any] = {"frozen": False, "history": []}
+    _rigged(monkeypatch, flag)
+    runbook = load_runbook(LAB_RUNBOOK)
+    runbook = runbook.model_copy(update={"aws": runbook.aws.model_copy(
+        update={"failed_region_deadline_s": 0.2})})
+    store = SqliteStore(tmp_path / "journal.db")
+    engine = Engine(runbook, store, AuditLog(tmp_path / "audit.jsonl"), lambda *_: None)
+    monkeypatch.setattr(freeze_steps.RaiseWriteFlag, "apply",
+                        lambda self, ctx: (_ for _ in ()).throw(RuntimeError("aws down")))
+    incident = engine.start_failover(actor="alice", reason="r", trigger={"kind": "manual"})
+    with pytest.raises(IncidentRolledBack):
+        engine.run(incident)
+    assert store.incident(incident).state == "monitoring"
+    monkeypatch.setattr(freeze_steps.RaiseWriteFlag, "apply",
+                        lambda self, ctx: flag.update(frozen=True) or {"value": "true"})
+    assert [s.id for s in engine.deferred_steps(incident)] == [], (
+        "a rolled-back incident still lists deferred steps")
+    engine.retry_deferred(incident)
+    assert flag["frozen"] is False
