@@ -1,14 +1,17 @@
 """Apply a captured run to the new primary: idempotent, resumable, set-based.
 
 Idempotency (the method, as the issue asks us to name it): every change is
-applied in the same transaction that records its ``change_id`` in
-``drorch_reconcile.applied``; the record is claimed first (INSERT .. ON
-CONFLICT DO NOTHING), so a change already recorded is skipped, a concurrent
-applier waits and then skips, and a kill before COMMIT undoes both the write
-and the record.
+applied in the same transaction that records its outcome, under the run's advisory
+lock: a batch of ``apply-old`` changes written as they were is recorded by one row of
+``drorch_reconcile.applied_batches`` (its table, side and ``seq`` range), every other
+outcome (re-keyed, stale, resolved, held for a parent) by a row of its own in
+``drorch_reconcile.applied`` (see :mod:`drorch.reconcile.store`). Only changes without
+an outcome are staged, so a change already recorded is skipped, a concurrent applier
+waits for the lock and then skips, and a kill before COMMIT undoes both the write and
+the record.
 
 At volume the changes go per table in batches of set-based statements (one
-transaction each: stage the batch, lock and compare the target rows, claim,
+transaction each: stage the batch, lock and compare the target rows, record,
 delete / update / insert). A batch the new primary refuses is split in halves
 until the refused rows are found; those go one by one, each in its own transaction, and
 what is refused is handed to a human with the database's error (conflict file).
@@ -347,8 +350,7 @@ def _pending(conn: Conn, run_id: str, table: str, deletes: bool,
         "SELECT c.seq, c.change_id FROM drorch_reconcile.changes c WHERE c.run_id = %s "
         f"AND c.tbl = %s AND c.action IN {_WRITES} AND (c.old_row IS NULL) = %s "
         f"AND (%s::int IS NULL OR c.seq BETWEEN %s AND %s) AND {_HAS_NEW_KEY} "
-        "AND NOT EXISTS (SELECT 1 FROM drorch_reconcile.applied a WHERE a.run_id = c.run_id "
-        "AND a.change_id = c.change_id) ORDER BY c.seq", (run_id, table, deletes, lo, lo, hi))]
+        f"AND {store.UNDECIDED} ORDER BY c.seq", (run_id, table, deletes, lo, lo, hi))]
 
 
 def _match(meta: TableMeta, left: str, right: str) -> sql.Composable:
@@ -440,8 +442,8 @@ def _hold_orphans(conn: Conn, meta: TableMeta, p: dict[str, Any], parents: _Pare
                 "old primary wrote that was not written here (%%s)', %(col)s::text, "
                 "%(parent)s::text, coalesce(a.outcome, CASE WHEN "
                 "pb.change_id IS NOT NULL THEN 'stale or held' ELSE 'refused or held' END)) "
-                "FROM drorch_reconcile.changes pc LEFT JOIN drorch_reconcile.applied a "
-                "ON a.run_id = pc.run_id AND a.change_id = pc.change_id "
+                "FROM drorch_reconcile.changes pc CROSS JOIN LATERAL "
+                f"(SELECT {store.outcome_of('pc')} AS outcome OFFSET 0) a "
                 "LEFT JOIN drorch_batch pb ON pb.change_id = pc.change_id "
                 "WHERE b.held IS NULL AND pc.run_id = %(run)s AND pc.tbl = %(parent)s "
                 f"AND pc.action IN {_WRITES} AND pc.old_row IS NOT NULL "
@@ -568,7 +570,7 @@ def _apply_group(conn: Conn, metas: dict[str, TableMeta], run_id: str,
                             raise
                         refused.add(cid)
                 written = {str(r[0]) for r in conn.execute(
-                    "SELECT change_id FROM drorch_reconcile.applied WHERE run_id = %s AND "
+                    "SELECT change_id FROM drorch_reconcile.outcomes WHERE run_id = %s AND "
                     "change_id = ANY(%s) AND outcome IN ('applied', 'rekeyed')", (run_id, ids))}
                 if written != set(ids):
                     raise _GroupRefused(set(ids) - written | refused)
@@ -625,17 +627,21 @@ def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
         lateral = sql.SQL(
             "LEFT JOIN LATERAL (SELECT to_jsonb(t) - %(hidden)s::text[] AS cur FROM {tbl} t "
             "WHERE {m} FOR UPDATE) x ON true").format(tbl=tbl, m=_match(meta, "t", "s.r"))
+    # ``OFFSET 0`` keeps each subquery's values computed once per change: flattened, the
+    # row was built again for the target lookup and the outcome probed twice.
     conn.execute(sql.SQL(
-        "INSERT INTO drorch_batch (change_id, action, new_row, orig, r, cur, had) "
-        "SELECT s.change_id, s.action, s.new_row, s.orig, s.r, {target}, {target} IS NOT NULL "
-        "FROM (SELECT c.change_id, c.action, {new_row} AS new_row, "
-        "coalesce(c.old_row, c.key) AS orig, jsonb_populate_record(NULL::{tbl}, {row}) AS r "
-        "FROM drorch_reconcile.changes c {joins} "
+        "INSERT INTO drorch_batch (change_id, action, new_row, orig, r, cur, had, own) "
+        "SELECT s.change_id, s.action, s.new_row, s.orig, s.r, {target}, {target} IS NOT NULL, "
+        "s.own IS NOT NULL FROM (SELECT c.change_id, c.action, {new_row} AS new_row, "
+        "coalesce(c.old_row, c.key) AS orig, jsonb_populate_record(NULL::{tbl}, {row}) AS r, "
+        "o.own FROM drorch_reconcile.changes c {joins} "
+        f"CROSS JOIN LATERAL (SELECT {store.own_outcome()} AS own OFFSET 0) o "
         "WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
         f"AND c.seq BETWEEN %(lo)s AND %(hi)s AND c.action IN {_WRITES} "
-        f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} AND NOT EXISTS (SELECT 1 "
-        "FROM drorch_reconcile.applied a WHERE a.run_id = c.run_id "
-        "AND a.change_id = c.change_id)) s {lateral}").format(
+        f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} "
+        "AND (o.own = 'held' OR o.own IS NULL AND NOT (c.action = 'apply-old' "
+        f"AND {store.in_batch()})) OFFSET 0) s "
+        "{lateral}").format(
         target=target, new_row=new_row, tbl=tbl, row=row, joins=sql.SQL(" ").join(joins),
         lateral=lateral), {**p, "hidden": list(meta.hidden)})
 
@@ -656,23 +662,14 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
     tbl = meta.ident
     conn.execute(sql.SQL(
         "CREATE TEMP TABLE drorch_batch (change_id text PRIMARY KEY, action text, "
-        "new_row jsonb, cur jsonb, had boolean NOT NULL, held text, orig jsonb, r {}) "
-        "ON COMMIT DROP").format(tbl))
+        "new_row jsonb, cur jsonb, had boolean NOT NULL, held text, orig jsonb, r {}, "
+        "own boolean NOT NULL) ON COMMIT DROP").format(tbl))
     _load_batch(conn, meta, p, deletes, parents)
     if deletes:
         _hold_referenced(conn, meta, p, parents)
     else:
         _hold_orphans(conn, meta, p, parents)
-    claim = conn.execute(
-        "INSERT INTO drorch_reconcile.applied (run_id, change_id, outcome) "
-        "SELECT %(run)s, b.change_id, CASE WHEN b.cur IS DISTINCT FROM b.new_row THEN 'stale' "
-        "WHEN b.action = 'rekey' THEN 'rekeyed' ELSE 'applied' END FROM drorch_batch b "
-        "WHERE b.held IS NULL ON CONFLICT (run_id, change_id) DO NOTHING", p)
-    staged = conn.execute("SELECT count(*) FROM drorch_batch WHERE held IS NULL").fetchone()
-    if staged is None or claim.rowcount != staged[0]:
-        # only without the advisory lock (an older drorch applying at the same time)
-        raise RuntimeError(f"{meta.name}: another applier recorded some of these changes "
-                           "meanwhile; nothing of this batch is written: rerun")
+    _record(conn, meta, p)
     if deletes:
         conn.execute(sql.SQL(
             "DELETE FROM {tbl} t USING drorch_batch b WHERE {w} AND {m}"
@@ -694,6 +691,35 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
                  rcols=sql.SQL(", ").join(sql.SQL("(b.r).{}").format(sql.Identifier(c))
                                           for c in cols)))
     conn.execute("DROP TABLE drorch_batch")
+
+
+_ON_ITS_OWN = ("b.own OR b.held IS NOT NULL OR b.action = 'rekey' "
+               "OR b.cur IS DISTINCT FROM b.new_row")
+"""A staged change whose outcome is recorded on its own row: held for a parent (no
+decision yet), stale, re-keyed, or one that has a row already (held before)."""
+
+
+def _record(conn: Conn, meta: TableMeta, p: dict[str, Any]) -> None:
+    """Record the staged batch's outcomes in the caller's transaction (the one that
+    writes it): one ``applied_batches`` row for the ``apply-old`` changes written as
+    they are, an ``applied`` row for each exception (:data:`_ON_ITS_OWN`)."""
+    own = conn.execute(
+        "INSERT INTO drorch_reconcile.applied AS a (run_id, change_id, outcome) "
+        "SELECT %(run)s, b.change_id, CASE WHEN b.held IS NOT NULL THEN 'held' "
+        "WHEN b.cur IS DISTINCT FROM b.new_row THEN 'stale' "
+        "WHEN b.action = 'rekey' THEN 'rekeyed' ELSE 'applied' END FROM drorch_batch b "
+        f"WHERE {_ON_ITS_OWN} ON CONFLICT (run_id, change_id) DO UPDATE "
+        "SET outcome = EXCLUDED.outcome, decided_at = now() WHERE a.outcome = 'held'", p)
+    expected = conn.execute(f"SELECT count(*) FROM drorch_batch b WHERE {_ON_ITS_OWN}"
+                            ).fetchone()
+    if expected is None or own.rowcount != expected[0]:
+        # only without the advisory lock (an older drorch applying at the same time)
+        raise RuntimeError(f"{meta.name}: another applier recorded some of these changes "
+                           "meanwhile; nothing of this batch is written: rerun")
+    conn.execute(
+        "INSERT INTO drorch_reconcile.applied_batches (run_id, tbl, deletes, lo, hi, rows) "
+        "SELECT %(run)s, %(tbl)s, %(del)s, %(lo)s, %(hi)s, count(*) FROM drorch_batch b "
+        f"WHERE NOT ({_ON_ITS_OWN}) HAVING count(*) > 0 ON CONFLICT DO NOTHING", p)
 
 
 _ROW_ERRORS = ("22", "23", "44", "P0", "2F", "38", "39")
@@ -725,7 +751,7 @@ def resolve_rekeyed(conn: Conn, meta: TableMeta, run_id: str, change_id: str
         return "error", _refusal(e)
     if change_id in parents.blocked:
         return "error", parents.blocked[change_id]
-    row = conn.execute("SELECT outcome FROM drorch_reconcile.applied WHERE run_id = %s "
+    row = conn.execute("SELECT outcome FROM drorch_reconcile.outcomes WHERE run_id = %s "
                        "AND change_id = %s", (run_id, change_id)).fetchone()
     return (str(row[0]) if row else "error"), None
 
@@ -761,8 +787,7 @@ def _batches(conn: Conn, run_id: str, table: str, deletes: bool, batch: int
         "SELECT min(seq), max(seq), count(*) FROM (SELECT c.seq, (row_number() OVER "
         "(ORDER BY c.seq) - 1) / %s AS g FROM drorch_reconcile.changes c WHERE c.run_id = %s "
         f"AND c.tbl = %s AND c.action IN {_WRITES} AND (c.old_row IS NULL) = %s "
-        f"AND {_HAS_NEW_KEY} AND NOT EXISTS (SELECT 1 FROM drorch_reconcile.applied a "
-        "WHERE a.run_id = c.run_id AND a.change_id = c.change_id)) x GROUP BY g ORDER BY 1",
+        f"AND {_HAS_NEW_KEY} AND {store.UNDECIDED}) x GROUP BY g ORDER BY 1",
         (batch, run_id, table, deletes))]
 
 
@@ -806,25 +831,32 @@ def _keep_new(conn: Conn, run_id: str) -> int:
     return cur.rowcount
 
 
-_OUTCOMES = """
+_OUTCOMES = f"""
 SELECT c.tbl, c.kind, coalesce(a.outcome, CASE WHEN c.action = 'apply-old' THEN 'error'
        ELSE 'pending' END) AS outcome, count(*),
        encode(sha256(convert_to(string_agg(c.change_id || ':' || coalesce(a.outcome,
               'pending'), ',' ORDER BY c.change_id), 'UTF8')), 'hex')
-FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a USING (run_id, change_id)
+FROM drorch_reconcile.changes c CROSS JOIN LATERAL (SELECT {store.outcome_of()} AS outcome
+     OFFSET 0) a
 WHERE c.run_id = %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 
 
-def _count(conn: Conn, run_id: str, outcome: str) -> int:
-    row = conn.execute("SELECT count(*) FROM drorch_reconcile.applied WHERE run_id = %s "
-                       "AND outcome = %s", (run_id, outcome)).fetchone()
+def _count_applied(conn: Conn, run_id: str) -> int:
+    """Changes recorded ``applied``: a batch's rows were counted when it was written (and
+    a change a batch covers never gets another outcome), so this reads records, not
+    changes."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM drorch_reconcile.applied WHERE run_id = %(run)s "
+        "AND outcome = 'applied') + (SELECT coalesce(sum(rows), 0) "
+        "FROM drorch_reconcile.applied_batches WHERE run_id = %(run)s)", {"run": run_id}
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
 def _tally(conn: Conn, run_id: str, res: ApplyResult, before: dict[str, int],
            present: set[str]) -> None:
-    """Fill ``res`` from what ``drorch_reconcile.applied`` records (the truth, also for
+    """Fill ``res`` from the recorded outcomes (``outcomes``: the truth, also for
     changes decided by an earlier, killed run): per table, kind and outcome. ``before``:
     rows per outcome recorded before this call."""
     totals: dict[str, int] = {}
@@ -900,7 +932,7 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
         sens = {t.table: set(t.sensitive) for t in captured.tables}
         metas = {t.table: as_captured(conn, run_id, m, t.new_only_columns)
                  for t in captured.tables if (m := load_table(conn, t.table)) is not None}
-        before = {"applied": _count(conn, run_id, "applied")}
+        before = {"applied": _count_applied(conn, run_id)}
         def keys() -> list[str]:  # under the run's lock: a second applier waits, then reuses
             with conn.transaction():
                 _lock_run(conn, run_id)
@@ -1020,8 +1052,8 @@ def _conflict_rows(conn: Conn, run_id: str, meta: TableMeta) -> Iterator[tuple[A
         "SELECT c.change_id, c.key::text, c.kind, c.action, c.columns, c.old_op, c.new_op, "
         "c.undetermined, a.outcome, (c.old_row || k.carry)::text, {new_row}, k.carry::text, "
         "{compared} "
-        "FROM drorch_reconcile.changes c CROSS JOIN {carry} LEFT JOIN "
-        "drorch_reconcile.applied a ON a.run_id = c.run_id AND a.change_id = c.change_id "
+        "FROM drorch_reconcile.changes c CROSS JOIN {carry} CROSS JOIN LATERAL "
+        f"(SELECT {store.outcome_of()} AS outcome OFFSET 0) a "
         "{join} WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
         "AND c.action <> 'keep-new' AND (a.outcome IS NULL OR a.outcome = 'stale') "
         "ORDER BY c.seq").format(new_row=new_row, compared=compared, join=join, carry=_CARRY)

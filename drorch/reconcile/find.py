@@ -116,6 +116,14 @@ def _both(on_old: Callable[[], T], on_new: Callable[[], T]) -> tuple[T, T]:
 
 
 def _key_dict(meta: TableMeta, key: str) -> dict[str, Any]:
+    """The key as column -> value. A one-column integer key (the usual case, once per
+    divergent row) is read without the general parser: a canonical key is compact JSON,
+    so ``[123]`` holds nothing ``int`` could read differently."""
+    if len(meta.pk) == 1:
+        try:
+            return {meta.pk[0]: int(key[1:-1])}
+        except ValueError:
+            pass
     return dict(zip(meta.pk, key_values(key), strict=True))
 
 
