@@ -600,9 +600,10 @@ def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
     patches: list[sql.Composable] = []
     new_row = sql.SQL("c.new_row")
     if not deletes and meta.key_sequence is not None and meta.name in parents:
-        joins.append(sql.SQL(
-            "LEFT JOIN drorch_reconcile.rekeyed m ON c.action = 'rekey' "
-            "AND m.run_id = c.run_id AND m.change_id = c.change_id"))
+        joins.append(sql.SQL(  # probed only for rekey changes (a join probed every row)
+            "CROSS JOIN LATERAL (SELECT CASE WHEN c.action = 'rekey' THEN (SELECT m.new_id "
+            "FROM drorch_reconcile.rekeyed m WHERE m.run_id = c.run_id "
+            "AND m.change_id = c.change_id) END AS new_id OFFSET 0) m"))
         patches.append(sql.SQL("jsonb_build_object({k}::text, m.new_id)").format(
             k=sql.Literal(meta.pk[0])))
         new_row = sql.SQL("CASE WHEN m.new_id IS NULL THEN c.new_row END")
@@ -627,6 +628,10 @@ def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
         lateral = sql.SQL(
             "LEFT JOIN LATERAL (SELECT to_jsonb(t) - %(hidden)s::text[] AS cur FROM {tbl} t "
             "WHERE {m} FOR UPDATE) x ON true").format(tbl=tbl, m=_match(meta, "t", "s.r"))
+    # A change a recorded batch covers has an outcome: asked only where a batch of this
+    # table and side overlaps the range (a rerun's), not once per change of every batch.
+    batched = sql.SQL(f"AND NOT (c.action = 'apply-old' AND {store.in_batch()}) "
+                      if _batch_overlaps(conn, p) else "")
     # ``OFFSET 0`` keeps each subquery's values computed once per change: flattened, the
     # row was built again for the target lookup and the outcome probed twice.
     conn.execute(sql.SQL(
@@ -639,11 +644,17 @@ def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
         "WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
         f"AND c.seq BETWEEN %(lo)s AND %(hi)s AND c.action IN {_WRITES} "
         f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} "
-        "AND (o.own = 'held' OR o.own IS NULL AND NOT (c.action = 'apply-old' "
-        f"AND {store.in_batch()})) OFFSET 0) s "
-        "{lateral}").format(
+        "AND (o.own = 'held' OR o.own IS NULL {batched}) OFFSET 0) s {lateral}").format(
         target=target, new_row=new_row, tbl=tbl, row=row, joins=sql.SQL(" ").join(joins),
-        lateral=lateral), {**p, "hidden": list(meta.hidden)})
+        batched=batched, lateral=lateral), {**p, "hidden": list(meta.hidden)})
+
+
+def _batch_overlaps(conn: Conn, p: dict[str, Any]) -> bool:
+    """A recorded batch of this table and side overlaps the seq range ``p`` names."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM drorch_reconcile.applied_batches WHERE run_id = %(run)s "
+        "AND tbl = %(tbl)s AND deletes = %(del)s AND lo <= %(hi)s AND hi >= %(lo)s)", p
+    ).fetchone() == (True,)
 
 
 _WRITTEN = "b.held IS NULL AND b.cur IS NOT DISTINCT FROM b.new_row"
