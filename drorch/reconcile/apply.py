@@ -346,11 +346,27 @@ def _pending(conn: Conn, run_id: str, table: str, deletes: bool,
              seq_range: tuple[int, int] | None = None) -> list[tuple[int, str]]:
     """(seq, change id) of the table's changes still to write, in capture order."""
     lo, hi = seq_range or (None, None)
+    undecided = _undecided(conn, run_id, table, deletes, seq_range)
     return [(int(r[0]), str(r[1])) for r in conn.execute(
         "SELECT c.seq, c.change_id FROM drorch_reconcile.changes c WHERE c.run_id = %s "
         f"AND c.tbl = %s AND c.action IN {_WRITES} AND (c.old_row IS NULL) = %s "
         f"AND (%s::int IS NULL OR c.seq BETWEEN %s AND %s) AND {_HAS_NEW_KEY} "
-        f"AND {store.UNDECIDED} ORDER BY c.seq", (run_id, table, deletes, lo, lo, hi))]
+        f"AND {undecided} ORDER BY c.seq", (run_id, table, deletes, lo, lo, hi))]
+
+
+_SEQ_ALL = (-2**31, 2**31 - 1)
+
+
+def _undecided(conn: Conn, run_id: str, table: str, deletes: bool,
+               seq_range: tuple[int, int] | None = None) -> str:
+    """SQL: the change ``c`` of ``table`` (seq in ``seq_range``) has no outcome yet;
+    without a recorded batch of its table and side over that range, its own record is
+    all there is to ask (one probe per change instead of two)."""
+    lo, hi = seq_range or _SEQ_ALL
+    if _batch_overlaps(conn, {"run": run_id, "tbl": table, "del": deletes, "lo": lo,
+                              "hi": hi}):
+        return store.UNDECIDED
+    return f"coalesce({store.own_outcome()}, 'held') = 'held'"
 
 
 def _match(meta: TableMeta, left: str, right: str) -> sql.Composable:
@@ -631,7 +647,7 @@ def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
     # A change a recorded batch covers has an outcome: asked only where a batch of this
     # table and side overlaps the range (a rerun's), not once per change of every batch.
     batched = sql.SQL(f"AND NOT (c.action = 'apply-old' AND {store.in_batch()}) "
-                      if _batch_overlaps(conn, p) else "")
+                      if _batch_overlaps(conn, p) else "")  # (see _undecided)
     # ``OFFSET 0`` keeps each subquery's values computed once per change: flattened, the
     # row was built again for the target lookup and the outcome probed twice.
     conn.execute(sql.SQL(
@@ -794,11 +810,12 @@ def _batches(conn: Conn, run_id: str, table: str, deletes: bool, batch: int
              ) -> list[tuple[int, int, int]]:
     """(first seq, last seq, changes) of each batch of the table's pending changes, in
     capture order: only the bounds travel, never one row per change."""
+    undecided = _undecided(conn, run_id, table, deletes)
     return [(int(lo), int(hi), int(n)) for lo, hi, n in conn.execute(
         "SELECT min(seq), max(seq), count(*) FROM (SELECT c.seq, (row_number() OVER "
         "(ORDER BY c.seq) - 1) / %s AS g FROM drorch_reconcile.changes c WHERE c.run_id = %s "
         f"AND c.tbl = %s AND c.action IN {_WRITES} AND (c.old_row IS NULL) = %s "
-        f"AND {_HAS_NEW_KEY} AND {store.UNDECIDED}) x GROUP BY g ORDER BY 1",
+        f"AND {_HAS_NEW_KEY} AND {undecided}) x GROUP BY g ORDER BY 1",
         (batch, run_id, table, deletes))]
 
 
@@ -842,15 +859,25 @@ def _keep_new(conn: Conn, run_id: str) -> int:
     return cur.rowcount
 
 
-_OUTCOMES = f"""
-SELECT c.tbl, c.kind, coalesce(a.outcome, CASE WHEN c.action = 'apply-old' THEN 'error'
+_OUTCOMES = """
+SELECT c.tbl, c.kind, coalesce(x.outcome, CASE WHEN c.action = 'apply-old' THEN 'error'
        ELSE 'pending' END) AS outcome, count(*),
-       encode(sha256(convert_to(string_agg(c.change_id || ':' || coalesce(a.outcome,
+       encode(sha256(convert_to(string_agg(c.change_id || ':' || coalesce(x.outcome,
               'pending'), ',' ORDER BY c.change_id), 'UTF8')), 'hex')
-FROM drorch_reconcile.changes c CROSS JOIN LATERAL (SELECT {store.outcome_of()} AS outcome
-     OFFSET 0) a
-WHERE c.run_id = %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+FROM drorch_reconcile.changes c
+LEFT JOIN drorch_reconcile.applied o ON o.run_id = c.run_id AND o.change_id = c.change_id
+LEFT JOIN (SELECT DISTINCT b2.change_id FROM drorch_reconcile.applied_batches b
+           JOIN drorch_reconcile.changes b2 ON b2.run_id = b.run_id AND b2.tbl = b.tbl
+           AND b2.seq BETWEEN b.lo AND b.hi AND (b2.old_row IS NULL) = b.deletes
+           WHERE b.run_id = %(run)s AND b2.action = 'apply-old') cov
+       ON cov.change_id = c.change_id
+CROSS JOIN LATERAL (SELECT CASE WHEN o.outcome IS NOT NULL THEN nullif(o.outcome, 'held')
+                    WHEN cov.change_id IS NOT NULL THEN 'applied' END AS outcome) x
+WHERE c.run_id = %(run)s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
+"""Rows per table, kind and outcome (``store.outcome_of``, written as joins: the whole run
+is read, so each change is matched by hash, not probed by index) with a digest of each
+set."""
 
 
 def _count_applied(conn: Conn, run_id: str) -> int:
@@ -871,7 +898,12 @@ def _tally(conn: Conn, run_id: str, res: ApplyResult, before: dict[str, int],
     changes decided by an earlier, killed run): per table, kind and outcome. ``before``:
     rows per outcome recorded before this call."""
     totals: dict[str, int] = {}
-    for table, kind, outcome, n, digest in conn.execute(_OUTCOMES, (run_id,)):
+    with conn.transaction():
+        # hash joins over the run's changes: without statistics on the freshly written
+        # records the planner may otherwise scan them once per change
+        conn.execute("SET LOCAL enable_nestloop = off")
+        rows = conn.execute(_OUTCOMES, {"run": run_id}).fetchall()
+    for table, kind, outcome, n, digest in rows:
         n = int(n)
         if outcome in ("error", "pending", "stale") and table not in present:
             res.unshown += n
