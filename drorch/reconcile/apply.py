@@ -810,13 +810,16 @@ def _batches(conn: Conn, run_id: str, table: str, deletes: bool, batch: int
              ) -> list[tuple[int, int, int]]:
     """(first seq, last seq, changes) of each batch of the table's pending changes, in
     capture order: only the bounds travel, never one row per change."""
-    undecided = _undecided(conn, run_id, table, deletes)
-    return [(int(lo), int(hi), int(n)) for lo, hi, n in conn.execute(
-        "SELECT min(seq), max(seq), count(*) FROM (SELECT c.seq, (row_number() OVER "
-        "(ORDER BY c.seq) - 1) / %s AS g FROM drorch_reconcile.changes c WHERE c.run_id = %s "
-        f"AND c.tbl = %s AND c.action IN {_WRITES} AND (c.old_row IS NULL) = %s "
-        f"AND {_HAS_NEW_KEY} AND {undecided}) x GROUP BY g ORDER BY 1",
-        (batch, run_id, table, deletes))]
+    joins, outcome = store.outcomes_joined(conn, run_id)
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_nestloop = off")  # see store.outcomes_joined
+        return [(int(lo), int(hi), int(n)) for lo, hi, n in conn.execute(
+            "SELECT min(seq), max(seq), count(*) FROM (SELECT c.seq, (row_number() OVER "
+            "(ORDER BY c.seq) - 1) / %(batch)s AS g FROM drorch_reconcile.changes c "
+            f"{joins} WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s AND c.action IN {_WRITES} "
+            f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} AND ({outcome}) IS NULL"
+            ") x GROUP BY g ORDER BY 1",
+            {"batch": batch, "run": run_id, "tbl": table, "del": deletes})]
 
 
 def _apply_table(conn: Conn, meta: TableMeta, run_id: str, deletes: bool, batch: int,
@@ -859,25 +862,18 @@ def _keep_new(conn: Conn, run_id: str) -> int:
     return cur.rowcount
 
 
-_OUTCOMES = """
+def _outcomes_query(conn: Conn, run_id: str) -> str:
+    """Rows per table, kind and outcome of the run, with a digest of each set."""
+    joins, outcome = store.outcomes_joined(conn, run_id)
+    return f"""
 SELECT c.tbl, c.kind, coalesce(x.outcome, CASE WHEN c.action = 'apply-old' THEN 'error'
        ELSE 'pending' END) AS outcome, count(*),
        encode(sha256(convert_to(string_agg(c.change_id || ':' || coalesce(x.outcome,
               'pending'), ',' ORDER BY c.change_id), 'UTF8')), 'hex')
-FROM drorch_reconcile.changes c
-LEFT JOIN drorch_reconcile.applied o ON o.run_id = c.run_id AND o.change_id = c.change_id
-LEFT JOIN (SELECT DISTINCT b2.change_id FROM drorch_reconcile.applied_batches b
-           JOIN drorch_reconcile.changes b2 ON b2.run_id = b.run_id AND b2.tbl = b.tbl
-           AND b2.seq BETWEEN b.lo AND b.hi AND (b2.old_row IS NULL) = b.deletes
-           WHERE b.run_id = %(run)s AND b2.action = 'apply-old') cov
-       ON cov.change_id = c.change_id
-CROSS JOIN LATERAL (SELECT CASE WHEN o.outcome IS NOT NULL THEN nullif(o.outcome, 'held')
-                    WHEN cov.change_id IS NOT NULL THEN 'applied' END AS outcome) x
+FROM drorch_reconcile.changes c {joins}
+CROSS JOIN LATERAL (SELECT {outcome} AS outcome) x
 WHERE c.run_id = %(run)s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
-"""Rows per table, kind and outcome (``store.outcome_of``, written as joins: the whole run
-is read, so each change is matched by hash, not probed by index) with a digest of each
-set."""
 
 
 def _count_applied(conn: Conn, run_id: str) -> int:
@@ -899,10 +895,8 @@ def _tally(conn: Conn, run_id: str, res: ApplyResult, before: dict[str, int],
     rows per outcome recorded before this call."""
     totals: dict[str, int] = {}
     with conn.transaction():
-        # hash joins over the run's changes: without statistics on the freshly written
-        # records the planner may otherwise scan them once per change
-        conn.execute("SET LOCAL enable_nestloop = off")
-        rows = conn.execute(_OUTCOMES, {"run": run_id}).fetchall()
+        conn.execute("SET LOCAL enable_nestloop = off")  # see store.outcomes_joined
+        rows = conn.execute(_outcomes_query(conn, run_id), {"run": run_id}).fetchall()
     for table, kind, outcome, n, digest in rows:
         n = int(n)
         if outcome in ("error", "pending", "stale") and table not in present:

@@ -132,6 +132,39 @@ UNDECIDED = f"{outcome_of()} IS NULL"
 """SQL: the change ``c`` has no outcome yet (held for a parent counts as none)."""
 
 
+def outcomes_joined(conn: Conn, run_id: str) -> tuple[str, str]:
+    """SQL for reading the outcomes of many changes of run ``run_id`` at once: joins to
+    add after ``drorch_reconcile.changes c`` (a run's changes), and the outcome
+    expression over them (NULL: none yet), as :func:`outcome_of` decides it. The
+    batches' changes are found by one index range scan per batch (``OFFSET 0`` keeps
+    it so: flattened, the range became a filter over every pair of change and batch),
+    then matched by hash: the caller sets ``enable_nestloop = off`` for the statement,
+    as without statistics on the freshly written records a planner may otherwise scan
+    them once per change. Overlapping batches (a rerun's) are counted once."""
+    distinct = "DISTINCT" if batches_overlap(conn, run_id) else ""
+    joins = (
+        "LEFT JOIN drorch_reconcile.applied o ON o.run_id = c.run_id "
+        "AND o.change_id = c.change_id "
+        f"LEFT JOIN (SELECT {distinct} y.change_id FROM drorch_reconcile.applied_batches b "
+        "CROSS JOIN LATERAL (SELECT b2.change_id FROM drorch_reconcile.changes b2 "
+        "WHERE b2.run_id = b.run_id AND b2.tbl = b.tbl AND b2.seq BETWEEN b.lo AND b.hi "
+        "AND (b2.old_row IS NULL) = b.deletes AND b2.action = 'apply-old' OFFSET 0) y "
+        "WHERE b.run_id = %(run)s) cov ON cov.change_id = c.change_id")
+    outcome = ("CASE WHEN o.outcome IS NOT NULL THEN nullif(o.outcome, 'held') "
+               "WHEN cov.change_id IS NOT NULL THEN 'applied' END")
+    return joins, outcome
+
+
+def batches_overlap(conn: Conn, run_id: str) -> bool:
+    """Two recorded batches of one table and side of the run share part of their range
+    (a rerun's batch spanning rows an earlier one left held)."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM drorch_reconcile.applied_batches a "
+        "JOIN drorch_reconcile.applied_batches b ON b.run_id = a.run_id AND b.tbl = a.tbl "
+        "AND b.deletes = a.deletes AND (b.lo, b.hi) <> (a.lo, a.hi) AND b.lo <= a.hi "
+        "AND a.lo <= b.hi WHERE a.run_id = %s)", (run_id,)).fetchone() == (True,)
+
+
 @dataclass(frozen=True)
 class StoredChange:
     change_id: str
