@@ -21,8 +21,13 @@ LockNotAvailable: apply retries the batch, see ``apply.RETRIES``)."""
 
 SESSION_OPTIONS = (
     "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=1 "
-    f"-c bytea_output=hex -c statement_timeout=0 -c lock_timeout={LOCK_TIMEOUT_MS}"
+    f"-c bytea_output=hex -c statement_timeout=0 -c lock_timeout={LOCK_TIMEOUT_MS} "
+    "-c jit=off"
 )
+"""``jit=off``: reconciliation runs many short set-based statements (a batch of 10,000
+changes each), and once autovacuum has analysed the freshly captured changes their cost
+estimates cross ``jit_above_cost``: compiling took 50-100 ms per statement, more than
+the statement itself."""
 
 Conn = psycopg.Connection[Any]
 

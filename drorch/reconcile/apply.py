@@ -1,14 +1,17 @@
 """Apply a captured run to the new primary: idempotent, resumable, set-based.
 
 Idempotency (the method, as the issue asks us to name it): every change is
-applied in the same transaction that records its ``change_id`` in
-``drorch_reconcile.applied``; the record is claimed first (INSERT .. ON
-CONFLICT DO NOTHING), so a change already recorded is skipped, a concurrent
-applier waits and then skips, and a kill before COMMIT undoes both the write
-and the record.
+applied in the same transaction that records its outcome, under the run's advisory
+lock: a batch of ``apply-old`` changes written as they were is recorded by one row of
+``drorch_reconcile.applied_batches`` (its table, side and ``seq`` range), every other
+outcome (re-keyed, stale, resolved, held for a parent) by a row of its own in
+``drorch_reconcile.applied`` (see :mod:`drorch.reconcile.store`). Only changes without
+an outcome are staged, so a change already recorded is skipped, a concurrent applier
+waits for the lock and then skips, and a kill before COMMIT undoes both the write and
+the record.
 
 At volume the changes go per table in batches of set-based statements (one
-transaction each: stage the batch, lock and compare the target rows, claim,
+transaction each: stage the batch, lock and compare the target rows, record,
 delete / update / insert). A batch the new primary refuses is split in halves
 until the refused rows are found; those go one by one, each in its own transaction, and
 what is refused is handed to a human with the database's error (conflict file).
@@ -343,12 +346,27 @@ def _pending(conn: Conn, run_id: str, table: str, deletes: bool,
              seq_range: tuple[int, int] | None = None) -> list[tuple[int, str]]:
     """(seq, change id) of the table's changes still to write, in capture order."""
     lo, hi = seq_range or (None, None)
+    undecided = _undecided(conn, run_id, table, deletes, seq_range)
     return [(int(r[0]), str(r[1])) for r in conn.execute(
         "SELECT c.seq, c.change_id FROM drorch_reconcile.changes c WHERE c.run_id = %s "
         f"AND c.tbl = %s AND c.action IN {_WRITES} AND (c.old_row IS NULL) = %s "
         f"AND (%s::int IS NULL OR c.seq BETWEEN %s AND %s) AND {_HAS_NEW_KEY} "
-        "AND NOT EXISTS (SELECT 1 FROM drorch_reconcile.applied a WHERE a.run_id = c.run_id "
-        "AND a.change_id = c.change_id) ORDER BY c.seq", (run_id, table, deletes, lo, lo, hi))]
+        f"AND {undecided} ORDER BY c.seq", (run_id, table, deletes, lo, lo, hi))]
+
+
+_SEQ_ALL = (-2**31, 2**31 - 1)
+
+
+def _undecided(conn: Conn, run_id: str, table: str, deletes: bool,
+               seq_range: tuple[int, int] | None = None) -> str:
+    """SQL: the change ``c`` of ``table`` (seq in ``seq_range``) has no outcome yet;
+    without a recorded batch of its table and side over that range, its own record is
+    all there is to ask (one probe per change instead of two)."""
+    lo, hi = seq_range or _SEQ_ALL
+    if _batch_overlaps(conn, {"run": run_id, "tbl": table, "del": deletes, "lo": lo,
+                              "hi": hi}):
+        return store.UNDECIDED
+    return f"coalesce({store.own_outcome()}, 'held') = 'held'"
 
 
 def _match(meta: TableMeta, left: str, right: str) -> sql.Composable:
@@ -440,8 +458,8 @@ def _hold_orphans(conn: Conn, meta: TableMeta, p: dict[str, Any], parents: _Pare
                 "old primary wrote that was not written here (%%s)', %(col)s::text, "
                 "%(parent)s::text, coalesce(a.outcome, CASE WHEN "
                 "pb.change_id IS NOT NULL THEN 'stale or held' ELSE 'refused or held' END)) "
-                "FROM drorch_reconcile.changes pc LEFT JOIN drorch_reconcile.applied a "
-                "ON a.run_id = pc.run_id AND a.change_id = pc.change_id "
+                "FROM drorch_reconcile.changes pc CROSS JOIN LATERAL "
+                f"(SELECT {store.outcome_of('pc')} AS outcome OFFSET 0) a "
                 "LEFT JOIN drorch_batch pb ON pb.change_id = pc.change_id "
                 "WHERE b.held IS NULL AND pc.run_id = %(run)s AND pc.tbl = %(parent)s "
                 f"AND pc.action IN {_WRITES} AND pc.old_row IS NOT NULL "
@@ -568,7 +586,7 @@ def _apply_group(conn: Conn, metas: dict[str, TableMeta], run_id: str,
                             raise
                         refused.add(cid)
                 written = {str(r[0]) for r in conn.execute(
-                    "SELECT change_id FROM drorch_reconcile.applied WHERE run_id = %s AND "
+                    "SELECT change_id FROM drorch_reconcile.outcomes WHERE run_id = %s AND "
                     "change_id = ANY(%s) AND outcome IN ('applied', 'rekeyed')", (run_id, ids))}
                 if written != set(ids):
                     raise _GroupRefused(set(ids) - written | refused)
@@ -598,9 +616,10 @@ def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
     patches: list[sql.Composable] = []
     new_row = sql.SQL("c.new_row")
     if not deletes and meta.key_sequence is not None and meta.name in parents:
-        joins.append(sql.SQL(
-            "LEFT JOIN drorch_reconcile.rekeyed m ON c.action = 'rekey' "
-            "AND m.run_id = c.run_id AND m.change_id = c.change_id"))
+        joins.append(sql.SQL(  # probed only for rekey changes (a join probed every row)
+            "CROSS JOIN LATERAL (SELECT CASE WHEN c.action = 'rekey' THEN (SELECT m.new_id "
+            "FROM drorch_reconcile.rekeyed m WHERE m.run_id = c.run_id "
+            "AND m.change_id = c.change_id) END AS new_id OFFSET 0) m"))
         patches.append(sql.SQL("jsonb_build_object({k}::text, m.new_id)").format(
             k=sql.Literal(meta.pk[0])))
         new_row = sql.SQL("CASE WHEN m.new_id IS NULL THEN c.new_row END")
@@ -625,19 +644,33 @@ def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
         lateral = sql.SQL(
             "LEFT JOIN LATERAL (SELECT to_jsonb(t) - %(hidden)s::text[] AS cur FROM {tbl} t "
             "WHERE {m} FOR UPDATE) x ON true").format(tbl=tbl, m=_match(meta, "t", "s.r"))
+    # A change a recorded batch covers has an outcome: asked only where a batch of this
+    # table and side overlaps the range (a rerun's), not once per change of every batch.
+    batched = sql.SQL(f"AND NOT (c.action = 'apply-old' AND {store.in_batch()}) "
+                      if _batch_overlaps(conn, p) else "")  # (see _undecided)
+    # ``OFFSET 0`` keeps each subquery's values computed once per change: flattened, the
+    # row was built again for the target lookup and the outcome probed twice.
     conn.execute(sql.SQL(
-        "INSERT INTO drorch_batch (change_id, action, new_row, orig, r, cur, had) "
-        "SELECT s.change_id, s.action, s.new_row, s.orig, s.r, {target}, {target} IS NOT NULL "
-        "FROM (SELECT c.change_id, c.action, {new_row} AS new_row, "
-        "coalesce(c.old_row, c.key) AS orig, jsonb_populate_record(NULL::{tbl}, {row}) AS r "
-        "FROM drorch_reconcile.changes c {joins} "
+        "INSERT INTO drorch_batch (change_id, action, new_row, orig, r, cur, had, own) "
+        "SELECT s.change_id, s.action, s.new_row, s.orig, s.r, {target}, {target} IS NOT NULL, "
+        "s.own IS NOT NULL FROM (SELECT c.change_id, c.action, {new_row} AS new_row, "
+        "coalesce(c.old_row, c.key) AS orig, jsonb_populate_record(NULL::{tbl}, {row}) AS r, "
+        "o.own FROM drorch_reconcile.changes c {joins} "
+        f"CROSS JOIN LATERAL (SELECT {store.own_outcome()} AS own OFFSET 0) o "
         "WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
         f"AND c.seq BETWEEN %(lo)s AND %(hi)s AND c.action IN {_WRITES} "
-        f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} AND NOT EXISTS (SELECT 1 "
-        "FROM drorch_reconcile.applied a WHERE a.run_id = c.run_id "
-        "AND a.change_id = c.change_id)) s {lateral}").format(
+        f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} "
+        "AND (o.own = 'held' OR o.own IS NULL {batched}) OFFSET 0) s {lateral}").format(
         target=target, new_row=new_row, tbl=tbl, row=row, joins=sql.SQL(" ").join(joins),
-        lateral=lateral), {**p, "hidden": list(meta.hidden)})
+        batched=batched, lateral=lateral), {**p, "hidden": list(meta.hidden)})
+
+
+def _batch_overlaps(conn: Conn, p: dict[str, Any]) -> bool:
+    """A recorded batch of this table and side overlaps the seq range ``p`` names."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM drorch_reconcile.applied_batches WHERE run_id = %(run)s "
+        "AND tbl = %(tbl)s AND deletes = %(del)s AND lo <= %(hi)s AND hi >= %(lo)s)", p
+    ).fetchone() == (True,)
 
 
 _WRITTEN = "b.held IS NULL AND b.cur IS NOT DISTINCT FROM b.new_row"
@@ -656,23 +689,14 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
     tbl = meta.ident
     conn.execute(sql.SQL(
         "CREATE TEMP TABLE drorch_batch (change_id text PRIMARY KEY, action text, "
-        "new_row jsonb, cur jsonb, had boolean NOT NULL, held text, orig jsonb, r {}) "
-        "ON COMMIT DROP").format(tbl))
+        "new_row jsonb, cur jsonb, had boolean NOT NULL, held text, orig jsonb, r {}, "
+        "own boolean NOT NULL) ON COMMIT DROP").format(tbl))
     _load_batch(conn, meta, p, deletes, parents)
     if deletes:
         _hold_referenced(conn, meta, p, parents)
     else:
         _hold_orphans(conn, meta, p, parents)
-    claim = conn.execute(
-        "INSERT INTO drorch_reconcile.applied (run_id, change_id, outcome) "
-        "SELECT %(run)s, b.change_id, CASE WHEN b.cur IS DISTINCT FROM b.new_row THEN 'stale' "
-        "WHEN b.action = 'rekey' THEN 'rekeyed' ELSE 'applied' END FROM drorch_batch b "
-        "WHERE b.held IS NULL ON CONFLICT (run_id, change_id) DO NOTHING", p)
-    staged = conn.execute("SELECT count(*) FROM drorch_batch WHERE held IS NULL").fetchone()
-    if staged is None or claim.rowcount != staged[0]:
-        # only without the advisory lock (an older drorch applying at the same time)
-        raise RuntimeError(f"{meta.name}: another applier recorded some of these changes "
-                           "meanwhile; nothing of this batch is written: rerun")
+    _record(conn, meta, p)
     if deletes:
         conn.execute(sql.SQL(
             "DELETE FROM {tbl} t USING drorch_batch b WHERE {w} AND {m}"
@@ -694,6 +718,35 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
                  rcols=sql.SQL(", ").join(sql.SQL("(b.r).{}").format(sql.Identifier(c))
                                           for c in cols)))
     conn.execute("DROP TABLE drorch_batch")
+
+
+_ON_ITS_OWN = ("b.own OR b.held IS NOT NULL OR b.action = 'rekey' "
+               "OR b.cur IS DISTINCT FROM b.new_row")
+"""A staged change whose outcome is recorded on its own row: held for a parent (no
+decision yet), stale, re-keyed, or one that has a row already (held before)."""
+
+
+def _record(conn: Conn, meta: TableMeta, p: dict[str, Any]) -> None:
+    """Record the staged batch's outcomes in the caller's transaction (the one that
+    writes it): one ``applied_batches`` row for the ``apply-old`` changes written as
+    they are, an ``applied`` row for each exception (:data:`_ON_ITS_OWN`)."""
+    own = conn.execute(
+        "INSERT INTO drorch_reconcile.applied AS a (run_id, change_id, outcome) "
+        "SELECT %(run)s, b.change_id, CASE WHEN b.held IS NOT NULL THEN 'held' "
+        "WHEN b.cur IS DISTINCT FROM b.new_row THEN 'stale' "
+        "WHEN b.action = 'rekey' THEN 'rekeyed' ELSE 'applied' END FROM drorch_batch b "
+        f"WHERE {_ON_ITS_OWN} ON CONFLICT (run_id, change_id) DO UPDATE "
+        "SET outcome = EXCLUDED.outcome, decided_at = now() WHERE a.outcome = 'held'", p)
+    expected = conn.execute(f"SELECT count(*) FROM drorch_batch b WHERE {_ON_ITS_OWN}"
+                            ).fetchone()
+    if expected is None or own.rowcount != expected[0]:
+        # only without the advisory lock (an older drorch applying at the same time)
+        raise RuntimeError(f"{meta.name}: another applier recorded some of these changes "
+                           "meanwhile; nothing of this batch is written: rerun")
+    conn.execute(
+        "INSERT INTO drorch_reconcile.applied_batches (run_id, tbl, deletes, lo, hi, rows) "
+        "SELECT %(run)s, %(tbl)s, %(del)s, %(lo)s, %(hi)s, count(*) FROM drorch_batch b "
+        f"WHERE NOT ({_ON_ITS_OWN}) HAVING count(*) > 0 ON CONFLICT DO NOTHING", p)
 
 
 _ROW_ERRORS = ("22", "23", "44", "P0", "2F", "38", "39")
@@ -725,7 +778,7 @@ def resolve_rekeyed(conn: Conn, meta: TableMeta, run_id: str, change_id: str
         return "error", _refusal(e)
     if change_id in parents.blocked:
         return "error", parents.blocked[change_id]
-    row = conn.execute("SELECT outcome FROM drorch_reconcile.applied WHERE run_id = %s "
+    row = conn.execute("SELECT outcome FROM drorch_reconcile.outcomes WHERE run_id = %s "
                        "AND change_id = %s", (run_id, change_id)).fetchone()
     return (str(row[0]) if row else "error"), None
 
@@ -757,13 +810,16 @@ def _batches(conn: Conn, run_id: str, table: str, deletes: bool, batch: int
              ) -> list[tuple[int, int, int]]:
     """(first seq, last seq, changes) of each batch of the table's pending changes, in
     capture order: only the bounds travel, never one row per change."""
-    return [(int(lo), int(hi), int(n)) for lo, hi, n in conn.execute(
-        "SELECT min(seq), max(seq), count(*) FROM (SELECT c.seq, (row_number() OVER "
-        "(ORDER BY c.seq) - 1) / %s AS g FROM drorch_reconcile.changes c WHERE c.run_id = %s "
-        f"AND c.tbl = %s AND c.action IN {_WRITES} AND (c.old_row IS NULL) = %s "
-        f"AND {_HAS_NEW_KEY} AND NOT EXISTS (SELECT 1 FROM drorch_reconcile.applied a "
-        "WHERE a.run_id = c.run_id AND a.change_id = c.change_id)) x GROUP BY g ORDER BY 1",
-        (batch, run_id, table, deletes))]
+    joins, outcome = store.outcomes_joined(conn, run_id)
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_nestloop = off")  # see store.outcomes_joined
+        return [(int(lo), int(hi), int(n)) for lo, hi, n in conn.execute(
+            "SELECT min(seq), max(seq), count(*) FROM (SELECT c.seq, (row_number() OVER "
+            "(ORDER BY c.seq) - 1) / %(batch)s AS g FROM drorch_reconcile.changes c "
+            f"{joins} WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s AND c.action IN {_WRITES} "
+            f"AND (c.old_row IS NULL) = %(del)s AND {_HAS_NEW_KEY} AND ({outcome}) IS NULL"
+            ") x GROUP BY g ORDER BY 1",
+            {"batch": batch, "run": run_id, "tbl": table, "del": deletes})]
 
 
 def _apply_table(conn: Conn, meta: TableMeta, run_id: str, deletes: bool, batch: int,
@@ -806,29 +862,42 @@ def _keep_new(conn: Conn, run_id: str) -> int:
     return cur.rowcount
 
 
-_OUTCOMES = """
-SELECT c.tbl, c.kind, coalesce(a.outcome, CASE WHEN c.action = 'apply-old' THEN 'error'
+def _outcomes_query(conn: Conn, run_id: str) -> str:
+    """Rows per table, kind and outcome of the run, with a digest of each set."""
+    joins, outcome = store.outcomes_joined(conn, run_id)
+    return f"""
+SELECT c.tbl, c.kind, coalesce(x.outcome, CASE WHEN c.action = 'apply-old' THEN 'error'
        ELSE 'pending' END) AS outcome, count(*),
-       encode(sha256(convert_to(string_agg(c.change_id || ':' || coalesce(a.outcome,
+       encode(sha256(convert_to(string_agg(c.change_id || ':' || coalesce(x.outcome,
               'pending'), ',' ORDER BY c.change_id), 'UTF8')), 'hex')
-FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a USING (run_id, change_id)
-WHERE c.run_id = %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+FROM drorch_reconcile.changes c {joins}
+CROSS JOIN LATERAL (SELECT {outcome} AS outcome) x
+WHERE c.run_id = %(run)s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 
 
-def _count(conn: Conn, run_id: str, outcome: str) -> int:
-    row = conn.execute("SELECT count(*) FROM drorch_reconcile.applied WHERE run_id = %s "
-                       "AND outcome = %s", (run_id, outcome)).fetchone()
+def _count_applied(conn: Conn, run_id: str) -> int:
+    """Changes recorded ``applied``: a batch's rows were counted when it was written (and
+    a change a batch covers never gets another outcome), so this reads records, not
+    changes."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM drorch_reconcile.applied WHERE run_id = %(run)s "
+        "AND outcome = 'applied') + (SELECT coalesce(sum(rows), 0) "
+        "FROM drorch_reconcile.applied_batches WHERE run_id = %(run)s)", {"run": run_id}
+    ).fetchone()
     return int(row[0]) if row else 0
 
 
 def _tally(conn: Conn, run_id: str, res: ApplyResult, before: dict[str, int],
            present: set[str]) -> None:
-    """Fill ``res`` from what ``drorch_reconcile.applied`` records (the truth, also for
+    """Fill ``res`` from the recorded outcomes (``outcomes``: the truth, also for
     changes decided by an earlier, killed run): per table, kind and outcome. ``before``:
     rows per outcome recorded before this call."""
     totals: dict[str, int] = {}
-    for table, kind, outcome, n, digest in conn.execute(_OUTCOMES, (run_id,)):
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_nestloop = off")  # see store.outcomes_joined
+        rows = conn.execute(_outcomes_query(conn, run_id), {"run": run_id}).fetchall()
+    for table, kind, outcome, n, digest in rows:
         n = int(n)
         if outcome in ("error", "pending", "stale") and table not in present:
             res.unshown += n
@@ -900,7 +969,7 @@ def apply_reconciliation(report: DivergenceReport | str, new_dsn: str, spec: Rec
         sens = {t.table: set(t.sensitive) for t in captured.tables}
         metas = {t.table: as_captured(conn, run_id, m, t.new_only_columns)
                  for t in captured.tables if (m := load_table(conn, t.table)) is not None}
-        before = {"applied": _count(conn, run_id, "applied")}
+        before = {"applied": _count_applied(conn, run_id)}
         def keys() -> list[str]:  # under the run's lock: a second applier waits, then reuses
             with conn.transaction():
                 _lock_run(conn, run_id)
@@ -1020,8 +1089,8 @@ def _conflict_rows(conn: Conn, run_id: str, meta: TableMeta) -> Iterator[tuple[A
         "SELECT c.change_id, c.key::text, c.kind, c.action, c.columns, c.old_op, c.new_op, "
         "c.undetermined, a.outcome, (c.old_row || k.carry)::text, {new_row}, k.carry::text, "
         "{compared} "
-        "FROM drorch_reconcile.changes c CROSS JOIN {carry} LEFT JOIN "
-        "drorch_reconcile.applied a ON a.run_id = c.run_id AND a.change_id = c.change_id "
+        "FROM drorch_reconcile.changes c CROSS JOIN {carry} CROSS JOIN LATERAL "
+        f"(SELECT {store.outcome_of()} AS outcome OFFSET 0) a "
         "{join} WHERE c.run_id = %(run)s AND c.tbl = %(tbl)s "
         "AND c.action <> 'keep-new' AND (a.outcome IS NULL OR a.outcome = 'stale') "
         "ORDER BY c.seq").format(new_row=new_row, compared=compared, join=join, carry=_CARRY)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -162,6 +163,18 @@ def decide(kind: Kind, policy: Policy, undetermined: bool = False,
 def change_id(run_id: str, table: str, key: str) -> str:
     """Stable id of one key's change in one run: a rerun finds the same ids."""
     return hashlib.sha256(f"{run_id}\0{table}\0{key}".encode()).hexdigest()[:20]
+
+
+def change_ids(run_id: str, table: str) -> Callable[[str], str]:
+    """:func:`change_id` for one run's table: the common prefix is hashed once (once per
+    divergent key, re-hashing it was a visible cost)."""
+    prefix = hashlib.sha256(f"{run_id}\0{table}\0".encode())
+
+    def make(key: str) -> str:
+        h = prefix.copy()
+        h.update(key.encode())
+        return h.hexdigest()[:20]
+    return make
 
 
 def fingerprint(row_text_or_none: str | None) -> str:

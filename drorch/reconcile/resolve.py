@@ -1,7 +1,7 @@
 """Apply the resolutions a human wrote into a conflict file (idempotent).
 
 ``old`` applies the old primary's captured row, ``new`` keeps the new
-primary's; both are recorded in ``drorch_reconcile.applied`` in the same
+primary's; both are recorded (``drorch_reconcile.applied``) in the same
 transaction as any write, so applying the file again changes nothing. An
 ``old`` resolution is refused as stale when the new primary's row no longer
 matches the fingerprint the human saw; the file is then rewritten with the

@@ -4,8 +4,14 @@ pg_rewind erases the old primary's divergent rows, so they are captured before
 any resync, into the database that survives: ``runs`` (one report per run, as
 ``to_dict`` renders it: no values), ``changes`` (one row per differing key,
 with both rows as jsonb), ``rekeyed`` (the new key of each re-keyed collision, assigned
-once) and ``applied`` (one row per change once decided;
-its primary key is what makes applying idempotent). The schema is readable by
+once), ``applied_batches`` (one row per batch of ``apply-old`` changes written together:
+its table, side (upserts or deletes) and ``seq`` range) and ``applied`` (one row per change
+decided on its own: re-keyed, stale, kept, resolved by a human, or ``held`` for a parent,
+which is not a decision). A change's outcome is its ``applied`` row, else (an ``apply-old``
+change) the batch whose range holds it: :data:`UNDECIDED` and the ``outcomes`` view say
+so in SQL. Recording a batch costs one row, not one per change (80,000 per-row records
+cost as much as writing the rows they record); the records grow with batches and
+exceptions, the audit with tables. The schema is readable by
 superusers only: it holds the same values as the application tables,
 sensitive ones included, and they never leave the database except masked.
 
@@ -71,7 +77,92 @@ CREATE TABLE IF NOT EXISTS drorch_reconcile.applied (
     decided_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, change_id)
 );
+CREATE TABLE IF NOT EXISTS drorch_reconcile.applied_batches (
+    run_id     text NOT NULL,
+    tbl        text NOT NULL,
+    deletes    boolean NOT NULL,
+    lo         int NOT NULL,
+    hi         int NOT NULL,
+    rows       int NOT NULL,
+    decided_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, tbl, deletes, lo, hi)
+);
+DO $$ BEGIN
+    -- created once: replacing it at every start would wait on each reader of it
+    IF to_regclass('drorch_reconcile.outcomes') IS NULL THEN
+        CREATE VIEW drorch_reconcile.outcomes AS
+        SELECT x.run_id, x.change_id, x.outcome FROM (
+            SELECT c.run_id, c.change_id, %(outcome)s AS outcome
+            FROM drorch_reconcile.changes c) x
+        WHERE x.outcome IS NOT NULL;
+    END IF;
+END $$;
 """
+
+
+def own_outcome(c: str = "c") -> str:
+    """SQL: the ``applied`` row of the change ``c`` (an alias of
+    ``drorch_reconcile.changes``), NULL when it has none."""
+    return (f"(SELECT a.outcome FROM drorch_reconcile.applied a "
+            f"WHERE a.run_id = {c}.run_id AND a.change_id = {c}.change_id)")
+
+
+def in_batch(c: str = "c") -> str:
+    """SQL: a recorded batch's range holds the change ``c`` (it is ``applied`` when it is
+    an ``apply-old`` change without an ``applied`` row of its own)."""
+    return (f"EXISTS (SELECT 1 FROM drorch_reconcile.applied_batches b "
+            f"WHERE b.run_id = {c}.run_id AND b.tbl = {c}.tbl "
+            f"AND b.deletes = ({c}.old_row IS NULL) AND {c}.seq BETWEEN b.lo AND b.hi)")
+
+
+def outcome_of(c: str = "c") -> str:
+    """SQL: the recorded outcome of the change ``c`` (an alias of
+    ``drorch_reconcile.changes``), NULL while it has none. Its own ``applied`` row decides
+    (``held`` is no decision), else the batch whose range holds it (``apply-old`` only).
+    Written as a scalar subquery so that every use probes the two small tables by index
+    per change: as a join, a planner without statistics on freshly written tables chose
+    to scan every recorded row of the run once per change (seconds per batch)."""
+    return (
+        f"(SELECT CASE WHEN o.own IS NOT NULL THEN nullif(o.own, 'held') "
+        f"WHEN {c}.action = 'apply-old' AND {in_batch(c)} THEN 'applied' END "
+        f"FROM (SELECT {own_outcome(c)} AS own OFFSET 0) o)")
+
+
+UNDECIDED = f"{outcome_of()} IS NULL"
+"""SQL: the change ``c`` has no outcome yet (held for a parent counts as none)."""
+
+
+def outcomes_joined(conn: Conn, run_id: str) -> tuple[str, str]:
+    """SQL for reading the outcomes of many changes of run ``run_id`` at once: joins to
+    add after ``drorch_reconcile.changes c`` (a run's changes), and the outcome
+    expression over them (NULL: none yet), as :func:`outcome_of` decides it. The
+    batches' changes are found by one index range scan per batch (``OFFSET 0`` keeps
+    it so: flattened, the range became a filter over every pair of change and batch),
+    then matched by hash: the caller sets ``enable_nestloop = off`` for the statement,
+    as without statistics on the freshly written records a planner may otherwise scan
+    them once per change. Overlapping batches (a rerun's) are counted once."""
+    distinct = "DISTINCT" if batches_overlap(conn, run_id) else ""
+    joins = (
+        "LEFT JOIN drorch_reconcile.applied o ON o.run_id = c.run_id "
+        "AND o.change_id = c.change_id "
+        f"LEFT JOIN (SELECT {distinct} y.change_id FROM drorch_reconcile.applied_batches b "
+        "CROSS JOIN LATERAL (SELECT b2.change_id FROM drorch_reconcile.changes b2 "
+        "WHERE b2.run_id = b.run_id AND b2.tbl = b.tbl AND b2.seq BETWEEN b.lo AND b.hi "
+        "AND (b2.old_row IS NULL) = b.deletes AND b2.action = 'apply-old' OFFSET 0) y "
+        "WHERE b.run_id = %(run)s) cov ON cov.change_id = c.change_id")
+    outcome = ("CASE WHEN o.outcome IS NOT NULL THEN nullif(o.outcome, 'held') "
+               "WHEN cov.change_id IS NOT NULL THEN 'applied' END")
+    return joins, outcome
+
+
+def batches_overlap(conn: Conn, run_id: str) -> bool:
+    """Two recorded batches of one table and side of the run share part of their range
+    (a rerun's batch spanning rows an earlier one left held)."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM drorch_reconcile.applied_batches a "
+        "JOIN drorch_reconcile.applied_batches b ON b.run_id = a.run_id AND b.tbl = a.tbl "
+        "AND b.deletes = a.deletes AND (b.lo, b.hi) <> (a.lo, a.hi) AND b.lo <= a.hi "
+        "AND a.lo <= b.hi WHERE a.run_id = %s)", (run_id,)).fetchone() == (True,)
 
 
 @dataclass(frozen=True)
@@ -94,7 +185,7 @@ class StoredChange:
 def ensure_schema(conn: Conn) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('drorch_reconcile.ddl'))")
-        conn.execute(DDL)
+        conn.execute(DDL.replace("%(outcome)s", outcome_of()))
 
 
 def load_report(conn: Conn, run_id: str) -> DivergenceReport | None:
@@ -128,6 +219,19 @@ _KEY_ENCODER = json.JSONEncoder(default=str)
 """``json.dumps(key, default=str)`` without building an encoder per change."""
 
 
+def _key_json(key: dict[str, Any], names: dict[str, str]) -> str:
+    """``json.dumps(key, default=str)``; a one-column integer key (the usual case, once per
+    captured change) without the encoder. ``names``: column -> its JSON string, cached."""
+    if len(key) == 1:
+        ((col, v),) = key.items()
+        if type(v) is int:
+            name = names.get(col)
+            if name is None:
+                name = names[col] = json.dumps(col)
+            return f"{{{name}: {v}}}"
+    return _KEY_ENCODER.encode(key)
+
+
 class Capture:
     """A run being captured: changes go to the new primary as they are found.
 
@@ -141,6 +245,7 @@ class Capture:
         self._run = _copy_text(run_id)
         self._seq = 0
         self._columns: dict[tuple[str, ...], str] = {}  # a table's changes share a few lists
+        self._names: dict[str, str] = {}
         self.report: str | None = None
         """The finished run's report (JSON, counts only)."""
 
@@ -165,7 +270,7 @@ class Capture:
                 cols = self._columns[tuple(c.columns)] = _copy_text(_array_literal(c.columns))
             lines.append("\t".join((
                 run, c.change_id, str(self._seq), tbl,
-                _copy_text(_KEY_ENCODER.encode(c.key)), c.kind, c.action, cols,
+                _copy_text(_key_json(c.key, self._names)), c.kind, c.action, cols,
                 _op(c.old_op), _op(c.new_op), "t" if c.undetermined else "f",
                 _copy_text(c.old_row), _copy_text(c.new_row))))
         return "\n".join(lines) + "\n" if lines else ""
@@ -231,9 +336,8 @@ def changes(conn: Conn, run_id: str, ids: list[str] | None = None) -> list[Store
     few of a run that may hold millions) in capture order, with what has been decided."""
     rows = conn.execute(
         "SELECT c.change_id, c.tbl, c.key::text, c.kind, c.action, c.columns, c.old_op, "
-        "c.new_op, c.undetermined, c.old_row IS NULL, c.new_row::text, a.outcome "
-        "FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a "
-        "USING (run_id, change_id) WHERE c.run_id = %s "
+        f"c.new_op, c.undetermined, c.old_row IS NULL, c.new_row::text, {outcome_of()} "
+        "FROM drorch_reconcile.changes c WHERE c.run_id = %s "
         "AND (%s::text[] IS NULL OR c.change_id = ANY(%s::text[])) ORDER BY c.seq",
         (run_id, ids, ids)).fetchall()
     return [StoredChange(r[0], r[1], json.loads(r[2]), r[3], r[4], list(r[5]), r[6], r[7],
@@ -242,16 +346,21 @@ def changes(conn: Conn, run_id: str, ids: list[str] | None = None) -> list[Store
 
 def claim(conn: Conn, run_id: str, change_id: str, outcome: str,
           replace: tuple[str, ...] = ()) -> bool:
-    """Record a decision unless one is recorded; True when this call recorded it.
+    """Record a decision unless one is recorded (on its own or by a batch); True when
+    this call recorded it.
 
-    Must run in the same transaction as the write it records: a kill before
-    commit undoes both, a rerun then finds nothing recorded and applies once.
-    ``replace``: earlier outcomes this decision may overwrite (``stale`` when a
-    human resolves it)."""
+    Must run in the same transaction as the write it records, under the run's advisory
+    lock (appliers take turns, so the check and the insert see the same records): a kill
+    before commit undoes both, a rerun then finds nothing recorded and applies once.
+    ``replace``: earlier outcomes this decision may overwrite (``stale`` when a human
+    resolves it); ``held`` (not a decision) is always overwritten."""
     row = conn.execute(
         "INSERT INTO drorch_reconcile.applied AS a (run_id, change_id, outcome) "
-        "VALUES (%s, %s, %s) ON CONFLICT (run_id, change_id) DO UPDATE "
-        "SET outcome = EXCLUDED.outcome, decided_at = now() "
-        "WHERE a.outcome = ANY(%s::text[]) RETURNING 1",
-        (run_id, change_id, outcome, list(replace))).fetchone()
+        "SELECT %(run)s, %(cid)s, %(outcome)s WHERE NOT EXISTS (SELECT 1 FROM "
+        "drorch_reconcile.outcomes o WHERE o.run_id = %(run)s AND o.change_id = %(cid)s "
+        "AND o.outcome <> ALL(%(replace)s::text[])) ON CONFLICT (run_id, change_id) "
+        "DO UPDATE SET outcome = EXCLUDED.outcome, decided_at = now() "
+        "WHERE a.outcome = ANY(%(replace)s::text[] || '{held}') RETURNING 1",
+        {"run": run_id, "cid": change_id, "outcome": outcome, "replace": list(replace)}
+    ).fetchone()
     return row is not None

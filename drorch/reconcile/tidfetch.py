@@ -34,14 +34,15 @@ def fetch_live(conn: Conn, meta: TableMeta, recs: list[wp.HeapRecord], committed
     xids = _array_literal(str(x) for x in committed)
     key = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in meta.pk)
     for rel, tids in created_tids(recs).items():
-        q = sql.SQL("SELECT ctid::text, jsonb_build_array({key})::text, to_jsonb(t)::text "
+        q = sql.SQL("SELECT (ctid::text::point)[0]::bigint, (ctid::text::point)[1]::int, "
+                    "jsonb_build_array({key})::text, to_jsonb(t)::text "
                     "FROM ONLY {rel} AS t WHERE ctid = ANY(%s::tid[]) "
                     "AND xmin = ANY(%s::xid[])").format(
             key=key, rel=sql.SQL(meta.rels[rel].qualified))
-        for ctid, key_text, text in conn.execute(q, (tid_array(tids), xids)):
-            b, o = ctid[1:-1].split(",")
+        # fetchall: one call instead of the cursor's per-row iteration (75,000 rows)
+        for b, o, key_text, text in conn.execute(q, (tid_array(tids), xids)).fetchall():
             k = key_from_array(key_text)
-            live[(rel, (int(b), int(o)))] = k
+            live[(rel, (b, o))] = k
             rows[k] = text
     return live, rows
 

@@ -22,9 +22,12 @@ Tid = tuple[int, int]
 RelTid = tuple[str, Tid]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Touch:
-    """A key one side changed: did it exist at the split (None: cannot tell)."""
+    """A key one side changed: did it exist at the split (None: cannot tell).
+
+    Never changed once built, yet not frozen: one is built per divergent key, and a
+    frozen dataclass's ``__init__`` cost about five times as much."""
 
     base_had: bool | None
     head_lsn: int

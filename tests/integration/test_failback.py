@@ -265,7 +265,7 @@ def _assert_zero_loss(lab: Lab, world: World) -> dict[str, list[tuple[int, str, 
     with psycopg.connect(a) as c:
         for table, key, outcome in c.execute(
                 "SELECT c.tbl, (c.key->>'id')::bigint, coalesce(a.outcome, 'pending') "
-                "FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.applied a "
+                "FROM drorch_reconcile.changes c LEFT JOIN drorch_reconcile.outcomes a "
                 "USING (run_id, change_id) WHERE c.run_id = %s", (applied["run_id"],)):
             outcomes.setdefault(outcome, set()).add((table, key))
     journaled: dict[str, int] = {}

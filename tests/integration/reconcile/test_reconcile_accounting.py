@@ -419,7 +419,9 @@ def test_a_column_added_or_dropped_on_the_new_primary_after_finding(
     if when == "before-resolve":
         assert (now[2]["amount"], now[2]["tag"]) == (998, "B")
     # a captured column dropped on region-b: stopped before writing, naming it
-    _q(split.b.dsn(), "DELETE FROM drorch_reconcile.applied; ALTER TABLE orders DROP COLUMN region")
+    _q(split.b.dsn(), "DELETE FROM drorch_reconcile.applied; "
+                      "DELETE FROM drorch_reconcile.applied_batches; "
+                      "ALTER TABLE orders DROP COLUMN region")
     before = _rows(split.b.dsn(), "orders")
     with pytest.raises(SchemaChanged, match=r"public\.orders: column\(s\) region"):
         if when == "before-apply":
@@ -497,7 +499,7 @@ def test_a_row_the_application_keeps_locked_is_retried_never_refused(
         holder.execute("SELECT 1 FROM notes WHERE id = 3 FOR UPDATE")
         with pytest.raises(ApplyBlocked, match=r"public\.notes.*55P03"):
             apply_reconciliation(report, split.b.dsn(), spec)
-        assert _q(split.b.dsn(), "SELECT count(*) FROM drorch_reconcile.applied") == [(0,)]
+        assert _q(split.b.dsn(), "SELECT count(*) FROM drorch_reconcile.outcomes") == [(0,)]
         assert not (workdir / "conflicts.jsonl").exists()
         holder.rollback()
     applied = apply_reconciliation(report, split.b.dsn(), spec)
@@ -729,7 +731,7 @@ def test_a_resolution_on_a_locked_row_is_retried_never_refused(
         with pytest.raises(ApplyBlocked, match=r"conflicts\.jsonl.*55P03.*apply the file"):
             apply_conflict_file(conflict_file, split.b.dsn())
         holder.rollback()
-    assert _q(split.b.dsn(), "SELECT count(*) FROM drorch_reconcile.applied "
+    assert _q(split.b.dsn(), "SELECT count(*) FROM drorch_reconcile.outcomes "
                              "WHERE outcome LIKE 'resolved%'") == [(0,)]
     _q(split.b.dsn(), "ALTER TABLE orders ADD CONSTRAINT small CHECK (amount < 1004) NOT VALID")
     res = apply_conflict_file(conflict_file, split.b.dsn())

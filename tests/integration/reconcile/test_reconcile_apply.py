@@ -137,13 +137,13 @@ def test_kill_during_apply_then_rerun_applies_no_row_twice(story: Story, tmp_pat
     child = subprocess.Popen([sys.executable, "-c", _APPLY_CHILD, rep.run_id, st.b.dsn(),
                               str(cfile)], env=env)
     try:
-        wait_for(lambda: _q(st.b.dsn(), "SELECT count(*) FROM drorch_reconcile.applied")[0][0]
+        wait_for(lambda: _q(st.b.dsn(), "SELECT count(*) FROM drorch_reconcile.outcomes")[0][0]
                  >= 40 or child.poll() is not None)
         assert child.poll() is None, "apply finished before it could be killed"
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait(10)
-    done_before = _q(st.b.dsn(), "SELECT count(*) FROM drorch_reconcile.applied "
+    done_before = _q(st.b.dsn(), "SELECT count(*) FROM drorch_reconcile.outcomes "
                                  "WHERE outcome = 'applied'")[0][0]
     assert 0 < done_before < len(to_apply)
 
