@@ -19,10 +19,15 @@ LOCK_TIMEOUT_MS = 30_000
 """How long a statement waits for a row or table lock the application holds (then
 LockNotAvailable: apply retries the batch, see ``apply.RETRIES``)."""
 
+STATEMENT_TIMEOUT_MS = 600_000
+"""No reconcile statement may run (or wait, e.g. a commit for a synchronous standby)
+longer than this: generous for a batch of 10,000 rows or a WAL read of millions of
+records, and still a deadline."""
+
 SESSION_OPTIONS = (
     "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=1 "
-    f"-c bytea_output=hex -c statement_timeout=0 -c lock_timeout={LOCK_TIMEOUT_MS} "
-    "-c jit=off"
+    f"-c bytea_output=hex -c statement_timeout={STATEMENT_TIMEOUT_MS} "
+    f"-c lock_timeout={LOCK_TIMEOUT_MS} -c jit=off"
 )
 """``jit=off``: reconciliation runs many short set-based statements (a batch of 10,000
 changes each), and once autovacuum has analysed the freshly captured changes their cost
