@@ -18,7 +18,7 @@ import pytest
 
 from drorch.audit import AuditLog
 from drorch.config import load_runbook
-from drorch.engine import Engine, IncidentRolledBack
+from drorch.engine import Engine, IncidentHalted, IncidentRolledBack
 from drorch.steps import freeze as freeze_steps
 from drorch.steps import promote as promote_steps
 from drorch.steps.base import StepFailed
@@ -110,3 +110,34 @@ def test_retry_deferred_refuses_a_rolled_back_incident(
         "a rolled-back incident still lists deferred steps")
     engine.retry_deferred(incident)
     assert flag["frozen"] is False
+
+
+def test_a_required_aws_step_says_which_regions_api_failed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """region-b (the region we move to) has its AWS API down: clearing its write flag is
+    required, so it fails (never deferred), and the journal says which region's API,
+    not only botocore's words (found by review)."""
+    from drorch.adapters.aws import AwsClients
+    from drorch.lab.ports import free_port
+    from drorch.steps import secrets as secret_steps
+
+    for cls in (freeze_steps.FreezeDatabase, promote_steps.PromoteDatabase,
+                promote_steps.OpenWrites, secret_steps.RewriteSecret):
+        monkeypatch.setattr(cls, "check", lambda self, ctx: False)
+        monkeypatch.setattr(cls, "apply", lambda self, ctx: {"ok": 1})
+        monkeypatch.setattr(cls, "undo", lambda self, ctx: None)
+    runbook = load_runbook(LAB_RUNBOOK)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: refused at once
+    runbook = runbook.model_copy(update={"aws": runbook.aws.model_copy(update={
+        "failed_region_deadline_s": 2.0,
+        "region_endpoints": {"us-east-1": dead, "us-west-2": dead}})})
+    store = SqliteStore(tmp_path / "journal.db")
+    aws = AwsClients.for_runbook(runbook)
+    engine = Engine(runbook, store, AuditLog(tmp_path / "audit.jsonl"), aws)
+    incident = engine.start_failover(actor="alice", reason="r", trigger={"kind": "manual"})
+    with pytest.raises(IncidentHalted, match="could not reach region-b's SSM API"):
+        engine.run(incident)  # after the promotion: forward or halt
+    events = {(e.name, e.status): e.detail for e in store.events(incident)}
+    assert ("freeze:write-flag@region-a", "deferred") in events  # the failed region's
+    failed = events[("open:write-flag@region-b", "failed")]
+    assert failed["error"].startswith("could not reach region-b's SSM API")
