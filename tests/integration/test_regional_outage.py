@@ -276,8 +276,11 @@ def test_writers_of_every_role_are_stopped_or_found(lab: Lab) -> None:
     replica; meanwhile a superuser writes on region-b, frozen but still a primary. The
     resumed failback finds that write in region-b's WAL after region-a's promotion and
     halts instead of rewinding it away: the row is still there and region-b is left as
-    it is."""
+    it is. 3. A transaction prepared on region-a before the failover is named for a
+    human on the new primary."""
     a = lab.runbook.database("main").endpoints["region-a"].dsn()
+    b = lab.runbook.database("main").endpoints["region-b"].dsn()
+    _prepare_a_transaction(lab, a)
     etl = psycopg.connect(a)
     try:
         etl.execute("INSERT INTO orders(user_id, amount_cents, region) "
@@ -288,13 +291,13 @@ def test_writers_of_every_role_are_stopped_or_found(lab: Lab) -> None:
             etl.commit()
     finally:
         etl.close()
-    for dsn in (a, lab.runbook.database("main").endpoints["region-b"].dsn()):
+    for dsn in (a, b):
         with psycopg.connect(dsn) as c:
             assert c.execute("SELECT count(*) FROM orders WHERE region = "
                              "'etl-open-at-freeze'").fetchone()[0] == 0
     freeze = [e for e in _journal(lab) if e[1] == "freeze:main" and e[2] == "done"]
     assert freeze[-1][3]["other_sessions_ended"].get("postgres", 0) >= 1
-    assert freeze[-1][3]["prepared_transactions"] == []
+    _prepared_transaction_named_for_a_human(lab, b)
 
     killed = lab.cli("failback", "--reason", "back", timeout=300,
                      extra_env={"DRORCH_FAULT_KILL_AT": "rejoin:main:before_apply"})
@@ -314,3 +317,38 @@ def test_writers_of_every_role_are_stopped_or_found(lab: Lab) -> None:
         assert not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
         assert c.execute("SELECT count(*) FROM orders WHERE region = 'late-superuser'"
                          ).fetchone()[0] == 1
+
+
+def _prepare_a_transaction(lab: Lab, a: str) -> None:
+    """region-a holds a transaction prepared for two-phase commit (both nodes restarted
+    with max_prepared_transactions, the standby first: it needs at least as many)."""
+    for region in ("region-a", "region-b"):
+        with psycopg.connect(lab.runbook.database("main").endpoints[region].dsn(),
+                             autocommit=True) as c:
+            c.execute("ALTER SYSTEM SET max_prepared_transactions = 5")
+    for region in ("region-b", "region-a"):
+        node = lab_mod.node_for(lab.runbook, "main", region)
+        node.stop()
+        node.start()
+    with psycopg.connect(a, autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS review_pt (id int PRIMARY KEY, v text)")
+        c.execute("INSERT INTO review_pt VALUES (1, 'before')")
+        c.execute("BEGIN")
+        c.execute("UPDATE review_pt SET v = 'prepared' WHERE id = 1")
+        c.execute("PREPARE TRANSACTION 'etl-42'")
+
+
+def _prepared_transaction_named_for_a_human(lab: Lab, b: str) -> None:
+    """Ending sessions does not end a prepared transaction: it replicated and sits on
+    the promoted region-b with its row locks. Whether it commits is its coordinator's
+    decision, not drorch's: the freeze journals it and the promotion names it on the new
+    primary, in the report's summary, for a human (found by review)."""
+    report = _report(lab)
+    with psycopg.connect(b, autocommit=True) as c:
+        assert [r[0] for r in c.execute("SELECT gid FROM pg_prepared_xacts")] == ["etl-42"]
+    assert "etl-42 (main)" in report["summary"] and "need a human" in report["summary"]
+    for step in ("freeze:main", "promote:main"):
+        detail = next(s for s in report["steps"] if s["id"] == step)["detail"]
+        assert [p["gid"] for p in detail["prepared_transactions"]] == ["etl-42"]
+    with psycopg.connect(b, autocommit=True) as c:  # the human's decision, for this test
+        c.execute("ROLLBACK PREPARED 'etl-42'")
