@@ -1,10 +1,8 @@
-"""Review of issue 15 (best-effort steps in the failed region): a late answer.
+"""Best-effort steps in the failed region (cases found by review): a late answer after
+a rollback, retries of a rolled-back failover, and a required step's failure wording.
 
-A best-effort step still waiting at ``aws.failed_region_deadline_s`` goes on in a
-daemon thread. When the failover then rolls back (before promotion) the step is
-journaled ``deferred``, so the rollback does not undo it; when the region's API then
-answers, the late ``apply`` raises the write flag in the region that serves writes
-again, and the journal of a rolled-back incident says the flag step is ``done``.
+The steps' world is replaced where a real one cannot be made to answer late on cue
+(``_rigged``); the engine, the journal and the runbook are real.
 """
 
 from __future__ import annotations
@@ -64,15 +62,23 @@ def _rigged(monkeypatch: pytest.MonkeyPatch, flag: dict[str, Any]) -> None:
     monkeypatch.setattr(promote_steps.PromoteDatabase, "apply", promote_apply)
 
 
-def test_a_late_write_flag_never_lands_after_the_rollback(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    flag: dict[str, Any] = {"frozen": False, "history": []}
-    _rigged(monkeypatch, flag)
+def _engine(tmp_path: Path) -> tuple[Engine, SqliteStore]:
+    """The lab runbook with a 0.2 s failed-region deadline, on a journal of its own."""
     runbook = load_runbook(LAB_RUNBOOK)
     runbook = runbook.model_copy(update={"aws": runbook.aws.model_copy(
         update={"failed_region_deadline_s": 0.2})})
     store = SqliteStore(tmp_path / "journal.db")
-    engine = Engine(runbook, store, AuditLog(tmp_path / "audit.jsonl"), lambda *_: None)
+    return Engine(runbook, store, AuditLog(tmp_path / "audit.jsonl"), lambda *_: None), store
+
+
+def test_a_late_write_flag_never_lands_after_the_rollback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """region-a's SSM answers after the deadline, and the failover then rolls back: the
+    rollback waits for the call in flight, and the late flag is undone with the rest,
+    never left frozen in the region that serves writes again."""
+    flag: dict[str, Any] = {"frozen": False, "history": []}
+    _rigged(monkeypatch, flag)
+    engine, store = _engine(tmp_path)
     incident = engine.start_failover(actor="alice", reason="r", trigger={"kind": "manual"})
     with pytest.raises(IncidentRolledBack):
         engine.run(incident)
@@ -89,15 +95,11 @@ def test_a_late_write_flag_never_lands_after_the_rollback(
 
 def test_retry_deferred_refuses_a_rolled_back_incident(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Engine.retry_deferred raises a rolled-back failover's write flag in the region
-    that serves writes (it does not look at the incident's state)."""
+    """A rolled-back failover gave the region back: it lists no deferred steps, and
+    retrying them does nothing (it would raise the write flag of the serving region)."""
     flag: dict[str, Any] = {"frozen": False, "history": []}
     _rigged(monkeypatch, flag)
-    runbook = load_runbook(LAB_RUNBOOK)
-    runbook = runbook.model_copy(update={"aws": runbook.aws.model_copy(
-        update={"failed_region_deadline_s": 0.2})})
-    store = SqliteStore(tmp_path / "journal.db")
-    engine = Engine(runbook, store, AuditLog(tmp_path / "audit.jsonl"), lambda *_: None)
+    engine, store = _engine(tmp_path)
     monkeypatch.setattr(freeze_steps.RaiseWriteFlag, "apply",
                         lambda self, ctx: (_ for _ in ()).throw(RuntimeError("aws down")))
     incident = engine.start_failover(actor="alice", reason="r", trigger={"kind": "manual"})
