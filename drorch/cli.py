@@ -230,9 +230,11 @@ def resume(
 
 @app.command()
 def status(runbook: RunbookOpt) -> None:
-    """Show the state of the latest incident and its last steps."""
+    """Show the state of the latest incident and its last steps (reads only: on a fresh
+    directory it creates no state directory or journal)."""
     rb = load_or_exit(runbook)
-    engine, store = engine_for(rb)
+    engine = read_only_engine(rb)
+    store = engine.store
     incidents = store.incidents(rb.name)
     active = engine.active_region()
     out.print(f"runbook {rb.name}: writes served by [bold]{active}[/]")

@@ -48,7 +48,8 @@ class _NoAudit:
 
 
 def read_only_engine(rb: Runbook) -> Any:
-    """The engine for commands that change nothing on disk (``plan``, ``--dry-run``): the
+    """The engine for commands that change nothing on disk (``plan``, ``--dry-run``,
+    ``status``): the
     journal read-only (an empty one in memory when there is none yet), no audit log, no
     node control, so no state directory, journal or audit entry is created."""
     from drorch.adapters.aws import AwsClients
@@ -56,7 +57,7 @@ def read_only_engine(rb: Runbook) -> Any:
     from drorch.store.sqlite import SqliteStore
 
     store = SqliteStore.read_only(Path(rb.state_dir) / "journal.db")
-    return Engine(rb, store, _NoAudit(), AwsClients(rb.aws.endpoint_url))  # type: ignore[arg-type]
+    return Engine(rb, store, _NoAudit(), AwsClients.for_runbook(rb))  # type: ignore[arg-type]
 
 
 def engine_for(rb: Runbook, progress: Any = None) -> tuple[Any, Any]:

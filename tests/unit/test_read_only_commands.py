@@ -79,3 +79,14 @@ def test_the_read_only_store_refuses_writes_and_creates_nothing(tmp_path: Path) 
     for ro in (missing, store):
         with pytest.raises(sqlite3.OperationalError):
             ro.set_fact("x", "k", 1)
+
+
+def test_status_on_a_fresh_directory_creates_nothing(tmp_path: Path) -> None:
+    """`drorch status` before anything happened says so and leaves no state behind
+    (it created the state directory and a journal; found by review)."""
+    state = tmp_path / "state"
+    result = _drorch(tmp_path, state, "status")
+    assert result.returncode == 0, result.stderr
+    assert "no incidents recorded" in result.stdout
+    assert not state.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
