@@ -46,16 +46,19 @@ progress, no writer) is ``InvalidGlobalClusterStateFault``; the target's (not a
 member of this global cluster, already its writer, not available) and an
 unavailable primary on a switchover are ``InvalidDBClusterStateFault``.
 
-Three moto gaps on the way to these calls are closed too, because the calls
-cannot be exercised without them: ``DescribeGlobalClusters`` ignored
+moto gaps around these calls are closed too, because drorch's Aurora adapter meets
+them on the same paths: ``DescribeGlobalClusters`` ignored
 ``GlobalClusterIdentifier`` (it answered every global cluster, and never
 ``GlobalClusterNotFoundFault``); ``CreateGlobalCluster`` with
 ``SourceDBClusterIdentifier`` looked the source up only in us-east-1 and left it
-without the writer role; members lacked ``SynchronizationStatus``.
+without the writer role; ``RemoveFromGlobalCluster`` (the detach-and-promote path)
+did nothing when sent to any region but us-east-1; members lacked
+``SynchronizationStatus``.
 
 Nothing here starts anything on import: importing patches moto's classes only
 (idempotently), so an in-process ``moto.mock_aws`` or ``ThreadedMotoServer`` gets
-the calls as well.
+the calls as well. Without moto (a production install, no ``lab`` extra) the import
+does nothing and ``main`` says which extra is missing.
 """
 
 from __future__ import annotations
@@ -66,18 +69,23 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from moto.core.responses import ActionResult
-from moto.core.utils import utcnow
-from moto.rds.exceptions import (
-    DBClusterNotFoundError,
-    InvalidDBClusterStateFault,
-    InvalidParameterCombination,
-    RDSClientError,
-)
-from moto.rds.models import DBCluster, GlobalCluster, RDSBackend, rds_backends
-from moto.rds.responses import RDSResponse
+from drorch.lab import require_lab_extra
+
+try:  # the lab extra; a production install imports this module without it
+    from moto.core.responses import ActionResult
+    from moto.core.utils import utcnow
+    from moto.rds.exceptions import RDSClientError
+    from moto.rds.models import GlobalCluster, RDSBackend, rds_backends
+    from moto.rds.responses import RDSResponse
+except ImportError:
+    HAVE_MOTO = False
+else:
+    HAVE_MOTO = True
+
+if TYPE_CHECKING:
+    from moto.rds.models import DBCluster
 
 SWITCH_SECONDS_ENV = "DRORCH_MOTO_GLOBAL_SWITCH_SECONDS"
 """Seconds a switchover or failover stays in progress (default 0: done by the next read)."""
@@ -91,21 +99,12 @@ _lock = threading.RLock()
 """moto's server is threaded: an operation and its lazy completion must not interleave."""
 
 
-class GlobalClusterNotFoundFault(RDSClientError):
-    """``GlobalClusterIdentifier`` doesn't refer to an existing global database cluster
-    (HTTP 404 from the error shape in botocore's RDS model). moto has no class for it."""
-
-    def __init__(self, identifier: str) -> None:
-        super().__init__("GlobalClusterNotFoundFault",
-                         f"Global cluster {identifier} not found.")
-
-
-class InvalidGlobalClusterState(RDSClientError):
-    """``InvalidGlobalClusterStateFault`` with a message of our own (moto's class of
-    that name always says "is not empty", the ``DeleteGlobalCluster`` case)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("InvalidGlobalClusterStateFault", message)
+def fault(code: str, message: str) -> Exception:
+    """An RDS error moto's server answers with ``code`` and the HTTP status the error's
+    shape in botocore's RDS model gives it (e.g. 404 for ``GlobalClusterNotFoundFault``,
+    for which moto has no class; moto's ``InvalidGlobalClusterStateFault`` class always
+    says "is not empty", the ``DeleteGlobalCluster`` case)."""
+    return RDSClientError(code, message)
 
 
 @dataclass
@@ -146,13 +145,14 @@ def _failover_state(self: GlobalCluster) -> dict[str, Any] | None:
     return transition.failover_state() if transition else None
 
 
-_moto_global_cluster_members = GlobalCluster.global_cluster_members
+_moto: dict[str, Any] = {}
+"""moto's own implementations, kept by ``install`` before it replaces them."""
 
 
 def _global_cluster_members(self: GlobalCluster) -> list[dict[str, Any]]:
     """moto's members plus ``SynchronizationStatus`` (``connected``: moto replicates
     nothing, so a member is never behind)."""
-    members = _moto_global_cluster_members.fget(self)  # type: ignore[attr-defined]
+    members = _moto["global_cluster_members"].fget(self)
     for member in members:
         member.setdefault("SynchronizationStatus", "connected")
     return members
@@ -192,7 +192,7 @@ def _global_cluster(backend: RDSBackend, identifier: str) -> GlobalCluster:
     """By identifier or by ARN (``arn:aws:rds::ACCOUNT:global-cluster:ID``)."""
     name = identifier.rsplit(":global-cluster:", 1)[-1]
     if name not in backend.global_clusters:
-        raise GlobalClusterNotFoundFault(identifier)
+        raise fault("GlobalClusterNotFoundFault", f"Global cluster {identifier} not found.")
     return backend.global_clusters[name]
 
 
@@ -204,14 +204,14 @@ def _cluster(account_id: str, request_region: str, identifier: str) -> DBCluster
     if match:
         account, region, name = match["account"], match["region"], match["id"]
     elif identifier.startswith("arn:"):
-        raise DBClusterNotFoundError(identifier)
+        raise fault("DBClusterNotFoundFault", f"DBCluster {identifier} not found.")
     else:
         account, region, name = account_id, request_region, identifier
     if region not in rds_backends[account].regions:
-        raise DBClusterNotFoundError(identifier)
+        raise fault("DBClusterNotFoundFault", f"DBCluster {identifier} not found.")
     clusters = rds_backends[account][region].clusters
     if name not in clusters:
-        raise DBClusterNotFoundError(identifier)
+        raise fault("DBClusterNotFoundFault", f"DBCluster {identifier} not found.")
     return clusters[name]
 
 
@@ -232,32 +232,34 @@ def _start(backend: RDSBackend, global_cluster_identifier: str,
     with _lock:
         gc = _global_cluster(backend, global_cluster_identifier)
         target = _cluster(backend.account_id, request_region, target_db_cluster_identifier)
+        name = gc.global_cluster_identifier
         if _transition(gc) is not None:
-            raise InvalidGlobalClusterState(
-                f"Global cluster {gc.global_cluster_identifier} already has a switchover or "
-                "failover in progress.")
+            raise fault("InvalidGlobalClusterStateFault",
+                        f"Global cluster {name} already has a switchover or failover in "
+                        "progress.")
         if target not in gc.members:
-            raise InvalidDBClusterStateFault(
-                f"DB cluster {target.db_cluster_arn} is not a member of global cluster "
-                f"{gc.global_cluster_identifier}.")
+            raise fault("InvalidDBClusterStateFault",
+                        f"DB cluster {target.db_cluster_arn} is not a member of global "
+                        f"cluster {name}.")
         writer = next((m for m in gc.members if m.is_writer), None)
         if writer is None:
-            raise InvalidGlobalClusterState(
-                f"Global cluster {gc.global_cluster_identifier} has no primary cluster.")
+            raise fault("InvalidGlobalClusterStateFault",
+                        f"Global cluster {name} has no primary cluster.")
         if target is writer:
-            raise InvalidDBClusterStateFault(
-                f"DB cluster {target.db_cluster_arn} is already the primary cluster of global "
-                f"cluster {gc.global_cluster_identifier}; the target must be a secondary.")
+            raise fault("InvalidDBClusterStateFault",
+                        f"DB cluster {target.db_cluster_arn} is already the primary cluster "
+                        f"of global cluster {name}; the target must be a secondary.")
         if _cluster_state(target) != "available":
-            raise InvalidDBClusterStateFault(
-                f"DB cluster {target.db_cluster_arn} is {_cluster_state(target)}, not "
-                "available.")
+            raise fault("InvalidDBClusterStateFault",
+                        f"DB cluster {target.db_cluster_arn} is {_cluster_state(target)}, "
+                        "not available.")
         if not data_loss_allowed and _cluster_state(writer) != "available":
             # A switchover needs a healthy primary to synchronize from; a failover is
             # for when it is not.
-            raise InvalidDBClusterStateFault(
-                f"Primary DB cluster {writer.db_cluster_arn} is {_cluster_state(writer)}; a "
-                "switchover needs it available (fail over with AllowDataLoss instead).")
+            raise fault("InvalidDBClusterStateFault",
+                        f"Primary DB cluster {writer.db_cluster_arn} is "
+                        f"{_cluster_state(writer)}; a switchover needs it available (fail "
+                        "over with AllowDataLoss instead).")
         gc._drorch_transition = Transition(  # type: ignore[attr-defined]
             from_cluster=writer, to_cluster=target, data_loss_allowed=data_loss_allowed,
             done_at=time.monotonic() + _switch_seconds())
@@ -282,19 +284,13 @@ def failover_global_cluster(self: RDSBackend, global_cluster_identifier: str,
     the Switchover parameter or omit it") a switchover. The two parameters "Can't be
     specified together"."""
     if allow_data_loss is not None and switchover is not None:
-        raise InvalidParameterCombination(
-            "AllowDataLoss and Switchover can't be specified together.")
+        raise fault("InvalidParameterCombination",
+                    "AllowDataLoss and Switchover can't be specified together.")
     return _start(self, global_cluster_identifier, target_db_cluster_identifier,
                   request_region, data_loss_allowed=bool(allow_data_loss))
 
 
 # --- moto gaps on the way ------------------------------------------------------------
-
-_moto_describe_global_clusters = RDSBackend.describe_global_clusters
-_moto_delete_global_cluster = RDSBackend.delete_global_cluster
-_moto_remove_from_global_cluster = RDSBackend.remove_from_global_cluster
-_moto_create_global_cluster = RDSBackend.create_global_cluster
-
 
 def describe_global_clusters(self: RDSBackend,
                              global_cluster_identifier: str | None = None
@@ -303,19 +299,39 @@ def describe_global_clusters(self: RDSBackend,
     settle(self)
     if global_cluster_identifier:
         return [_global_cluster(self, global_cluster_identifier)]
-    return _moto_describe_global_clusters(self)
+    return _moto["describe_global_clusters"](self)
 
 
 def delete_global_cluster(self: RDSBackend, global_cluster_identifier: str) -> GlobalCluster:
     settle(self)
-    return _moto_delete_global_cluster(self, global_cluster_identifier)
+    return _moto["delete_global_cluster"](self, global_cluster_identifier)
 
 
 def remove_from_global_cluster(self: RDSBackend, global_cluster_identifier: str,
-                               db_cluster_identifier: str) -> GlobalCluster | None:
-    settle(rds_backends[self.account_id][GLOBAL_REGION])
-    return _moto_remove_from_global_cluster(self, global_cluster_identifier,
-                                            db_cluster_identifier)
+                               db_cluster_identifier: str) -> GlobalCluster:
+    """RemoveFromGlobalCluster, "Detaches an Aurora secondary cluster from an Aurora
+    global database cluster. The cluster becomes a standalone cluster with read-write
+    capability" (API_RemoveFromGlobalCluster). moto's own looks the global cluster up
+    in the request's region, so from any region but us-east-1 (where moto keeps them)
+    it silently did nothing; this one finds both where they are, and refuses a cluster
+    that is not a member instead of answering as if it had detached it."""
+    holder = rds_backends[self.account_id][GLOBAL_REGION]
+    settle(holder)
+    with _lock:
+        gc = _global_cluster(holder, global_cluster_identifier)
+        cluster = _cluster(self.account_id, self.region_name, db_cluster_identifier)
+        if cluster not in gc.members:
+            raise fault("InvalidDBClusterStateFault",
+                        f"DB cluster {cluster.db_cluster_arn} is not a member of global "
+                        f"cluster {gc.global_cluster_identifier}.")
+        if _transition(gc) is not None:
+            raise fault("InvalidGlobalClusterStateFault",
+                        f"Global cluster {gc.global_cluster_identifier} has a switchover or "
+                        "failover in progress.")
+        gc.members.remove(cluster)
+        cluster.global_cluster_identifier = None
+        cluster.is_writer = False
+        return gc
 
 
 def create_global_cluster(self: RDSBackend, global_cluster_identifier: str,
@@ -332,7 +348,7 @@ def create_global_cluster(self: RDSBackend, global_cluster_identifier: str,
             # moto's own code looks the source up in this backend: lend it the cluster.
             self.clusters[source.db_cluster_arn] = source
     try:
-        gc = _moto_create_global_cluster(self, global_cluster_identifier,
+        gc = _moto["create_global_cluster"](self, global_cluster_identifier,
                                          source_db_cluster_identifier, engine,
                                          engine_version, storage_encrypted,
                                          deletion_protection)
@@ -374,6 +390,12 @@ def install() -> None:
     """Add the calls to moto's RDS classes (idempotent). Called on import."""
     if getattr(RDSBackend, "_drorch_installed", False):
         return
+    _moto.update(
+        global_cluster_members=GlobalCluster.global_cluster_members,
+        describe_global_clusters=RDSBackend.describe_global_clusters,
+        delete_global_cluster=RDSBackend.delete_global_cluster,
+        remove_from_global_cluster=RDSBackend.remove_from_global_cluster,
+        create_global_cluster=RDSBackend.create_global_cluster)
     GlobalCluster.failover_state = property(_failover_state)  # type: ignore[attr-defined]
     GlobalCluster.global_cluster_members = property(  # type: ignore[method-assign,assignment]
         _global_cluster_members)
@@ -390,11 +412,13 @@ def install() -> None:
     RDSBackend._drorch_installed = True  # type: ignore[attr-defined]
 
 
-install()
+if HAVE_MOTO:
+    install()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run moto's server with the additions: same arguments as ``python -m moto.server``."""
+    require_lab_extra()
     from moto import server
 
     _switch_seconds()  # a bad setting fails at start, not on the first failover
