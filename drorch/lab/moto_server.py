@@ -1,131 +1,26 @@
-"""The lab's moto server, with Aurora global database switchover and failover added.
+"""The lab's moto server: moto's own, with Aurora global switchover and failover.
 
-moto 5.2 models Aurora global databases (``CreateGlobalCluster``,
-``DescribeGlobalClusters``, ``RemoveFromGlobalCluster``, ``DeleteGlobalCluster``,
-``CreateDBCluster`` with ``GlobalClusterIdentifier``) but answers
-``SwitchoverGlobalCluster`` and ``FailoverGlobalCluster`` with "not implemented".
-drorch's ``aurora-global`` adapter needs both, so this module adds them to moto's
-RDS backend and response classes when it is imported, and ``main`` then runs
-moto's own server exactly as ``python -m moto.server -H HOST -p PORT`` does::
-
-    python -m drorch.lab.moto_server -H 127.0.0.1 -p 5000
-
-What the two calls do follows the Amazon RDS API Reference
-(https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_SwitchoverGlobalCluster.html,
-https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_FailoverGlobalCluster.html,
-https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_FailoverState.html), the
-shapes in botocore's ``rds/2014-10-31/service-2.json`` and the AWS CLI examples
-(``awscli/examples/rds/{switchover,failover}-global-cluster.rst``):
-
-* The call answers with the global cluster as the operation *starts*: ``Status``
-  ``switching-over`` or ``failing-over``, ``FailoverState`` ``{Status: pending,
-  FromDbClusterArn, ToDbClusterArn, IsDataLossAllowed}``, members' ``IsWriter``
-  unchanged (that is what the CLI examples show).
-* The operation completes after ``DRORCH_MOTO_GLOBAL_SWITCH_SECONDS`` (default 0:
-  moto completes it synchronously, so the first ``DescribeGlobalClusters`` after
-  the call already sees it done). Completion is applied lazily, at the next
-  request that touches global clusters: the target becomes the writer, the old
-  writer a secondary (switchover: "demotes the current primary cluster to a
-  secondary (read-only) cluster"; failover: the old primary rejoins as a
-  secondary, which moto shows at once because it has no outage to wait out),
-  ``FailoverState`` is cleared ("empty unless a switchover or failover operation
-  is scheduled or is in progress") and ``Status`` is ``available`` again.
-* A failover with data loss also leaves the snapshot Aurora takes of the old
-  primary's volume, ``rds:unplanned-global-failover-<old primary>-<timestamp>``
-  (Aurora User Guide, "Recovering an Amazon Aurora global database from an
-  unplanned outage"), as an automated cluster snapshot in the old primary's region.
-
-Refusals use the operations' documented error codes (the four faults both
-operations list: ``GlobalClusterNotFoundFault``, ``DBClusterNotFoundFault``,
-``InvalidGlobalClusterStateFault``, ``InvalidDBClusterStateFault``) and
-``InvalidParameterCombination`` (common to all RDS actions) for
-``AllowDataLoss`` together with ``Switchover``, which the reference says "Can't be
-specified together". Which of the four AWS returns in each case is not written
-down; the choice here is: the global cluster's own state (an operation already in
-progress, no writer) is ``InvalidGlobalClusterStateFault``; the target's (not a
-member of this global cluster, already its writer, not available) and an
-unavailable primary on a switchover are ``InvalidDBClusterStateFault``.
-
-moto gaps around these calls are closed too, because drorch's Aurora adapter meets
-them on the same paths: ``DescribeGlobalClusters`` ignored
-``GlobalClusterIdentifier`` (it answered every global cluster, and never
-``GlobalClusterNotFoundFault``); ``CreateGlobalCluster`` with
-``SourceDBClusterIdentifier`` looked the source up only in us-east-1 and left it
-without the writer role; ``RemoveFromGlobalCluster`` (the detach-and-promote path)
-did nothing when sent to any region but us-east-1; members lacked
-``SynchronizationStatus``.
-
-Nothing here starts anything on import: importing patches moto's classes only
-(idempotently), so an in-process ``moto.mock_aws`` or ``ThreadedMotoServer`` gets
-the calls as well. Without moto (a production install, no ``lab`` extra) the import
-does nothing and ``main`` says which extra is missing.
+Run as ``python -m drorch.lab.moto_server -H 127.0.0.1 -p PORT`` (the arguments of
+``python -m moto.server``). What the additions do and why: :mod:`drorch.lab.moto_rds`
+and ``docs/moto-extensions.md``. They are installed when the server first loads its
+RDS backend, not at start: importing moto's RDS models costs ~1.4 s of CPU (they
+import EC2's), and most labs never make an RDS call.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
-import threading
-import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from drorch.lab import require_lab_extra
-
-try:  # the lab extra; a production install imports this module without it
-    from moto.core.responses import ActionResult
-    from moto.core.utils import utcnow
-    from moto.rds.exceptions import RDSClientError
-    from moto.rds.models import GlobalCluster, RDSBackend, rds_backends
-    from moto.rds.responses import RDSResponse
-except ImportError:
-    HAVE_MOTO = False
-else:
-    HAVE_MOTO = True
-
-if TYPE_CHECKING:
-    from moto.rds.models import DBCluster
 
 SWITCH_SECONDS_ENV = "DRORCH_MOTO_GLOBAL_SWITCH_SECONDS"
 """Seconds a switchover or failover stays in progress (default 0: done by the next read)."""
 
-GLOBAL_REGION = "us-east-1"
-"""moto keeps every global cluster in this region's backend (``RDSResponse.global_backend``)."""
 
-_CLUSTER_ARN = re.compile(r"^arn:aws[\w-]*:rds:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
-                          r"cluster:(?P<id>[A-Za-z][A-Za-z0-9-]*)$")
-_lock = threading.RLock()
-"""moto's server is threaded: an operation and its lazy completion must not interleave."""
-
-
-def fault(code: str, message: str) -> Exception:
-    """An RDS error moto's server answers with ``code`` and the HTTP status the error's
-    shape in botocore's RDS model gives it (e.g. 404 for ``GlobalClusterNotFoundFault``,
-    for which moto has no class; moto's ``InvalidGlobalClusterStateFault`` class always
-    says "is not empty", the ``DeleteGlobalCluster`` case)."""
-    return RDSClientError(code, message)
-
-
-@dataclass
-class Transition:
-    """A switchover or failover in progress on one global cluster (its ``FailoverState``)."""
-
-    from_cluster: DBCluster
-    to_cluster: DBCluster
-    data_loss_allowed: bool
-    done_at: float
-
-    def failover_state(self) -> dict[str, Any]:
-        """The ``FailoverState`` structure while the operation runs. ``pending`` is
-        what AWS answers as the operation starts; moto shows no later phase."""
-        return {"Status": "pending",
-                "FromDbClusterArn": self.from_cluster.db_cluster_arn,
-                "ToDbClusterArn": self.to_cluster.db_cluster_arn,
-                "IsDataLossAllowed": self.data_loss_allowed}
-
-
-def _switch_seconds() -> float:
+def switch_seconds() -> float:
+    """:data:`SWITCH_SECONDS_ENV` as seconds (>= 0); ``ValueError`` naming it otherwise."""
     raw = os.environ.get(SWITCH_SECONDS_ENV, "0")
     try:
         return max(0.0, float(raw))
@@ -133,287 +28,25 @@ def _switch_seconds() -> float:
         raise ValueError(f"{SWITCH_SECONDS_ENV}={raw!r} is not a number of seconds") from None
 
 
-def _transition(gc: GlobalCluster) -> Transition | None:
-    return getattr(gc, "_drorch_transition", None)
+def install_on_first_rds_use() -> None:
+    """Wrap ``moto.backends.get_backend`` (moto's server looks every service's backend
+    up through it, at the service's first request) so that asking for ``rds`` installs
+    the additions first. Idempotent."""
+    from moto import backends
 
-
-# --- GlobalCluster additions ---------------------------------------------------------
-
-def _failover_state(self: GlobalCluster) -> dict[str, Any] | None:
-    """``GlobalCluster.FailoverState``: absent unless an operation is in progress."""
-    transition = _transition(self)
-    return transition.failover_state() if transition else None
-
-
-_moto: dict[str, Any] = {}
-"""moto's own implementations, kept by ``install`` before it replaces them."""
-
-
-def _global_cluster_members(self: GlobalCluster) -> list[dict[str, Any]]:
-    """moto's members plus ``SynchronizationStatus`` (``connected``: moto replicates
-    nothing, so a member is never behind)."""
-    members = _moto["global_cluster_members"].fget(self)
-    for member in members:
-        member.setdefault("SynchronizationStatus", "connected")
-    return members
-
-
-# --- completion ----------------------------------------------------------------------
-
-def _complete(gc: GlobalCluster, transition: Transition) -> None:
-    """Apply a finished switchover or failover: roles swap, ``FailoverState`` clears."""
-    old, new = transition.from_cluster, transition.to_cluster
-    old.is_writer = False
-    new.is_writer = True
-    # Writers first, as AWS lists them; keeps moto's "Readers" on the writer entry right.
-    gc.members.sort(key=lambda member: not member.is_writer)
-    gc.status = "available"
-    gc._drorch_transition = None  # type: ignore[attr-defined]
-    if transition.data_loss_allowed:
-        stamp = utcnow().strftime("%Y-%m-%d-%H-%M-%S")
-        old.backend.create_auto_cluster_snapshot(
-            old.db_cluster_identifier,
-            f"rds:unplanned-global-failover-{old.db_cluster_identifier}-{stamp}")
-
-
-def settle(backend: RDSBackend) -> None:
-    """Complete every operation on ``backend``'s global clusters whose time has come."""
-    now = time.monotonic()
-    with _lock:
-        for gc in list(backend.global_clusters.values()):
-            transition = _transition(gc)
-            if transition is not None and transition.done_at <= now:
-                _complete(gc, transition)
-
-
-# --- lookups -------------------------------------------------------------------------
-
-def _global_cluster(backend: RDSBackend, identifier: str) -> GlobalCluster:
-    """By identifier or by ARN (``arn:aws:rds::ACCOUNT:global-cluster:ID``)."""
-    name = identifier.rsplit(":global-cluster:", 1)[-1]
-    if name not in backend.global_clusters:
-        raise fault("GlobalClusterNotFoundFault", f"Global cluster {identifier} not found.")
-    return backend.global_clusters[name]
-
-
-def _cluster(account_id: str, request_region: str, identifier: str) -> DBCluster:
-    """A DB cluster by ARN (looked up in the ARN's region, as the reference asks
-    callers to pass it "so that Aurora can locate the cluster in its Amazon Web
-    Services Region") or by identifier (in the region the request went to)."""
-    match = _CLUSTER_ARN.match(identifier)
-    if match:
-        account, region, name = match["account"], match["region"], match["id"]
-    elif identifier.startswith("arn:"):
-        raise fault("DBClusterNotFoundFault", f"DBCluster {identifier} not found.")
-    else:
-        account, region, name = account_id, request_region, identifier
-    if region not in rds_backends[account].regions:
-        raise fault("DBClusterNotFoundFault", f"DBCluster {identifier} not found.")
-    clusters = rds_backends[account][region].clusters
-    if name not in clusters:
-        raise fault("DBClusterNotFoundFault", f"DBCluster {identifier} not found.")
-    return clusters[name]
-
-
-def _cluster_state(cluster: DBCluster) -> str:
-    """The state AWS would report. moto reports ``creating`` once, on the first read
-    after creation, and ``available`` from then on, so ``creating`` counts as
-    available here (reading ``status`` would flip it as a side effect)."""
-    state = getattr(cluster, "_status", "available")
-    return "available" if state == "creating" else state
-
-
-# --- the operations ------------------------------------------------------------------
-
-def _start(backend: RDSBackend, global_cluster_identifier: str,
-           target_db_cluster_identifier: str, request_region: str,
-           data_loss_allowed: bool) -> GlobalCluster:
-    settle(backend)
-    with _lock:
-        gc = _global_cluster(backend, global_cluster_identifier)
-        target = _cluster(backend.account_id, request_region, target_db_cluster_identifier)
-        name = gc.global_cluster_identifier
-        if _transition(gc) is not None:
-            raise fault("InvalidGlobalClusterStateFault",
-                        f"Global cluster {name} already has a switchover or failover in "
-                        "progress.")
-        if target not in gc.members:
-            raise fault("InvalidDBClusterStateFault",
-                        f"DB cluster {target.db_cluster_arn} is not a member of global "
-                        f"cluster {name}.")
-        writer = next((m for m in gc.members if m.is_writer), None)
-        if writer is None:
-            raise fault("InvalidGlobalClusterStateFault",
-                        f"Global cluster {name} has no primary cluster.")
-        if target is writer:
-            raise fault("InvalidDBClusterStateFault",
-                        f"DB cluster {target.db_cluster_arn} is already the primary cluster "
-                        f"of global cluster {name}; the target must be a secondary.")
-        if _cluster_state(target) != "available":
-            raise fault("InvalidDBClusterStateFault",
-                        f"DB cluster {target.db_cluster_arn} is {_cluster_state(target)}, "
-                        "not available.")
-        if not data_loss_allowed and _cluster_state(writer) != "available":
-            # A switchover needs a healthy primary to synchronize from; a failover is
-            # for when it is not.
-            raise fault("InvalidDBClusterStateFault",
-                        f"Primary DB cluster {writer.db_cluster_arn} is "
-                        f"{_cluster_state(writer)}; a switchover needs it available (fail "
-                        "over with AllowDataLoss instead).")
-        gc._drorch_transition = Transition(  # type: ignore[attr-defined]
-            from_cluster=writer, to_cluster=target, data_loss_allowed=data_loss_allowed,
-            done_at=time.monotonic() + _switch_seconds())
-        gc.status = "failing-over" if data_loss_allowed else "switching-over"
-        return gc
-
-
-def switchover_global_cluster(self: RDSBackend, global_cluster_identifier: str,
-                              target_db_cluster_identifier: str,
-                              request_region: str) -> GlobalCluster:
-    """SwitchoverGlobalCluster: promote a secondary, demote the primary to a
-    secondary, no data loss. Called on the backend that holds global clusters."""
-    return _start(self, global_cluster_identifier, target_db_cluster_identifier,
-                  request_region, data_loss_allowed=False)
-
-
-def failover_global_cluster(self: RDSBackend, global_cluster_identifier: str,
-                            target_db_cluster_identifier: str, request_region: str,
-                            allow_data_loss: bool | None = None,
-                            switchover: bool | None = None) -> GlobalCluster:
-    """FailoverGlobalCluster: with ``AllowDataLoss`` a failover; otherwise ("Specify
-    the Switchover parameter or omit it") a switchover. The two parameters "Can't be
-    specified together"."""
-    if allow_data_loss is not None and switchover is not None:
-        raise fault("InvalidParameterCombination",
-                    "AllowDataLoss and Switchover can't be specified together.")
-    return _start(self, global_cluster_identifier, target_db_cluster_identifier,
-                  request_region, data_loss_allowed=bool(allow_data_loss))
-
-
-# --- moto gaps on the way ------------------------------------------------------------
-
-def describe_global_clusters(self: RDSBackend,
-                             global_cluster_identifier: str | None = None
-                             ) -> list[GlobalCluster]:
-    """Completes due operations first; honours ``GlobalClusterIdentifier``."""
-    settle(self)
-    if global_cluster_identifier:
-        return [_global_cluster(self, global_cluster_identifier)]
-    return _moto["describe_global_clusters"](self)
-
-
-def delete_global_cluster(self: RDSBackend, global_cluster_identifier: str) -> GlobalCluster:
-    settle(self)
-    return _moto["delete_global_cluster"](self, global_cluster_identifier)
-
-
-def remove_from_global_cluster(self: RDSBackend, global_cluster_identifier: str,
-                               db_cluster_identifier: str) -> GlobalCluster:
-    """RemoveFromGlobalCluster, "Detaches an Aurora secondary cluster from an Aurora
-    global database cluster. The cluster becomes a standalone cluster with read-write
-    capability" (API_RemoveFromGlobalCluster). moto's own looks the global cluster up
-    in the request's region, so from any region but us-east-1 (where moto keeps them)
-    it silently did nothing; this one finds both where they are, and refuses a cluster
-    that is not a member instead of answering as if it had detached it."""
-    holder = rds_backends[self.account_id][GLOBAL_REGION]
-    settle(holder)
-    with _lock:
-        gc = _global_cluster(holder, global_cluster_identifier)
-        cluster = _cluster(self.account_id, self.region_name, db_cluster_identifier)
-        if cluster not in gc.members:
-            raise fault("InvalidDBClusterStateFault",
-                        f"DB cluster {cluster.db_cluster_arn} is not a member of global "
-                        f"cluster {gc.global_cluster_identifier}.")
-        if _transition(gc) is not None:
-            raise fault("InvalidGlobalClusterStateFault",
-                        f"Global cluster {gc.global_cluster_identifier} has a switchover or "
-                        "failover in progress.")
-        gc.members.remove(cluster)
-        cluster.global_cluster_identifier = None
-        cluster.is_writer = False
-        return gc
-
-
-def create_global_cluster(self: RDSBackend, global_cluster_identifier: str,
-                          source_db_cluster_identifier: str | None, engine: str | None,
-                          engine_version: str | None, storage_encrypted: bool | None,
-                          deletion_protection: bool | None) -> GlobalCluster:
-    """moto's, with the source cluster found in its own region and made the writer
-    ("the source DB cluster ... becomes the primary cluster", API_CreateGlobalCluster)."""
-    source: DBCluster | None = None
-    if source_db_cluster_identifier is not None:
-        match = _CLUSTER_ARN.match(source_db_cluster_identifier)
-        if match and match["region"] != self.region_name:
-            source = _cluster(self.account_id, self.region_name, source_db_cluster_identifier)
-            # moto's own code looks the source up in this backend: lend it the cluster.
-            self.clusters[source.db_cluster_arn] = source
-    try:
-        gc = _moto["create_global_cluster"](self, global_cluster_identifier,
-                                         source_db_cluster_identifier, engine,
-                                         engine_version, storage_encrypted,
-                                         deletion_protection)
-    finally:
-        if source is not None:
-            self.clusters.pop(source.db_cluster_arn, None)
-    if gc.members and not any(m.is_writer for m in gc.members):
-        gc.members[0].is_writer = True
-    return gc
-
-
-# --- responses -----------------------------------------------------------------------
-
-def _response_switchover(self: RDSResponse) -> ActionResult:
-    gc = self.global_backend.switchover_global_cluster(  # type: ignore[attr-defined]
-        global_cluster_identifier=self.params["GlobalClusterIdentifier"],
-        target_db_cluster_identifier=self.params["TargetDbClusterIdentifier"],
-        request_region=self.region)
-    return ActionResult({"GlobalCluster": gc})
-
-
-def _response_failover(self: RDSResponse) -> ActionResult:
-    gc = self.global_backend.failover_global_cluster(  # type: ignore[attr-defined]
-        global_cluster_identifier=self.params["GlobalClusterIdentifier"],
-        target_db_cluster_identifier=self.params["TargetDbClusterIdentifier"],
-        request_region=self.region,
-        allow_data_loss=self.params.get("AllowDataLoss"),
-        switchover=self.params.get("Switchover"))
-    return ActionResult({"GlobalCluster": gc})
-
-
-def _response_describe_global_clusters(self: RDSResponse) -> ActionResult:
-    clusters = self.global_backend.describe_global_clusters(
-        self.params.get("GlobalClusterIdentifier"))
-    return ActionResult({"GlobalClusters": clusters})
-
-
-def install() -> None:
-    """Add the calls to moto's RDS classes (idempotent). Called on import."""
-    if getattr(RDSBackend, "_drorch_installed", False):
+    if getattr(backends.get_backend, "_drorch_wrapped", False):
         return
-    _moto.update(
-        global_cluster_members=GlobalCluster.global_cluster_members,
-        describe_global_clusters=RDSBackend.describe_global_clusters,
-        delete_global_cluster=RDSBackend.delete_global_cluster,
-        remove_from_global_cluster=RDSBackend.remove_from_global_cluster,
-        create_global_cluster=RDSBackend.create_global_cluster)
-    GlobalCluster.failover_state = property(_failover_state)  # type: ignore[attr-defined]
-    GlobalCluster.global_cluster_members = property(  # type: ignore[method-assign,assignment]
-        _global_cluster_members)
-    RDSBackend.switchover_global_cluster = switchover_global_cluster  # type: ignore[attr-defined]
-    RDSBackend.failover_global_cluster = failover_global_cluster  # type: ignore[attr-defined]
-    RDSBackend.describe_global_clusters = describe_global_clusters  # type: ignore[method-assign]
-    RDSBackend.delete_global_cluster = delete_global_cluster  # type: ignore[method-assign]
-    RDSBackend.remove_from_global_cluster = remove_from_global_cluster  # type: ignore[method-assign]
-    RDSBackend.create_global_cluster = create_global_cluster  # type: ignore[method-assign]
-    RDSResponse.switchover_global_cluster = _response_switchover  # type: ignore[attr-defined]
-    RDSResponse.failover_global_cluster = _response_failover  # type: ignore[attr-defined]
-    RDSResponse.describe_global_clusters = (  # type: ignore[method-assign]
-        _response_describe_global_clusters)
-    RDSBackend._drorch_installed = True  # type: ignore[attr-defined]
+    original = backends.get_backend
 
+    def get_backend(name: Any) -> Any:
+        if name == "rds":
+            from drorch.lab import moto_rds
 
-if HAVE_MOTO:
-    install()
+            moto_rds.install()
+        return original(name)
+
+    get_backend._drorch_wrapped = True  # type: ignore[attr-defined]
+    backends.get_backend = get_backend  # type: ignore[assignment]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -421,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     require_lab_extra()
     from moto import server
 
-    _switch_seconds()  # a bad setting fails at start, not on the first failover
+    switch_seconds()  # a bad setting fails at start, not on the first failover
+    install_on_first_rds_use()
     server.main(argv if argv is not None else sys.argv[1:])
 
 

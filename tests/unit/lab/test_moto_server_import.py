@@ -1,9 +1,12 @@
-"""Importing the lab's extended moto server starts nothing: it only adds
-SwitchoverGlobalCluster and FailoverGlobalCluster to moto's RDS classes (once)."""
+"""The lab's extended moto server: importing it starts nothing and loads no RDS models
+(they cost ~1.4 s of CPU per lab); the RDS additions go in when moto first asks for its
+RDS backend, once."""
 
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 import threading
 
 import psutil
@@ -15,9 +18,20 @@ def _listening() -> set[tuple[str, int]]:
             if c.status == psutil.CONN_LISTEN}
 
 
-def test_import_adds_the_actions_and_starts_nothing() -> None:
+def test_the_server_entry_loads_no_rds_models_until_rds_is_asked_for() -> None:
+    code = ("import sys, drorch.lab.moto_server as m; m.install_on_first_rds_use(); "
+            "print('moto.rds.models' in sys.modules); "
+            "from moto import backends; backends.get_backend('rds'); "
+            "from moto.rds.models import RDSBackend; "
+            "print(hasattr(RDSBackend, 'switchover_global_cluster'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "True"]
+
+
+def test_importing_the_additions_adds_the_actions_and_starts_nothing() -> None:
     threads, sockets = set(threading.enumerate()), _listening()
-    module = importlib.import_module("drorch.lab.moto_server")
+    module = importlib.import_module("drorch.lab.moto_rds")
     from moto.rds.models import RDSBackend
     from moto.rds.responses import RDSResponse
 
