@@ -52,7 +52,9 @@ def make_runbook(state_dir: Path, pairs: int) -> Runbook:
     for i in range(pairs):
         name = "main" if i == 0 else f"db{i}"
         db = {**template, "name": name, "endpoints": {
-            region: {**ep, "port": next(ports)} for region, ep in template["endpoints"].items()}}
+            region: {**ep, "port": next(ports), "node": {"data_directory": str(
+                state_dir / "lab" / "pg" / name / region / "data")}}
+            for region, ep in template["endpoints"].items()}}
         raw["databases"].append(db)
         for region in ("region-a", "region-b"):
             raw["secrets"].append({"secret_id": f"lab/{name}/db", "region": region,

@@ -62,17 +62,10 @@ def read_only_engine(rb: Runbook) -> Any:
 
 def engine_for(rb: Runbook, progress: Any = None) -> tuple[Any, Any]:
     """The engine with this runbook's store, audit log, AWS clients and node control
-    (the lab's clusters for a lab runbook; none otherwise)."""
+    (chosen per database by its kind: :mod:`drorch.adapters.nodes`)."""
+    from drorch.adapters.nodes import node_control_for
     from drorch.engine import Engine
 
     store, audit, aws = open_context(rb)
-    nodes = None
-    if rb.lab is not None:
-        from drorch.lab import lab
-
-        def nodes(db: str, region: str) -> Any:
-            return lab.node_for(rb, db, region)
-
-    return Engine(rb, store, audit, aws, progress=progress, nodes=nodes), store
-
-
+    return Engine(rb, store, audit, aws, progress=progress,
+                  nodes=node_control_for(rb)), store

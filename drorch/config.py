@@ -38,6 +38,20 @@ class Region(_Model):
     role: Literal["primary", "secondary"]
 
 
+class LocalNode(_Model):
+    """A PostgreSQL cluster on the host drorch runs on: the failback stops, starts and
+    rewrites it with ``pg_ctl`` and ``pg_rewind``, as its data directory's owner."""
+
+    data_directory: str = Field(description="The cluster's data directory (PGDATA) on this "
+                                "host; symbolic links are followed.")
+    log_file: str | None = Field(default=None, description="Where pg_ctl writes the server's "
+                                 "log when drorch starts it; default: NAME-REGION.log beside "
+                                 "the data directory.")
+    pg_bin: str | None = Field(default=None, description="PostgreSQL's bin directory "
+                               "(pg_ctl, pg_rewind); default $DRORCH_PG_BIN or "
+                               "/usr/lib/postgresql/15/bin.")
+
+
 class Endpoint(_Model):
     """Where a database listens in one region. The password is never here: it lives
     in the connection secret or the environment (``password_env``)."""
@@ -47,6 +61,10 @@ class Endpoint(_Model):
     dbname: str = "postgres"
     user: str = "postgres"
     password_env: str | None = None
+    node: LocalNode | None = Field(
+        default=None, description="Control of this node (kind postgres): needed by the "
+        "failback to fence, keep evidence of and rebuild the old primary. Without it drorch "
+        "says which operation it cannot do.")
 
     def dsn(self, dbname: str | None = None, **extra: Any) -> str:
         parts = {

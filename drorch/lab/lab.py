@@ -88,6 +88,37 @@ def pg_dir(runbook: Runbook) -> Path:
     return Path(tempfile.gettempdir()) / f"drorch-lab-{digest}"
 
 
+def _link_pg_dir(runbook: Runbook) -> None:
+    """Make ``<state_dir>/lab/pg`` name the clusters' directory (a symbolic link when
+    :func:`pg_dir` had to move it under the system temp dir), so a runbook can name each
+    node's data directory under its state directory (``endpoints.*.node``): drorch's node
+    control follows the link."""
+    logical = lab_dir(runbook) / "pg"
+    real = pg_dir(runbook)
+    if logical.resolve() == real.resolve():
+        return
+    if logical.is_symlink() or logical.exists():
+        logical.unlink()
+    logical.symlink_to(real, target_is_directory=True)
+
+
+def check_node_paths(runbook: Runbook) -> list[str]:
+    """Endpoints whose ``node.data_directory`` is not where the lab keeps that cluster:
+    the failback would stop, rewind or rebuild another directory than the lab's."""
+    out = []
+    for db in runbook.databases:
+        for region, ep in db.endpoints.items():
+            if ep.node is None:
+                continue
+            want = node_for(runbook, db.name, region).datadir.resolve()
+            named = lab_dir(runbook).resolve() / "pg" / db.name / region / "data"
+            have = Path(ep.node.data_directory).resolve()
+            if have not in (want, named):
+                out.append(f"databases[{db.name}].endpoints.{region}.node.data_directory is "
+                           f"{ep.node.data_directory}; the lab keeps that cluster in {want}")
+    return out
+
+
 def node_for(runbook: Runbook, db: str, region: str) -> PgNode:
     ep = runbook.database(db).endpoints[region]
     base = pg_dir(runbook) / db / region
@@ -220,6 +251,10 @@ def up(runbook: Runbook) -> LabState:
     existing = LabState.load(path)
     if existing is not None:
         raise RuntimeError(f"a lab is already up ({path}); run `drorch lab down` first")
+    wrong = check_node_paths(runbook)
+    if wrong:
+        raise RuntimeError("the runbook's node control does not name the lab's clusters: "
+                           + "; ".join(wrong))
     base = lab_dir(runbook)
     base.mkdir(parents=True, exist_ok=True)
     os.chmod(base, 0o755)
@@ -230,6 +265,7 @@ def up(runbook: Runbook) -> LabState:
     moto = pool.submit(start_moto, state.state.moto_port, base / "moto.log")
     try:
         make_owned_dir(pg_dir(runbook), 0o755)
+        _link_pg_dir(runbook)
         def aws_when_moto_answers() -> None:
             state.update(lambda s: setattr(s, "moto_pid", moto.result()))
             _create_aws(runbook, AwsClients(runbook.aws.endpoint_url), password)

@@ -3,8 +3,8 @@ rebuild it as a replica. They run before anything is frozen, so a failure
 leaves the service where it is (failed over) and the machine rolls back.
 
 They need to control the old primary's node (stop, write ``standby.signal``,
-``pg_rewind``): ``ctx.nodes(db, region)`` provides it (the lab gives its
-clusters; a production agent on the database host would be another provider).
+``pg_rewind``): ``ctx.nodes(db, region)`` provides it, chosen by the database's kind
+(:mod:`drorch.adapters.nodes`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ from drorch.steps.promote import keep_sync_standbys, restore_sync_standbys, sync
 
 
 def _node(ctx: StepContext, db: str, region: str) -> Any:
+    from drorch.adapters.nodes import NEEDS_NODE, NodeControlUnavailable
+
     if ctx.nodes is None:
-        raise StepFailed(f"{db} in {region}: fencing and resync need control of the database "
-                         "node (stop/start, standby.signal, pg_rewind); this runbook has none "
-                         "(only the lab provides it today)")
-    return ctx.nodes(db, region)
+        raise StepFailed(f"{db} in {region}: {', '.join(NEEDS_NODE)} need control of the "
+                         "database node, and this engine was given none")
+    try:
+        return ctx.nodes(db, region)
+    except NodeControlUnavailable as e:
+        raise StepFailed(str(e)) from None
 
 
 def _dsn(ctx: StepContext, db: str, region: str) -> str:
