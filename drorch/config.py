@@ -65,6 +65,12 @@ class Endpoint(_Model):
         default=None, description="Control of this node (kind postgres): needed by the "
         "failback to fence, keep evidence of and rebuild the old primary. Without it drorch "
         "says which operation it cannot do.")
+    instance_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$",
+        description="kind rds: the DB instance identifier in this region (the primary "
+        "instance, or the cross-region read replica). host and port stay what drorch "
+        "connects to for the freeze and the RPO; the secret gets the endpoint RDS "
+        "describes after promotion.")
 
     def dsn(self, dbname: str | None = None, **extra: Any) -> str:
         parts = {
@@ -83,7 +89,10 @@ class Endpoint(_Model):
 
 class DatabasePair(_Model):
     name: str
-    kind: Literal["postgres"] = "postgres"
+    kind: Literal["postgres", "rds"] = Field(
+        default="postgres", description="postgres: self-managed (promotion over SQL); rds: "
+        "RDS for PostgreSQL with a cross-region read replica (promotion through the RDS "
+        "API, PromoteReadReplica).")
     endpoints: dict[str, Endpoint]
     app_roles: list[str] = Field(default_factory=list)
     replication_role: str = "postgres"
@@ -110,6 +119,21 @@ class DatabasePair(_Model):
         "have written past the split), every ascending sequence of the promoted database "
         "skips this many values, so the new primary's keys do not collide with the ones "
         "the old primary handed out; 0 turns it off.")
+
+
+    @model_validator(mode="after")
+    def _kind_fits_endpoints(self) -> DatabasePair:
+        for region, ep in self.endpoints.items():
+            if self.kind == "rds" and not ep.instance_id:
+                raise ValueError(f"endpoints.{region}.instance_id: kind rds needs the DB "
+                                 "instance identifier in every region")
+            if self.kind == "rds" and ep.node is not None:
+                raise ValueError(f"endpoints.{region}.node: kind rds has no host to control "
+                                 "(RDS manages the node)")
+            if self.kind == "postgres" and ep.instance_id:
+                raise ValueError(f"endpoints.{region}.instance_id: only kind rds names a DB "
+                                 "instance")
+        return self
 
 
 class ConnectionSecret(_Model):

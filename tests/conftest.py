@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,19 +134,28 @@ def lab_env(tmp_path: Path, block: ports.PortBlock | None = None) -> dict[str, s
     }
 
 
-@pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
-    """A running lab from runbooks/lab.yaml with its own ports and state directory."""
+@contextmanager
+def running_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                runbook_path: Path = LAB_RUNBOOK) -> Iterator[Lab]:
+    """A running lab from ``runbook_path`` with this worker's ports and its own state
+    directory, stopped afterwards."""
     if not pg_available():
         pytest.skip("PostgreSQL 15 server binaries not installed")
     from drorch.lab import lab as lab_mod
 
-    env = lab_env(tmp_path)
+    env = {**lab_env(tmp_path), "DRORCH_RUNBOOK": str(runbook_path)}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    runbook = load_runbook(LAB_RUNBOOK)
+    runbook = load_runbook(runbook_path)
     lab_mod.up(runbook)
     try:
-        yield Lab(runbook, LAB_RUNBOOK, env, Path(env["DRORCH_STATE_DIR"]))
+        yield Lab(runbook, runbook_path, env, Path(env["DRORCH_STATE_DIR"]))
     finally:
         lab_mod.down(runbook)
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+    """A running lab from runbooks/lab.yaml with its own ports and state directory."""
+    with running_lab(tmp_path, monkeypatch) as running:
+        yield running

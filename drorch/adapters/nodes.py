@@ -9,6 +9,8 @@ the database's ``kind``:
   controlled with ``pg_ctl`` as the data directory's owner (:class:`LocalPgNode`). The
   lab's clusters are such nodes; a self-managed server is one when drorch runs on its
   host.
+* ``rds``: RDS manages the node; the failback through the RDS API is not built yet,
+  and asking says so.
 * ``postgres`` without ``node``: drorch has no means to control it. Asking for it raises
   :class:`NodeControlUnavailable`, naming the database, the region, the operations that
   need it and the runbook field that would give it. Failover never needs it.
@@ -121,6 +123,12 @@ def node_control_for(runbook: Runbook) -> NodeControl:
             raise NodeControlUnavailable(f"database {db_name} has no endpoint in {region}")
         if db.kind == "postgres" and ep.node is not None:
             return local_node(db, region, ep.node)
+        if db.kind == "rds":
+            raise NodeControlUnavailable(
+                f"database {db_name} in {region} (kind rds): RDS manages the node, and "
+                "drorch's failback through the RDS API (fence by security group, snapshot, "
+                "reconcile, a new cross-region read replica) is not built yet: fail back by "
+                "hand")
         raise NodeControlUnavailable(
             f"database {db_name} in {region} (kind {db.kind}): {', '.join(NEEDS_NODE)} need "
             "control of the node, and this runbook gives none. When drorch runs on the "

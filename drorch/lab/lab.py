@@ -197,8 +197,43 @@ def _create_aws(runbook: Runbook, aws: AwsClients, password: str) -> None:
     calls += [(_create_secret, runbook, aws, spec, password) for spec in runbook.secrets]
     if runbook.dns:
         calls.append((_create_zone, runbook, aws))
+    calls += [(_create_rds_pair, runbook, aws, db.name, password)
+              for db in runbook.databases if db.kind == "rds"]
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         _all(pool, calls)
+
+
+LAB_ADDRESS_TAG = "drorch:lab-address"
+"""moto answers a DB instance tagged with it with this address as ``Endpoint.Address``
+(``drorch.lab.moto_rds``): the lab's instances are its local clusters."""
+LAB_DSN_TAG = "drorch:lab-dsn"
+"""moto promotes the cluster this connection string reaches when the instance is
+promoted (``PromoteReadReplica``): the data behind the lab's RDS instance is real."""
+
+
+def _create_rds_pair(runbook: Runbook, aws: AwsClients, db_name: str, password: str) -> None:
+    """A kind-rds database in the lab: the primary's DB instance in the primary region and
+    its cross-region read replica (source named by ARN, as RDS requires across regions),
+    each bound to the lab's cluster in that region by tags."""
+    db = runbook.database(db_name)
+    primary, secondary = runbook.primary, runbook.secondary
+
+    def tags(region: str) -> list[dict[str, str]]:
+        ep = db.endpoints[region]
+        return [{"Key": LAB_ADDRESS_TAG, "Value": ep.host},
+                {"Key": LAB_DSN_TAG, "Value": node_for(runbook, db_name, region).dsn()},
+                {"Key": "drorch:database", "Value": db_name}]
+
+    ep_a, ep_b = db.endpoints[primary.name], db.endpoints[secondary.name]
+    made = aws("rds", primary.aws_region).create_db_instance(
+        DBInstanceIdentifier=ep_a.instance_id, Engine="postgres", EngineVersion="15.8",
+        DBInstanceClass="db.t3.micro", AllocatedStorage=20, MasterUsername="postgres",
+        MasterUserPassword=password, Port=ep_a.port, BackupRetentionPeriod=1,
+        Tags=tags(primary.name))
+    aws("rds", secondary.aws_region).create_db_instance_read_replica(
+        DBInstanceIdentifier=ep_b.instance_id,
+        SourceDBInstanceIdentifier=made["DBInstance"]["DBInstanceArn"],
+        DBInstanceClass="db.t3.micro", Port=ep_b.port, Tags=tags(secondary.name))
 
 
 def _create_flag(runbook: Runbook, aws: AwsClients, aws_region: str) -> None:

@@ -12,7 +12,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
 from drorch.adapters import postgres as pg
+from drorch.adapters import rds
 from drorch.steps.base import Step, StepContext, StepFailed
 from drorch.steps.freeze import freeze_journaled
 
@@ -31,6 +34,14 @@ class PromoteDatabase(Step):
 
     def check(self, ctx: StepContext) -> bool:
         _, new = self._dsns(ctx)
+        db = ctx.runbook.database(self.target)
+        if db.kind == "rds":
+            client, instance_id = self._rds(ctx)
+            try:
+                if rds.describe(client, instance_id).is_replica:
+                    return False
+            except rds.RdsError as exc:
+                raise StepFailed(f"{self.target} in {ctx.to_region}: {exc}") from exc
         try:
             return not pg.in_recovery(new)
         except pg.Unreachable as exc:
@@ -117,7 +128,7 @@ class PromoteDatabase(Step):
                 ctx.facts.set(key, measured)
             start = time.monotonic()
             requested = self._journal_request(ctx)
-            if not pg.promote(new, db.promote_timeout_s):
+            if not self._promote(ctx, db, new):
                 raise StepFailed(
                     f"{self.target}: promotion in {ctx.to_region} requested at "
                     f"{requested}, not confirmed within {db.promote_timeout_s:g}s (replay "
@@ -141,6 +152,33 @@ class PromoteDatabase(Step):
                     "timeline": pg.timeline(new)}
 
 
+    def _rds(self, ctx: StepContext) -> tuple[Any, str]:
+        ep = ctx.runbook.database(self.target).endpoints[ctx.to_region]
+        assert ep.instance_id is not None  # the runbook model requires it for kind rds
+        return ctx.aws("rds", ctx.aws_region(ctx.to_region)), ep.instance_id
+
+    def _promote(self, ctx: StepContext, db: Any, new: Any) -> bool:
+        """Promote by the database's kind; True once the node writes (out of recovery)
+        within ``promote_timeout_s``. ``rds``: ``PromoteReadReplica`` unless RDS already
+        shows the instance promoted (a resumed step), then the ``db_instance_available``
+        waiter, then the node itself must leave recovery."""
+        if db.kind != "rds":
+            return pg.promote(new, db.promote_timeout_s)
+        client, instance_id = self._rds(ctx)
+        try:
+            if rds.describe(client, instance_id).is_replica:
+                answer = rds.promote_read_replica(client, instance_id)
+                ctx.record("aws.rds.promote_read_replica",
+                           {"database": self.target, "region": ctx.to_region,
+                            "instance": instance_id, "status": answer.status,
+                            "request_id": answer.request_id})
+            rds.wait_available(client, instance_id, db.promote_timeout_s)
+        except rds.RdsError as exc:
+            raise StepFailed(f"{self.target} in {ctx.to_region}: {exc}; the promotion may "
+                             "still complete, so nothing is rolled back: `drorch resume` "
+                             "reads the instance's real state and carries on") from exc
+        return _left_recovery(new, db.promote_timeout_s)
+
     def _request_key(self) -> str:
         return f"promote:{self.target}:requested"
 
@@ -155,6 +193,16 @@ class PromoteDatabase(Step):
 
     def requested(self, ctx: StepContext) -> bool:
         return ctx.facts.get(self._request_key()) is not None
+
+
+def _left_recovery(target: pg.Target, timeout_s: float) -> bool:
+    """Poll ``pg_is_in_recovery()`` until false, at most ``timeout_s``."""
+    try:
+        Retrying(retry=retry_if_result(bool), stop=stop_after_delay(timeout_s),
+                 wait=wait_fixed(0.1))(pg.in_recovery, target)
+    except RetryError:
+        return False
+    return True
 
 
 class OpenWrites(Step):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from drorch.adapters import secrets
-from drorch.steps.base import Step, StepContext
+from drorch.adapters import rds, secrets
+from drorch.steps.base import Step, StepContext, StepFailed
 
 
 def secret_target(secret_id: str, region: str) -> str:
@@ -34,12 +34,37 @@ class RewriteSecret(Step):
         return str(self._spec(ctx).region)
 
     def _wanted(self, ctx: StepContext) -> tuple[str, int]:
-        ep = ctx.runbook.database(self._spec(ctx).database).endpoints[ctx.to_region]
-        return ep.host, ep.port
+        """Where the secret must point: the runbook's endpoint in the region we move to,
+        or for kind rds the endpoint RDS describes for the promoted instance (journaled
+        once, so a resumed step writes the same value)."""
+        db = ctx.runbook.database(self._spec(ctx).database)
+        ep = db.endpoints[ctx.to_region]
+        if db.kind != "rds":
+            return ep.host, ep.port
+        key = f"rds:{db.name}:{ctx.to_region}:endpoint"
+        known = ctx.facts.get(key)
+        if known is None:
+            assert ep.instance_id is not None  # required for kind rds
+            try:
+                inst = rds.describe(ctx.aws("rds", ctx.aws_region(ctx.to_region)),
+                                    ep.instance_id)
+            except rds.RdsError as exc:
+                raise StepFailed(f"secret {self.target}: {exc}") from exc
+            if not inst.address or inst.port is None:
+                raise StepFailed(f"secret {self.target}: RDS describes no endpoint for "
+                                 f"{ep.instance_id} in {ctx.to_region} (status {inst.status})")
+            known = [inst.address, inst.port]
+            ctx.facts.set(key, known)
+        return str(known[0]), int(known[1])
 
     def describe(self, ctx: StepContext) -> str:
-        host, port = self._wanted(ctx)
         spec = self._spec(ctx)
+        db = ctx.runbook.database(spec.database)
+        if db.kind == "rds":
+            return (f"rewrite secret {spec.secret_id} in {spec.region} to the endpoint RDS "
+                    f"describes for {db.endpoints[ctx.to_region].instance_id} in "
+                    f"{ctx.to_region}")
+        host, port = self._wanted(ctx)
         return f"rewrite secret {spec.secret_id} in {spec.region} to {host}:{port}"
 
     def check(self, ctx: StepContext) -> bool:

@@ -1,0 +1,100 @@
+"""Failover of a kind-rds database on the lab: the replica is promoted through the RDS
+API (the lab's moto, whose instances are bound to the lab's real clusters), the secret
+gets the endpoint RDS describes, and a kill -9 around the promotion then `drorch resume`
+promotes once."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from drorch.adapters import postgres as pg
+from drorch.adapters import rds, secrets
+from drorch.adapters.aws import AwsClients
+from drorch.lab import lab as lab_mod
+from tests.conftest import ROOT, Lab, running_lab
+
+pytestmark = pytest.mark.postgres
+
+RDS_RUNBOOK = ROOT / "runbooks" / "aws-rds.yaml"
+
+
+@pytest.fixture
+def rds_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+    with running_lab(tmp_path, monkeypatch, RDS_RUNBOOK) as running:
+        yield running
+
+
+def _dsn(lab: Lab, region: str) -> str:
+    return lab.runbook.database("main").endpoints[region].dsn()
+
+
+def _instance(lab: Lab, region: str) -> rds.Instance:
+    ep = lab.runbook.database("main").endpoints[region]
+    aws = AwsClients.for_runbook(lab.runbook)
+    assert ep.instance_id is not None
+    return rds.describe(aws("rds", lab.runbook.region(region).aws_region), ep.instance_id)
+
+
+def _audit(lab: Lab, action: str) -> list[dict[str, Any]]:
+    return [e for e in (json.loads(line) for line in
+                        (lab.state_dir / "audit.jsonl").read_text().splitlines())
+            if e["action"] == action]
+
+
+def _promote_requests(lab: Lab) -> int:
+    log = lab_mod.node_for(lab.runbook, "main", "region-b").logfile
+    return len(re.findall("received promote request", log.read_text()))
+
+
+def test_the_lab_binds_each_instance_to_its_cluster(rds_lab: Lab) -> None:
+    a, b = _instance(rds_lab, "region-a"), _instance(rds_lab, "region-b")
+    eps = rds_lab.runbook.database("main").endpoints
+    assert (a.address, a.port) == ("127.0.0.1", eps["region-a"].port)
+    assert (b.address, b.port) == ("127.0.0.1", eps["region-b"].port)
+    assert not a.is_replica and b.source == a.arn and b.arn in a.replicas
+
+
+def test_rds_failover_promotes_through_the_api_and_points_secrets_at_its_endpoint(
+        rds_lab: Lab) -> None:
+    with psycopg.connect(_dsn(rds_lab, "region-a"), autocommit=True) as c:
+        ids = [c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES "
+                         "(1, %s, 'a') RETURNING id", (n,)).fetchone()[0] for n in range(5)]
+    result = rds_lab.cli("failover", "--reason", "rds test", "--actor", "alice")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    b = _instance(rds_lab, "region-b")
+    assert not b.is_replica and b.status == "available"
+    assert not pg.in_recovery(_dsn(rds_lab, "region-b"))
+    with psycopg.connect(_dsn(rds_lab, "region-b"), autocommit=True) as c:
+        assert [r[0] for r in c.execute(
+            "SELECT id FROM orders WHERE id = ANY(%s) ORDER BY id", (ids,))] == ids
+    aws = AwsClients.for_runbook(rds_lab.runbook)
+    for spec in rds_lab.runbook.secrets:
+        value = secrets.get_value(
+            aws("secretsmanager", rds_lab.runbook.region(spec.region).aws_region),
+            spec.secret_id)
+        assert (value["host"], value["port"]) == (b.address, b.port)
+    calls = _audit(rds_lab, "aws.rds.promote_read_replica")
+    assert len(calls) == 1 and calls[0]["inputs"]["instance"] == "drorch-main-b"
+    assert calls[0]["inputs"]["request_id"]
+    assert _promote_requests(rds_lab) == 1
+
+
+@pytest.mark.parametrize("point", ["promote:main:before_apply", "promote:main:after_apply"])
+def test_kill_around_the_rds_promotion_then_resume_promotes_once(rds_lab: Lab,
+                                                                   point: str) -> None:
+    killed = rds_lab.cli("failover", "--reason", "kill test", "--actor", "bob",
+                         extra_env={"DRORCH_FAULT_KILL_AT": point})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    resumed = rds_lab.cli("resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not _instance(rds_lab, "region-b").is_replica
+    assert len(_audit(rds_lab, "aws.rds.promote_read_replica")) == 1
+    assert _promote_requests(rds_lab) == 1
