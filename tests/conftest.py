@@ -134,16 +134,34 @@ def lab_env(tmp_path: Path, block: ports.PortBlock | None = None) -> dict[str, s
     }
 
 
+@pytest.fixture(scope="session")
+def worker_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """One moto server per test worker, reset by each lab that uses it
+    (``drorch.lab.lab.REUSE_MOTO_ENV``): (port, log file)."""
+    from drorch.lab import lab as lab_mod
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    pid = lab_mod.start_moto(port, log)
+    try:
+        yield port, log
+    finally:
+        lab_mod.stop_pid(pid)
+
+
 @contextmanager
 def running_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                runbook_path: Path = LAB_RUNBOOK) -> Iterator[Lab]:
+                runbook_path: Path = LAB_RUNBOOK,
+                moto: tuple[int, Path] | None = None) -> Iterator[Lab]:
     """A running lab from ``runbook_path`` with this worker's ports and its own state
-    directory, stopped afterwards."""
+    directory, stopped afterwards; on the worker's moto server when ``moto`` is given."""
     if not pg_available():
         pytest.skip("PostgreSQL 15 server binaries not installed")
     from drorch.lab import lab as lab_mod
 
     env = {**lab_env(tmp_path), "DRORCH_RUNBOOK": str(runbook_path)}
+    if moto is not None:
+        env |= {"DRORCH_LAB_MOTO_PORT": str(moto[0]), lab_mod.REUSE_MOTO_ENV: str(moto[1])}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     runbook = load_runbook(runbook_path)
@@ -155,7 +173,9 @@ def running_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
-    """A running lab from runbooks/lab.yaml with its own ports and state directory."""
-    with running_lab(tmp_path, monkeypatch) as running:
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        worker_moto: tuple[int, Path]) -> Iterator[Lab]:
+    """A running lab from runbooks/lab.yaml with its own ports and state directory, on
+    the worker's moto server (wiped first)."""
+    with running_lab(tmp_path, monkeypatch, moto=worker_moto) as running:
         yield running

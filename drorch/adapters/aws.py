@@ -8,6 +8,7 @@ answers); in production both are empty and boto3 picks AWS's endpoints.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
@@ -21,6 +22,23 @@ _CONFIG = Config(connect_timeout=3, read_timeout=10,
 
 GLOBAL_SERVICES = frozenset({"route53"})
 """Services with one endpoint for every region (Route 53's control plane is in us-east-1)."""
+
+
+_session_lock = threading.Lock()
+_session: boto3.session.Session | None = None
+
+
+def _make_client(service: str, region: str, endpoint_url: str | None, config: Config) -> Any:
+    """A client from one boto3 session per process: each new session loads and parses
+    the service's model again (~0.1 s of CPU per client; a failover makes several, each
+    CLI call too). Clients are thread-safe, sessions are not ("Multithreading or
+    multiprocessing with Resources / Clients", boto3 docs): creation holds a lock."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client(service, region_name=region, endpoint_url=endpoint_url,
+                               config=config)
 
 
 class AwsClients:
@@ -45,9 +63,7 @@ class AwsClients:
         config = _CONFIG if deadline_s is None else Config(
             connect_timeout=deadline_s / 2, read_timeout=deadline_s / 2,
             retries={"max_attempts": 1, "mode": "standard"})
-        return boto3.session.Session().client(
-            service, region_name=region, endpoint_url=self.endpoint_for(service, region),
-            config=config)
+        return _make_client(service, region, self.endpoint_for(service, region), config)
 
     def with_deadline(self, deadline_s: float) -> Callable[[str, str], Any]:
         """Clients whose calls give up within ``deadline_s`` (one attempt; connect and

@@ -149,6 +149,33 @@ def aws_service_name(runbook: Runbook, region: str) -> str | None:
     return f"aws:{aws_region}" if aws_region in runbook.aws.region_endpoints else None
 
 
+REUSE_MOTO_ENV = "DRORCH_LAB_REUSE_MOTO"
+"""The test suite sets it to the log file of a moto server it keeps running on the
+runbook's moto port: ``up`` then wipes that server (``POST /moto-api/reset``) and uses
+it instead of starting one, and ``down`` leaves it running. A moto server's start and
+its first requests (each service's backend loaded on first use) cost ~2.5 s of CPU and
+~3 s on the way to a running lab; a reset costs milliseconds."""
+
+
+def moto_log(runbook: Runbook) -> Path:
+    """The log of the moto server this lab uses (its own, or the reused one)."""
+    shared = os.environ.get(REUSE_MOTO_ENV)
+    return Path(shared) if shared else lab_dir(runbook) / "moto.log"
+
+
+def _moto_for_lab(port: int, logfile: Path) -> int | None:
+    """Start the lab's moto server (its PID), or reset the reused one (None: not ours to
+    stop)."""
+    if os.environ.get(REUSE_MOTO_ENV):
+        try:
+            httpx.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10
+                       ).raise_for_status()
+            return None
+        except httpx.HTTPError:
+            pass  # not running (any more): start one of our own
+    return start_moto(port, logfile)
+
+
 def start_moto(port: int, logfile: Path) -> int:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "ab") as out:
@@ -297,7 +324,7 @@ def up(runbook: Runbook) -> LabState:
     state.state.moto_port = _moto_port(runbook)
     password = _random.token_urlsafe(18)
     pool = ThreadPoolExecutor(max_workers=max(4, len(runbook.databases) + 2))
-    moto = pool.submit(start_moto, state.state.moto_port, base / "moto.log")
+    moto = pool.submit(_moto_for_lab, state.state.moto_port, moto_log(runbook))
     try:
         make_owned_dir(pg_dir(runbook), 0o755)
         _link_pg_dir(runbook)

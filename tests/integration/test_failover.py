@@ -40,7 +40,7 @@ def _promote_requests(lab: Lab) -> int:
 
 
 def _rrset_changes(lab: Lab) -> int:
-    log = lab_mod.lab_dir(lab.runbook) / "moto.log"
+    log = lab_mod.moto_log(lab.runbook)
     return len(re.findall(r"POST /2013-04-01/hostedzone/\S+/rrset", log.read_text()))
 
 

@@ -26,8 +26,9 @@ RDS_RUNBOOK = ROOT / "runbooks" / "aws-rds.yaml"
 
 
 @pytest.fixture
-def rds_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
-    with running_lab(tmp_path, monkeypatch, RDS_RUNBOOK) as running:
+def rds_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            worker_moto: tuple[int, Path]) -> Iterator[Lab]:
+    with running_lab(tmp_path, monkeypatch, RDS_RUNBOOK, worker_moto) as running:
         yield running
 
 
@@ -53,16 +54,14 @@ def _promote_requests(lab: Lab) -> int:
     return len(re.findall("received promote request", log.read_text()))
 
 
-def test_the_lab_binds_each_instance_to_its_cluster(rds_lab: Lab) -> None:
+def test_rds_failover_promotes_through_the_api_and_points_secrets_at_its_endpoint(
+        rds_lab: Lab) -> None:
     a, b = _instance(rds_lab, "region-a"), _instance(rds_lab, "region-b")
     eps = rds_lab.runbook.database("main").endpoints
+    # the lab binds each instance to its cluster
     assert (a.address, a.port) == ("127.0.0.1", eps["region-a"].port)
     assert (b.address, b.port) == ("127.0.0.1", eps["region-b"].port)
     assert not a.is_replica and b.source == a.arn and b.arn in a.replicas
-
-
-def test_rds_failover_promotes_through_the_api_and_points_secrets_at_its_endpoint(
-        rds_lab: Lab) -> None:
     with psycopg.connect(_dsn(rds_lab, "region-a"), autocommit=True) as c:
         ids = [c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES "
                          "(1, %s, 'a') RETURNING id", (n,)).fetchone()[0] for n in range(5)]
