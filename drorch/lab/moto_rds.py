@@ -1,4 +1,5 @@
-"""Aurora global database switchover and failover, added to moto's RDS classes.
+"""Aurora global database switchover and failover, and RDS read replica promotion bound
+to the lab's real PostgreSQL, added to moto's RDS classes.
 
 moto 5.2 models Aurora global databases (``CreateGlobalCluster``,
 ``DescribeGlobalClusters``, ``RemoveFromGlobalCluster``, ``DeleteGlobalCluster``,
@@ -55,6 +56,53 @@ without the writer role; ``RemoveFromGlobalCluster`` (the detach-and-promote pat
 did nothing when sent to any region but us-east-1; members lacked
 ``SynchronizationStatus``.
 
+RDS for PostgreSQL instances with a cross-region read replica (drorch's ``rds``
+kind) meet moto's ``PromoteReadReplica``, which only flipped a flag: it answered
+``available`` for an instance that is no read replica, failed with a server error
+(``KeyError``) for an unknown one, and left ``ReadReplicaSourceDBInstanceIdentifier``
+on the promoted instance and the instance in its source's
+``ReadReplicaDBInstanceIdentifiers``. Here it follows
+https://docs.aws.amazon.com/AmazonRDS/latest/APIReference/API_PromoteReadReplica.html
+and the AWS CLI example (``awscli/examples/rds/promote-read-replica.rst``):
+
+* The call answers with the instance as promotion *starts*: ``DBInstanceStatus``
+  ``modifying``, ``ReadReplicaSourceDBInstanceIdentifier`` still set (as the CLI
+  example shows). It completes after ``DRORCH_MOTO_PROMOTE_SECONDS`` (default 0:
+  by the next request that reads instances), lazily as above: the source identifier
+  is cleared, the instance leaves its source's ``ReadReplicaDBInstanceIdentifiers``
+  (moto lists a cross-region replica there by ARN; the source is looked up by the
+  replica's record of it, in its own region, and a source that is gone is skipped:
+  promotion is for when the source's region is lost) and ``DBInstanceStatus`` is
+  ``available``.
+* Refusals: ``DBInstanceNotFound`` (404) for an unknown instance;
+  ``InvalidDBInstanceState`` ("The DB instance isn't in a valid state", the only other
+  error the operation lists) for an instance that is not a read replica ("DB Instance
+  is not a read replica", what AWS answers), one already being promoted, or one not
+  ``available``.
+
+The lab binds moto instances to its real PostgreSQL clusters with two tags, given to
+``CreateDBInstance`` or ``CreateDBInstanceReadReplica`` (lab only; a real RDS instance
+has no such tag):
+
+* ``drorch:lab-address`` (e.g. ``127.0.0.1``): ``Endpoint.Address`` answers it instead
+  of moto's ``<id>.aaaaaaaaaa.<region>.rds.amazonaws.com``. ``Endpoint.Port`` is the
+  ``Port`` given at creation (moto keeps it; a replica without one inherits its
+  source's, as the API documents), so create the instance with the cluster's port.
+* ``drorch:lab-dsn`` (a libpq connection string): ``PromoteReadReplica`` promotes that
+  cluster before it answers: ``pg_is_in_recovery()``, then ``SELECT pg_promote(true,
+  60)``. A cluster that is no longer in recovery counts as already promoted (the call
+  is idempotent) when it is past timeline 1; on timeline 1 it was never promoted, so
+  it is not a standby and the call is refused. Any failure (unreachable, not a
+  standby, promotion not finished in 60 s) answers ``InvalidDBInstanceState`` with
+  the reason and leaves moto's state as it was.
+
+The tags are read at each call. A replica created without ``Tags`` gets its
+source's tags in moto (a copy of the source instance); the ``drorch:lab-*`` ones are
+dropped from that copy, since each names one cluster. moto gaps on the same paths are
+closed too: a cross-region replica was placed in its source's availability zone
+(``us-east-1a`` in us-west-2), and deleting one failed (moto removed it from its
+source's list by identifier, where it is listed by ARN).
+
 Nothing here starts anything on import: importing patches moto's classes only
 (idempotently), so an in-process ``moto.mock_aws`` or ``ThreadedMotoServer`` gets
 the calls as well. Without moto (a production install, no ``lab`` extra) the import
@@ -63,6 +111,7 @@ does nothing.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -74,8 +123,8 @@ from drorch.lab.moto_server import switch_seconds
 try:  # the lab extra; a production install imports this module without it
     from moto.core.responses import ActionResult
     from moto.core.utils import utcnow
-    from moto.rds.exceptions import RDSClientError
-    from moto.rds.models import GlobalCluster, RDSBackend, rds_backends
+    from moto.rds.exceptions import DBInstanceNotFoundError, RDSClientError
+    from moto.rds.models import DBInstance, GlobalCluster, RDSBackend, rds_backends
     from moto.rds.responses import RDSResponse
 except ImportError:
     HAVE_MOTO = False
@@ -347,6 +396,211 @@ def create_global_cluster(self: RDSBackend, global_cluster_identifier: str,
     return gc
 
 
+# --- RDS instances: read replica promotion, bound to the lab's PostgreSQL ---------
+
+PROMOTE_SECONDS_ENV = "DRORCH_MOTO_PROMOTE_SECONDS"
+"""Seconds a ``PromoteReadReplica`` stays in progress (default 0: done by the next read)."""
+
+LAB_ADDRESS_TAG = "drorch:lab-address"
+"""Lab only: the address ``Endpoint.Address`` answers instead of moto's made-up name."""
+
+LAB_DSN_TAG = "drorch:lab-dsn"
+"""Lab only: the libpq connection string of the real cluster behind the instance."""
+
+LAB_TAGS = (LAB_ADDRESS_TAG, LAB_DSN_TAG)
+PG_PROMOTE_WAIT_S = 60
+"""``pg_promote(true, 60)``: how long the real promotion may take."""
+PG_CONNECT_TIMEOUT_S = 5
+"""Used when the ``drorch:lab-dsn`` names no ``connect_timeout``."""
+
+
+def promote_seconds() -> float:
+    """:data:`PROMOTE_SECONDS_ENV` as seconds (>= 0); ``ValueError`` naming it otherwise."""
+    raw = os.environ.get(PROMOTE_SECONDS_ENV, "0")
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ValueError(f"{PROMOTE_SECONDS_ENV}={raw!r} is not a number of seconds") from None
+
+
+def lab_tag(instance: Any, key: str) -> str | None:
+    """The value of tag ``key`` on a moto instance, or None."""
+    for tag in getattr(instance, "tags", None) or []:
+        if tag.get("Key") == key:
+            return tag.get("Value")
+    return None
+
+
+@dataclass
+class Promotion:
+    """A ``PromoteReadReplica`` in progress: moto shows it ``modifying`` until done."""
+
+    instance: DBInstance
+    source: str
+    """The replica's ``ReadReplicaSourceDBInstanceIdentifier`` (identifier or ARN)."""
+    done_at: float
+
+
+_promotions: list[Promotion] = []
+"""In progress, across every account and region (a promotion touches two regions)."""
+
+
+def _promotion_of(instance: DBInstance) -> Promotion | None:
+    return next((p for p in _promotions if p.instance is instance), None)
+
+
+def _source_backend_and_name(replica: DBInstance, source: str) -> tuple[RDSBackend, str]:
+    """Where the replica's source lives: the ARN's region, else the replica's own."""
+    if source.startswith("arn:"):
+        parts = source.split(":")
+        return rds_backends[parts[4] or replica.account_id][parts[3]], parts[-1]
+    return replica.backend, source
+
+
+def _detach_from_source(replica: DBInstance, source: str) -> None:
+    """Take ``replica`` out of its source's ``ReadReplicaDBInstanceIdentifiers``. The
+    source may be gone (deleted, or its region is what failed): nothing to do then."""
+    try:
+        backend, name = _source_backend_and_name(replica, source)
+        primary = backend.databases.get(name)
+    except Exception:  # an ARN naming no backend, a region moto cannot build
+        return
+    if primary is None:
+        return
+    entries = {replica.db_instance_identifier, replica.db_instance_arn}
+    primary.replicas = [r for r in primary.replicas if r not in entries]
+
+
+def _complete_promotion(promotion: Promotion) -> None:
+    instance = promotion.instance
+    instance.is_replica = False
+    instance.source_db_instance_identifier = None
+    instance.status = "available"
+    _detach_from_source(instance, promotion.source)
+
+
+def settle_promotions() -> None:
+    """Complete every promotion whose time has come, in every region."""
+    now = time.monotonic()
+    with _lock:
+        for promotion in [p for p in _promotions if p.done_at <= now]:
+            _promotions.remove(promotion)
+            _complete_promotion(promotion)
+
+
+def _conninfo(dsn: str) -> dict[str, Any]:
+    """``dsn`` as psycopg connection arguments, with a connect timeout."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params: dict[str, Any] = dict(conninfo_to_dict(dsn))
+    params.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
+    return params
+
+
+def promote_real_cluster(dsn: str) -> str:
+    """Promote the PostgreSQL standby at ``dsn``. Returns what happened (``promoted`` or
+    ``already promoted``); raises ``RuntimeError`` with the reason when it cannot."""
+    import psycopg
+
+    try:
+        with psycopg.connect(**_conninfo(dsn), autocommit=True) as conn:
+            in_recovery = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]  # type: ignore[index]
+            if not in_recovery:
+                # Every promotion starts a new timeline: timeline 1 was never promoted.
+                wal = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())"
+                                   ).fetchone()[0]  # type: ignore[index]
+                if int(wal[:8], 16) <= 1:
+                    raise RuntimeError("the cluster is not a standby (not in recovery, and "
+                                       "never promoted: still on timeline 1)")
+                return "already promoted"
+            done = conn.execute("SELECT pg_promote(true, %s)",
+                                (PG_PROMOTE_WAIT_S,)).fetchone()[0]  # type: ignore[index]
+            if not done:
+                raise RuntimeError(f"the cluster did not finish promotion within "
+                                   f"{PG_PROMOTE_WAIT_S} s")
+            if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:  # type: ignore[index]
+                raise RuntimeError("the cluster is still in recovery after pg_promote")
+            return "promoted"
+    except psycopg.Error as exc:
+        raise RuntimeError(f"the cluster could not be promoted: "
+                           f"{str(exc).strip() or type(exc).__name__}") from exc
+
+
+def _refuse_promotion(instance: DBInstance) -> None:
+    """``InvalidDBInstanceState`` unless ``instance`` is a read replica to promote now."""
+    name = instance.db_instance_identifier
+    if getattr(instance, "_drorch_promoting", False) or _promotion_of(instance):
+        raise fault("InvalidDBInstanceState",
+                    f"DB instance {name} is not available: it is being promoted.")
+    if not instance.is_replica:
+        raise fault("InvalidDBInstanceState", "DB Instance is not a read replica.")
+    if instance.status != "available":
+        raise fault("InvalidDBInstanceState",
+                    f"DB instance {name} is {instance.status}, not available.")
+
+
+def promote_read_replica(self: RDSBackend, db_kwargs: dict[str, Any]) -> DBInstance:
+    """PromoteReadReplica: refuse what is not a read replica, promote the lab's real
+    cluster (``drorch:lab-dsn``) first, then start the promotion moto shows."""
+    settle_promotions()
+    kwargs = dict(db_kwargs)
+    name = kwargs.pop("db_instance_identifier")
+    with _lock:
+        instance = self.databases.get(name)
+        if instance is None:
+            raise DBInstanceNotFoundError(name)
+        _refuse_promotion(instance)
+        instance._drorch_promoting = True  # type: ignore[attr-defined]
+    try:
+        dsn = lab_tag(instance, LAB_DSN_TAG)
+        if dsn:
+            try:
+                promote_real_cluster(dsn)  # outside the lock: it may take a while
+            except RuntimeError as exc:
+                raise fault("InvalidDBInstanceState",
+                            f"DB instance {name} was not promoted: {exc}") from exc
+        with _lock:
+            instance.update(**kwargs)  # BackupRetentionPeriod, PreferredBackupWindow
+            instance.status = "modifying"
+            _promotions.append(Promotion(
+                instance=instance, source=instance.source_db_instance_identifier or "",
+                done_at=time.monotonic() + promote_seconds()))
+    finally:
+        instance._drorch_promoting = False  # type: ignore[attr-defined]
+    return instance
+
+
+def describe_db_instances(self: RDSBackend, *args: Any, **kwargs: Any) -> list[DBInstance]:
+    """Completes due promotions first."""
+    settle_promotions()
+    return _moto["describe_db_instances"](self, *args, **kwargs)
+
+
+def create_db_instance_read_replica(self: RDSBackend,
+                                   db_kwargs: dict[str, Any]) -> DBInstance:
+    """moto's, without the source's lab tags on a replica given no tags of its own,
+    and in an availability zone of its own region."""
+    settle_promotions()
+    replica = _moto["create_db_instance_read_replica"](self, db_kwargs)
+    if db_kwargs.get("tags") is None:
+        replica.tags = [t for t in replica.tags if t["Key"] not in LAB_TAGS]
+    if not db_kwargs.get("availability_zone") and not replica.availability_zone.startswith(
+            replica.region):
+        replica.availability_zone = f"{replica.region}a"
+    return replica
+
+
+def _address(self: DBInstance) -> str:
+    """``Endpoint.Address``: the ``drorch:lab-address`` tag's value where there is one."""
+    return lab_tag(self, LAB_ADDRESS_TAG) or _moto["address"].fget(self)
+
+
+def _remove_replica(self: DBInstance, replica: DBInstance) -> None:
+    """moto's removed a replica by identifier; a cross-region one is listed by ARN."""
+    entries = {replica.db_instance_identifier, replica.db_instance_arn}
+    self.replicas = [r for r in self.replicas if r not in entries]
+
+
 # --- responses -----------------------------------------------------------------------
 
 def _response_switchover(self: RDSResponse) -> ActionResult:
@@ -382,7 +636,11 @@ def install() -> None:
         describe_global_clusters=RDSBackend.describe_global_clusters,
         delete_global_cluster=RDSBackend.delete_global_cluster,
         remove_from_global_cluster=RDSBackend.remove_from_global_cluster,
-        create_global_cluster=RDSBackend.create_global_cluster)
+        create_global_cluster=RDSBackend.create_global_cluster,
+        address=DBInstance.address,
+        describe_db_instances=RDSBackend.describe_db_instances,
+        create_db_instance_read_replica=RDSBackend.create_db_instance_read_replica,
+        promote_read_replica=RDSBackend.promote_read_replica)
     GlobalCluster.failover_state = property(_failover_state)  # type: ignore[attr-defined]
     GlobalCluster.global_cluster_members = property(  # type: ignore[method-assign,assignment]
         _global_cluster_members)
@@ -392,6 +650,12 @@ def install() -> None:
     RDSBackend.delete_global_cluster = delete_global_cluster  # type: ignore[method-assign]
     RDSBackend.remove_from_global_cluster = remove_from_global_cluster  # type: ignore[method-assign]
     RDSBackend.create_global_cluster = create_global_cluster  # type: ignore[method-assign]
+    DBInstance.address = property(_address)  # type: ignore[method-assign,assignment]
+    DBInstance.remove_replica = _remove_replica  # type: ignore[method-assign]
+    RDSBackend.describe_db_instances = describe_db_instances  # type: ignore[method-assign]
+    RDSBackend.create_db_instance_read_replica = (  # type: ignore[method-assign]
+        create_db_instance_read_replica)
+    RDSBackend.promote_read_replica = promote_read_replica  # type: ignore[method-assign]
     RDSResponse.switchover_global_cluster = _response_switchover  # type: ignore[attr-defined]
     RDSResponse.failover_global_cluster = _response_failover  # type: ignore[attr-defined]
     RDSResponse.describe_global_clusters = (  # type: ignore[method-assign]
