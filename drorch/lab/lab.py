@@ -34,6 +34,7 @@ import httpx
 from drorch.adapters.aws import AwsClients
 from drorch.config import Runbook
 from drorch.lab import require_lab_extra, schema, services
+from drorch.lab.moto_server import LAB_ADDRESS_TAG, LAB_DSN_TAG
 from drorch.lab.postgres import PgNode, init_pair, make_owned_dir
 from drorch.procs import pid_alive
 
@@ -228,14 +229,6 @@ def _create_aws(runbook: Runbook, aws: AwsClients, password: str) -> None:
               for db in runbook.databases if db.kind == "rds"]
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         _all(pool, calls)
-
-
-LAB_ADDRESS_TAG = "drorch:lab-address"
-"""moto answers a DB instance tagged with it with this address as ``Endpoint.Address``
-(``drorch.lab.moto_rds``): the lab's instances are its local clusters."""
-LAB_DSN_TAG = "drorch:lab-dsn"
-"""moto promotes the cluster this connection string reaches when the instance is
-promoted (``PromoteReadReplica``): the data behind the lab's RDS instance is real."""
 
 
 def _create_rds_pair(runbook: Runbook, aws: AwsClients, db_name: str, password: str) -> None:

@@ -111,14 +111,18 @@ does nothing.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from drorch.lab.moto_server import switch_seconds
+from drorch.lab.moto_server import (
+    LAB_ADDRESS_TAG,
+    LAB_DSN_TAG,
+    promote_seconds,
+    switch_seconds,
+)
 
 try:  # the lab extra; a production install imports this module without it
     from moto.core.responses import ActionResult
@@ -398,29 +402,12 @@ def create_global_cluster(self: RDSBackend, global_cluster_identifier: str,
 
 # --- RDS instances: read replica promotion, bound to the lab's PostgreSQL ---------
 
-PROMOTE_SECONDS_ENV = "DRORCH_MOTO_PROMOTE_SECONDS"
-"""Seconds a ``PromoteReadReplica`` stays in progress (default 0: done by the next read)."""
-
-LAB_ADDRESS_TAG = "drorch:lab-address"
-"""Lab only: the address ``Endpoint.Address`` answers instead of moto's made-up name."""
-
-LAB_DSN_TAG = "drorch:lab-dsn"
-"""Lab only: the libpq connection string of the real cluster behind the instance."""
 
 LAB_TAGS = (LAB_ADDRESS_TAG, LAB_DSN_TAG)
 PG_PROMOTE_WAIT_S = 60
 """``pg_promote(true, 60)``: how long the real promotion may take."""
 PG_CONNECT_TIMEOUT_S = 5
 """Used when the ``drorch:lab-dsn`` names no ``connect_timeout``."""
-
-
-def promote_seconds() -> float:
-    """:data:`PROMOTE_SECONDS_ENV` as seconds (>= 0); ``ValueError`` naming it otherwise."""
-    raw = os.environ.get(PROMOTE_SECONDS_ENV, "0")
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        raise ValueError(f"{PROMOTE_SECONDS_ENV}={raw!r} is not a number of seconds") from None
 
 
 def lab_tag(instance: Any, key: str) -> str | None:

@@ -1,4 +1,5 @@
-"""The lab's moto server: moto's own, with Aurora global switchover and failover.
+"""The lab's moto server: moto's own, with Aurora global switchover and failover and
+RDS read replica promotion as AWS does them (and bound to the lab's real clusters).
 
 Run as ``python -m drorch.lab.moto_server -H 127.0.0.1 -p PORT`` (the arguments of
 ``python -m moto.server``). What the additions do and why: :mod:`drorch.lab.moto_rds`
@@ -28,6 +29,25 @@ def switch_seconds() -> float:
         raise ValueError(f"{SWITCH_SECONDS_ENV}={raw!r} is not a number of seconds") from None
 
 
+LAB_ADDRESS_TAG = "drorch:lab-address"
+"""Lab only: the address ``Endpoint.Address`` answers instead of moto's made-up name."""
+
+LAB_DSN_TAG = "drorch:lab-dsn"
+"""Lab only: the libpq connection string of the real cluster behind the instance."""
+
+PROMOTE_SECONDS_ENV = "DRORCH_MOTO_PROMOTE_SECONDS"
+"""Seconds a ``PromoteReadReplica`` stays in progress (default 0: done by the next read)."""
+
+
+def promote_seconds() -> float:
+    """:data:`PROMOTE_SECONDS_ENV` as seconds (>= 0); ``ValueError`` naming it otherwise."""
+    raw = os.environ.get(PROMOTE_SECONDS_ENV, "0")
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        raise ValueError(f"{PROMOTE_SECONDS_ENV}={raw!r} is not a number of seconds") from None
+
+
 def install_on_first_rds_use() -> None:
     """Wrap ``moto.backends.get_backend`` (moto's server looks every service's backend
     up through it, at the service's first request) so that asking for ``rds`` installs
@@ -55,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from moto import server
 
     switch_seconds()  # a bad setting fails at start, not on the first failover
+    promote_seconds()
     install_on_first_rds_use()
     server.main(argv if argv is not None else sys.argv[1:])
 

@@ -30,7 +30,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from drorch.lab import lab as lab_mod
-from drorch.lab.moto_rds import LAB_ADDRESS_TAG, LAB_DSN_TAG, PROMOTE_SECONDS_ENV
+from drorch.lab.moto_server import LAB_ADDRESS_TAG, LAB_DSN_TAG, PROMOTE_SECONDS_ENV
 from drorch.lab.ports import free_port
 from drorch.lab.postgres import PgNode, pg_available
 

@@ -10,11 +10,11 @@ import pytest
 from moto import mock_aws
 
 from drorch.lab import moto_rds
-from drorch.lab.moto_rds import (
+from drorch.lab.moto_rds import Promotion
+from drorch.lab.moto_server import (
     LAB_ADDRESS_TAG,
     LAB_DSN_TAG,
     PROMOTE_SECONDS_ENV,
-    Promotion,
     promote_seconds,
 )
 
