@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -162,6 +163,21 @@ def moto_log(runbook: Runbook) -> Path:
     """The log of the moto server this lab uses (its own, or the reused one)."""
     shared = os.environ.get(REUSE_MOTO_ENV)
     return Path(shared) if shared else lab_dir(runbook) / "moto.log"
+
+
+def moto_actions(runbook: Runbook) -> Counter[tuple[str, str, str]]:
+    """(service, AWS region, action) -> how many times this lab's moto answered it since
+    the lab came up (a reused server's log is read from its last reset on)."""
+    from drorch.lab.moto_server import ACTION_LOG_PREFIX
+
+    lines = moto_log(runbook).read_text(errors="replace").splitlines()
+    resets = [i for i, line in enumerate(lines) if "/moto-api/reset" in line]
+    out: Counter[tuple[str, str, str]] = Counter()
+    for line in lines[resets[-1] + 1 if resets else 0:]:
+        if line.startswith(ACTION_LOG_PREFIX):
+            _prefix, service, region, action = line.split()[:4]
+            out[(service, region, action)] += 1
+    return out
 
 
 def _moto_for_lab(port: int, logfile: Path) -> int | None:

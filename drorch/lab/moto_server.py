@@ -69,6 +69,33 @@ def install_on_first_rds_use() -> None:
     backends.get_backend = get_backend  # type: ignore[assignment]
 
 
+ACTION_LOG_PREFIX = "drorch-moto-action"
+"""Each AWS action the server answers is logged as ``PREFIX SERVICE REGION ACTION``: the
+lab's request log (what was asked, never a body: a body can carry a secret's value)."""
+
+
+def log_actions() -> None:
+    """Wrap moto's dispatch of every action (``BaseResponse.call_action``) to log it to
+    stderr (the lab sends it to ``moto.log``). Idempotent."""
+    from moto.core.responses import BaseResponse
+
+    if getattr(BaseResponse.call_action, "_drorch_wrapped", False):
+        return
+    original = BaseResponse.call_action
+
+    def call_action(self: Any) -> Any:
+        try:
+            action = self._get_action()
+        except Exception:  # noqa: BLE001 (the log line must not fail the request)
+            action = "?"
+        print(f"{ACTION_LOG_PREFIX} {self.service_name} {getattr(self, 'region', '?')} "
+              f"{action}", file=sys.stderr, flush=True)
+        return original(self)
+
+    call_action._drorch_wrapped = True  # type: ignore[attr-defined]
+    BaseResponse.call_action = call_action  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run moto's server with the additions: same arguments as ``python -m moto.server``."""
     require_lab_extra()
@@ -77,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     switch_seconds()  # a bad setting fails at start, not on the first failover
     promote_seconds()
     install_on_first_rds_use()
+    log_actions()
     server.main(argv if argv is not None else sys.argv[1:])
 
 

@@ -49,6 +49,11 @@ def _audit(lab: Lab, action: str) -> list[dict[str, Any]]:
             if e["action"] == action]
 
 
+def _rds_promotions(lab: Lab) -> int:
+    """PromoteReadReplica calls moto answered (its request log)."""
+    return lab_mod.moto_actions(lab.runbook)[("rds", "us-west-2", "PromoteReadReplica")]
+
+
 def _promote_requests(lab: Lab) -> int:
     log = lab_mod.node_for(lab.runbook, "main", "region-b").logfile
     return len(re.findall("received promote request", log.read_text()))
@@ -83,6 +88,7 @@ def test_rds_failover_promotes_through_the_api_and_points_secrets_at_its_endpoin
     calls = _audit(rds_lab, "aws.rds.promote_read_replica")
     assert len(calls) == 1 and calls[0]["inputs"]["instance"] == "drorch-main-b"
     assert calls[0]["inputs"]["request_id"]
+    assert _rds_promotions(rds_lab) == 1
     assert _promote_requests(rds_lab) == 1
 
 
@@ -96,4 +102,5 @@ def test_kill_around_the_rds_promotion_then_resume_promotes_once(rds_lab: Lab,
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert not _instance(rds_lab, "region-b").is_replica
     assert len(_audit(rds_lab, "aws.rds.promote_read_replica")) == 1
+    assert _rds_promotions(rds_lab) == 1
     assert _promote_requests(rds_lab) == 1
