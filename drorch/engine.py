@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from drorch.adapters.aws_calls import recording_calls
 from drorch.audit import AuditLog
 from drorch.config import Runbook
 from drorch.faultpoints import fault_point  # re-exported: watch.py imports it from here
@@ -361,7 +362,8 @@ class Engine:
         self._inflight = [w for w in self._inflight if w.is_alive()]
         return not self._inflight
 
-    def _defer(self, inc: Incident, step: Step, token: int, region: str, error: str) -> None:
+    def _defer(self, inc: Incident, step: Step, token: int, region: str, error: str,
+               calls: list[dict[str, Any]] | None = None) -> None:
         api = step.api
         note = (f"could not reach {region}'s {api} API ({error}): deferred, retried while "
                 "the failover is in force and re-checked at failback")
@@ -369,7 +371,8 @@ class Engine:
         self.store.append(inc.id, "step", step.id, "deferred", detail, lease=self.lease_name,
                           token=token)
         self.audit.record(f"step.{step.stage}.deferred", actor=inc.actor, incident=inc.id,
-                          inputs={"step": step.id}, outcome="deferred", detail=detail)
+                          inputs={"step": step.id, "aws_calls": list(calls or [])},
+                          outcome="deferred", detail=detail)
         self.progress(step.id, "deferred", note, detail)
         log.warning("step.deferred", incident=inc.id, step=step.id, region=region, error=error)
 
@@ -414,6 +417,15 @@ class Engine:
         """check, apply, journal. ``deferred_region``: a failure defers the step (journaled
         ``deferred``, no failure returned) instead of failing it."""
         journal = dict(lease=self.lease_name, token=token)
+        with recording_calls() as calls:
+            return self._attempt_recorded(inc, step, ctx, journal, calls, deferred_region)
+
+    def _attempt_recorded(self, inc: Incident, step: Step, ctx: StepContext,
+                          journal: dict[str, Any], calls: list[dict[str, Any]],
+                          deferred_region: str | None) -> tuple[Step, Exception] | None:
+        """:meth:`_attempt`'s body; ``calls`` fills with the AWS calls it makes, which
+        each audit entry of the step lists (service, operation, request id)."""
+        token = journal["token"]
         try:
             # Journaled before ``check`` so a step's duration includes finding out.
             sentence = step.describe(ctx)
@@ -422,7 +434,8 @@ class Engine:
                 detail = {"observed": "already done; not applied again"}
                 self.store.append(inc.id, "step", step.id, "done", detail, **journal)
                 self.audit.record(f"step.{step.stage}.skipped", actor=inc.actor, incident=inc.id,
-                                  inputs={"step": step.id}, outcome="skipped", detail=detail)
+                                  inputs={"step": step.id, "aws_calls": list(calls)},
+                                  outcome="skipped", detail=detail)
                 self.progress(step.id, "done", "already done", detail)
                 return None
             self.progress(step.id, "started", sentence, {})
@@ -431,7 +444,7 @@ class Engine:
             fault_point(f"{step.id}:after_apply")
             self.store.append(inc.id, "step", step.id, "done", detail, **journal)
             self.audit.record(f"step.{step.stage}.applied", actor=inc.actor, incident=inc.id,
-                              inputs={"step": step.id}, detail=detail)
+                              inputs={"step": step.id, "aws_calls": list(calls)}, detail=detail)
             self.progress(step.id, "done", detail.get("note") or sentence, detail)
             log.info("step.done", incident=inc.id, step=step.id)
             return None
@@ -441,7 +454,7 @@ class Engine:
             if deferred_region is not None:
                 self._defer(inc, step, token, deferred_region,
                             str(exc).strip().splitlines()[0] if str(exc).strip()
-                            else type(exc).__name__)
+                            else type(exc).__name__, calls)
                 return None
             region = step.api_region(ctx)
             if region is not None and not isinstance(exc, StepFailed):
@@ -450,7 +463,8 @@ class Engine:
                       **(exc.detail if isinstance(exc, StepFailed) else {})}
             self.store.append(inc.id, "step", step.id, "failed", detail, **journal)
             self.audit.record(f"step.{step.stage}.failed", actor=inc.actor, incident=inc.id,
-                              inputs={"step": step.id}, outcome="failed", detail=detail)
+                              inputs={"step": step.id, "aws_calls": list(calls)},
+                              outcome="failed", detail=detail)
             self.progress(step.id, "failed", str(exc), detail)
             log.error("step.failed", incident=inc.id, step=step.id, error=str(exc))
             return step, exc

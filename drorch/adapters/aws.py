@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import boto3
 from botocore.config import Config
+
+from drorch.adapters.aws_calls import after_call
 
 _CONFIG = Config(connect_timeout=3, read_timeout=10,
                  retries={"max_attempts": 3, "mode": "standard"})
@@ -37,8 +39,12 @@ def _make_client(service: str, region: str, endpoint_url: str | None, config: Co
     with _session_lock:
         if _session is None:
             _session = boto3.session.Session()
-        return _session.client(service, region_name=region, endpoint_url=endpoint_url,
-                               config=config)
+        client = _session.client(service, region_name=region, endpoint_url=endpoint_url,
+                                 config=config)
+    hook = partial(after_call, service, region)
+    client.meta.events.register("after-call", hook)
+    client.meta.events.register("after-call-error", hook)
+    return client
 
 
 class AwsClients:

@@ -88,6 +88,11 @@ def test_rds_failover_promotes_through_the_api_and_points_secrets_at_its_endpoin
     calls = _audit(rds_lab, "aws.rds.promote_read_replica")
     assert len(calls) == 1 and calls[0]["inputs"]["instance"] == "drorch-main-b"
     assert calls[0]["inputs"]["request_id"]
+    # every AWS call of the step is in its audit entry, with AWS's request id
+    [applied] = _audit(rds_lab, "step.promote.applied")
+    ops = [(c["service"], c["operation"]) for c in applied["inputs"]["aws_calls"]]
+    assert ("rds", "PromoteReadReplica") in ops and ("rds", "DescribeDBInstances") in ops
+    assert all(c["request_id"] for c in applied["inputs"]["aws_calls"])
     assert _rds_promotions(rds_lab) == 1
     assert _promote_requests(rds_lab) == 1
 
