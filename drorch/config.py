@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from drorch.health.config import HealthPolicy, RegionHealth
 from drorch.reconcile.config import ReconcileSpec
@@ -24,6 +32,7 @@ from drorch.runbook_file import (
     read_runbook_file,
     runbook_error,
 )
+from drorch.state_dir import resolve_state_dir
 from drorch.unique import DuplicateName, require_unique
 from drorch.validate.spec import FlowSpec
 
@@ -69,7 +78,10 @@ class DatabasePair(_Model):
     endpoints: dict[str, Endpoint]
     app_roles: list[str] = Field(default_factory=list)
     replication_role: str = "postgres"
-    max_lag_bytes: int | None = Field(default=None, ge=0)
+    max_lag_bytes: int | None = Field(
+        default=None, ge=0,
+        description="Deprecated and read by nothing (accepted so older runbooks load): the "
+        "lag guard is health.max_replica_lag_bytes.")
     promote_timeout_s: float = Field(default=60, gt=0)
     freeze_others_wait_s: float = Field(
         default=0, ge=0, le=600,
@@ -185,7 +197,12 @@ class Aws(_Model):
 class Runbook(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    state_dir: str = ".drorch"
+    state_dir: str = Field(
+        default="", validate_default=True,
+        description="Journal, audit log, reports and lab files. Relative to the runbook "
+        "file's directory (never the current directory); empty or absent: "
+        "$XDG_STATE_HOME/drorch/<name> (default ~/.local/state/drorch/<name>). Always an "
+        "absolute path once loaded.")
     aws: Aws = Aws()
     regions: list[Region]
     databases: list[DatabasePair]
@@ -196,6 +213,15 @@ class Runbook(_Model):
     validation: Validation | None = None
     targets: Targets = Targets()
     lab: LabPorts | None = None
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir(cls, value: Any, info: ValidationInfo) -> str:
+        """Absolute from here on: relative to the runbook file (``load_runbook`` passes its
+        directory as context), a per-user default when not given (``drorch.state_dir``)."""
+        base = (info.context or {}).get("runbook_dir")
+        return resolve_state_dir(None if value is None else str(value),
+                                 str(info.data.get("name") or "default"), base)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Runbook:
@@ -334,7 +360,8 @@ def load_runbook(path: str | Path) -> Runbook:
     if not isinstance(raw, dict):
         raise RunbookError(f"{path}: a runbook must be a YAML mapping at the top level")
     try:
-        return Runbook.model_validate(_strip_lines(raw))
+        return Runbook.model_validate(_strip_lines(raw),
+                                      context={"runbook_dir": path.resolve().parent})
     except ValidationError as exc:
         problems = [_problem(raw, err) for err in exc.errors()[:MAX_SHOWN]]
         raise runbook_error(path, problems, total=exc.error_count()) from None
