@@ -12,6 +12,7 @@ from rich.console import Console
 from drorch import logs
 from drorch.audit import AuditLog
 from drorch.config import Runbook, RunbookError, load_runbook
+from drorch.exitcodes import ExitCode
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -27,7 +28,7 @@ def load_or_exit(path: Path) -> Runbook:
         return load_runbook(path)
     except RunbookError as exc:
         err.print(f"[bold red]runbook error[/]\n{exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(ExitCode.USAGE) from None
 
 
 def open_context(runbook: Runbook) -> tuple[Any, Any, Any]:
@@ -57,7 +58,14 @@ def read_only_engine(rb: Runbook) -> Any:
     from drorch.store.sqlite import SqliteStore
 
     store = SqliteStore.read_only(Path(rb.state_dir) / "journal.db")
-    return Engine(rb, store, _NoAudit(), AwsClients.for_runbook(rb))  # type: ignore[arg-type]
+    return Engine(rb, store, _NoAudit(), AwsClients.for_runbook(rb),  # type: ignore[arg-type]
+                  nodes=_no_node_control if rb.lab is not None else None)
+
+
+def _no_node_control(db: str, region: str) -> Any:
+    """Stands for the lab's node control in a read-only engine: says that a failback
+    would have it (its plan is not refused) without ever touching a node."""
+    raise RuntimeError(f"plan / dry run: {db} in {region} is not touched")
 
 
 def engine_for(rb: Runbook, progress: Any = None) -> tuple[Any, Any]:

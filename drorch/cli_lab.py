@@ -11,6 +11,7 @@ import typer
 
 from drorch.cli_common import ActorOpt, RunbookOpt, err, load_or_exit, open_context, out
 from drorch.console import print_summary, show_progress
+from drorch.exitcodes import ExitCode
 
 lab_app = typer.Typer(no_args_is_help=True, help="The local two-region lab.")
 
@@ -25,7 +26,7 @@ def lab_up(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
         state = lab.up(rb)
     except Exception as exc:  # noqa: BLE001
         err.print(f"[bold red]lab up failed:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
     out.print(f"lab up: moto on 127.0.0.1:{state.moto_port}; "
               + ", ".join(f"{n['name']} on :{n['port']}" for n in state.nodes))
 
@@ -46,14 +47,14 @@ def lab_fail(
     rb = load_or_exit(runbook)
     if mode not in faults.MODES:
         err.print(f"--mode must be one of {', '.join(faults.MODES)}")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.USAGE)
     _store, audit, _aws = open_context(rb)
     try:
         out.print(faults.fail(rb, region, mode, period_s=period,  # type: ignore[arg-type]
                               audit=audit, actor=actor or getpass.getuser()))
     except faults.FaultError as exc:
         err.print(f"[bold red]lab fail:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
 
 
 @lab_app.command("heal")
@@ -68,7 +69,7 @@ def lab_heal(region: str, runbook: RunbookOpt = Path("runbooks/lab.yaml"),
         out.print(faults.heal(rb, region, audit=audit, actor=actor or getpass.getuser()))
     except faults.FaultError as exc:
         err.print(f"[bold red]lab heal:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
 
 
 @lab_app.command("drill")
@@ -90,7 +91,7 @@ def lab_drill(
         result = run_drill(rb, keep=keep, say=say, progress=show_progress, mode=mode)
     except Exception as exc:  # noqa: BLE001
         err.print(f"[bold red]drill failed:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
     if result.record is not None:
         print_summary(result.record)
     t = result.traffic
@@ -102,7 +103,7 @@ def lab_drill(
     for fmt, path in result.reports.items():
         out.print(f"report ({fmt}): {path}")
     if result.state != "failed_over":
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @lab_app.command("down")
