@@ -95,7 +95,7 @@ def _plan(rb: Runbook, kind: str, output: str, *, dry_run: bool = False) -> None
 
 
 ReasonOpt = Annotated[str | None, typer.Option(
-    help="[required, except with --dry-run] Why (goes to the journal and audit).")]
+    help="Required (except with --dry-run): why; goes to the journal and audit.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing "
                                          "(exit 3 when the run would be refused).")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation "
