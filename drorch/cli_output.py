@@ -76,7 +76,8 @@ class WatcherOut(_Out):
     updated_at: float | None = Field(description="The watcher's last tick (unix s)")
     age_s: float | None = Field(description="Seconds since that tick, at the status call")
     stale_after_s: float = Field(description="Older than this, a running watcher's verdict "
-                                 "is stale: 3 probe intervals plus the slowest timeout")
+                                 "is stale: 3 probe intervals plus the slowest timeout, at "
+                                 "least 10 s")
     stale: bool = Field(description="A watcher not stopped whose last tick is older than "
                         "stale_after_s (exit 7)")
     decision: WatchDecisionOut | None

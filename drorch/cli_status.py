@@ -33,12 +33,19 @@ NOT_TICKING_STATES = ("stopped", "failing_over")
 failover (its progress is the incident's)."""
 
 
+STALE_FLOOR_S = 10.0
+"""Never stale sooner: a busy host may delay a tick by seconds, which is not a watcher
+that stopped ticking (it matters with the lab's one-second intervals)."""
+
+
 def stale_after_s(rb: Runbook) -> float:
-    """How old a running watcher's last tick may be: three probe intervals plus the
-    slowest probe's timeout, for the slowest region (``RegionHealth.max_gap_s``)."""
+    """How old a running watcher's last tick may be: the gap that breaks a failing
+    streak for the watcher itself (three probe intervals plus the slowest probe's
+    timeout, ``RegionHealth.max_gap_s``) for the slowest region, at least
+    :data:`STALE_FLOOR_S`."""
     gaps = [spec.max_gap_s for r in rb.regions
             if (spec := rb.region_health(r.name)) is not None]
-    return max(gaps) if gaps else 0.0
+    return max([STALE_FLOOR_S, *gaps])
 
 
 def build_status(rb: Runbook, engine: Any, now: float | None = None) -> StatusOutput:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from typer.testing import CliRunner, Result
 
 from drorch.cli import app
@@ -37,7 +38,13 @@ class Rig:
     runner: CliRunner = field(default_factory=CliRunner)
 
     def cli(self, *args: str, input: str | None = None) -> Result:
-        return self.runner.invoke(app, [*args], input=input, catch_exceptions=False)
+        """Run ``drorch ARGS``; the log configuration it makes (bound to CliRunner's
+        stderr, closed afterwards) is put back as it was for the tests that follow."""
+        saved = structlog.get_config()
+        try:
+            return self.runner.invoke(app, [*args], input=input, catch_exceptions=False)
+        finally:
+            structlog.configure(**saved)
 
     def audit(self) -> list[dict[str, Any]]:
         path = self.state / "audit.jsonl"

@@ -74,12 +74,12 @@ def _watch_record(r: Rig, state: str, age_s: float) -> None:
 def test_status_shows_the_verdicts_age_and_exits_7_when_stale(
         r: Rig, state: str, age_s: float, stale: bool) -> None:
     """A running watcher's verdict older than 3 intervals plus the slowest timeout
-    (the lab: 3 x 1 s + 1 s) is stale: exit 7, and the text says STALE with its age.
-    A watcher journaled as stopped is not expected to tick."""
+    (the lab: 3 x 1 s + 1 s), and never less than 10 s, is stale: exit 7, and the text
+    says STALE with its age. A watcher journaled as stopped is not expected to tick."""
     _watch_record(r, state, age_s)
     doc = _json(r, StatusOutput, "status", code=ExitCode.STALE if stale else 0)
     watcher = doc["watcher"]
-    assert watcher["stale_after_s"] == 4.0 and watcher["state"] == state
+    assert watcher["stale_after_s"] == 10.0 and watcher["state"] == state
     assert watcher["age_s"] == pytest.approx(age_s, abs=5)
     assert watcher["stale"] is stale
     text = r.cli("status")
