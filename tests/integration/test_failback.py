@@ -17,6 +17,7 @@ from psycopg import sql
 from drorch.lab import lab as lab_mod
 from drorch.reconcile.conflicts import load as load_conflicts
 from drorch.store.sqlite import SqliteStore
+from tests import report_doc
 from tests.conftest import Lab
 
 pytestmark = pytest.mark.postgres
@@ -338,9 +339,18 @@ def test_failback_finds_every_divergent_write_and_loses_none(lab: Lab) -> None:
         with psycopg.connect(_dsn(lab, region)) as c:
             assert c.execute("SELECT count(*) FROM pg_replication_slots "
                              "WHERE slot_name LIKE 'drorch%'").fetchone()[0] == 0, region
-    record = lab.cli("report", failover.id, "--format", "json")
+    record = lab.cli("report", failover.id, "--output", "json")
     rpo = json.loads(record.stdout)["rpo"]
     assert rpo["rows"] == 46 and rpo["transactions"] == 5
+    # docs/report-json.md names exactly what a real failback's report holds (the parts
+    # tests/unit/test_report_doc.py cannot produce without one), and nothing these two
+    # reports hold is undocumented.
+    reports = [json.loads(record.stdout),
+               json.loads(lab.cli("report", failback.id, "--output", "json").stdout)]
+    assert report_doc.differences(
+        reports, both_ways=["reconcile.*", "reconcile.*.divergence", "reconcile.*.tables[]"],
+        values_both_ways=[]) == []
+    assert rpo["method"].startswith("exact: old primary's WAL read at failback (")
     for path in (lab.state_dir / "conflicts-main.jsonl", lab.state_dir / "audit.jsonl",
                  lab.state_dir / "journal.db"):
         text = path.read_bytes()

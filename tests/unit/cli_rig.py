@@ -28,12 +28,27 @@ STEP_CLASSES = (freeze.RaiseWriteFlag, freeze.FreezeDatabase, freeze.LowerWriteF
                 failback.ResyncAsReplica, failback.RejoinAsReplica)
 
 
+REAL_APPLY = {cls: cls.apply for cls in STEP_CLASSES}
+"""Each step's own ``apply``, for a test that puts one back."""
+
+
+class Crash(BaseException):
+    """The process dies mid-step (no ``except Exception`` catches it): the journal
+    keeps the step ``started``."""
+
+
 @dataclass
 class Rig:
-    """``failing``: step ids whose ``apply`` raises; ``applied``: ids in call order."""
+    """``failing``: step ids whose ``apply`` raises ``StepFailed``; ``failing_undo``:
+    whose ``undo`` raises; ``crashing``: whose ``apply`` raises :class:`Crash`;
+    ``details``: what a step's ``apply`` returns (default ``{"rigged": True}``);
+    ``applied``: ids in call order."""
 
     state: Path
     failing: set[str] = field(default_factory=set)
+    failing_undo: set[str] = field(default_factory=set)
+    crashing: set[str] = field(default_factory=set)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)
     runner: CliRunner = field(default_factory=CliRunner)
 
@@ -66,15 +81,22 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
     r = Rig(tmp_path / "state")
 
     def apply(self: Any, ctx: Any) -> dict[str, Any]:
+        if self.id in r.crashing:
+            raise Crash(self.id)
         if self.id in r.failing:
             raise StepFailed(f"{self.id} failed on cue")
         r.applied.append(self.id)
-        return {"rigged": True}
+        return dict(r.details.get(self.id, {"rigged": True}))
+
+    def undo(self: Any, ctx: Any) -> dict[str, Any]:
+        if self.id in r.failing_undo:
+            raise StepFailed(f"undo of {self.id} failed on cue")
+        return {"undone": True}
 
     # Creating the AWS clients costs seconds and no rigged step uses them.
     monkeypatch.setattr(Engine, "warm_up", lambda self: None)
     for cls in STEP_CLASSES:
         monkeypatch.setattr(cls, "check", lambda self, ctx: False)
         monkeypatch.setattr(cls, "apply", apply)
-        monkeypatch.setattr(cls, "undo", lambda self, ctx: {"undone": True})
+        monkeypatch.setattr(cls, "undo", undo)
     return r
