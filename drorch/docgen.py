@@ -92,6 +92,12 @@ def runbook_reference() -> str:
     return "\n".join(out)
 
 
+def exit_code_rows() -> list[str]:
+    """The exit codes as Markdown table rows (here and in the README)."""
+    return [f"| {int(code)} | `{code.name.lower()}` | {_cell(exitcodes.MEANING[code])} |"
+            for code in exitcodes.ExitCode]
+
+
 def cli_json() -> str:
     """The JSON forms of status and plan, and the exit codes, Markdown."""
     out = ["# `--output json` forms and exit codes", "",
@@ -101,10 +107,8 @@ def cli_json() -> str:
            "Within `schema_version` 1 keys are only ever added. Every document is "
            "validated against its model before it is printed; the tests check each form "
            "against the schema below (`tests/unit/test_cli_output.py`).", "",
-           "## Exit codes", "", "| Code | Name | Meaning |", "|---|---|---|"]
-    for code in exitcodes.ExitCode:
-        out.append(f"| {int(code)} | `{code.name.lower()}` | "
-                   f"{_cell(exitcodes.MEANING[code])} |")
+           "## Exit codes", "", "| Code | Name | Meaning |", "|---|---|---|",
+           *exit_code_rows()]
     for title, model in (("`drorch status --output json`", StatusOutput),
                          ("`drorch plan --output json`, `drorch failover|failback "
                           "--dry-run --output json`", PlanOutput)):

@@ -39,8 +39,8 @@ MEANING: dict[ExitCode, str] = {
     ExitCode.HALTED: "halted (a step failed after promotion was requested, or a rollback "
                      "failed): a human must look, then `drorch resume`; status exits so "
                      "while the latest incident is halted",
-    ExitCode.NOTHING_TO_DO: "nothing to do: no incident to resume, no failover in force "
-                            "to fail back from",
+    ExitCode.NOTHING_TO_DO: "nothing to do: no incident to resume or report on, no "
+                            "failover in force to fail back from or to acknowledge",
     ExitCode.STALE: "status: the watcher's last verdict is older than its health window "
                     "allows (a watcher that should be running is not ticking)",
     ExitCode.NOT_CONFIRMED: "the confirmation prompt was answered with anything but yes",

@@ -22,3 +22,10 @@ def test_every_runbook_field_is_in_the_reference() -> None:
     for name, field in Runbook.model_fields.items():
         row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
         assert ("**required**" in row) is field.is_required()
+
+
+def test_the_readme_lists_every_exit_code_as_the_code_defines_it() -> None:
+    """Each exit code's row (code, name, meaning) is in the README as generated."""
+    readme = (docgen.DOCS.parent / "README.md").read_text()
+    for row in docgen.exit_code_rows():
+        assert row in readme, row
