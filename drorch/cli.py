@@ -8,7 +8,7 @@ import logging
 import sys
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +23,13 @@ from drorch.cli_common import (
     open_context,
     out,
     read_only_engine,
+)
+from drorch.cli_incident import (
+    NoNodeControl,
+    confirm_or_exit,
+    drive,
+    exit_refused,
+    open_incident,
 )
 from drorch.cli_lab import lab_app
 from drorch.config import Runbook
@@ -140,57 +147,11 @@ def _manual(kind: str, runbook: Path, reason: str | None, actor: str | None,
     # that would be refused anyway.
     refused = read_only_engine(rb).refusal(kind)
     if refused is not None:
-        _refused(open_context(rb)[1], kind, who, reason, refused)
-    _confirm_or_exit(rb, runbook, kind, read_only_engine(rb), yes)
+        exit_refused(open_context(rb)[1], kind, who, reason, refused)
+    confirm_or_exit(rb, runbook, kind, read_only_engine(rb), yes)
     engine, store = engine_for(rb, show_progress)
-    incident_id = _open(engine, rb, kind, who, reason)
-    _drive(engine, store, rb, incident_id)
-
-
-def _confirm_or_exit(rb: Runbook, path: Path, command: str, engine: Any, yes: bool,
-                     incident: str | None = None) -> None:
-    """Ask (or exit 2 without a terminal, 8 on any answer but yes). ``engine``: a
-    read-only one is enough, so that nothing is created before the answer."""
-    from drorch.confirm import Intent, NotConfirmed, confirm
-
-    if incident is not None:
-        src, dst = engine.store.fact(incident, "from_region"), \
-            engine.store.fact(incident, "to_region")
-    else:
-        src = engine.active_region()
-        dst = rb.primary.name if command == "failback" else \
-            next(r.name for r in rb.regions if r.name != src)
-    try:
-        confirm(Intent(command, rb.name, str(path), src, dst, incident), yes=yes)
-    except NotConfirmed as exc:
-        err.print(f"[bold red]{exc}[/]", highlight=False)
-        raise typer.Exit(exc.code) from None
-
-
-def _refused(audit: Any, kind: str, who: str, reason: str, exc: Any) -> NoReturn:
-    """Audit a refused request (who asked, why, why not) and exit 3, or 6 when there
-    is nothing to do."""
-    audit.record("incident.refused", actor=who, reason=reason,
-                 inputs={"kind": kind, "trigger": "manual"}, outcome="refused",
-                 detail={"refusal": str(exc)})
-    label = "nothing to do" if exc.nothing_to_do else "refused"
-    err.print(f"[bold red]{label}:[/] {exc}", highlight=False)
-    raise typer.Exit(ExitCode.NOTHING_TO_DO if exc.nothing_to_do else ExitCode.REFUSED)
-
-
-def _open(engine: Any, rb: Runbook, kind: str, who: str, reason: str) -> str:
-    """Open the incident, or audit the refusal and exit (``_refused``)."""
-    from drorch.engine import IncidentRefused
-
-    engine.warm_up()
-    start = engine.start_failover if kind == "failover" else engine.start_failback
-    try:
-        incident_id = start(actor=who, reason=reason,
-                            trigger={"kind": "manual", "detail": reason})
-    except IncidentRefused as exc:
-        _refused(engine.audit, kind, who, reason, exc)
-    out.print(f"[bold]incident {incident_id}[/]: {kind} {rb.name}")
-    return incident_id
+    incident_id = open_incident(engine, rb, kind, who, reason)
+    drive(engine, store, rb, incident_id)
 
 
 @app.command()
@@ -208,54 +169,19 @@ def drill(
     rb = load_or_exit(runbook)
     who = actor or getpass.getuser()
     if rb.lab is None:
-        _refused(open_context(rb)[1], "drill", who, reason, _NoNodeControl())
+        exit_refused(open_context(rb)[1], "drill", who, reason, NoNodeControl())
     refused = read_only_engine(rb).refusal("failover")
     if refused is not None:
-        _refused(open_context(rb)[1], "drill", who, reason, refused)
-    _confirm_or_exit(rb, runbook, "drill", read_only_engine(rb), yes)
+        exit_refused(open_context(rb)[1], "drill", who, reason, refused)
+    confirm_or_exit(rb, runbook, "drill", read_only_engine(rb), yes)
     engine, store = engine_for(rb, show_progress)
     for kind in ("failover", "failback"):
         label = "planned failover" if kind == "failover" else "failback"
-        incident_id = _open(engine, rb, kind, who, f"{reason}: {label}")
-        _drive(engine, store, rb, incident_id)
+        incident_id = open_incident(engine, rb, kind, who, f"{reason}: {label}")
+        drive(engine, store, rb, incident_id)
         for path in write_reports(incident_record(store, rb, incident_id),
                                   Path(rb.state_dir) / "reports", ("md",)).values():
             out.print(f"report: {path}")
-
-
-class _NoNodeControl(Exception):
-    nothing_to_do = False
-
-    def __init__(self) -> None:
-        super().__init__("a drill fails back, which needs node control (rewind or rebuild "
-                         "the old primary): only the lab provides it today, so on this "
-                         "runbook the drill would fail over for real and stop; nothing was "
-                         "done")
-
-
-def _drive(engine: Any, store: Any, rb: Runbook, incident_id: str,
-           actor: str | None = None, reason: str | None = None) -> None:
-    """Run the incident; print its summary; exit 4 rolled back or 5 halted. The report
-    of an incident that ended is written to ``<state_dir>/reports/`` whatever the
-    outcome."""
-    from drorch.engine import IncidentHalted, IncidentRolledBack
-    from drorch.report import write_reports
-
-    code = ExitCode.OK
-    try:
-        engine.run(incident_id, actor=actor, reason=reason)
-    except IncidentRolledBack as exc:
-        err.print(f"[bold red]rolled back:[/] {exc}", highlight=False)
-        code = ExitCode.ROLLED_BACK
-    except IncidentHalted as exc:
-        err.print(f"[bold red]halted:[/] {exc}", highlight=False)
-        code = ExitCode.HALTED
-    record = incident_record(store, rb, incident_id)
-    print_summary(record)
-    paths = write_reports(record, Path(rb.state_dir) / "reports", ("json", "md"))
-    out.print(f"report: {paths['md']}", highlight=False)
-    if code:
-        raise typer.Exit(code)
 
 
 @app.command()
@@ -280,10 +206,10 @@ def resume(
     if ro.store.fact(inc.id, "completed"):
         err.print(f"nothing to resume: {inc.id} is {inc.state}")
         raise typer.Exit(ExitCode.NOTHING_TO_DO)
-    _confirm_or_exit(rb, runbook, "resume", ro, yes, inc.id)
+    confirm_or_exit(rb, runbook, "resume", ro, yes, inc.id)
     engine, store = engine_for(rb, show_progress)
     out.print(f"[bold]resuming {inc.id}[/] (state {inc.state})")
-    _drive(engine, store, rb, inc.id, actor=actor or getpass.getuser(), reason=reason)
+    drive(engine, store, rb, inc.id, actor=actor or getpass.getuser(), reason=reason)
 
 
 @app.command()
