@@ -164,8 +164,6 @@ def drill(
     """A planned failover and failback cycle, each with zero loss, then the reports.
     Needs node control for the failback (the lab only, today: on any other runbook it
     is refused before anything is done). Asks for confirmation unless --yes."""
-    from drorch.report import write_reports
-
     rb = load_or_exit(runbook)
     who = actor or getpass.getuser()
     if rb.lab is None:
@@ -175,13 +173,10 @@ def drill(
         exit_refused(open_context(rb)[1], "drill", who, reason, refused)
     confirm_or_exit(rb, runbook, "drill", read_only_engine(rb), yes)
     engine, store = engine_for(rb, show_progress)
-    for kind in ("failover", "failback"):
+    for kind in ("failover", "failback"):  # each writes its reports (drive)
         label = "planned failover" if kind == "failover" else "failback"
         incident_id = open_incident(engine, rb, kind, who, f"{reason}: {label}")
         drive(engine, store, rb, incident_id)
-        for path in write_reports(incident_record(store, rb, incident_id),
-                                  Path(rb.state_dir) / "reports", ("md",)).values():
-            out.print(f"report: {path}")
 
 
 @app.command()

@@ -17,7 +17,7 @@ from drorch.incident import incident_record
 
 
 def confirm_or_exit(rb: Runbook, path: Path, command: str, engine: Any, yes: bool,
-                     incident: str | None = None) -> None:
+                    incident: str | None = None) -> None:
     """Ask (or exit 2 without a terminal, 8 on any answer but yes). ``engine``: a
     read-only one is enough, so that nothing is created before the answer."""
     from drorch.confirm import Intent, NotConfirmed, confirm
@@ -63,6 +63,9 @@ def open_incident(engine: Any, rb: Runbook, kind: str, who: str, reason: str) ->
 
 
 class NoNodeControl(Exception):
+    """Why a drill is refused off the lab (it has the shape of an ``IncidentRefused``
+    for :func:`exit_refused`)."""
+
     nothing_to_do = False
 
     def __init__(self) -> None:
@@ -73,7 +76,7 @@ class NoNodeControl(Exception):
 
 
 def drive(engine: Any, store: Any, rb: Runbook, incident_id: str,
-           actor: str | None = None, reason: str | None = None) -> None:
+          actor: str | None = None, reason: str | None = None) -> None:
     """Run the incident; print its summary; exit 4 rolled back or 5 halted. The report
     of an incident that ended is written to ``<state_dir>/reports/`` whatever the
     outcome."""
