@@ -160,7 +160,7 @@ def test_a_promotion_that_outlives_its_timeout_halts_and_resume_completes_it(
     halts (never rolls back: the flag stays raised, nothing is undone) saying when it was
     requested; once the query ends the promotion completes by itself, and `drorch resume`
     finds region-b promoted and finishes the failover without a second request."""
-    rb = _runbook_with(lab, tmp_path, "max_lag_bytes:", "    promote_timeout_s: 3")
+    rb = _runbook_with(lab, tmp_path, "replication_role:", "    promote_timeout_s: 3")
     env = {"DRORCH_RUNBOOK": str(rb)}
     a = lab.runbook.database("main").endpoints["region-a"].dsn()
     b = lab.runbook.database("main").endpoints["region-b"].dsn()
