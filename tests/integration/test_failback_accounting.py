@@ -221,7 +221,7 @@ def test_columns_added_mid_incident(lab: Lab) -> None:
 
     result = lab.cli("failback", "--yes", "--reason", "region-a is back", "--actor", "oncall")
     out = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode == ExitCode.HALTED, out
+    assert result.returncode == ExitCode.ROLLED_BACK, out  # before anything destructive
     assert "public.emails" in out and "priority" in out and "cannot reconcile" in out
     assert "exist on the old primary only" in out
     node = lab_mod.node_for(lab.runbook, "main", "region-a")
@@ -234,11 +234,11 @@ def test_columns_added_mid_incident(lab: Lab) -> None:
     assert not (lab.state_dir / "evidence").exists()  # nothing came near a rewind
     with psycopg.connect(b) as c:
         assert not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-        # The halted failback released nothing: region-b's WAL from the split stays pinned.
+        # The failback that stopped released nothing: region-b's WAL from the split stays pinned.
         assert c.execute("SELECT count(*) FROM pg_replication_slots "
                          "WHERE slot_name = 'drorch_split_main'").fetchone()[0] == 1
-    planned = lab.cli("plan")  # a failover now would be refused: the failback is halted
-    assert planned.returncode == ExitCode.REFUSED and "is halted" in planned.stdout
+    planned = lab.cli("plan")  # a failover now would be refused: still failed over
+    assert planned.returncode == ExitCode.REFUSED and "already failed over" in planned.stdout
     assert "not pinned" not in planned.stdout, planned.stdout
     assert "the split's WAL pin holds" in planned.stdout and "at most 2,048 MB" in " ".join(
         planned.stdout.split()), planned.stdout
