@@ -27,7 +27,7 @@ postgres:
 demo: $(STAMP) postgres
 	@rm -rf $(DEMO_STATE)
 	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch --log-level warning lab drill --runbook runbooks/lab.yaml
-	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch audit verify $(DEMO_STATE)/audit.jsonl
+	DRORCH_STATE_DIR=$(DEMO_STATE) $(BIN)/drorch audit verify --runbook runbooks/lab.yaml
 
 test: $(STAMP) postgres
 	$(BIN)/ruff check drorch tests bench

@@ -52,8 +52,8 @@ def make_runbook(state_dir: Path, pairs: int) -> Runbook:
     for i in range(pairs):
         name = "main" if i == 0 else f"db{i}"
         db = {**template, "name": name, "endpoints": {
-            region: {**ep, "port": next(ports), "node": {"data_directory": str(
-                state_dir / "lab" / "pg" / name / region / "data")}}
+            region: {**ep, "port": next(ports),
+                     "node": {"data_directory": f"lab/pg/{name}/{region}/data"}}
             for region, ep in template["endpoints"].items()}}
         raw["databases"].append(db)
         for region in ("region-a", "region-b"):

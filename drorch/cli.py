@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import logging
 import sys
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,18 +24,34 @@ from drorch.cli_common import (
     out,
     read_only_engine,
 )
+from drorch.cli_incident import (
+    NoNodeControl,
+    confirm_or_exit,
+    drive,
+    exit_refused,
+    open_incident,
+)
 from drorch.cli_lab import lab_app
 from drorch.config import Runbook
-from drorch.console import print_health, print_summary, show_progress
+from drorch.console import print_summary, show_progress
+from drorch.exitcodes import ExitCode
+from drorch.exitcodes import table as exit_table
 from drorch.incident import incident_record
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="drorch: multi-region disaster-recovery orchestrator.")
+                  help="drorch: multi-region disaster-recovery orchestrator.",
+                  epilog="Exit codes:\n\n" + exit_table().replace("\n", "\n\n"))
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 app.add_typer(audit_app, name="audit")
 app.add_typer(lab_app, name="lab")
 reconcile_app = typer.Typer(no_args_is_help=True, help="Divergent writes after a failover.")
 app.add_typer(reconcile_app, name="reconcile")
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"drorch {package_version('drorch')}", highlight=False)
+        raise typer.Exit(ExitCode.OK)
+
 
 @app.callback()
 def main(
@@ -42,139 +59,99 @@ def main(
                                                    help="Log format (default: pretty on a "
                                                    "terminal, JSON otherwise).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print drorch's version and exit.")] = False,
 ) -> None:
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         err.print(f"--log-level: unknown level {log_level!r}")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.USAGE)
     logs.configure(json_logs, level)
 
 
+OutputOpt = Annotated[str, typer.Option("--output", help="text or json (schema: "
+                                        "docs/cli-json.md).")]
+
+
+def _check_output(output: str, allowed: tuple[str, ...] = ("text", "json")) -> None:
+    if output not in allowed:
+        err.print(f"--output must be one of {', '.join(allowed)}")
+        raise typer.Exit(ExitCode.USAGE)
+
+
 @app.command()
-def plan(runbook: RunbookOpt) -> None:
-    """Print what a failover would do now, step by step. Changes nothing."""
-    _plan(load_or_exit(runbook))
+def plan(runbook: RunbookOpt, output: OutputOpt = "text") -> None:
+    """Print what a failover would do now, step by step. Changes nothing. Exits 3 when
+    it would be refused now."""
+    _check_output(output)
+    _plan(load_or_exit(runbook), "failover", output)
 
 
-def _plan(rb: Runbook, kind: str = "failover") -> None:
+def _plan(rb: Runbook, kind: str, output: str, *, dry_run: bool = False) -> None:
+    from drorch.cli_plan import build_plan, plan_exit_code, print_plan
+
     engine = read_only_engine(rb)
-    aws = engine.aws
-    src = engine.active_region()
-    dst = next(r.name for r in rb.regions if r.name != src)
-    out.print(f"[bold]{kind} plan[/] for runbook {rb.name}: {src} -> {dst}")
-    for i, stage in enumerate(engine.plan(src, dst, kind), 1):
-        parallel = " (in parallel)" if len(stage.steps) > 1 else ""
-        out.print(f"{i}. {stage.name}{parallel}")
-        for step in stage.steps:
-            irrev = " [bold yellow](irreversible)[/]" if step.irreversible else ""
-            out.print(f"   - {step.id}: {step.describe(_dry_ctx(rb, src, dst, aws))}{irrev}",
-                      highlight=False)
-    _warn_wal_retention(rb, src)
-    if kind == "failback" or src != rb.primary.name:
-        _warn_split_unpinned(rb, src)
+    planned = build_plan(rb, engine, kind)
+    if output == "json":
+        sys.stdout.write(planned.model_dump_json(indent=2) + "\n")
+    else:
+        print_plan(planned)
+        if dry_run:
+            out.print("[yellow]dry run: nothing was changed[/]")
+    raise typer.Exit(plan_exit_code(rb, engine, planned))
 
 
-def _warn_split_unpinned(rb: Runbook, region: str) -> None:
-    """A failed-over primary should keep its WAL from the split until the failback reads
-    it (a slot drorch made at promotion): without it, rows only it changed cannot be
-    told apart and go to a human."""
-    from drorch.adapters import postgres as pg
-
-    for db in rb.databases:
-        slot = pg.split_slot_name(db.name)
-        try:
-            pinned = pg.wal_pinned(db.endpoints[region].dsn(), slot)
-        except Exception as exc:  # noqa: BLE001 (a plan must still print)
-            out.print(f"[bold yellow]warning[/] {db.name} in {region}: could not check the "
-                      f"split's WAL pin ({str(exc).strip().splitlines()[0]})", highlight=False)
-            continue
-        if not pinned:
-            out.print(f"[bold yellow]warning[/] {db.name} in {region}: its WAL from the split "
-                      f"is not pinned (no slot {slot}); a failback may not tell which side "
-                      "changed a row, and such rows go to a human", highlight=False)
-            continue
-        held = pg.slot_retained_bytes(db.endpoints[region].dsn(), slot) or 0
-        cap = pg.slot_wal_cap_mb(db.endpoints[region].dsn())
-        bound = (f"at most {cap:,} MB (max_slot_wal_keep_size)" if cap >= 0 else
-                 "no limit: the disk fills if the failback waits; set the database's "
-                 "split_wal_max_mb")
-        out.print(f"{db.name} in {region}: the split's WAL pin holds "
-                  f"{held / 2**20:,.0f} MB, {bound}", highlight=False)
-
-
-def _warn_wal_retention(rb: Runbook, region: str) -> None:
-    """Exact reconciliation after an unplanned failover needs the old primary's WAL
-    back to the split: say now, not at failback, when a database would not keep it."""
-    from drorch.reconcile.retention import wal_retention_warning
-
-    for db in rb.databases:
-        try:
-            warning = wal_retention_warning(db.endpoints[region].dsn())
-        except Exception as exc:  # noqa: BLE001 (a plan must still print)
-            warning = f"could not check ({str(exc).strip().splitlines()[0]})"
-        if warning:
-            out.print(f"[bold yellow]warning[/] {db.name} in {region}: divergent writes could "
-                      f"not be found exactly after an unplanned failover: {warning}",
-                      highlight=False)
-
-
-def _dry_ctx(rb: Runbook, src: str, dst: str, aws: Any) -> Any:
-    from drorch.steps.base import StepContext
-
-    class _NoFacts:
-        def get(self, key: str, default: Any = None) -> Any:
-            return default
-
-        def set(self, key: str, value: Any) -> None:
-            raise RuntimeError("dry run: nothing is recorded")
-
-    return StepContext(rb, "dry-run", "dry-run", src, dst, aws, _NoFacts())
-
-
-ReasonOpt = Annotated[str | None, typer.Option(help="Why (goes to the journal and audit).")]
-DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")]
+ReasonOpt = Annotated[str | None, typer.Option(
+    help="Required (except with --dry-run): why; goes to the journal and audit.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing "
+                                         "(exit 3 when the run would be refused).")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation "
+                                      "(scripts). Without it and without a terminal the "
+                                      "command is refused.")]
 
 
 @app.command()
 def failover(runbook: RunbookOpt, reason: ReasonOpt = None, actor: ActorOpt = None,
-             dry_run: DryRunOpt = False) -> None:
-    """Fail over now, by hand: skips the health window, records who and why."""
-    _manual("failover", runbook, reason, actor, dry_run)
+             dry_run: DryRunOpt = False, yes: YesOpt = False,
+             output: OutputOpt = "text") -> None:
+    """Fail over now, by hand: skips the health window, records who and why.
+    Irreversible: asks for confirmation unless --yes."""
+    _manual("failover", runbook, reason, actor, dry_run, yes, output)
 
 
 @app.command()
 def failback(runbook: RunbookOpt, reason: ReasonOpt = None, actor: ActorOpt = None,
-             dry_run: DryRunOpt = False) -> None:
+             dry_run: DryRunOpt = False, yes: YesOpt = False,
+             output: OutputOpt = "text") -> None:
     """Return to the original primary region: fence it, reconcile its divergent writes,
-    rebuild it as a replica, then switch back with zero loss."""
-    _manual("failback", runbook, reason, actor, dry_run)
+    rebuild it as a replica, then switch back with zero loss. Needs node control (the
+    lab only, today). Irreversible: asks for confirmation unless --yes."""
+    _manual("failback", runbook, reason, actor, dry_run, yes, output)
 
 
 def _manual(kind: str, runbook: Path, reason: str | None, actor: str | None,
-            dry_run: bool) -> None:
+            dry_run: bool, yes: bool, output: str) -> None:
+    _check_output(output)
     rb = load_or_exit(runbook)
     if dry_run:
-        _plan(rb, kind)
-        out.print("[yellow]dry run: nothing was changed[/]")
-        return
+        _plan(rb, kind, output, dry_run=True)
+    if output != "text":
+        err.print("--output json is for --dry-run; a run prints its progress as text "
+                  "(`drorch report --output json` afterwards)")
+        raise typer.Exit(ExitCode.USAGE)
     if not reason:
         err.print(f"a manual {kind} needs --reason (it goes to the audit log)")
-        raise typer.Exit(2)
-    _start(rb, kind, actor, reason)
-
-
-def _start(rb: Runbook, kind: str, actor: str | None, reason: str) -> None:
+        raise typer.Exit(ExitCode.USAGE)
+    who = actor or getpass.getuser()
+    # Nothing is asked, and nothing written but the refusal's audit entry, for a run
+    # that would be refused anyway.
+    refused = read_only_engine(rb).refusal(kind)
+    if refused is not None:
+        exit_refused(open_context(rb)[1], kind, who, reason, refused)
+    confirm_or_exit(rb, runbook, kind, read_only_engine(rb), yes)
     engine, store = engine_for(rb, show_progress)
-    engine.warm_up()
-    start = engine.start_failover if kind == "failover" else engine.start_failback
-    try:
-        incident_id = start(actor=actor or getpass.getuser(), reason=reason,
-                            trigger={"kind": "manual", "detail": reason})
-    except Exception as exc:  # noqa: BLE001
-        err.print(f"[bold red]refused:[/] {exc}")
-        raise typer.Exit(1) from None
-    out.print(f"[bold]incident {incident_id}[/]: {kind} {rb.name}")
-    _drive(engine, store, rb, incident_id)
+    incident_id = open_incident(engine, rb, kind, who, reason)
+    drive(engine, store, rb, incident_id)
 
 
 @app.command()
@@ -182,33 +159,27 @@ def drill(
     runbook: RunbookOpt,
     actor: ActorOpt = None,
     reason: Annotated[str, typer.Option(help="Why (goes to the audit log).")] = "DR drill",
+    yes: YesOpt = False,
 ) -> None:
-    """A planned failover and failback cycle, each with zero loss, then the reports."""
+    """A planned failover and failback cycle, each with zero loss, then the reports.
+    Needs node control for the failback (endpoints.*.node; without it the drill is
+    refused before anything is done). Asks for confirmation unless --yes."""
     rb = load_or_exit(runbook)
-    _start(rb, "failover", actor, f"{reason}: planned failover")
-    _start(rb, "failback", actor, f"{reason}: failback")
-    from drorch.report import build_report, render
+    who = actor or getpass.getuser()
+    from drorch.adapters.nodes import node_control_problems
 
-    store, _audit, _aws = open_context(rb)
-    for inc in store.incidents(rb.name)[-2:]:
-        path = Path(rb.state_dir) / "reports" / f"{inc.id}.md"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render(build_report(incident_record(store, rb, inc.id)), "md"))
-        out.print(f"report: {path}")
-
-
-def _drive(engine: Any, store: Any, rb: Runbook, incident_id: str) -> None:
-    from drorch.engine import IncidentHalted, IncidentRolledBack
-
-    code = 0
-    try:
-        engine.run(incident_id)
-    except (IncidentHalted, IncidentRolledBack) as exc:
-        err.print(f"[bold red]{type(exc).__name__.removeprefix('Incident').lower()}:[/] {exc}")
-        code = 1
-    print_summary(incident_record(store, rb, incident_id))
-    if code:
-        raise typer.Exit(code)
+    problems = node_control_problems(rb, rb.primary.name)
+    if problems:
+        exit_refused(open_context(rb)[1], "drill", who, reason, NoNodeControl(problems))
+    refused = read_only_engine(rb).refusal("failover")
+    if refused is not None:
+        exit_refused(open_context(rb)[1], "drill", who, reason, refused)
+    confirm_or_exit(rb, runbook, "drill", read_only_engine(rb), yes)
+    engine, store = engine_for(rb, show_progress)
+    for kind in ("failover", "failback"):  # each writes its reports (drive)
+        label = "planned failover" if kind == "failover" else "failback"
+        incident_id = open_incident(engine, rb, kind, who, f"{reason}: {label}")
+        drive(engine, store, rb, incident_id)
 
 
 @app.command()
@@ -216,50 +187,46 @@ def resume(
     runbook: RunbookOpt,
     incident: Annotated[str | None, typer.Option(help="Incident id (default: the open one).")]
     = None,
+    actor: ActorOpt = None,
+    reason: Annotated[str | None, typer.Option(help="Why (goes to the audit log).")] = None,
+    yes: YesOpt = False,
 ) -> None:
-    """Continue an interrupted or halted incident from its journal."""
+    """Continue an interrupted or halted incident from its journal; the audit names you
+    for everything done from here on. Exits 6 when there is nothing to resume. Asks for
+    confirmation unless --yes."""
     rb = load_or_exit(runbook)
-    engine, store = engine_for(rb, show_progress)
-    inc = store.incident(incident) if incident else engine.open_incident()
+    ro = read_only_engine(rb)
+    inc = ro.store.incident(incident) if incident else ro.open_incident()
     if inc is None:
-        err.print("no incident to resume")
-        raise typer.Exit(1)
+        err.print("nothing to resume: no incident is in flight or halted"
+                  if not incident else f"no incident {incident}")
+        raise typer.Exit(ExitCode.NOTHING_TO_DO if not incident else ExitCode.USAGE)
+    if ro.store.fact(inc.id, "completed"):
+        err.print(f"nothing to resume: {inc.id} is {inc.state}")
+        raise typer.Exit(ExitCode.NOTHING_TO_DO)
+    confirm_or_exit(rb, runbook, "resume", ro, yes, inc.id)
+    engine, store = engine_for(rb, show_progress)
     out.print(f"[bold]resuming {inc.id}[/] (state {inc.state})")
-    _drive(engine, store, rb, inc.id)
+    drive(engine, store, rb, inc.id, actor=actor or getpass.getuser(), reason=reason)
 
 
 @app.command()
-def status(runbook: RunbookOpt) -> None:
-    """Show the state of the latest incident and its last steps (reads only: on a fresh
-    directory it creates no state directory or journal)."""
+def status(runbook: RunbookOpt, output: OutputOpt = "text") -> None:
+    """Who serves writes, the watcher's last verdict and its age, the latest incident
+    (reads only: on a fresh directory it creates no state directory or journal). Exits
+    5 while the latest incident is halted, 7 when a running watcher's verdict is
+    stale."""
+    from drorch.cli_status import build_status, print_status
+
+    _check_output(output)
     rb = load_or_exit(runbook)
     engine = read_only_engine(rb)
-    store = engine.store
-    incidents = store.incidents(rb.name)
-    active = engine.active_region()
-    out.print(f"runbook {rb.name}: writes served by [bold]{active}[/]")
-    print_health(rb, store, active)
-    _print_watch(rb, store)
-    if not incidents:
-        out.print("no incidents recorded")
-        return
-    print_summary(incident_record(store, rb, incidents[-1].id))
-
-
-def _print_watch(rb: Runbook, store: Any) -> None:
-    """The recovery hold (from the journal, now) and the watcher's last refusal."""
-    import time
-
-    from drorch.watch import watch_status
-
-    hold, record = watch_status(rb, store, time.time())
-    if hold is not None:
-        out.print(f"[bold yellow]automatic failover held[/]: {hold.reason}", highlight=False)
-    d = record.decision
-    if d is not None and d.action == "refuse":
-        when = time.strftime("%H:%M:%S", time.localtime(record.updated_at or 0))
-        out.print(f"watcher ({record.state}, {when}) [bold]refuses[/] ({d.guard}): {d.reason}",
-                  highlight=False)
+    shown = build_status(rb, engine)
+    if output == "json":
+        sys.stdout.write(shown.model_dump_json(indent=2) + "\n")
+    else:
+        print_status(shown, rb, engine)
+    raise typer.Exit(shown.exit_code)
 
 
 @app.command()
@@ -278,14 +245,14 @@ def ack(
     inc = store.incident(incident)
     if inc is None or inc.runbook != rb.name:
         err.print(f"no incident {incident} in runbook {rb.name}")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.USAGE)
     if inc.kind != "failover" or not store.fact(inc.id, "completed"):
         err.print(f"{incident} is a {inc.kind} in state {inc.state}: only a completed "
                   "failover holds automatic failover, so there is nothing to acknowledge")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.NOTHING_TO_DO)
     if not reason:
         err.print("ack needs --reason (it goes to the audit log)")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.USAGE)
     if (done := store.fact(inc.id, "ack")) is not None:  # idempotent: the first ack stands
         out.print(f"{incident} was already acknowledged by {done['by']} at "
                   f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(done['at']))}",
@@ -328,7 +295,7 @@ def watch(
                        max_seconds=max_seconds)
     except ValueError as exc:
         err.print(f"[bold red]cannot watch:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(ExitCode.USAGE) from None
     for incident_id in driven:
         print_summary(incident_record(store, rb, incident_id))
     why = received[0] if received else "--max-seconds reached"
@@ -341,29 +308,34 @@ def report(
     runbook: RunbookOpt,
     incident: Annotated[str | None, typer.Argument(help="Incident id (default: the latest).")]
     = None,
-    fmt: Annotated[str, typer.Option("--format", help="json, md or html.")] = "md",
-    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", help="json, md or html (json: docs/report-json.md).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="The same as --output "
+                                            "(kept for old scripts).")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file "
+                                                  "instead of standard output.")] = None,
 ) -> None:
     """The incident report: timeline, decisions, steps, flows, RPO/RTO against targets."""
-    from drorch.report import build_report, render
+    from drorch.report import FORMATS, build_report, render
 
+    chosen = output or fmt or "md"
+    if chosen not in FORMATS:
+        err.print(f"--output must be one of {', '.join(FORMATS)}")
+        raise typer.Exit(ExitCode.USAGE)
     rb = load_or_exit(runbook)
-    store, _audit, _aws = open_context(rb)
+    store = read_only_engine(rb).store
     incidents = store.incidents(rb.name)
     if not incidents:
         err.print("no incidents recorded")
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.NOTHING_TO_DO)
     incident_id = incident or incidents[-1].id
     if store.incident(incident_id) is None:
         err.print(f"no incident {incident_id}")
-        raise typer.Exit(1)
-    if fmt not in ("json", "md", "html"):
-        err.print("--format must be json, md or html")
-        raise typer.Exit(2)
-    text = render(build_report(incident_record(store, rb, incident_id)), fmt)
-    if output:
-        output.write_text(text)
-        out.print(f"report written to {output}")
+        raise typer.Exit(ExitCode.USAGE)
+    text = render(build_report(incident_record(store, rb, incident_id)), chosen)
+    if out_file:
+        out_file.write_text(text)
+        out.print(f"report written to {out_file}")
     else:
         sys.stdout.write(text)
 
@@ -393,7 +365,7 @@ def reconcile_apply(
         engine.audit.record("reconcile.conflicts_not_applied", actor=who, inputs=inputs,
                             detail={"error": str(exc)})
         err.print(f"nothing applied: {exc}", highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
     engine.audit.record("reconcile.conflicts_applied", actor=who, inputs=inputs,
                         detail=result.to_dict())
     out.print(f"applied {result.applied + result.rekeyed} resolution(s) "
@@ -404,15 +376,29 @@ def reconcile_apply(
         err.print(f"{result.errors} refused by the new primary and {result.stale} changed "
                   f"there since you saw them: {conflict_file} now says why; resolve them "
                   "and apply it again", highlight=False)
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @audit_app.command("verify")
-def audit_verify(path: Path) -> None:
+def audit_verify(
+    path: Annotated[Path | None, typer.Argument(help="The log (default: the runbook's, "
+                                                "<state_dir>/audit.jsonl).")] = None,
+    runbook: Annotated[Path | None, typer.Option(
+        "--runbook", "-r", envvar="DRORCH_RUNBOOK", help="Runbook YAML file (for the "
+        "default log).")] = None,
+    expected_head: Annotated[str | None, typer.Option(
+        help="A head kept elsewhere (a report's audit.head): the log must still contain "
+             "it, so entries cut off its end are found.")] = None,
+) -> None:
     """Exit 0 when the audit log is intact; 1, naming the first bad line, when not."""
-    result = verify(path)
-    (out if result.ok else err).print(result.message(), highlight=False)
-    raise typer.Exit(0 if result.ok else 1)
+    if path is None:
+        if runbook is None:
+            err.print("give the log's path, or a runbook (--runbook or DRORCH_RUNBOOK)")
+            raise typer.Exit(ExitCode.USAGE)
+        path = Path(load_or_exit(runbook).state_dir) / "audit.jsonl"
+    result = verify(path, expected_head=expected_head)
+    (out if result.ok else err).print(f"{path}: {result.message()}", highlight=False)
+    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.FAILED)
 
 
 if __name__ == "__main__":

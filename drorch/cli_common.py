@@ -12,6 +12,7 @@ from rich.console import Console
 from drorch import logs
 from drorch.audit import AuditLog
 from drorch.config import Runbook, RunbookError, load_runbook
+from drorch.exitcodes import ExitCode
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -27,7 +28,7 @@ def load_or_exit(path: Path) -> Runbook:
         return load_runbook(path)
     except RunbookError as exc:
         err.print(f"[bold red]runbook error[/]\n{exc}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(ExitCode.USAGE) from None
 
 
 def open_context(runbook: Runbook) -> tuple[Any, Any, Any]:
@@ -50,14 +51,18 @@ class _NoAudit:
 def read_only_engine(rb: Runbook) -> Any:
     """The engine for commands that change nothing on disk (``plan``, ``--dry-run``,
     ``status``): the
-    journal read-only (an empty one in memory when there is none yet), no audit log, no
-    node control, so no state directory, journal or audit entry is created."""
+    journal read-only (an empty one in memory when there is none yet), no audit log, so no
+    state directory, journal or audit entry is created."""
     from drorch.adapters.aws import AwsClients
+    from drorch.adapters.nodes import node_control_for
     from drorch.engine import Engine
     from drorch.store.sqlite import SqliteStore
 
     store = SqliteStore.read_only(Path(rb.state_dir) / "journal.db")
-    return Engine(rb, store, _NoAudit(), AwsClients.for_runbook(rb))  # type: ignore[arg-type]
+    # node control as a failback would have it (so its plan is refused exactly when the
+    # failback would be); describing a plan never starts, stops or rewrites a node
+    return Engine(rb, store, _NoAudit(), AwsClients.for_runbook(rb),  # type: ignore[arg-type]
+                  nodes=node_control_for(rb))
 
 
 def engine_for(rb: Runbook, progress: Any = None) -> tuple[Any, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,9 @@ from typing import Annotated
 import typer
 
 from drorch.cli_common import ActorOpt, RunbookOpt, err, load_or_exit, open_context, out
+from drorch.config import Runbook
 from drorch.console import print_summary, show_progress
+from drorch.exitcodes import ExitCode
 
 lab_app = typer.Typer(no_args_is_help=True, help="The local two-region lab.")
 
@@ -21,13 +24,32 @@ def lab_up(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
     from drorch.lab import lab
 
     rb = load_or_exit(runbook)
+    if (stale := _journal_contradicts_a_fresh_lab(rb)) is not None:
+        err.print(f"[bold red]lab up refused:[/] {stale}", highlight=False)
+        raise typer.Exit(ExitCode.REFUSED)
     try:
         state = lab.up(rb)
     except Exception as exc:  # noqa: BLE001
         err.print(f"[bold red]lab up failed:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
     out.print(f"lab up: moto on 127.0.0.1:{state.moto_port}; "
               + ", ".join(f"{n['name']} on :{n['port']}" for n in state.nodes))
+
+
+def _journal_contradicts_a_fresh_lab(rb: Runbook) -> str | None:
+    """A fresh lab serves writes from the runbook's primary with nothing in flight; a
+    journal left by an earlier lab that says otherwise would steer every command wrong."""
+    from drorch.cli_common import read_only_engine
+
+    engine = read_only_engine(rb)
+    active, inflight = engine.active_region(), engine.open_incident()
+    if active == rb.primary.name and inflight is None:
+        return None
+    why = (f"incident {inflight.id} is {inflight.state}" if inflight is not None
+           else f"writes are served by {active}")
+    return (f"the journal in {rb.state_dir} is from an earlier lab and says {why}, but a "
+            f"new lab starts with {rb.primary.name} primary: run `drorch lab down --purge` "
+            "to start clean")
 
 
 @lab_app.command("fail")
@@ -46,14 +68,14 @@ def lab_fail(
     rb = load_or_exit(runbook)
     if mode not in faults.MODES:
         err.print(f"--mode must be one of {', '.join(faults.MODES)}")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.USAGE)
     _store, audit, _aws = open_context(rb)
     try:
         out.print(faults.fail(rb, region, mode, period_s=period,  # type: ignore[arg-type]
                               audit=audit, actor=actor or getpass.getuser()))
-    except faults.FaultError as exc:
-        err.print(f"[bold red]lab fail:[/] {exc}")
-        raise typer.Exit(1) from None
+    except Exception as exc:  # noqa: BLE001 (a clear sentence, never a traceback)
+        err.print(f"[bold red]lab fail:[/] {_sentence(exc)}", highlight=False)
+        raise typer.Exit(ExitCode.FAILED) from None
 
 
 @lab_app.command("heal")
@@ -66,9 +88,18 @@ def lab_heal(region: str, runbook: RunbookOpt = Path("runbooks/lab.yaml"),
     _store, audit, _aws = open_context(rb)
     try:
         out.print(faults.heal(rb, region, audit=audit, actor=actor or getpass.getuser()))
-    except faults.FaultError as exc:
-        err.print(f"[bold red]lab heal:[/] {exc}")
-        raise typer.Exit(1) from None
+    except Exception as exc:  # noqa: BLE001 (a clear sentence, never a traceback)
+        err.print(f"[bold red]lab heal:[/] {_sentence(exc)}", highlight=False)
+        raise typer.Exit(ExitCode.FAILED) from None
+
+
+def _sentence(exc: Exception) -> str:
+    """A fault's own message, or the error's type and first line for anything else."""
+    from drorch.lab import faults
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, faults.FaultError) else \
+        f"{type(exc).__name__}: {text or 'no detail'}"
 
 
 @lab_app.command("drill")
@@ -81,6 +112,9 @@ def lab_drill(
     from drorch.lab.drill import run_drill
 
     rb = load_or_exit(runbook)
+    if (stale := _journal_contradicts_a_fresh_lab(rb)) is not None:
+        err.print(f"[bold red]lab drill refused:[/] {stale}", highlight=False)
+        raise typer.Exit(ExitCode.REFUSED)
     start = time.monotonic()
 
     def say(text: str) -> None:
@@ -90,7 +124,7 @@ def lab_drill(
         result = run_drill(rb, keep=keep, say=say, progress=show_progress, mode=mode)
     except Exception as exc:  # noqa: BLE001
         err.print(f"[bold red]drill failed:[/] {exc}")
-        raise typer.Exit(1) from None
+        raise typer.Exit(ExitCode.FAILED) from None
     if result.record is not None:
         print_summary(result.record)
     t = result.traffic
@@ -102,13 +136,29 @@ def lab_drill(
     for fmt, path in result.reports.items():
         out.print(f"report ({fmt}): {path}")
     if result.state != "failed_over":
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 @lab_app.command("down")
-def lab_down(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
-    """Stop exactly what `lab up` started."""
+def lab_down(
+    runbook: RunbookOpt = Path("runbooks/lab.yaml"),
+    purge: Annotated[bool, typer.Option(
+        "--purge", help="Also delete the lab's state directory (journal, audit log, "
+        "reports, evidence), so the next `lab up` starts clean.")] = False,
+) -> None:
+    """Stop exactly what `lab up` started; the journal and audit log are kept unless
+    --purge."""
     from drorch.lab import lab
 
-    stopped = lab.down(load_or_exit(runbook))
+    rb = load_or_exit(runbook)
+    try:
+        stopped = lab.down(rb)
+    except Exception as exc:  # noqa: BLE001 (a clear sentence, never a traceback)
+        err.print(f"[bold red]lab down:[/] {exc}", highlight=False)
+        raise typer.Exit(ExitCode.FAILED) from None
     out.print("lab down: " + (", ".join(stopped) if stopped else "nothing was running"))
+    if purge:
+        state = Path(rb.state_dir)
+        if state.exists():
+            shutil.rmtree(state)
+            out.print(f"purged {state} (journal, audit log, reports)", highlight=False)

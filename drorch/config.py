@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from drorch.health.config import HealthPolicy, RegionHealth
 from drorch.reconcile.config import ReconcileSpec
@@ -24,6 +32,7 @@ from drorch.runbook_file import (
     read_runbook_file,
     runbook_error,
 )
+from drorch.state_dir import resolve_state_dir
 from drorch.unique import DuplicateName, require_unique
 from drorch.validate.spec import FlowSpec
 
@@ -33,9 +42,14 @@ class _Model(BaseModel):
 
 
 class Region(_Model):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    aws_region: str
-    role: Literal["primary", "secondary"]
+    """One of the two regions."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$",
+                      description="drorch's name for it (lower case, digits, dashes)")
+    aws_region: str = Field(description="Its AWS region, e.g. us-east-1")
+    role: Literal["primary", "secondary"] = Field(
+        description="Which one serves writes before any failover (exactly one primary); "
+        "afterwards the journal says which serves")
 
 
 class LocalNode(_Model):
@@ -43,7 +57,8 @@ class LocalNode(_Model):
     rewrites it with ``pg_ctl`` and ``pg_rewind``, as its data directory's owner."""
 
     data_directory: str = Field(description="The cluster's data directory (PGDATA) on this "
-                                "host; symbolic links are followed.")
+                                "host; symbolic links are followed, and a relative path is "
+                                "taken from the runbook's state directory.")
     log_file: str | None = Field(default=None, description="Where pg_ctl writes the server's "
                                  "log when drorch starts it; default: NAME-REGION.log beside "
                                  "the data directory.")
@@ -56,11 +71,14 @@ class Endpoint(_Model):
     """Where a database listens in one region. The password is never here: it lives
     in the connection secret or the environment (``password_env``)."""
 
-    host: str
-    port: int = Field(ge=1, le=65535)
-    dbname: str = "postgres"
-    user: str = "postgres"
-    password_env: str | None = None
+    host: str = Field(description="Host name or address drorch connects to")
+    port: int = Field(ge=1, le=65535, description="PostgreSQL port")
+    dbname: str = Field(default="postgres", description="Database to connect to")
+    user: str = Field(default="postgres", description="Role drorch connects as (see the "
+                      "README for what it must be allowed)")
+    password_env: str | None = Field(default=None, description="Environment variable "
+                                     "holding that role's password (libpq's PGPASSWORD, "
+                                     ".pgpass or a client certificate work too)")
     node: LocalNode | None = Field(
         default=None, description="Control of this node (kind postgres): needed by the "
         "failback to fence, keep evidence of and rebuild the old primary. Without it drorch "
@@ -88,23 +106,35 @@ class Endpoint(_Model):
 
 
 class DatabasePair(_Model):
-    name: str
+    """A PostgreSQL primary in one region and its streaming replica in the other."""
+
+    name: str = Field(description="drorch's name for the pair (steps are named after it)")
     kind: Literal["postgres", "rds"] = Field(
         default="postgres", description="postgres: self-managed (promotion over SQL); rds: "
         "RDS for PostgreSQL with a cross-region read replica (promotion through the RDS "
         "API, PromoteReadReplica).")
-    endpoints: dict[str, Endpoint]
-    app_roles: list[str] = Field(default_factory=list)
-    replication_role: str = "postgres"
-    max_lag_bytes: int | None = Field(default=None, ge=0)
-    promote_timeout_s: float = Field(default=60, gt=0)
+    endpoints: dict[str, Endpoint] = Field(description="Per region name, where its node "
+                                           "listens (exactly the runbook's regions)")
+    app_roles: list[str] = Field(default_factory=list, description="The applications' "
+                                 "roles: the freeze sets them NOLOGIN on the old primary "
+                                 "and ends their sessions; the open step lets them in again")
+    replication_role: str = Field(default="postgres", description="Role the replica "
+                                  "streams with (a failback's rebuilt node uses it)")
+    max_lag_bytes: int | None = Field(
+        default=None, ge=0,
+        description="Deprecated and read by nothing (accepted so older runbooks load): the "
+        "lag guard is health.max_replica_lag_bytes.")
+    promote_timeout_s: float = Field(default=60, gt=0, description="A promotion not "
+                                     "confirmed within this halts (never rolls back)")
     freeze_others_wait_s: float = Field(
         default=0, ge=0, le=600,
         description="The freeze ends every client session on the node it freezes, not only "
         "the app_roles' (any of them could commit after the barrier): their open write "
         "transactions get this long to finish first; 0 ends them at once.")
-    resync_timeout_s: float = Field(default=300, gt=0)
-    reconcile: ReconcileSpec | None = None
+    resync_timeout_s: float = Field(default=300, gt=0, description="Failback: how long the "
+                                    "rewound or rebuilt old primary may take to stream again")
+    reconcile: ReconcileSpec | None = Field(default=None, description="Failback: how the "
+                                            "old primary's divergent writes come back")
     split_wal_max_mb: int | None = Field(
         default=None, ge=1,
         description="After an unplanned promotion drorch keeps the new primary's WAL from "
@@ -137,17 +167,24 @@ class DatabasePair(_Model):
 
 
 class ConnectionSecret(_Model):
-    secret_id: str
-    region: str
-    database: str
-    host_key: str = "host"
-    port_key: str = "port"
+    """A Secrets Manager secret (a JSON object) the applications read to connect: a
+    failover writes a new version pointing at the new primary (the old one stays as
+    AWSPREVIOUS). Its password is never read into drorch's logs or reports."""
+
+    secret_id: str = Field(description="Secret name or ARN")
+    region: str = Field(description="Which region's copy (a runbook region name)")
+    database: str = Field(description="The database pair it points at")
+    host_key: str = Field(default="host", description="Key of the host in the JSON")
+    port_key: str = Field(default="port", description="Key of the port in the JSON")
 
 
 class DnsRecord(_Model):
-    name: str
-    type: Literal["A", "AAAA", "CNAME"] = "A"
-    set_identifiers: dict[str, str]
+    """A weighted Route 53 record set: one record per region."""
+
+    name: str = Field(description="Fully qualified name, with the trailing dot")
+    type: Literal["A", "AAAA", "CNAME"] = Field(default="A", description="Record type")
+    set_identifiers: dict[str, str] = Field(description="Per region name, the "
+                                            "SetIdentifier of its weighted record")
 
     @model_validator(mode="after")
     def _distinct_identifiers(self) -> DnsRecord:
@@ -159,15 +196,21 @@ class DnsRecord(_Model):
 
 
 class Dns(_Model):
-    zone: str
-    records: list[DnsRecord]
-    active_weight: int = Field(default=100, ge=0, le=255)
-    insync_timeout_s: float = Field(default=120, gt=0)
+    """The Route 53 flip: one change batch (old region 0, new region
+    ``active_weight``), wait INSYNC, then ask the authoritative servers."""
+
+    zone: str = Field(description="Hosted zone name, with the trailing dot")
+    records: list[DnsRecord] = Field(description="The weighted records to flip")
+    active_weight: int = Field(default=100, ge=0, le=255, description="Weight of the "
+                               "serving region's records")
+    insync_timeout_s: float = Field(default=120, gt=0, description="How long the change "
+                                    "may take to be INSYNC")
     nameservers: list[str] = Field(
         default_factory=list,
         description="host:port of authoritative servers the DNS step queries after the flip",
     )
-    verify_timeout_s: float = Field(default=60, gt=0)
+    verify_timeout_s: float = Field(default=60, gt=0, description="How long the "
+                                    "nameservers may take to answer with the new region")
 
     @model_validator(mode="after")
     def _unique_records(self) -> Dns:
@@ -179,15 +222,17 @@ class Dns(_Model):
 class WriteFlag(_Model):
     """An SSM parameter per region that applications and jobs honour."""
 
-    parameter: str
+    parameter: str = Field(description="SSM parameter name, in each region's SSM")
 
 
 class Validation(_Model):
     """Flows that must pass in the new region before a failover is done.
     ``variables`` are templates' inputs; keep passwords out (use ``${ENV}``)."""
 
-    variables: dict[str, str] = Field(default_factory=dict)
-    flows: list[FlowSpec] = Field(default_factory=list)
+    variables: dict[str, str] = Field(default_factory=dict, description="Values the "
+                                      "flows' templates use ({user}, {password})")
+    flows: list[FlowSpec] = Field(default_factory=list, description="User journeys that "
+                                  "must pass in the new region before a failover is done")
 
     @model_validator(mode="after")
     def _variables_defined(self) -> Validation:
@@ -202,42 +247,79 @@ class Validation(_Model):
 class LabPorts(_Model):
     """Only for the local lab: where its extra services listen."""
 
-    app_port: int = Field(ge=1, le=65535)
-    dns_port: int = Field(ge=1, le=65535)
-    smtp_port: int = Field(ge=1, le=65535)
+    app_port: int = Field(ge=1, le=65535, description="The lab's sample app (one per "
+                          "region, on 127.0.1.1 and 127.0.2.1)")
+    dns_port: int = Field(ge=1, le=65535, description="The lab's authoritative DNS server")
+    smtp_port: int = Field(ge=1, le=65535, description="The lab's SMTP sink")
 
 
 class Targets(_Model):
-    rpo_seconds: float | None = Field(default=None, ge=0)
-    rto_seconds: float | None = Field(default=None, ge=0)
+    """What the business agreed to; reports say met or MISSED."""
+
+    rpo_seconds: float | None = Field(default=None, ge=0, description="Most data loss, in "
+                                      "seconds of commits")
+    rto_seconds: float | None = Field(default=None, ge=0, description="Longest time from "
+                                      "the first failure to the flows passing again")
 
 
 class Aws(_Model):
-    endpoint_url: str | None = None
+    """How drorch reaches AWS. Credentials come from boto3's usual chain (environment,
+    shared config, instance or task role), never from the runbook."""
+
+    endpoint_url: str | None = Field(default=None, description="Another endpoint for every "
+                                     "service (the lab's moto); null: AWS itself")
     # Per AWS region, for regional services (SSM, Secrets Manager, SQS): one region's API
     # can then fail on its own (the lab puts a proxy per region here). Route 53 is global
     # and keeps ``endpoint_url``.
-    region_endpoints: dict[str, str] = Field(default_factory=dict)
+    region_endpoints: dict[str, str] = Field(
+        default_factory=dict, description="Per AWS region, an endpoint for its regional "
+        "services (SSM, Secrets Manager, SQS)")
     # A step aimed at the failed region (its write flag, its copy of a secret) gets this
     # long before it is deferred: that region's API may be down or hanging, and the
     # failover must not wait on it.
-    failed_region_deadline_s: float = Field(default=5.0, gt=0, le=300)
+    failed_region_deadline_s: float = Field(
+        default=5.0, gt=0, le=300, description="How long a step aimed at the failed "
+        "region's API may take before it is deferred")
 
 
 class Runbook(_Model):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    description: str = ""
-    state_dir: str = ".drorch"
-    aws: Aws = Aws()
-    regions: list[Region]
-    databases: list[DatabasePair]
-    secrets: list[ConnectionSecret] = Field(default_factory=list)
-    dns: Dns | None = None
-    write_flag: WriteFlag | None = None
-    health: HealthPolicy | None = None
-    validation: Validation | None = None
-    targets: Targets = Targets()
-    lab: LabPorts | None = None
+    """What drorch may do for one service: its two regions, database pairs, secrets,
+    DNS, write flag, health policy, validation flows and targets."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Names the "
+                      "runbook's incidents, lease and default state directory")
+    description: str = Field(default="", description="Free text")
+    state_dir: str = Field(
+        default="", validate_default=True,
+        description="Journal, audit log, reports and lab files. Relative to the runbook "
+        "file's directory (never the current directory); empty or absent: "
+        "$XDG_STATE_HOME/drorch/<name> (default ~/.local/state/drorch/<name>). Always an "
+        "absolute path once loaded.")
+    aws: Aws = Field(default=Aws(), description="Endpoints and the failed-region deadline")
+    regions: list[Region] = Field(description="Exactly two: one primary, one secondary")
+    databases: list[DatabasePair] = Field(description="At least one pair")
+    secrets: list[ConnectionSecret] = Field(default_factory=list,
+                                            description="Connection secrets to repoint")
+    dns: Dns | None = Field(default=None, description="The Route 53 flip; none: no DNS step")
+    write_flag: WriteFlag | None = Field(default=None, description="A parameter the "
+                                         "applications honour; none: no flag steps")
+    health: HealthPolicy | None = Field(default=None, description="What `drorch watch` "
+                                        "probes and when it fails over; none: no watching")
+    validation: Validation | None = Field(default=None, description="Flows that prove the "
+                                          "service works in the new region")
+    targets: Targets = Field(default=Targets(), description="RPO and RTO targets")
+    lab: LabPorts | None = Field(default=None, description="Only for the local lab: marks "
+                                 "the runbook as a lab one (node control for failback and "
+                                 "drill comes from the lab)")
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir(cls, value: Any, info: ValidationInfo) -> str:
+        """Absolute from here on: relative to the runbook file (``load_runbook`` passes its
+        directory as context), a per-user default when not given (``drorch.state_dir``)."""
+        base = (info.context or {}).get("runbook_dir")
+        return resolve_state_dir(None if value is None else str(value),
+                                 str(info.data.get("name") or "default"), base)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Runbook:
@@ -376,7 +458,8 @@ def load_runbook(path: str | Path) -> Runbook:
     if not isinstance(raw, dict):
         raise RunbookError(f"{path}: a runbook must be a YAML mapping at the top level")
     try:
-        return Runbook.model_validate(_strip_lines(raw))
+        return Runbook.model_validate(_strip_lines(raw),
+                                      context={"runbook_dir": path.resolve().parent})
     except ValidationError as exc:
         problems = [_problem(raw, err) for err in exc.errors()[:MAX_SHOWN]]
         raise runbook_error(path, problems, total=exc.error_count()) from None

@@ -68,6 +68,17 @@ class IncidentRolledBack(Exception):
     """A step failed before promotion; what was done was undone."""
 
 
+class IncidentRefused(IncidentHalted):
+    """The incident was not opened: a guard refused it and nothing changed.
+    ``nothing_to_do`` when the request is already satisfied (no failover in force to
+    fail back from). A subclass of :class:`IncidentHalted` so callers that stop on
+    either keep doing so."""
+
+    def __init__(self, message: str, *, nothing_to_do: bool = False) -> None:
+        super().__init__(message)
+        self.nothing_to_do = nothing_to_do
+
+
 @dataclass
 class IncidentFacts:
     """One incident's facts, written under a lease token (an actor that lost the lease
@@ -125,14 +136,50 @@ class Engine:
         return None
 
     # -- starting ----------------------------------------------------------
+    def refusal(self, kind: str) -> IncidentRefused | None:
+        """Why a ``kind`` incident would be refused now (read-only; ``plan`` and
+        ``--dry-run`` ask it, and opening one raises it), or None."""
+        if (inflight := self.open_incident()) is not None:
+            return IncidentRefused(f"incident {inflight.id} is {inflight.state}: run "
+                                   "`drorch resume` (or inspect it with `drorch status`)")
+        last = self.last_failover()
+        if kind == "failover" and last is not None:
+            return IncidentRefused(
+                f"already failed over to {self.store.fact(last.id, 'to_region')} by "
+                f"incident {last.id}: the way back is `drorch failback`, not a second "
+                "failover")
+        if kind == "failback":
+            if last is None:
+                return IncidentRefused("nothing to fail back from: no completed failover is "
+                                       "in force", nothing_to_do=True)
+            problems = self._node_control_problems(
+                str(self.store.fact(last.id, "from_region")))
+            if problems:
+                return IncidentRefused(
+                    "a failback fences, keeps evidence of and rebuilds the old primary, "
+                    "which needs node control: " + "; ".join(problems))
+        return None
+
+    def _node_control_problems(self, region: str) -> list[str]:
+        """Why this engine's node control cannot reach each database's node in
+        ``region`` (the old primary a failback returns to); empty when it can."""
+        from drorch.adapters.nodes import NodeControlUnavailable
+
+        if self.nodes is None:
+            return ["this engine was given no node control"]
+        out = []
+        for db in self.runbook.databases:
+            try:
+                self.nodes(db.name, region)
+            except NodeControlUnavailable as e:
+                out.append(str(e))
+        return out
+
     def start_failover(self, *, actor: str, reason: str | None,
                        trigger: dict[str, Any]) -> str:
         def where() -> tuple[str, str, dict[str, Any]]:
-            if (last := self.last_failover()) is not None:
-                raise IncidentHalted(
-                    f"already failed over to {self.store.fact(last.id, 'to_region')} by "
-                    f"incident {last.id}: the way back is `drorch failback`, not a second "
-                    "failover")
+            if (refused := self.refusal("failover")) is not None:
+                raise refused
             src = self.active_region()
             return src, next(r.name for r in self.runbook.regions if r.name != src), {}
 
@@ -141,10 +188,10 @@ class Engine:
     def start_failback(self, *, actor: str, reason: str | None,
                        trigger: dict[str, Any]) -> str:
         def where() -> tuple[str, str, dict[str, Any]]:
+            if (refused := self.refusal("failback")) is not None:
+                raise refused
             last = self.last_failover()
-            if last is None:
-                raise IncidentHalted("nothing to fail back from: no completed failover is in "
-                                     "force")
+            assert last is not None  # refusal() said so
             # When each promotion was first requested (irreversible from then on; a resume
             # journals later "started" events): the line between writes lost at the
             # failover and writes an unfenced old primary took after it.
@@ -174,11 +221,8 @@ class Engine:
         try:
             token = self.store.acquire_lease(self.lease_name, holder, LEASE_TTL_S)
         except LeaseHeld as exc:
-            raise IncidentHalted(f"another orchestrator is acting: {exc}") from None
+            raise IncidentRefused(f"another orchestrator is acting: {exc}") from None
         try:
-            if (inflight := self.open_incident()) is not None:
-                raise IncidentHalted(f"incident {inflight.id} is {inflight.state}: run "
-                                     "`drorch resume` (or inspect it with `drorch status`)")
             from_region, to_region, facts = where()
         except IncidentHalted:
             self.store.release_lease(self.lease_name, token)
@@ -210,10 +254,18 @@ class Engine:
         return plan_for(kind, self.runbook, from_region, to_region)
 
     # -- running -----------------------------------------------------------
-    def run(self, incident_id: str) -> str:
+    def run(self, incident_id: str, *, actor: str | None = None,
+            reason: str | None = None) -> str:
+        """Run (or resume) an incident. ``actor``: who runs it now, when not the one who
+        opened it (a human resuming an automatic failover): the audit names them for
+        everything done from here on, after an ``incident.resumed`` entry."""
         inc = self.store.incident(incident_id)
         if inc is None:
             raise KeyError(f"no incident {incident_id}")
+        if actor is not None:
+            self.audit.record("incident.resumed", actor=actor, incident=inc.id, reason=reason,
+                              inputs={"state": inc.state, "opened_by": inc.actor})
+            inc = replace(inc, actor=actor)
         holder = this_holder()
         token = self.store.acquire_lease(self.lease_name, holder, LEASE_TTL_S)
         stop = threading.Event()
@@ -276,20 +328,34 @@ class Engine:
             if self._irreversible_requested(inc, plan, ctx):
                 reason = f"{step.id} failed after promotion was requested: {exc}"
                 self._transition(inc, lc, "halt", token, {"reason": reason, "step": step.id})
+                self._note_audit_head(facts)
                 raise IncidentHalted(reason)
             undo_error = self._roll_back(inc, plan, ctx, token)
             if undo_error is not None:
                 reason = (f"{step.id} failed before promotion ({exc}) and the rollback "
                           f"failed too: {undo_error}")
                 self._transition(inc, lc, "halt", token, {"reason": reason, "step": step.id})
+                self._note_audit_head(facts)
                 raise IncidentHalted(reason)
             self._transition(inc, lc, path.roll_back, token,
                              {"reason": f"{step.id} failed before promotion: {exc}"})
+            self._note_audit_head(facts)
             raise IncidentRolledBack(f"{step.id} failed before promotion ({exc}); "
                                      "what was frozen was unfrozen")
         facts.set("completed", time.time())
         self._transition(inc, lc, path.done, token)
+        self._note_audit_head(facts)
         return lc.current.value
+
+    def _note_audit_head(self, facts: IncidentFacts) -> None:
+        """Journal the audit log's path and head after the incident's last entry: the
+        report carries it, and ``drorch audit verify --expected-head`` can then prove
+        that no entry up to it was cut off the log or rewritten."""
+        head = getattr(self.audit, "head", None)
+        path = getattr(self.audit, "path", None)
+        if head is None or path is None:
+            return
+        facts.set("audit", {"path": str(path), "head": head()})
 
     def _irreversible_requested(self, inc: Incident, plan: list[Stage],
                                 ctx: StepContext) -> bool:

@@ -17,6 +17,7 @@ import html
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from drorch import metrics
@@ -194,6 +195,20 @@ def render(report: Mapping[str, Any], fmt: str) -> str:
     if fmt == "html":
         return render_html(report)
     raise ValueError(f"unknown report format {fmt!r} (choose from {', '.join(FORMATS)})")
+
+
+def write_reports(incident: Mapping[str, Any], directory: Path,
+                  formats: tuple[str, ...] = FORMATS) -> dict[str, str]:
+    """Write ``<directory>/<incident id>.<fmt>`` for each format (the place the README
+    promises: ``<state_dir>/reports/``); returns each format's path."""
+    report = build_report(incident)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for fmt in formats:
+        path = directory / f"{report['incident_id']}.{fmt}"
+        path.write_text(render(report, fmt))
+        paths[fmt] = str(path)
+    return paths
 
 
 def _num(value: Any, unit: str = "s") -> str:

@@ -104,11 +104,19 @@ NodeControl = Callable[[str, str], PgNodeLike]
 """(database, region) -> its node. Raises :class:`NodeControlUnavailable`."""
 
 
-def local_node(db: DatabasePair, region: str, node: LocalNode) -> LocalPgNode:
+def node_path(value: str, state_dir: str | Path) -> Path:
+    """A ``node`` path with links followed; a relative one is taken from the runbook's
+    state directory (where the lab keeps its clusters), never from the current one."""
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else Path(state_dir) / path).resolve()
+
+
+def local_node(db: DatabasePair, region: str, node: LocalNode,
+               state_dir: str | Path) -> LocalPgNode:
     """The :class:`LocalPgNode` an endpoint's ``node`` block names."""
     ep = db.endpoints[region]
-    datadir = Path(node.data_directory).resolve()
-    log_file = Path(node.log_file).resolve() if node.log_file else \
+    datadir = node_path(node.data_directory, state_dir)
+    log_file = node_path(node.log_file, state_dir) if node.log_file else \
         datadir.parent / f"{db.name}-{region}.log"
     return LocalPgNode(datadir, ep.port, ep, log_file,
                        Path(node.pg_bin) if node.pg_bin else PG_BIN)
@@ -122,7 +130,7 @@ def node_control_for(runbook: Runbook) -> NodeControl:
         if ep is None:
             raise NodeControlUnavailable(f"database {db_name} has no endpoint in {region}")
         if db.kind == "postgres" and ep.node is not None:
-            return local_node(db, region, ep.node)
+            return local_node(db, region, ep.node, runbook.state_dir)
         if db.kind == "rds":
             raise NodeControlUnavailable(
                 f"database {db_name} in {region} (kind rds): RDS manages the node, and "
@@ -135,3 +143,17 @@ def node_control_for(runbook: Runbook) -> NodeControl:
             f"database host, set databases[{db_name}].endpoints.{region}.node.data_directory; "
             "otherwise rebuild the node by hand (the failover itself needs no node control)")
     return control
+
+
+def node_control_problems(runbook: Runbook, region: str | None = None) -> list[str]:
+    """Why a failback to ``region`` (every region when None) could not control the nodes
+    it must: one sentence per database and region, empty when it can."""
+    control = node_control_for(runbook)
+    out = []
+    for db in runbook.databases:
+        for name in db.endpoints if region is None else [region]:
+            try:
+                control(db.name, name)
+            except NodeControlUnavailable as e:
+                out.append(str(e))
+    return out

@@ -104,7 +104,7 @@ def run_drill(runbook: Runbook, *, keep: bool, say: Say,
     from drorch.incident import incident_record
     from drorch.lab import faults, lab
     from drorch.lab.traffic import Traffic
-    from drorch.report import build_report, render
+    from drorch.report import write_reports
     from drorch.store.sqlite import SqliteStore
     from drorch.watch import watch
 
@@ -154,13 +154,7 @@ def run_drill(runbook: Runbook, *, keep: bool, say: Say,
             keep_evidence(None)  # what was acknowledged is kept even when this fails
             raise
         keep_evidence(missing)
-        reports = {}
-        report = build_report(record)
-        for fmt in ("json", "md", "html"):
-            path = state / "reports" / f"{incident_id}.{fmt}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(render(report, fmt))
-            reports[fmt] = str(path)
+        reports = write_reports(record, state / "reports")
         return DrillResult(incident_id, record["state"], record, stats.to_dict(), len(missing),
                            reports, str(evidence))
     finally:

@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from drorch.adapters.aws import AwsClients
+from drorch.adapters.nodes import node_path
 from drorch.config import Runbook
 from drorch.lab import require_lab_extra, schema, services
 from drorch.lab.moto_server import LAB_ADDRESS_TAG, LAB_DSN_TAG
@@ -114,7 +115,7 @@ def check_node_paths(runbook: Runbook) -> list[str]:
                 continue
             want = node_for(runbook, db.name, region).datadir.resolve()
             named = lab_dir(runbook).resolve() / "pg" / db.name / region / "data"
-            have = Path(ep.node.data_directory).resolve()
+            have = node_path(ep.node.data_directory, runbook.state_dir)
             if have not in (want, named):
                 out.append(f"databases[{db.name}].endpoints.{region}.node.data_directory is "
                            f"{ep.node.data_directory}; the lab keeps that cluster in {want}")

@@ -3,6 +3,7 @@ the secret's own credentials, write a canary row, read it back."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from drorch.adapters import postgres as pg
@@ -67,7 +68,9 @@ class RunFlows(Step):
 
         with HttpxTransport() as http:
             results = run_flows(spec.flows, http=http, resolve=_resolver(ctx),
-                                checks=lab_check_runners(query), variables=spec.variables)
+                                # a relative mailbox store is under the state directory
+                                checks=lab_check_runners(query, Path(ctx.runbook.state_dir)),
+                                variables=spec.variables)
         flows = [r.to_dict() for r in results]
         ctx.facts.set("flows", flows)
         failed = [f for f in flows if not f["ok"]]

@@ -110,7 +110,8 @@ class DbRowCheckSpec(_Spec):
 
 
 class MailboxCheckSpec(_Spec):
-    """A message arrived: ``store`` is the lab sink's directory or a provider's name."""
+    """A message arrived: ``store`` is the lab sink's directory (relative: under the
+    runbook's state directory) or a provider's name."""
 
     kind: Literal["mailbox"] = "mailbox"
     name: str = "mailbox"

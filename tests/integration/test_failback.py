@@ -17,6 +17,7 @@ from psycopg import sql
 from drorch.lab import lab as lab_mod
 from drorch.reconcile.conflicts import load as load_conflicts
 from drorch.store.sqlite import SqliteStore
+from tests import report_doc
 from tests.conftest import Lab
 
 pytestmark = pytest.mark.postgres
@@ -163,7 +164,7 @@ def _split_brain(lab: Lab) -> World:
 
     lab_mod.node_for(lab.runbook, "main", "region-a").kill()
     lab_mod.node_for(lab.runbook, "main", "region-b").start()
-    result = lab.cli("failover", "--reason", "region-a lost", "--actor", "oncall")
+    result = lab.cli("failover", "--yes", "--reason", "region-a lost", "--actor", "oncall")
     assert result.returncode == 0, result.stdout + result.stderr
     with psycopg.connect(b, autocommit=True) as c:
         c.execute("UPDATE orders SET amount_cents = -2 WHERE id IN (1, 2, 3)")  # conflicts
@@ -301,7 +302,7 @@ def test_failback_finds_every_divergent_write_and_loses_none(lab: Lab) -> None:
     resync, switch back; every table row for row as acknowledged, exactly the conflicts
     in the conflict file; a human's resolution applied once."""
     world = _split_brain(lab)
-    result = lab.cli("failback", "--reason", "region-a is back", "--actor", "oncall")
+    result = lab.cli("failback", "--yes", "--reason", "region-a is back", "--actor", "oncall")
     assert result.returncode == 0, result.stdout + result.stderr
     flows = _assert_zero_loss(lab, world)
 
@@ -338,9 +339,18 @@ def test_failback_finds_every_divergent_write_and_loses_none(lab: Lab) -> None:
         with psycopg.connect(_dsn(lab, region)) as c:
             assert c.execute("SELECT count(*) FROM pg_replication_slots "
                              "WHERE slot_name LIKE 'drorch%'").fetchone()[0] == 0, region
-    record = lab.cli("report", failover.id, "--format", "json")
+    record = lab.cli("report", failover.id, "--output", "json")
     rpo = json.loads(record.stdout)["rpo"]
     assert rpo["rows"] == 46 and rpo["transactions"] == 5
+    # docs/report-json.md names exactly what a real failback's report holds (the parts
+    # tests/unit/test_report_doc.py cannot produce without one), and nothing these two
+    # reports hold is undocumented.
+    reports = [json.loads(record.stdout),
+               json.loads(lab.cli("report", failback.id, "--output", "json").stdout)]
+    assert report_doc.differences(
+        reports, both_ways=["reconcile.*", "reconcile.*.divergence", "reconcile.*.tables[]"],
+        values_both_ways=[]) == []
+    assert rpo["method"].startswith("exact: old primary's WAL read at failback (")
     for path in (lab.state_dir / "conflicts-main.jsonl", lab.state_dir / "audit.jsonl",
                  lab.state_dir / "journal.db"):
         text = path.read_bytes()
@@ -370,10 +380,10 @@ def test_kill_during_failback_then_resume_applies_nothing_twice(lab: Lab, point:
     with the same zero-loss result: every table on region-a row for row as acknowledged,
     the same conflict file and the same journaled reconcile outcome, no row applied twice."""
     world = _split_brain(lab)
-    killed = lab.cli("failback", "--reason", "kill test", "--actor", "oncall",
+    killed = lab.cli("failback", "--yes", "--reason", "kill test", "--actor", "oncall",
                      extra_env={"DRORCH_FAULT_KILL_AT": point})
     assert killed.returncode == -9, killed.stdout + killed.stderr
-    resumed = lab.cli("resume")
+    resumed = lab.cli("resume", "--yes")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     # Applied twice would show: an extra row (a re-insert under another id), a value
     # changed again (an increment applied twice), a count off, a journal outcome off.
@@ -385,7 +395,7 @@ def test_planned_drill_is_a_zero_loss_round_trip(lab: Lab) -> None:
     promotion), ends with region-a primary and region-b its replica, and writes reports."""
     with psycopg.connect(_dsn(lab, "region-a"), autocommit=True) as c:
         c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES (1, 77, 'pre')")
-    result = lab.cli("drill", "--actor", "sre", "--reason", "quarterly drill")
+    result = lab.cli("drill", "--yes", "--actor", "sre", "--reason", "quarterly drill")
     assert result.returncode == 0, result.stdout + result.stderr
     store = SqliteStore(lab.state_dir / "journal.db")
     failover, failback = store.incidents()[-2:]

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from drorch.exitcodes import ExitCode
 from drorch.lab import lab as lab_mod
 from drorch.store.sqlite import SqliteStore
 from tests.conftest import LAB_RUNBOOK, Lab
@@ -60,7 +61,7 @@ def _cut_replica(lab: Lab) -> None:
 def _kill_a_and_fail_over(lab: Lab, env: dict[str, str] | None = None) -> None:
     lab_mod.node_for(lab.runbook, "main", "region-a").kill()
     lab_mod.node_for(lab.runbook, "main", "region-b").start()
-    result = lab.cli("failover", "--reason", "region-a lost", "--actor", "oncall",
+    result = lab.cli("failover", "--yes", "--reason", "region-a lost", "--actor", "oncall",
                      extra_env=env)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -70,7 +71,7 @@ def _without_sequence_gap(lab: Lab) -> dict[str, str]:
     from what it replayed, as a runbook that turned the gap off would (or an old primary
     that handed out more ids than the gap)."""
     text = LAB_RUNBOOK.read_text()
-    anchor = "    max_lag_bytes: 16777216\n"
+    anchor = "    replication_role: postgres\n"
     assert anchor in text
     path = lab.state_dir.parent / "lab-no-gap.yaml"
     path.write_text(text.replace(anchor, anchor + "    sequence_gap: 0\n", 1))
@@ -118,7 +119,7 @@ def test_default_id_traffic_and_an_unlisted_table_lose_nothing(lab: Lab) -> None
     for t in new:
         new[t] = {k: r for k, r in _rows(b, t).items() if base[t].get(k) != r}
 
-    result = lab.cli("failback", "--reason", "region-a is back", "--actor", "oncall",
+    result = lab.cli("failback", "--yes", "--reason", "region-a is back", "--actor", "oncall",
                      extra_env=env)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -218,9 +219,9 @@ def test_columns_added_mid_incident(lab: Lab) -> None:
     with psycopg.connect(b, autocommit=True) as c:
         c.execute("ALTER TABLE orders ADD COLUMN coupon text")
 
-    result = lab.cli("failback", "--reason", "region-a is back", "--actor", "oncall")
+    result = lab.cli("failback", "--yes", "--reason", "region-a is back", "--actor", "oncall")
     out = " ".join((result.stdout + result.stderr).split())
-    assert result.returncode != 0, out
+    assert result.returncode == ExitCode.ROLLED_BACK, out  # before anything destructive
     assert "public.emails" in out and "priority" in out and "cannot reconcile" in out
     assert "exist on the old primary only" in out
     node = lab_mod.node_for(lab.runbook, "main", "region-a")
@@ -233,11 +234,12 @@ def test_columns_added_mid_incident(lab: Lab) -> None:
     assert not (lab.state_dir / "evidence").exists()  # nothing came near a rewind
     with psycopg.connect(b) as c:
         assert not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-        # The halted failback released nothing: region-b's WAL from the split stays pinned.
+        # The failback that stopped released nothing: region-b's WAL from the split stays pinned.
         assert c.execute("SELECT count(*) FROM pg_replication_slots "
                          "WHERE slot_name = 'drorch_split_main'").fetchone()[0] == 1
-    planned = lab.cli("plan")
-    assert planned.returncode == 0 and "not pinned" not in planned.stdout, planned.stdout
+    planned = lab.cli("plan")  # a failover now would be refused: still failed over
+    assert planned.returncode == ExitCode.REFUSED and "already failed over" in planned.stdout
+    assert "not pinned" not in planned.stdout, planned.stdout
     assert "the split's WAL pin holds" in planned.stdout and "at most 2,048 MB" in " ".join(
         planned.stdout.split()), planned.stdout
     with psycopg.connect(b, autocommit=True) as c:
@@ -249,7 +251,7 @@ def test_columns_added_mid_incident(lab: Lab) -> None:
     # priority, the failback looks afresh and brings region-a's rows over.
     with psycopg.connect(b, autocommit=True) as c:
         c.execute("ALTER TABLE emails ADD COLUMN priority int")
-    again = lab.cli("failback", "--reason", "region-b has the column", "--actor", "oncall")
+    again = lab.cli("failback", "--yes", "--reason", "region-b has the column", "--actor", "oncall")
     assert again.returncode == 0, again.stdout + again.stderr
     orders, emails = _rows(a, "orders"), _rows(a, "emails")
     for k, row in mine:

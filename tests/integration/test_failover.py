@@ -13,6 +13,7 @@ import pytest
 from drorch.adapters import flags, route53, secrets
 from drorch.adapters import postgres as pg
 from drorch.adapters.aws import AwsClients
+from drorch.exitcodes import ExitCode
 from drorch.lab import lab as lab_mod
 from tests.conftest import Lab
 
@@ -127,7 +128,7 @@ def test_failover_moves_writes_secrets_and_dns(lab: Lab) -> None:
     secret points at region-b with the old value as AWSPREVIOUS, weights are 0/100."""
     with psycopg.connect(_dsn(lab, "region-a"), autocommit=True) as c:
         c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES (1, 100, 'a')")
-    result = lab.cli("failover", "--reason", "test", "--actor", "alice")
+    result = lab.cli("failover", "--yes", "--reason", "test", "--actor", "alice")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "RTO:" in result.stdout and "RPO:" in result.stdout
 
@@ -186,7 +187,7 @@ def test_kill_then_resume_applies_each_step_once(lab: Lab, point: str) -> None:
     application's own."""
     before_versions = _secret_versions(lab)
     before_changes = _rrset_changes(lab)
-    killed = lab.cli("failover", "--reason", "kill test", "--actor", "bob",
+    killed = lab.cli("failover", "--yes", "--reason", "kill test", "--actor", "bob",
                      extra_env={"DRORCH_FAULT_KILL_AT": point})
     assert killed.returncode == -9, killed.stdout + killed.stderr
     assert _incident_state(lab) == "failing_over"
@@ -197,7 +198,7 @@ def test_kill_then_resume_applies_each_step_once(lab: Lab, point: str) -> None:
                                  "(1, %s, 'between') RETURNING id", (n,)).fetchone()[0]
                        for n in (1, 2, 3)]
 
-    resumed = lab.cli("resume")
+    resumed = lab.cli("resume", "--yes")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert _incident_state(lab) == "failed_over"
     assert _promote_requests(lab) == 1
@@ -238,14 +239,14 @@ def test_failure_before_promotion_rolls_back_the_freeze(lab: Lab,
         c.execute("ALTER SYSTEM SET default_transaction_read_only = on")
         c.execute("SELECT pg_reload_conf()")
     if killed_inside_freeze:
-        killed = lab.cli("failover", "--reason", "kill in freeze", "--actor", "carol",
+        killed = lab.cli("failover", "--yes", "--reason", "kill in freeze", "--actor", "carol",
                          extra_env={"DRORCH_FAULT_KILL_AT": "freeze:main:roles_locked"})
         assert killed.returncode == -9, killed.stdout + killed.stderr
         assert not _app_can_log_in(lab, "region-a")
     lab_mod.node_for(lab.runbook, "main", "region-b").stop("immediate")
-    result = (lab.cli("resume") if killed_inside_freeze
-              else lab.cli("failover", "--reason", "replica down", "--actor", "carol"))
-    assert result.returncode == 1, result.stdout + result.stderr
+    result = (lab.cli("resume", "--yes") if killed_inside_freeze
+              else lab.cli("failover", "--yes", "--reason", "replica down", "--actor", "carol"))
+    assert result.returncode == ExitCode.ROLLED_BACK, result.stdout + result.stderr
     assert "failed before promotion" in result.stderr
     assert _incident_state(lab) == "monitoring"
     assert _auto_conf_read_only(lab, "region-a") == "on"
@@ -265,19 +266,19 @@ def test_failure_after_promotion_halts_then_resume_finishes(lab: Lab) -> None:
     client = _aws(lab)("secretsmanager", "us-west-2")
     saved = client.get_secret_value(SecretId="lab/main/db")["SecretString"]
     client.delete_secret(SecretId="lab/main/db", ForceDeleteWithoutRecovery=True)
-    result = lab.cli("failover", "--reason", "halt test", "--actor", "dave")
-    assert result.returncode == 1
+    result = lab.cli("failover", "--yes", "--reason", "halt test", "--actor", "dave")
+    assert result.returncode == ExitCode.HALTED
     assert "halted" in result.stderr and "after promotion" in result.stderr
     assert _incident_state(lab) == "halted"
     assert not pg.in_recovery(_dsn(lab, "region-b"))
 
     client.create_secret(Name="lab/main/db", SecretString=saved)
-    resumed = lab.cli("resume")
+    resumed = lab.cli("resume", "--yes")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert _incident_state(lab) == "failed_over"
     assert _promote_requests(lab) == 1
-    second = lab.cli("failover", "--reason", "again", "--actor", "dave")
-    assert second.returncode == 1 and "drorch failback" in second.stderr
+    second = lab.cli("failover", "--yes", "--reason", "again", "--actor", "dave")
+    assert second.returncode == ExitCode.REFUSED and "drorch failback" in second.stderr
 
 
 def test_dry_run_changes_nothing(lab: Lab) -> None:
@@ -302,7 +303,7 @@ def _no_incidents(state_dir: Path) -> bool:
 def test_audit_log_has_no_secret_and_detects_tampering(lab: Lab) -> None:
     """The audit log of a failover never holds the database password, and an edited
     entry makes `drorch audit verify` exit 1 naming its line."""
-    assert lab.cli("failover", "--reason", "audit", "--actor", "erin").returncode == 0
+    assert lab.cli("failover", "--yes", "--reason", "audit", "--actor", "erin").returncode == 0
     password = secrets.get_value(_aws(lab)("secretsmanager", "us-east-1"),
                                  "lab/main/db")["password"]
     log = lab.state_dir / "audit.jsonl"
@@ -346,7 +347,7 @@ def test_old_primary_back_before_promotion_is_frozen_then_caught_up(lab: Lab,
     record is the one read before the first change, which a rollback would restore."""
     node_a = lab_mod.node_for(lab.runbook, "main", "region-a")
     node_a.stop("fast")
-    killed = lab.cli("failover", "--reason", "flap", "--actor", "ops",
+    killed = lab.cli("failover", "--yes", "--reason", "flap", "--actor", "ops",
                      extra_env={"DRORCH_FAULT_KILL_AT": kill_at})
     assert killed.returncode == -9
     assert _last_incident_facts(lab)["freeze:main"]["unreachable"] is True
@@ -354,7 +355,7 @@ def test_old_primary_back_before_promotion_is_frozen_then_caught_up(lab: Lab,
     assert _app_can_log_in(lab, "region-a")  # nothing was frozen there
     with psycopg.connect(_dsn(lab, "region-a"), autocommit=True) as c:
         c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES (1, 5, 'late')")
-    resumed = lab.cli("resume")
+    resumed = lab.cli("resume", "--yes")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
     assert not _app_can_log_in(lab, "region-a")

@@ -19,6 +19,7 @@ from drorch.adapters import flags, route53, secrets
 from drorch.adapters import postgres as pg
 from drorch.adapters.aws import AwsClients
 from drorch.config import load_runbook
+from drorch.exitcodes import ExitCode
 from drorch.lab import lab as lab_mod
 from drorch.store.sqlite import SqliteStore
 from tests.conftest import LAB_RUNBOOK, Lab
@@ -158,7 +159,7 @@ def test_lagging_replica_is_waited_for_then_promoted_with_nothing_lost(lab: Lab)
     timeout_s = lab.runbook.database("main").promote_timeout_s
     resumer = ResumeReplayWhenPromoting(lab, writes_lsn, delay_s=min(1.0, timeout_s / 10))
     resumer.start()
-    result = lab.cli("failover", "--reason", "lagging replica", "--actor", "alice")
+    result = lab.cli("failover", "--yes", "--reason", "lagging replica", "--actor", "alice")
     resumer.join(DEADLINE_S)
     assert not resumer.is_alive()
     if resumer.error is not None:
@@ -194,12 +195,12 @@ def test_lagging_replica_is_waited_for_then_promoted_with_nothing_lost(lab: Lab)
 def test_replica_that_never_catches_up_is_not_promoted_and_all_is_rolled_back(
         lab: Lab, tmp_path: Path) -> None:
     """Replay paused on region-b and never resumed, promote_timeout_s 2: the failover is
-    refused ("not promoting", exit 1) and rolled back: region-b still a standby, region-a
+    refused ("not promoting") and rolled back (exit 4): region-b still a standby, region-a
     unfrozen (the app role logs in and writes), the write flag lowered, DNS and secrets
     untouched, the incident journaled as rolled back and audited. Region-b is still
     region-a's replica: once replay resumes it has everything."""
     text = LAB_RUNBOOK.read_text()
-    anchor = "    max_lag_bytes: 16777216\n"
+    anchor = "    replication_role: postgres\n"
     assert text.count(anchor) == 1
     runbook_path = tmp_path / "lab-promote-timeout.yaml"
     runbook_path.write_text(text.replace(anchor, anchor + "    promote_timeout_s: 2\n"))
@@ -209,10 +210,10 @@ def test_replica_that_never_catches_up_is_not_promoted_and_all_is_rolled_back(
     assert weights == {"region-a": 100, "region-b": 0}
     _pause_replay(lab)
     acked, writes_lsn = _write_on_a(lab)
-    result = lab.cli("failover", "--reason", "lagging replica", "--actor", "carol",
+    result = lab.cli("failover", "--yes", "--reason", "lagging replica", "--actor", "carol",
                      extra_env={"DRORCH_RUNBOOK": str(runbook_path)})
     stderr = " ".join(result.stderr.split())
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == ExitCode.ROLLED_BACK, result.stdout + result.stderr
     assert "not promoting" in stderr and "failed before promotion" in stderr, stderr
 
     # Region-b was never promoted; it is the same paused standby.

@@ -27,6 +27,7 @@ from drorch.adapters import postgres as pg
 from drorch.adapters.aws import AwsClients
 from drorch.audit import AuditLog
 from drorch.engine import Engine
+from drorch.exitcodes import ExitCode
 from drorch.lab import lab as lab_mod
 from drorch.store.sqlite import SqliteStore
 from tests.conftest import Lab
@@ -68,7 +69,7 @@ def test_failover_completes_with_the_failed_regions_aws_api_down(lab: Lab) -> No
     _aws_down_hangs_only_that_api(lab, aws)
     assert lab.cli("lab", "fail", "region-a", "--mode", "stop").returncode == 0
 
-    result = lab.cli("failover", "--reason", "region-a gone", "--actor", "alice")
+    result = lab.cli("failover", "--yes", "--reason", "region-a gone", "--actor", "alice")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "could not reach region-a's SSM API" in result.stdout
     assert not pg.in_recovery(lab.runbook.database("main").endpoints["region-b"].dsn())
@@ -159,7 +160,7 @@ def test_a_promotion_that_outlives_its_timeout_halts_and_resume_completes_it(
     halts (never rolls back: the flag stays raised, nothing is undone) saying when it was
     requested; once the query ends the promotion completes by itself, and `drorch resume`
     finds region-b promoted and finishes the failover without a second request."""
-    rb = _runbook_with(lab, tmp_path, "max_lag_bytes:", "    promote_timeout_s: 3")
+    rb = _runbook_with(lab, tmp_path, "replication_role:", "    promote_timeout_s: 3")
     env = {"DRORCH_RUNBOOK": str(rb)}
     a = lab.runbook.database("main").endpoints["region-a"].dsn()
     b = lab.runbook.database("main").endpoints["region-b"].dsn()
@@ -176,8 +177,8 @@ def test_a_promotion_that_outlives_its_timeout_halts_and_resume_completes_it(
         wait_received(b, lsn)
         assert lab.cli("lab", "fail", "region-a", "--mode", "stop").returncode == 0
 
-        halted = lab.cli("failover", "--reason", "blocked promotion", extra_env=env)
-        assert halted.returncode != 0, halted.stdout
+        halted = lab.cli("failover", "--yes", "--reason", "blocked promotion", extra_env=env)
+        assert halted.returncode == ExitCode.HALTED, halted.stdout
         assert _incident_state(lab) == "halted"
         journal = _journal(lab)
         assert not [e for e in journal if e[2] in ("rolled_back", "undo_failed")]
@@ -191,7 +192,7 @@ def test_a_promotion_that_outlives_its_timeout_halts_and_resume_completes_it(
         blocker.close()
     _until(lambda: not pg.in_recovery(b), 60)  # the request completes once replay goes on
 
-    resumed = lab.cli("resume", extra_env=env)
+    resumed = lab.cli("resume", "--yes", extra_env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert _incident_state(lab) == "failed_over"
     log = lab_mod.node_for(lab.runbook, "main", "region-b").logfile.read_text()
@@ -249,7 +250,7 @@ def test_synchronous_replication_on_both_nodes_does_not_hang_the_failover(lab: L
     _app_commit_returns(lab, "region-a")  # region-b streams: the setting is satisfied
     assert lab.cli("lab", "fail", "region-a", "--mode", "stop").returncode == 0
 
-    result = lab.cli("failover", "--reason", "region-a gone")
+    result = lab.cli("failover", "--yes", "--reason", "region-a gone")
     assert result.returncode == 0, result.stdout + result.stderr
     assert _sync_names(b) == ""
     _app_commit_returns(lab, "region-b")
@@ -262,7 +263,7 @@ def test_synchronous_replication_on_both_nodes_does_not_hang_the_failover(lab: L
         store.close()
 
     assert lab.cli("lab", "heal", "region-a").returncode == 0
-    back = lab.cli("failback", "--reason", "region-a is back", timeout=300)
+    back = lab.cli("failback", "--yes", "--reason", "region-a is back", timeout=300)
     assert back.returncode == 0, back.stdout + back.stderr
     assert _sync_names(a) == "*" and _sync_names(b) == "*"
     _app_commit_returns(lab, "region-a")
@@ -285,7 +286,7 @@ def test_writers_of_every_role_are_stopped_or_found(lab: Lab) -> None:
     try:
         etl.execute("INSERT INTO orders(user_id, amount_cents, region) "
                     "VALUES (1, 777, 'etl-open-at-freeze')")
-        result = lab.cli("failover", "--reason", "drill with an open ETL transaction")
+        result = lab.cli("failover", "--yes", "--reason", "drill with an open ETL transaction")
         assert result.returncode == 0, result.stdout + result.stderr
         with pytest.raises(psycopg.OperationalError):
             etl.commit()
@@ -299,7 +300,7 @@ def test_writers_of_every_role_are_stopped_or_found(lab: Lab) -> None:
     assert freeze[-1][3]["other_sessions_ended"].get("postgres", 0) >= 1
     _prepared_transaction_named_for_a_human(lab, b)
 
-    killed = lab.cli("failback", "--reason", "back", timeout=300,
+    killed = lab.cli("failback", "--yes", "--reason", "back", timeout=300,
                      extra_env={"DRORCH_FAULT_KILL_AT": "rejoin:main:before_apply"})
     assert killed.returncode == -9, killed.stdout + killed.stderr
     b = lab.runbook.database("main").endpoints["region-b"].dsn()
@@ -307,8 +308,8 @@ def test_writers_of_every_role_are_stopped_or_found(lab: Lab) -> None:
         c.execute("SET default_transaction_read_only = off")
         c.execute("INSERT INTO orders(user_id, amount_cents, region) "
                   "VALUES (1, 999, 'late-superuser')")
-    resumed = lab.cli("resume", timeout=300)
-    assert resumed.returncode != 0, resumed.stdout
+    resumed = lab.cli("resume", "--yes", timeout=300)
+    assert resumed.returncode == ExitCode.HALTED, resumed.stdout
     assert _incident_state(lab) == "halted"
     failed = [e for e in _journal(lab) if e[1] == "rejoin:main" and e[2] == "failed"]
     assert failed and failed[-1][3]["transactions"] == 1, failed

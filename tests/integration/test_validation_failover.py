@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from drorch.adapters import dns as dnsq
+from drorch.exitcodes import ExitCode
 from drorch.lab import lab as lab_mod
 from drorch.lab.schema import hash_password
 from drorch.lab.smtp_sink import find_message
@@ -31,7 +32,7 @@ def _last_step(lab: Lab, step: str) -> dict:
 def test_flows_pass_in_the_new_region(lab: Lab) -> None:
     """The login/checkout and email flows pass against region-b: DNS answers region-b,
     the checkout's order row is in region-b's database, the email is in the sink."""
-    result = lab.cli("failover", "--reason", "flows", "--actor", "alice")
+    result = lab.cli("failover", "--yes", "--reason", "flows", "--actor", "alice")
     assert result.returncode == 0, result.stdout + result.stderr
     step = _last_step(lab, "validate:flows")
     assert step["status"] == "done"
@@ -58,9 +59,9 @@ def test_failing_flow_halts_with_redacted_evidence(lab: Lab) -> None:
     with psycopg.connect(dsn, autocommit=True) as c:
         c.execute("UPDATE users SET password_hash=%s WHERE email='alice@example.com'",
                   (hash_password("changed-by-someone"),))
-    result = lab.cli("failover", "--reason", "bad flow", "--actor", "alice",
+    result = lab.cli("failover", "--yes", "--reason", "bad flow", "--actor", "alice",
                      extra_env={"DRORCH_LAB_FLOW_DEADLINE_S": "3"})
-    assert result.returncode == 1
+    assert result.returncode == ExitCode.HALTED
     step = _last_step(lab, "validate:flows")
     assert step["state"] == "halted" and step["status"] == "failed"
     flows = {f["name"]: f for f in step["detail"]["flows"]}
@@ -78,9 +79,9 @@ def test_dns_that_never_moves_halts_at_the_deadline(lab: Lab) -> None:
     step fails at its deadline with the last answers recorded, and the incident halts."""
     state = lab_mod.LabState.load(lab_mod.state_path(lab.runbook))
     lab_mod.stop_pid(state.services["dns"])
-    result = lab.cli("failover", "--reason", "dns", "--actor", "alice",
+    result = lab.cli("failover", "--yes", "--reason", "dns", "--actor", "alice",
                      extra_env={"DRORCH_LAB_DNS_VERIFY_S": "1.5"})
-    assert result.returncode == 1
+    assert result.returncode == ExitCode.HALTED
     step = _last_step(lab, "dns:lab.drorch.test.")
     assert step["state"] == "halted" and step["status"] == "failed"
     assert "did not move to region-b within 2s" in step["detail"]["error"]

@@ -173,7 +173,7 @@ def test_watcher_survives_failover_fences_old_primary_holds_until_ack_stops_on_s
 
         # 3. A human fails back while the watcher runs: the failback fences, reconciles
         # (the writer's acknowledged rows come back) and reopens region-a.
-        _ok(lab.cli("failback", "--reason", "region-a is back", "--actor", "oncall",
+        _ok(lab.cli("failback", "--yes", "--reason", "region-a is back", "--actor", "oncall",
                     extra_env={"DRORCH_RUNBOOK": str(rb_path)}, timeout=300))
         back = _incidents(lab)[-1]
         assert back.kind == "failback" and back.state == "monitoring"

@@ -89,6 +89,7 @@ def test_two_databases_cannot_share_a_conflict_file() -> None:
     from drorch.config import Runbook
 
     doc = load_runbook(LAB_RUNBOOK).model_dump()
+    doc["databases"][0]["reconcile"]["conflict_file"] = "/tmp/conflicts.jsonl"
     second = {**doc["databases"][0], "name": "second"}
     doc["databases"].append(second)
     with pytest.raises(ValidationError, match="more than one database"):

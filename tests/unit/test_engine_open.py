@@ -11,8 +11,8 @@ import pytest
 
 from drorch.audit import AuditLog
 from drorch.config import load_runbook
-from drorch.engine import Engine, IncidentHalted
-from drorch.store.sqlite import SqliteStore
+from drorch.engine import Engine, IncidentHalted, IncidentRefused
+from drorch.store.sqlite import Incident, SqliteStore
 from tests.conftest import LAB_RUNBOOK
 
 HOLD = """
@@ -55,3 +55,26 @@ def test_refusal_gives_the_lease_back(tmp_path: Path) -> None:
     with pytest.raises(IncidentHalted, match="nothing to fail back from"):
         engine.start_failback(actor="alice", reason="r", trigger={"kind": "manual"})
     assert store.acquire_lease("runbook:lab", "elsewhere:1", 30) >= 1
+
+
+def test_refusals_say_why_and_whether_there_is_nothing_to_do(tmp_path: Path) -> None:
+    """`refusal()` reads only: before any failover a failback has nothing to do; after
+    one, a second failover is refused, and a failback without node control is refused
+    (not "nothing to do") naming what is missing."""
+    engine, store = _engine(tmp_path)
+    assert engine.refusal("failover") is None
+    before = engine.refusal("failback")
+    assert isinstance(before, IncidentRefused) and before.nothing_to_do
+    now = time.time()
+    store.create_incident(Incident("lab-1", "failover", "lab", "alice", "r",
+                                   {"kind": "manual"}, "failed_over", now, now))
+    store.set_fact("lab-1", "to_region", "region-b")
+    store.set_fact("lab-1", "completed", now)
+    again = engine.refusal("failover")
+    assert again is not None and "already failed over to region-b" in str(again)
+    no_nodes = engine.refusal("failback")
+    assert no_nodes is not None and not no_nodes.nothing_to_do
+    assert "node control" in str(no_nodes)
+    with_nodes = Engine(engine.runbook, store, engine.audit, engine.aws,
+                        nodes=lambda db, region: None)
+    assert with_nodes.refusal("failback") is None

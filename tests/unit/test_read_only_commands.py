@@ -17,6 +17,8 @@ from drorch.store.sqlite import Incident, SqliteStore
 from tests.conftest import LAB_RUNBOOK
 
 COMMANDS = [["plan"], ["failover", "--dry-run"], ["failback", "--dry-run"]]
+BEFORE_ANY = {"plan": 0, "failover": 0, "failback": 6}
+"""Exit codes before any failover: a failback has nothing to fail back from."""
 
 
 def _drorch(tmp_path: Path, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,15 +42,16 @@ def test_a_plan_without_state_creates_none(tmp_path: Path, command: list[str]) -
     """Before any incident: the plan prints, and no state directory appears."""
     state = tmp_path / "state"
     result = _drorch(tmp_path, state, *command)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == BEFORE_ANY[command[0]], result.stderr
     assert "plan for runbook lab" in result.stdout
     assert not state.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_a_plan_reads_the_journal_and_writes_nothing(tmp_path: Path) -> None:
-    """After a completed failover the plan starts from region-b, and the journal's bytes
-    and the directory's files are what they were (SQLite's reader files aside)."""
+    """After a completed failover a second failover would be refused (exit 3) and the
+    failback goes region-b -> region-a; the journal's bytes and the directory's files
+    are what they were (SQLite's reader files aside)."""
     state = tmp_path / "state"
     store = SqliteStore(state / "journal.db")
     now = time.time()
@@ -60,8 +63,13 @@ def test_a_plan_reads_the_journal_and_writes_nothing(tmp_path: Path) -> None:
     before = _tree(state)
     for command in COMMANDS[:2]:
         result = _drorch(tmp_path, state, *command)
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 3, result.stderr
         assert "failover plan for runbook lab: region-b -> region-a" in result.stdout
+        assert "would be refused: already failed over to region-b" in result.stdout
+    back = _drorch(tmp_path, state, "failback", "--dry-run")
+    assert back.returncode == 0, back.stderr
+    assert "failback plan for runbook lab: region-b -> region-a" in back.stdout
+    assert "fence:main" in back.stdout
     after = _tree(state)
     assert after["journal.db"] == before["journal.db"]
     assert set(after) - set(before) <= {"journal.db-wal", "journal.db-shm"}

@@ -27,7 +27,7 @@ def test_local_node_starts_stops_and_tells_whether_it_runs() -> None:
     db = DatabasePair.model_validate({"name": "main", "endpoints": {"region-a": {
         "host": "127.0.0.1", "port": lab_node.port, "user": "postgres"}}})
     node = local_node(db, "region-a", LocalNode(data_directory=str(lab_node.datadir),
-                                                log_file=str(lab_node.logfile)))
+                                                log_file=str(lab_node.logfile)), tmp_path)
     try:
         assert not node.is_running()
         node.start()
