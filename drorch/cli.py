@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from drorch import logs
 from drorch.audit import verify
@@ -294,7 +295,7 @@ def watch(
         driven = serve(rb, store, audit, aws, stop=stop, progress=show_progress,
                        max_seconds=max_seconds)
     except ValueError as exc:
-        err.print(f"[bold red]cannot watch:[/] {exc}")
+        err.print(f"[bold red]cannot watch:[/] {escape(str(exc))}")
         raise typer.Exit(ExitCode.USAGE) from None
     for incident_id in driven:
         print_summary(incident_record(store, rb, incident_id))
@@ -364,7 +365,7 @@ def reconcile_apply(
     except (ApplyBlocked, NotCaptured, SchemaChanged, ValueError, OSError) as exc:
         engine.audit.record("reconcile.conflicts_not_applied", actor=who, inputs=inputs,
                             detail={"error": str(exc)})
-        err.print(f"nothing applied: {exc}", highlight=False)
+        err.print(f"nothing applied: {escape(str(exc))}", highlight=False)
         raise typer.Exit(ExitCode.FAILED) from None
     engine.audit.record("reconcile.conflicts_applied", actor=who, inputs=inputs,
                         detail=result.to_dict())

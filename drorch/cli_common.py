@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from drorch import logs
 from drorch.audit import AuditLog
@@ -27,7 +28,7 @@ def load_or_exit(path: Path) -> Runbook:
     try:
         return load_runbook(path)
     except RunbookError as exc:
-        err.print(f"[bold red]runbook error[/]\n{exc}", highlight=False)
+        err.print(f"[bold red]runbook error[/]\n{escape(str(exc))}", highlight=False)
         raise typer.Exit(ExitCode.USAGE) from None
 
 

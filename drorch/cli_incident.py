@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from rich.markup import escape
 
 from drorch.cli_common import err, out
 from drorch.config import Runbook
@@ -32,7 +33,7 @@ def confirm_or_exit(rb: Runbook, path: Path, command: str, engine: Any, yes: boo
     try:
         confirm(Intent(command, rb.name, str(path), src, dst, incident), yes=yes)
     except NotConfirmed as exc:
-        err.print(f"[bold red]{exc}[/]", highlight=False)
+        err.print(f"[bold red]{escape(str(exc))}[/]", highlight=False)
         raise typer.Exit(exc.code) from None
 
 
@@ -43,7 +44,7 @@ def exit_refused(audit: Any, kind: str, who: str, reason: str, exc: Any) -> NoRe
                  inputs={"kind": kind, "trigger": "manual"}, outcome="refused",
                  detail={"refusal": str(exc)})
     label = "nothing to do" if exc.nothing_to_do else "refused"
-    err.print(f"[bold red]{label}:[/] {exc}", highlight=False)
+    err.print(f"[bold red]{label}:[/] {escape(str(exc))}", highlight=False)
     raise typer.Exit(ExitCode.NOTHING_TO_DO if exc.nothing_to_do else ExitCode.REFUSED)
 
 
@@ -87,10 +88,10 @@ def drive(engine: Any, store: Any, rb: Runbook, incident_id: str,
     try:
         engine.run(incident_id, actor=actor, reason=reason)
     except IncidentRolledBack as exc:
-        err.print(f"[bold red]rolled back:[/] {exc}", highlight=False)
+        err.print(f"[bold red]rolled back:[/] {escape(str(exc))}", highlight=False)
         code = ExitCode.ROLLED_BACK
     except IncidentHalted as exc:
-        err.print(f"[bold red]halted:[/] {exc}", highlight=False)
+        err.print(f"[bold red]halted:[/] {escape(str(exc))}", highlight=False)
         code = ExitCode.HALTED
     record = incident_record(store, rb, incident_id)
     print_summary(record)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from drorch.cli_common import ActorOpt, RunbookOpt, err, load_or_exit, open_context, out
 from drorch.config import Runbook
@@ -30,7 +31,7 @@ def lab_up(runbook: RunbookOpt = Path("runbooks/lab.yaml")) -> None:
     try:
         state = lab.up(rb)
     except Exception as exc:  # noqa: BLE001
-        err.print(f"[bold red]lab up failed:[/] {exc}")
+        err.print(f"[bold red]lab up failed:[/] {escape(str(exc))}")
         raise typer.Exit(ExitCode.FAILED) from None
     out.print(f"lab up: moto on 127.0.0.1:{state.moto_port}; "
               + ", ".join(f"{n['name']} on :{n['port']}" for n in state.nodes))
@@ -123,7 +124,7 @@ def lab_drill(
     try:
         result = run_drill(rb, keep=keep, say=say, progress=show_progress, mode=mode)
     except Exception as exc:  # noqa: BLE001
-        err.print(f"[bold red]drill failed:[/] {exc}")
+        err.print(f"[bold red]drill failed:[/] {escape(str(exc))}")
         raise typer.Exit(ExitCode.FAILED) from None
     if result.record is not None:
         print_summary(result.record)
@@ -154,7 +155,7 @@ def lab_down(
     try:
         stopped = lab.down(rb)
     except Exception as exc:  # noqa: BLE001 (a clear sentence, never a traceback)
-        err.print(f"[bold red]lab down:[/] {exc}", highlight=False)
+        err.print(f"[bold red]lab down:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(ExitCode.FAILED) from None
     out.print("lab down: " + (", ".join(stopped) if stopped else "nothing was running"))
     if purge:

@@ -152,8 +152,10 @@ class Engine:
             if last is None:
                 return IncidentRefused("nothing to fail back from: no completed failover is "
                                        "in force", nothing_to_do=True)
-            problems = self._node_control_problems(
-                str(self.store.fact(last.id, "from_region")))
+            to = self.store.fact(last.id, "to_region")
+            back_to = self.store.fact(last.id, "from_region") or next(
+                r.name for r in self.runbook.regions if r.name != to)
+            problems = self._node_control_problems(str(back_to))
             if problems:
                 return IncidentRefused(
                     "a failback fences, keeps evidence of and rebuilds the old primary, "

@@ -70,7 +70,7 @@ def test_rds_failover_promotes_through_the_api_and_points_secrets_at_its_endpoin
     with psycopg.connect(_dsn(rds_lab, "region-a"), autocommit=True) as c:
         ids = [c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES "
                          "(1, %s, 'a') RETURNING id", (n,)).fetchone()[0] for n in range(5)]
-    result = rds_lab.cli("failover", "--reason", "rds test", "--actor", "alice")
+    result = rds_lab.cli("failover", "--yes", "--reason", "rds test", "--actor", "alice")
     assert result.returncode == 0, result.stdout + result.stderr
 
     b = _instance(rds_lab, "region-b")
@@ -100,10 +100,10 @@ def test_rds_failover_promotes_through_the_api_and_points_secrets_at_its_endpoin
 @pytest.mark.parametrize("point", ["promote:main:before_apply", "promote:main:after_apply"])
 def test_kill_around_the_rds_promotion_then_resume_promotes_once(rds_lab: Lab,
                                                                    point: str) -> None:
-    killed = rds_lab.cli("failover", "--reason", "kill test", "--actor", "bob",
+    killed = rds_lab.cli("failover", "--yes", "--reason", "kill test", "--actor", "bob",
                          extra_env={"DRORCH_FAULT_KILL_AT": point})
     assert killed.returncode == -9, killed.stdout + killed.stderr
-    resumed = rds_lab.cli("resume")
+    resumed = rds_lab.cli("resume", "--yes")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert not _instance(rds_lab, "region-b").is_replica
     assert len(_audit(rds_lab, "aws.rds.promote_read_replica")) == 1

@@ -8,6 +8,7 @@ steps' world is replaced)."""
 from __future__ import annotations
 
 import json
+import re
 from importlib.metadata import version
 from pathlib import Path
 
@@ -157,14 +158,17 @@ def test_resume_asks_for_confirmation_too(r: Rig) -> None:
 
 def test_a_drill_without_node_control_is_refused_before_anything(
         r: Rig, tmp_path: Path) -> None:
-    """Off the lab a drill would fail over for real and stop: refused (exit 3), audited,
-    nothing run."""
-    text = LAB_RUNBOOK.read_text()
+    """Without node control (no endpoints.*.node) a drill would fail over for real and
+    stop: refused (exit 3), audited, nothing run."""
+    text = re.sub(r",\s*node: \{[^}]*\}", "", LAB_RUNBOOK.read_text())
+    assert "node: {" not in text.split("\nlab:")[0]
     real = tmp_path / "real.yaml"
     real.write_text(text.split("\nlab:")[0] + "\n")
     result = r.cli("drill", "--yes", "-r", str(real))
     assert result.exit_code == ExitCode.REFUSED, result.output
     assert "node control" in result.stderr and r.applied == []
+    assert "databases[main].endpoints.region-a.node.data_directory" in "".join(
+        result.stderr.split())
     assert [e["action"] for e in r.audit()] == ["incident.refused"]
 
 
