@@ -89,6 +89,11 @@ class Endpoint(_Model):
         "instance, or the cross-region read replica). host and port stay what drorch "
         "connects to for the freeze and the RPO; the secret gets the endpoint RDS "
         "describes after promotion.")
+    cluster_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$",
+        description="kind aurora-global: the regional DB cluster identifier in this region "
+        "(a member of the global cluster). The secret gets that cluster's writer endpoint "
+        "as Aurora describes it.")
 
     def dsn(self, dbname: str | None = None, **extra: Any) -> str:
         parts = {
@@ -109,10 +114,19 @@ class DatabasePair(_Model):
     """A PostgreSQL primary in one region and its streaming replica in the other."""
 
     name: str = Field(description="drorch's name for the pair (steps are named after it)")
-    kind: Literal["postgres", "rds"] = Field(
+    kind: Literal["postgres", "rds", "aurora-global"] = Field(
         default="postgres", description="postgres: self-managed (promotion over SQL); rds: "
         "RDS for PostgreSQL with a cross-region read replica (promotion through the RDS "
-        "API, PromoteReadReplica).")
+        "API, PromoteReadReplica); aurora-global: Aurora PostgreSQL Global Database "
+        "(switchover when the old primary answers and has nothing unreplicated, else "
+        "managed failover or detach-and-promote, as aurora_unplanned says).")
+    global_cluster_id: str | None = Field(
+        default=None, description="kind aurora-global: the global cluster's identifier.")
+    aurora_unplanned: Literal["failover", "detach"] = Field(
+        default="failover", description="kind aurora-global, when the old primary does not "
+        "answer: failover (FailoverGlobalCluster with AllowDataLoss) or detach "
+        "(RemoveFromGlobalCluster: the secondary becomes a standalone writable cluster; "
+        "for accounts or engine versions where managed failover is not allowed).")
     endpoints: dict[str, Endpoint] = Field(description="Per region name, where its node "
                                            "listens (exactly the runbook's regions)")
     app_roles: list[str] = Field(default_factory=list, description="The applications' "
@@ -153,7 +167,21 @@ class DatabasePair(_Model):
 
     @model_validator(mode="after")
     def _kind_fits_endpoints(self) -> DatabasePair:
+        if self.kind == "aurora-global" and not self.global_cluster_id:
+            raise ValueError("global_cluster_id: kind aurora-global needs the global "
+                             "cluster's identifier")
+        if self.kind != "aurora-global" and self.global_cluster_id:
+            raise ValueError("global_cluster_id: only kind aurora-global has one")
         for region, ep in self.endpoints.items():
+            if self.kind == "aurora-global" and not ep.cluster_id:
+                raise ValueError(f"endpoints.{region}.cluster_id: kind aurora-global needs "
+                                 "the regional cluster's identifier in every region")
+            if self.kind != "aurora-global" and ep.cluster_id:
+                raise ValueError(f"endpoints.{region}.cluster_id: only kind aurora-global "
+                                 "names a DB cluster")
+            if self.kind == "aurora-global" and ep.node is not None:
+                raise ValueError(f"endpoints.{region}.node: kind aurora-global has no host "
+                                 "to control (Aurora manages the nodes)")
             if self.kind == "rds" and not ep.instance_id:
                 raise ValueError(f"endpoints.{region}.instance_id: kind rds needs the DB "
                                  "instance identifier in every region")

@@ -137,6 +137,12 @@ def node_control_for(runbook: Runbook) -> NodeControl:
                 "drorch's failback through the RDS API (fence by security group, snapshot, "
                 "reconcile, a new cross-region read replica) is not built yet: fail back by "
                 "hand")
+        if db.kind == "aurora-global":
+            raise NodeControlUnavailable(
+                f"database {db_name} in {region} (kind aurora-global): Aurora manages the "
+                "nodes, and drorch's failback through the Aurora API (the old writer's "
+                "snapshot copied and restored for reconcile, then a switchover back) is not "
+                "built yet: fail back by hand")
         raise NodeControlUnavailable(
             f"database {db_name} in {region} (kind {db.kind}): {', '.join(NEEDS_NODE)} need "
             "control of the node, and this runbook gives none. When drorch runs on the "

@@ -244,6 +244,8 @@ def _create_aws(runbook: Runbook, aws: AwsClients, password: str) -> None:
         calls.append((_create_zone, runbook, aws))
     calls += [(_create_rds_pair, runbook, aws, db.name, password)
               for db in runbook.databases if db.kind == "rds"]
+    calls += [(_create_aurora_pair, runbook, aws, db.name, password)
+              for db in runbook.databases if db.kind == "aurora-global"]
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         _all(pool, calls)
 
@@ -271,6 +273,37 @@ def _create_rds_pair(runbook: Runbook, aws: AwsClients, db_name: str, password: 
         DBInstanceIdentifier=ep_b.instance_id,
         SourceDBInstanceIdentifier=made["DBInstance"]["DBInstanceArn"],
         DBInstanceClass="db.t3.micro", Port=ep_b.port, Tags=tags(secondary.name))
+
+
+def _lab_tags(runbook: Runbook, db_name: str, region: str) -> list[dict[str, str]]:
+    """Tags that bind a moto RDS resource to the lab's cluster in ``region``."""
+    ep = runbook.database(db_name).endpoints[region]
+    return [{"Key": LAB_ADDRESS_TAG, "Value": ep.host},
+            {"Key": LAB_DSN_TAG, "Value": node_for(runbook, db_name, region).dsn()},
+            {"Key": "drorch:database", "Value": db_name}]
+
+
+def _create_aurora_pair(runbook: Runbook, aws: AwsClients, db_name: str,
+                        password: str) -> None:
+    """A kind-aurora-global database in the lab: the global cluster, its primary regional
+    cluster in the primary region and a secondary in the other, each bound to the lab's
+    cluster there by tags (the writer endpoint answers with it, becoming the writer
+    promotes it)."""
+    db = runbook.database(db_name)
+    primary, secondary = runbook.primary, runbook.secondary
+    engine = {"Engine": "aurora-postgresql", "EngineVersion": "15.4"}
+    east = aws("rds", primary.aws_region)
+    east.create_global_cluster(GlobalClusterIdentifier=db.global_cluster_id, **engine)
+    east.create_db_cluster(
+        DBClusterIdentifier=db.endpoints[primary.name].cluster_id,
+        GlobalClusterIdentifier=db.global_cluster_id, MasterUsername="postgres",
+        MasterUserPassword=password, Port=db.endpoints[primary.name].port,
+        Tags=_lab_tags(runbook, db_name, primary.name), **engine)
+    aws("rds", secondary.aws_region).create_db_cluster(
+        DBClusterIdentifier=db.endpoints[secondary.name].cluster_id,
+        GlobalClusterIdentifier=db.global_cluster_id,
+        Port=db.endpoints[secondary.name].port,
+        Tags=_lab_tags(runbook, db_name, secondary.name), **engine)
 
 
 def _create_flag(runbook: Runbook, aws: AwsClients, aws_region: str) -> None:

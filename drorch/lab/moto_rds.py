@@ -115,7 +115,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from drorch.lab.moto_server import (
     LAB_ADDRESS_TAG,
@@ -128,15 +128,12 @@ try:  # the lab extra; a production install imports this module without it
     from moto.core.responses import ActionResult
     from moto.core.utils import utcnow
     from moto.rds.exceptions import DBInstanceNotFoundError, RDSClientError
-    from moto.rds.models import DBInstance, GlobalCluster, RDSBackend, rds_backends
+    from moto.rds.models import DBCluster, DBInstance, GlobalCluster, RDSBackend, rds_backends
     from moto.rds.responses import RDSResponse
 except ImportError:
     HAVE_MOTO = False
 else:
     HAVE_MOTO = True
-
-if TYPE_CHECKING:
-    from moto.rds.models import DBCluster
 
 GLOBAL_REGION = "us-east-1"
 """moto keeps every global cluster in this region's backend (``RDSResponse.global_backend``)."""
@@ -300,6 +297,7 @@ def _start(backend: RDSBackend, global_cluster_identifier: str,
                         f"Primary DB cluster {writer.db_cluster_arn} is "
                         f"{_cluster_state(writer)}; a switchover needs it available (fail "
                         "over with AllowDataLoss instead).")
+        _promote_lab_cluster(target)
         gc._drorch_transition = Transition(  # type: ignore[attr-defined]
             from_cluster=writer, to_cluster=target, data_loss_allowed=data_loss_allowed,
             done_at=time.monotonic() + switch_seconds())
@@ -368,6 +366,7 @@ def remove_from_global_cluster(self: RDSBackend, global_cluster_identifier: str,
             raise fault("InvalidGlobalClusterStateFault",
                         f"Global cluster {gc.global_cluster_identifier} has a switchover or "
                         "failover in progress.")
+        _promote_lab_cluster(cluster)  # it "becomes a standalone cluster with read-write"
         gc.members.remove(cluster)
         cluster.global_cluster_identifier = None
         cluster.is_writer = False
@@ -513,6 +512,28 @@ def promote_real_cluster(dsn: str) -> str:
                            f"{str(exc).strip() or type(exc).__name__}") from exc
 
 
+def _promote_lab_cluster(cluster: DBCluster) -> None:
+    """Lab only: a DB cluster tagged ``drorch:lab-dsn`` is the lab's real PostgreSQL
+    cluster; becoming the writer (switchover, failover, detach) promotes it before the
+    call answers. ``InvalidDBClusterStateFault`` with the reason (moto unchanged) when it
+    cannot. The lab's old writer is not demoted: it stays a primary, frozen by drorch
+    (read-only), where Aurora would make it a secondary."""
+    dsn = lab_tag(cluster, LAB_DSN_TAG)
+    if not dsn:
+        return
+    try:
+        promote_real_cluster(dsn)
+    except RuntimeError as exc:
+        raise fault("InvalidDBClusterStateFault",
+                    f"DB cluster {cluster.db_cluster_arn}: {exc}") from exc
+
+
+def _cluster_endpoint(self: DBCluster) -> str:
+    """``Endpoint`` (the writer endpoint): the ``drorch:lab-address`` tag's value where
+    there is one."""
+    return lab_tag(self, LAB_ADDRESS_TAG) or _moto["cluster_endpoint"].fget(self)
+
+
 def _refuse_promotion(instance: DBInstance) -> None:
     """``InvalidDBInstanceState`` unless ``instance`` is a read replica to promote now."""
     name = instance.db_instance_identifier
@@ -625,6 +646,7 @@ def install() -> None:
         remove_from_global_cluster=RDSBackend.remove_from_global_cluster,
         create_global_cluster=RDSBackend.create_global_cluster,
         address=DBInstance.address,
+        cluster_endpoint=DBCluster.endpoint,
         describe_db_instances=RDSBackend.describe_db_instances,
         create_db_instance_read_replica=RDSBackend.create_db_instance_read_replica,
         promote_read_replica=RDSBackend.promote_read_replica)
@@ -638,6 +660,7 @@ def install() -> None:
     RDSBackend.remove_from_global_cluster = remove_from_global_cluster  # type: ignore[method-assign]
     RDSBackend.create_global_cluster = create_global_cluster  # type: ignore[method-assign]
     DBInstance.address = property(_address)  # type: ignore[method-assign,assignment]
+    DBCluster.endpoint = property(_cluster_endpoint)  # type: ignore[method-assign,assignment]
     DBInstance.remove_replica = _remove_replica  # type: ignore[method-assign]
     RDSBackend.describe_db_instances = describe_db_instances  # type: ignore[method-assign]
     RDSBackend.create_db_instance_read_replica = (  # type: ignore[method-assign]

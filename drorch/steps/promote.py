@@ -14,8 +14,8 @@ from typing import Any
 
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
+from drorch.adapters import aurora, rds
 from drorch.adapters import postgres as pg
-from drorch.adapters import rds
 from drorch.steps.base import Step, StepContext, StepFailed
 from drorch.steps.freeze import freeze_journaled
 
@@ -41,6 +41,14 @@ class PromoteDatabase(Step):
                 if rds.describe(client, instance_id).is_replica:
                     return False
             except rds.RdsError as exc:
+                raise StepFailed(f"{self.target} in {ctx.to_region}: {exc}") from exc
+        if db.kind == "aurora-global":
+            client, target = self._aurora(ctx)
+            how = ctx.facts.get(self._path_key()) or "switchover"
+            try:
+                if not aurora.is_writer(client, str(db.global_cluster_id), target, how):
+                    return False
+            except aurora.AuroraError as exc:
                 raise StepFailed(f"{self.target} in {ctx.to_region}: {exc}") from exc
         try:
             return not pg.in_recovery(new)
@@ -128,7 +136,7 @@ class PromoteDatabase(Step):
                 ctx.facts.set(key, measured)
             start = time.monotonic()
             requested = self._journal_request(ctx)
-            if not self._promote(ctx, db, new):
+            if not self._promote(ctx, db, new, measured):
                 raise StepFailed(
                     f"{self.target}: promotion in {ctx.to_region} requested at "
                     f"{requested}, not confirmed within {db.promote_timeout_s:g}s (replay "
@@ -157,11 +165,56 @@ class PromoteDatabase(Step):
         assert ep.instance_id is not None  # the runbook model requires it for kind rds
         return ctx.aws("rds", ctx.aws_region(ctx.to_region)), ep.instance_id
 
-    def _promote(self, ctx: StepContext, db: Any, new: Any) -> bool:
+    def _aurora(self, ctx: StepContext) -> tuple[Any, aurora.Cluster]:
+        ep = ctx.runbook.database(self.target).endpoints[ctx.to_region]
+        client = ctx.aws("rds", ctx.aws_region(ctx.to_region))
+        try:
+            return client, aurora.describe_cluster(client, str(ep.cluster_id))
+        except aurora.AuroraError as exc:
+            raise StepFailed(f"{self.target} in {ctx.to_region}: {exc}") from exc
+
+    def _path_key(self) -> str:
+        return f"promote:{self.target}:aurora_path"
+
+    def _promote_aurora(self, ctx: StepContext, db: Any, new: Any,
+                        measured: dict[str, Any]) -> bool:
+        """Make the target region's cluster the global cluster's writer: a switchover
+        when the old primary answered and the replica replayed its barrier (no loss),
+        else ``aurora_unplanned`` (managed failover with data loss, or detach). The path
+        is journaled before the call; a resumed step whose operation is still running
+        (``FailoverState`` names this target) waits for it instead of asking again."""
+        client, target = self._aurora(ctx)
+        gid = str(db.global_cluster_id)
+        how = ctx.facts.get(self._path_key())
+        if how is None:
+            how = "switchover" if measured.get("caught_up") else db.aurora_unplanned
+            ctx.facts.set(self._path_key(), how)
+        try:
+            gc = aurora.describe_global(client, gid)
+            running = (gc.failover_state or {}).get("ToDbClusterArn") == target.arn
+            if not running and not aurora.is_writer(client, gid, target, how):
+                request_id = aurora.make_writer(client, gid, target, how)
+                ctx.record("aws.aurora.make_writer",
+                           {"database": self.target, "region": ctx.to_region, "path": how,
+                            "global_cluster": gid, "cluster": target.identifier,
+                            "request_id": request_id})
+            if not aurora.wait_writer(client, gid, target, how, db.promote_timeout_s):
+                return False
+        except aurora.AuroraError as exc:
+            raise StepFailed(f"{self.target} in {ctx.to_region}: {exc}; the operation may "
+                             "still complete, so nothing is rolled back: `drorch resume` "
+                             "reads the global cluster's real state and carries on") from exc
+        return _left_recovery(new, db.promote_timeout_s)
+
+    def _promote(self, ctx: StepContext, db: Any, new: Any,
+                 measured: dict[str, Any]) -> bool:
         """Promote by the database's kind; True once the node writes (out of recovery)
         within ``promote_timeout_s``. ``rds``: ``PromoteReadReplica`` unless RDS already
         shows the instance promoted (a resumed step), then the ``db_instance_available``
-        waiter, then the node itself must leave recovery."""
+        waiter, then the node itself must leave recovery. ``aurora-global``:
+        :meth:`_promote_aurora`."""
+        if db.kind == "aurora-global":
+            return self._promote_aurora(ctx, db, new, measured)
         if db.kind != "rds":
             return pg.promote(new, db.promote_timeout_s)
         client, instance_id = self._rds(ctx)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from drorch.adapters import rds, secrets
+from drorch.adapters import aurora, rds, secrets
 from drorch.steps.base import Step, StepContext, StepFailed
 
 
@@ -35,14 +35,26 @@ class RewriteSecret(Step):
 
     def _wanted(self, ctx: StepContext) -> tuple[str, int]:
         """Where the secret must point: the runbook's endpoint in the region we move to,
-        or for kind rds the endpoint RDS describes for the promoted instance (journaled
-        once, so a resumed step writes the same value)."""
+        or for kind rds (aurora-global) the endpoint AWS describes for the promoted
+        instance (the cluster's writer endpoint), journaled once, so a resumed step
+        writes the same value."""
         db = ctx.runbook.database(self._spec(ctx).database)
         ep = db.endpoints[ctx.to_region]
-        if db.kind != "rds":
+        if db.kind not in ("rds", "aurora-global"):
             return ep.host, ep.port
         key = f"rds:{db.name}:{ctx.to_region}:endpoint"
         known = ctx.facts.get(key)
+        if known is None and db.kind == "aurora-global":
+            try:
+                cluster = aurora.describe_cluster(
+                    ctx.aws("rds", ctx.aws_region(ctx.to_region)), str(ep.cluster_id))
+            except aurora.AuroraError as exc:
+                raise StepFailed(f"secret {self.target}: {exc}") from exc
+            if not cluster.endpoint or cluster.port is None:
+                raise StepFailed(f"secret {self.target}: Aurora describes no writer "
+                                 f"endpoint for {ep.cluster_id} in {ctx.to_region}")
+            known = [cluster.endpoint, cluster.port]
+            ctx.facts.set(key, known)
         if known is None:
             assert ep.instance_id is not None  # required for kind rds
             try:
@@ -60,9 +72,10 @@ class RewriteSecret(Step):
     def describe(self, ctx: StepContext) -> str:
         spec = self._spec(ctx)
         db = ctx.runbook.database(spec.database)
-        if db.kind == "rds":
-            return (f"rewrite secret {spec.secret_id} in {spec.region} to the endpoint RDS "
-                    f"describes for {db.endpoints[ctx.to_region].instance_id} in "
+        if db.kind in ("rds", "aurora-global"):
+            ep = db.endpoints[ctx.to_region]
+            return (f"rewrite secret {spec.secret_id} in {spec.region} to the endpoint "
+                    f"AWS describes for {ep.instance_id or ep.cluster_id} in "
                     f"{ctx.to_region}")
         host, port = self._wanted(ctx)
         return f"rewrite secret {spec.secret_id} in {spec.region} to {host}:{port}"

@@ -1,0 +1,139 @@
+"""Aurora PostgreSQL Global Database: which regional cluster writes, and making another
+one the writer.
+
+Facts from the Amazon RDS API Reference: ``SwitchoverGlobalCluster`` promotes a
+secondary and demotes the primary to a secondary, with no data loss (the primary must be
+healthy); ``FailoverGlobalCluster`` with ``AllowDataLoss`` promotes a secondary when the
+primary is not (writes it had not replicated are lost, and Aurora keeps a snapshot of
+the old primary's volume); ``RemoveFromGlobalCluster`` detaches a secondary, which
+"becomes a standalone cluster with read-write capability" (for accounts or engine
+versions where managed failover is not allowed). Each answers as the operation starts:
+``DescribeGlobalClusters`` shows it done when the target's ``IsWriter`` is true and
+``FailoverState`` is gone. Every call returns AWS's request id, for the audit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+Path = Literal["switchover", "failover", "detach"]
+"""How a secondary becomes the writer: planned (no loss), managed failover (data loss
+allowed), or detach-and-promote."""
+
+
+class AuroraError(RuntimeError):
+    """An Aurora call failed or the global cluster is not in the state a step needs."""
+
+
+@dataclass(frozen=True)
+class Member:
+    arn: str
+    is_writer: bool
+
+
+@dataclass(frozen=True)
+class GlobalCluster:
+    identifier: str
+    status: str
+    members: tuple[Member, ...]
+    failover_state: dict[str, Any] | None
+    """``FailoverState`` while a switchover or failover runs, else None."""
+
+    def writer(self) -> str | None:
+        return next((m.arn for m in self.members if m.is_writer), None)
+
+    def member(self, arn: str) -> Member | None:
+        return next((m for m in self.members if m.arn == arn), None)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    identifier: str
+    arn: str
+    status: str
+    endpoint: str | None
+    """The writer endpoint (``Endpoint``)."""
+    port: int | None
+    global_cluster: str | None
+
+
+def _request_id(resp: dict[str, Any]) -> str | None:
+    return (resp.get("ResponseMetadata") or {}).get("RequestId")
+
+
+def _fail(what: str, name: str, e: ClientError) -> AuroraError:
+    err = e.response.get("Error", {})
+    rid = _request_id(e.response)
+    return AuroraError(f"Aurora {what} {name}: {err.get('Code', '?')}: "
+                       f"{err.get('Message', e)}" + (f" (request {rid})" if rid else ""))
+
+
+def describe_global(client: Any, identifier: str) -> GlobalCluster:
+    """The global cluster now. Raises :class:`AuroraError` (``GlobalClusterNotFoundFault``
+    included)."""
+    try:
+        raw = client.describe_global_clusters(
+            GlobalClusterIdentifier=identifier)["GlobalClusters"][0]
+    except ClientError as e:
+        raise _fail("describe global cluster", identifier, e) from e
+    members = tuple(Member(m["DBClusterArn"], bool(m.get("IsWriter")))
+                    for m in raw.get("GlobalClusterMembers") or [])
+    return GlobalCluster(raw["GlobalClusterIdentifier"], raw.get("Status", "unknown"),
+                         members, raw.get("FailoverState") or None)
+
+
+def describe_cluster(client: Any, identifier: str) -> Cluster:
+    """A regional DB cluster (``DescribeDBClusters``)."""
+    try:
+        raw = client.describe_db_clusters(DBClusterIdentifier=identifier)["DBClusters"][0]
+    except ClientError as e:
+        raise _fail("describe cluster", identifier, e) from e
+    return Cluster(raw["DBClusterIdentifier"], raw["DBClusterArn"], raw.get("Status", "?"),
+                   raw.get("Endpoint"), int(raw["Port"]) if raw.get("Port") else None,
+                   raw.get("GlobalClusterIdentifier"))
+
+
+def make_writer(client: Any, global_id: str, target: Cluster, how: Path) -> str | None:
+    """Start making ``target`` the writer by ``how``; AWS's request id. Not idempotent:
+    callers read the global cluster first (:func:`is_writer`) and journal the request."""
+    try:
+        if how == "switchover":
+            resp = client.switchover_global_cluster(GlobalClusterIdentifier=global_id,
+                                                    TargetDbClusterIdentifier=target.arn)
+        elif how == "failover":
+            resp = client.failover_global_cluster(GlobalClusterIdentifier=global_id,
+                                                  TargetDbClusterIdentifier=target.arn,
+                                                  AllowDataLoss=True)
+        else:
+            resp = client.remove_from_global_cluster(GlobalClusterIdentifier=global_id,
+                                                     DbClusterIdentifier=target.arn)
+    except ClientError as e:
+        raise _fail(how, f"{global_id} -> {target.identifier}", e) from e
+    return _request_id(resp)
+
+
+def is_writer(client: Any, global_id: str, target: Cluster, how: Path) -> bool:
+    """Has ``target`` become the writer? A detached cluster is a standalone writer once it
+    is no longer a member; otherwise it is the global cluster's writer with no operation
+    in progress."""
+    gc = describe_global(client, global_id)
+    if how == "detach":
+        return gc.member(target.arn) is None
+    member = gc.member(target.arn)
+    return member is not None and member.is_writer and gc.failover_state is None
+
+
+def wait_writer(client: Any, global_id: str, target: Cluster, how: Path,
+                timeout_s: float, poll_s: float = 2.0) -> bool:
+    """Poll :func:`is_writer` until true, at most ``timeout_s``."""
+    try:
+        Retrying(retry=retry_if_result(lambda done: not done),
+                 stop=stop_after_delay(timeout_s), wait=wait_fixed(poll_s))(
+            is_writer, client, global_id, target, how)
+    except RetryError:
+        return False
+    return True

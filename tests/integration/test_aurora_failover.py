@@ -1,0 +1,142 @@
+"""Failover of a kind-aurora-global database on the lab: the secondary regional cluster
+becomes the writer through the Aurora API (the lab's moto, whose clusters are bound to
+the lab's real PostgreSQL clusters): a switchover when region-a answers, a managed
+failover with data loss or a detach when it does not; the secrets get the writer
+endpoint Aurora describes; a kill -9 after the request, then `drorch resume`, asks once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from drorch.adapters import aurora, secrets
+from drorch.adapters import postgres as pg
+from drorch.adapters.aws import AwsClients
+from drorch.lab import lab as lab_mod
+from tests.conftest import ROOT, Lab, running_lab
+
+pytestmark = pytest.mark.postgres
+
+AURORA_RUNBOOK = ROOT / "runbooks" / "aws-aurora-global.yaml"
+
+
+def _lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moto: tuple[int, Path],
+         unplanned: str = "failover") -> Any:
+    path = AURORA_RUNBOOK
+    if unplanned != "failover":
+        path = tmp_path / "aurora.yaml"
+        path.write_text(AURORA_RUNBOOK.read_text().replace(
+            "aurora_unplanned: failover", f"aurora_unplanned: {unplanned}"))
+    return running_lab(tmp_path, monkeypatch, path, moto)
+
+
+@pytest.fixture
+def aurora_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+               worker_moto: tuple[int, Path]) -> Iterator[Lab]:
+    with _lab(tmp_path, monkeypatch, worker_moto) as running:
+        yield running
+
+
+def _dsn(lab: Lab, region: str) -> str:
+    return lab.runbook.database("main").endpoints[region].dsn()
+
+
+def _rds(lab: Lab, region: str) -> Any:
+    return AwsClients.for_runbook(lab.runbook)("rds", lab.runbook.region(region).aws_region)
+
+
+def _cluster(lab: Lab, region: str) -> aurora.Cluster:
+    return aurora.describe_cluster(
+        _rds(lab, region), str(lab.runbook.database("main").endpoints[region].cluster_id))
+
+
+def _writer(lab: Lab) -> str | None:
+    return aurora.describe_global(_rds(lab, "region-b"), "drorch-main").writer()
+
+
+def _actions(lab: Lab, action: str) -> int:
+    return sum(n for (svc, _region, act), n in lab_mod.moto_actions(lab.runbook).items()
+               if svc == "rds" and act == action)
+
+
+def _audit(lab: Lab, action: str) -> list[dict[str, Any]]:
+    return [e for e in (json.loads(line) for line in
+                        (lab.state_dir / "audit.jsonl").read_text().splitlines())
+            if e["action"] == action]
+
+
+def _secrets_point_at(lab: Lab, cluster: aurora.Cluster) -> None:
+    aws = AwsClients.for_runbook(lab.runbook)
+    for spec in lab.runbook.secrets:
+        value = secrets.get_value(
+            aws("secretsmanager", lab.runbook.region(spec.region).aws_region), spec.secret_id)
+        assert (value["host"], value["port"]) == (cluster.endpoint, cluster.port)
+
+
+def _kill_region_a(lab: Lab) -> list[int]:
+    with psycopg.connect(_dsn(lab, "region-a"), autocommit=True) as c:
+        ids = [c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES "
+                         "(1, %s, 'a') RETURNING id", (n,)).fetchone()[0] for n in range(3)]
+    pg.wait_replayed(_dsn(lab, "region-b"), pg.status(_dsn(lab, "region-a")).lsn, 30)
+    lab_mod.node_for(lab.runbook, "main", "region-a").kill()
+    return ids
+
+
+def test_switchover_when_region_a_answers(aurora_lab: Lab) -> None:
+    a, b = _cluster(aurora_lab, "region-a"), _cluster(aurora_lab, "region-b")
+    eps = aurora_lab.runbook.database("main").endpoints
+    assert (b.endpoint, b.port) == ("127.0.0.1", eps["region-b"].port)  # the lab's binding
+    assert _writer(aurora_lab) == a.arn
+    result = aurora_lab.cli("failover", "--yes", "--reason", "aurora", "--actor", "alice")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _writer(aurora_lab) == b.arn
+    assert not pg.in_recovery(_dsn(aurora_lab, "region-b"))
+    _secrets_point_at(aurora_lab, b)
+    [call] = _audit(aurora_lab, "aws.aurora.make_writer")
+    assert call["inputs"]["path"] == "switchover" and call["inputs"]["request_id"]
+    assert _actions(aurora_lab, "SwitchoverGlobalCluster") == 1
+    assert _actions(aurora_lab, "FailoverGlobalCluster") == 0
+
+
+def test_unplanned_failover_killed_after_the_request_asks_once(aurora_lab: Lab) -> None:
+    ids = _kill_region_a(aurora_lab)
+    killed = aurora_lab.cli("failover", "--yes", "--reason", "aurora", "--actor", "bob",
+                            extra_env={"DRORCH_FAULT_KILL_AT": "promote:main:after_apply"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    resumed = aurora_lab.cli("resume", "--yes")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    b = _cluster(aurora_lab, "region-b")
+    assert _writer(aurora_lab) == b.arn
+    assert _actions(aurora_lab, "FailoverGlobalCluster") == 1
+    assert _actions(aurora_lab, "SwitchoverGlobalCluster") == 0
+    [call] = _audit(aurora_lab, "aws.aurora.make_writer")
+    assert call["inputs"]["path"] == "failover"
+    with psycopg.connect(_dsn(aurora_lab, "region-b"), autocommit=True) as c:
+        assert [r[0] for r in c.execute("SELECT id FROM orders WHERE id = ANY(%s) "
+                                        "ORDER BY id", (ids,))] == ids
+    _secrets_point_at(aurora_lab, b)
+    # Aurora keeps the old writer's volume as a snapshot after an unplanned failover
+    snaps = _rds(aurora_lab, "region-a").describe_db_cluster_snapshots()["DBClusterSnapshots"]
+    assert any(s["DBClusterSnapshotIdentifier"].startswith("rds:unplanned-global-failover-")
+               for s in snaps)
+
+
+def test_detach_and_promote_when_managed_failover_is_not_allowed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        worker_moto: tuple[int, Path]) -> None:
+    with _lab(tmp_path, monkeypatch, worker_moto, "detach") as lab:
+        _kill_region_a(lab)
+        result = lab.cli("failover", "--yes", "--reason", "aurora", "--actor", "carol")
+        assert result.returncode == 0, result.stdout + result.stderr
+        b = _cluster(lab, "region-b")
+        assert b.global_cluster is None
+        assert b.arn not in [m.arn for m in aurora.describe_global(
+            _rds(lab, "region-b"), "drorch-main").members]
+        assert _actions(lab, "RemoveFromGlobalCluster") == 1
+        assert not pg.in_recovery(_dsn(lab, "region-b"))
+        _secrets_point_at(lab, b)
