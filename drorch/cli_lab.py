@@ -6,7 +6,7 @@ import getpass
 import shutil
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -152,6 +152,11 @@ def lab_down(
     from drorch.lab import lab
 
     rb = load_or_exit(runbook)
+    if purge and rb.lab is None:
+        err.print(f"[bold red]refused:[/] --purge deletes the journal and the audit log, "
+                  f"and {escape(str(runbook))} is not a lab runbook (no lab: section): "
+                  "nothing was stopped or deleted", highlight=False)
+        raise typer.Exit(ExitCode.REFUSED)
     try:
         stopped = lab.down(rb)
     except Exception as exc:  # noqa: BLE001 (a clear sentence, never a traceback)
@@ -159,7 +164,28 @@ def lab_down(
         raise typer.Exit(ExitCode.FAILED) from None
     out.print("lab down: " + (", ".join(stopped) if stopped else "nothing was running"))
     if purge:
-        state = Path(rb.state_dir)
-        if state.exists():
-            shutil.rmtree(state)
-            out.print(f"purged {state} (journal, audit log, reports)", highlight=False)
+        _purge(rb)
+
+PURGED = ("journal.db", "journal.db-wal", "journal.db-shm", "journal.db-journal",
+          "audit.jsonl", "reports", "lab", "evidence", "conflicts-*.jsonl*", "rekeyed-*.csv")
+"""What drorch writes in a state directory: all that ``lab down --purge`` deletes."""
+
+
+def _purge(rb: Any) -> None:
+    """Delete drorch's own files from the lab's state directory (never anything else
+    there), then the directory itself if that leaves it empty."""
+    state = Path(rb.state_dir)
+    gone = []
+    for pattern in PURGED:
+        for path in sorted(state.glob(pattern)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            gone.append(path.name)
+    if state.is_dir() and not any(state.iterdir()):
+        state.rmdir()
+    kept = sorted(p.name for p in state.iterdir()) if state.is_dir() else []
+    out.print(f"purged {state}: " + (", ".join(gone) if gone else "nothing of drorch's")
+              + (f"; left what drorch did not write: {', '.join(kept)}" if kept else ""),
+              highlight=False)

@@ -3,7 +3,8 @@ recovery hold, the latest incident; as data (:class:`~drorch.cli_output.StatusOu
 then shown as text or JSON. Reads only.
 
 Its exit status is for scripts and monitors: 5 while the latest incident is halted
-(a human must look), 7 when a watcher that is not stopped has not ticked for longer
+(a human must look) or in flight with nobody running it (its process was stopped or
+killed: `drorch resume`), 7 when a watcher that is not stopped has not ticked for longer
 than its health window allows (its verdict is stale: it shows a past that may not
 hold any more), 0 otherwise."""
 
@@ -28,6 +29,8 @@ from drorch.exitcodes import ExitCode
 from drorch.incident import incident_record
 from drorch.metrics import rto as rto_of
 
+IN_FLIGHT = ("failing_over", "failing_back")
+"""Incident states a running engine holds its lease through."""
 NOT_TICKING_STATES = ("stopped", "failing_over")
 """Watcher states in which no tick is expected: stopped on purpose, or driving a
 failover (its progress is the incident's)."""
@@ -74,6 +77,7 @@ def build_status(rb: Runbook, engine: Any, now: float | None = None) -> StatusOu
             decision=None if d is None else WatchDecisionOut(action=d.action, guard=d.guard,
                                                              reason=d.reason))
     latest = None
+    interrupted = False
     attention: list[str] = []
     incidents = store.incidents(rb.name)
     if incidents:
@@ -82,10 +86,16 @@ def build_status(rb: Runbook, engine: Any, now: float | None = None) -> StatusOu
         if latest.state == "halted":
             attention.append(f"incident {latest.incident_id} is halted: look at it, then "
                              "`drorch resume`")
+        elif latest.state in IN_FLIGHT and not store.lease_held(f"runbook:{rb.name}"):
+            interrupted = True
+            attention.append(f"incident {latest.incident_id} is {latest.state} and nobody is "
+                             "running it (the process that did was stopped or killed): "
+                             "`drorch resume` carries it on from its journal")
     if watcher is not None and watcher.stale:
         attention.append(f"the watcher's last verdict is {watcher.age_s:.0f} s old (stale "
                          f"after {watcher.stale_after_s:g} s): is `drorch watch` running?")
-    code = ExitCode.HALTED if latest is not None and latest.state == "halted" else \
+    halted = latest is not None and latest.state == "halted"
+    code = ExitCode.HALTED if halted or interrupted else \
         ExitCode.STALE if watcher is not None and watcher.stale else ExitCode.OK
     return StatusOutput(runbook=rb.name, state_dir=rb.state_dir, active_region=active,
                         health=health, watcher=watcher,

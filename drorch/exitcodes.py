@@ -38,7 +38,8 @@ MEANING: dict[ExitCode, str] = {
     ExitCode.ROLLED_BACK: "a step failed before promotion and what was done was undone",
     ExitCode.HALTED: "halted (a step failed after promotion was requested, or a rollback "
                      "failed): a human must look, then `drorch resume`; status exits so "
-                     "while the latest incident is halted",
+                     "while the latest incident is halted, or in flight with nobody "
+                     "running it (its process was stopped or killed)",
     ExitCode.NOTHING_TO_DO: "nothing to do: no incident to resume or report on, no "
                             "failover in force to fail back from or to acknowledge",
     ExitCode.STALE: "status: the watcher's last verdict is older than its health window "

@@ -187,6 +187,16 @@ class SqliteStore:
                        (holder, token, now + ttl_s, name))
             return token
 
+    def lease_held(self, name: str) -> bool:
+        """Is someone acting under lease ``name`` now (unexpired, holder alive)? Reads
+        only: for ``status``, which must tell a running incident from an interrupted
+        one."""
+        row = self._read("SELECT holder, expires_at FROM lease WHERE name=?", (name,))
+        if not row:
+            return False
+        holder, expires_at = row[0]
+        return bool(expires_at > time.time() and not _holder_is_dead(holder))
+
     def renew_lease(self, name: str, token: int, ttl_s: float) -> None:
         with self._tx() as db:
             cur = db.execute("UPDATE lease SET expires_at=? WHERE name=? AND token=?",

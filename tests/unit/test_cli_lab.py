@@ -28,6 +28,29 @@ def test_down_purge_deletes_the_state_directory(r: Rig) -> None:
     assert not r.state.exists()
 
 
+def test_down_purge_deletes_only_what_drorch_wrote(r: Rig) -> None:
+    """A file of someone else's in the state directory survives, and so does the
+    directory holding it."""
+    assert r.cli("failover", "--reason", "x", "--yes").exit_code == 0
+    (r.state / "notes.txt").write_text("mine")
+    purged = r.cli("lab", "down", "--purge")
+    assert purged.exit_code == 0
+    assert sorted(p.name for p in r.state.iterdir()) == ["notes.txt"]
+    assert "notes.txt" in purged.output
+
+
+def test_down_purge_refuses_a_runbook_that_is_not_the_labs(r: Rig, tmp_path: Path) -> None:
+    """--purge deletes a journal and an audit log: never on a production runbook."""
+    assert r.cli("failover", "--reason", "x", "--yes").exit_code == 0
+    text = (Path(__file__).resolve().parents[2] / "runbooks" / "lab.yaml").read_text()
+    prod = tmp_path / "prod.yaml"
+    prod.write_text(text.split("\nlab:")[0] + "\n")
+    refused = r.cli("lab", "down", "--purge", "-r", str(prod))
+    assert refused.exit_code == ExitCode.REFUSED, refused.output
+    assert "not a lab runbook" in refused.stderr
+    assert (r.state / "journal.db").exists() and (r.state / "audit.jsonl").exists()
+
+
 def test_up_refuses_a_journal_from_an_earlier_lab(r: Rig,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A journal saying region-b serves would steer a fresh lab wrong: `lab up` and

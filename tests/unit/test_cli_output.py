@@ -115,3 +115,28 @@ def test_a_bad_output_is_a_usage_error(r: Rig) -> None:
     assert r.cli("status", "--output", "yaml").exit_code == ExitCode.USAGE
     assert r.cli("failover", "--reason", "x", "--yes", "--output", "json").exit_code == \
         ExitCode.USAGE
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_status_exits_5_for_an_incident_in_flight_that_nobody_runs(
+        r: Rig, running: bool) -> None:
+    """A failover whose process was killed (in flight, its lease free) needs a human:
+    exit 5 and `drorch resume` in `attention`; one still running (lease held by a live
+    process) does not."""
+    from drorch.store.sqlite import Incident, this_holder
+
+    store = SqliteStore(r.state / "journal.db")
+    now = time.time()
+    store.create_incident(Incident("lab-1", "failover", "lab", "alice", "test",
+                                   {"kind": "manual"}, "failing_over", now, now))
+    if running:
+        store.acquire_lease("runbook:lab", this_holder(), 60)
+    store.close()
+    code = ExitCode.OK if running else ExitCode.HALTED
+    doc = _json(r, StatusOutput, "status", code=code)
+    assert doc["latest_incident"]["state"] == "failing_over"
+    if running:
+        assert doc["attention"] == []
+    else:
+        assert "nobody is running it" in doc["attention"][0]
+        assert "drorch resume" in doc["attention"][0]
