@@ -314,14 +314,29 @@ def report(
     fmt: Annotated[str | None, typer.Option("--format", help="The same as --output "
                                             "(kept for old scripts).")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write to this file "
-                                                  "instead of standard output.")] = None,
+                                                  "instead of standard output (- is "
+                                                  "standard output; without --output the "
+                                                  "file's .json/.md/.html picks the "
+                                                  "format).")] = None,
 ) -> None:
     """The incident report: timeline, decisions, steps, flows, RPO/RTO against targets."""
     from drorch.report import FORMATS, build_report, render
 
-    chosen = output or fmt or "md"
+    if out_file is not None and str(out_file) == "-":
+        out_file = None  # the usual spelling of standard output
+    suffix = out_file.suffix.lstrip(".").lower() if out_file is not None else ""
+    if out_file is not None and not suffix and str(out_file) in FORMATS:
+        err.print(f"-o/--out names a file; for the format use --output {out_file} "
+                  f"(or -o report.{out_file})", highlight=False)
+        raise typer.Exit(ExitCode.USAGE)
+    chosen = output or fmt or (suffix if suffix in FORMATS else "md")
     if chosen not in FORMATS:
         err.print(f"--output must be one of {', '.join(FORMATS)}")
+        raise typer.Exit(ExitCode.USAGE)
+    if out_file is not None and (out_file.is_dir() or not out_file.parent.is_dir()):
+        err.print(f"cannot write the report to {escape(str(out_file))}: "
+                  + ("it is a directory" if out_file.is_dir() else
+                     f"{escape(str(out_file.parent))} is not a directory"), highlight=False)
         raise typer.Exit(ExitCode.USAGE)
     rb = load_or_exit(runbook)
     store = read_only_engine(rb).store
@@ -335,8 +350,13 @@ def report(
         raise typer.Exit(ExitCode.USAGE)
     text = render(build_report(incident_record(store, rb, incident_id)), chosen)
     if out_file:
-        out_file.write_text(text)
-        out.print(f"report written to {out_file}")
+        try:
+            out_file.write_text(text)
+        except OSError as exc:
+            err.print(f"cannot write the report to {escape(str(out_file))}: "
+                      f"{escape(exc.strerror or str(exc))}", highlight=False)
+            raise typer.Exit(ExitCode.FAILED) from None
+        out.print(f"report written to {out_file}", highlight=False)
     else:
         sys.stdout.write(text)
 

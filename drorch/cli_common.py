@@ -32,12 +32,23 @@ def load_or_exit(path: Path) -> Runbook:
         raise typer.Exit(ExitCode.USAGE) from None
 
 
+def open_journal(opener: Any) -> Any:
+    """``opener()``, or exit 1 with one sentence when the journal cannot be read."""
+    from drorch.store.sqlite import JournalUnreadable
+
+    try:
+        return opener()
+    except JournalUnreadable as exc:
+        err.print(f"[bold red]journal unreadable:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(ExitCode.FAILED) from None
+
+
 def open_context(runbook: Runbook) -> tuple[Any, Any, Any]:
     from drorch.adapters.aws import AwsClients
     from drorch.store.sqlite import SqliteStore
 
     state = Path(runbook.state_dir)
-    store = SqliteStore(state / "journal.db")
+    store = open_journal(lambda: SqliteStore(state / "journal.db"))
     audit = AuditLog(state / "audit.jsonl", redactor=logs.REDACTOR)
     return store, audit, AwsClients.for_runbook(runbook)
 
@@ -59,7 +70,7 @@ def read_only_engine(rb: Runbook) -> Any:
     from drorch.engine import Engine
     from drorch.store.sqlite import SqliteStore
 
-    store = SqliteStore.read_only(Path(rb.state_dir) / "journal.db")
+    store = open_journal(lambda: SqliteStore.read_only(Path(rb.state_dir) / "journal.db"))
     # node control as a failback would have it (so its plan is refused exactly when the
     # failback would be); describing a plan never starts, stops or rewrites a node
     return Engine(rb, store, _NoAudit(), AwsClients.for_runbook(rb),  # type: ignore[arg-type]

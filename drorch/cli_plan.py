@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
+
 from drorch.cli_common import out
 from drorch.cli_output import PlannedStage, PlannedStep, PlanOutput
 from drorch.config import Runbook
@@ -54,16 +56,16 @@ def print_plan(plan: PlanOutput) -> None:
     out.print(f"[bold]{plan.kind} plan[/] for runbook {plan.runbook}: {plan.from_region} -> "
               f"{plan.to_region}")
     if not plan.allowed:
-        out.print(f"[bold red]would be refused:[/] {plan.refusal}", highlight=False)
+        out.print(f"[bold red]would be refused:[/] {escape(str(plan.refusal))}", highlight=False)
     for i, stage in enumerate(plan.stages, 1):
         out.print(f"{i}. {stage.name}{' (in parallel)' if stage.parallel else ''}")
         for step in stage.steps:
             irrev = " [bold yellow](irreversible)[/]" if step.irreversible else ""
-            out.print(f"   - {step.id}: {step.description}{irrev}", highlight=False)
+            out.print(f"   - {escape(step.id)}: {escape(step.description)}{irrev}", highlight=False)
     for warning in plan.warnings:
-        out.print(f"[bold yellow]warning[/] {warning}", highlight=False)
+        out.print(f"[bold yellow]warning[/] {escape(warning)}", highlight=False)
     for note in plan.notes:
-        out.print(note, highlight=False)
+        out.print(escape(note), highlight=False)
 
 
 def split_pin_warnings(rb: Runbook, region: str) -> tuple[list[str], list[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from drorch.cli_common import out
@@ -17,7 +18,8 @@ def show_progress(step: str, status: str, sentence: str, detail: dict[str, Any])
              "rolled_back": "yellow", "deferred": "magenta", "healthy": "green",
              "degraded": "yellow"}.get(status, "white")
     wait = f" (waited {detail['wait_s']:.2f}s)" if "wait_s" in detail else ""
-    out.print(f"  [{style}]{status:>11}[/] {step:<28} {sentence}{wait}", highlight=False)
+    out.print(f"  [{style}]{status:>11}[/] {escape(step):<28} {escape(sentence)}{wait}",
+              highlight=False)
 
 
 def print_summary(record: dict[str, Any]) -> None:
@@ -65,7 +67,7 @@ def print_health(rb: Runbook, store: Any, active: str) -> None:
                            for p in row.get("probes", []))
         out.print(f"  {row['region']} ({role}): {row['status']} - "
                   f"{row.get('progress') or 'no observation yet'}"
-                  + (f" [{probes}]" if probes else ""), highlight=False)
+                  + (escape(f" [{probes}]") if probes else ""), highlight=False)
 
 
 def _fmt(value: Any, unit: str) -> str:

@@ -113,15 +113,32 @@ def _holder_is_dead(holder: str) -> bool:
     return not pid_alive(int(pid))
 
 
+class JournalUnreadable(RuntimeError):
+    """The journal file is not one drorch can read (corrupt, truncated, another file);
+    the message names it and what to do. Nothing was written to it."""
+
+
+def _unreadable(path: Path, exc: sqlite3.DatabaseError) -> JournalUnreadable:
+    return JournalUnreadable(
+        f"journal {path} cannot be read ({exc}): it is the only record of which region "
+        "serves writes, so drorch does not replace it. Keep it for a human (move it aside, "
+        "e.g. to journal.db.broken) and restore it from a copy, or start with no journal "
+        "only once you know which region is primary")
+
+
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                   check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+            self._db.execute("SELECT count(*) FROM incidents").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise _unreadable(path, exc) from None
         # One connection shared by a stage's parallel steps: serialise its use.
         self._lock = threading.RLock()
 
@@ -135,11 +152,16 @@ class SqliteStore:
         does; the next writer uses them.)"""
         store = cls.__new__(cls)
         store.path = path
-        if path.exists():
+        if path.exists() and path.stat().st_size > 0:
             store._db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                                         timeout=30, isolation_level=None,
                                         check_same_thread=False)
-        else:
+            try:
+                store._db.execute("SELECT count(*) FROM incidents").fetchone()
+            except sqlite3.DatabaseError as exc:
+                store._db.close()
+                raise _unreadable(path, exc) from None
+        else:  # none yet (or created empty and never written): nothing has happened
             store._db = sqlite3.connect(":memory:", isolation_level=None,
                                         check_same_thread=False)
             store._db.executescript(SCHEMA)

@@ -200,3 +200,41 @@ def test_report_out_writes_a_file_and_output_chooses_the_format(r: Rig,
     assert target.read_text().startswith("<!DOCTYPE html>")
     assert not (Path.cwd() / "json").exists()
     assert r.cli("report", "--output", "pdf").exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("command", [("status",), ("plan",), ("failover", "--dry-run"),
+                                     ("report",), ("resume", "--yes"), ("lab", "up")])
+def test_a_corrupt_journal_is_one_sentence_and_stays_as_it_was(
+        r: Rig, command: tuple[str, ...]) -> None:
+    """A journal that is not SQLite (or not drorch's) stops every command with exit 1 and
+    a sentence naming it; it is never replaced, and no traceback is printed."""
+    r.state.mkdir(parents=True, exist_ok=True)
+    journal = r.state / "journal.db"
+    journal.write_bytes(b"\x00garbage, not a database\xff" * 100)
+    before = journal.read_bytes()
+    result = r.cli(*command)
+    assert result.exit_code == ExitCode.FAILED, result.output
+    assert "journal unreadable" in result.stderr and str(journal) in "".join(
+        result.stderr.split())
+    assert "Traceback" not in result.output and journal.read_bytes() == before
+
+
+def test_an_empty_journal_file_is_an_empty_journal(r: Rig) -> None:
+    r.state.mkdir(parents=True, exist_ok=True)
+    (r.state / "journal.db").write_bytes(b"")
+    assert r.cli("status").exit_code == ExitCode.OK
+    assert r.cli("failover", "--reason", "x", "--yes").exit_code == ExitCode.OK
+
+
+def test_report_out_is_a_file_and_a_bad_path_is_one_sentence(r: Rig, tmp_path: Path) -> None:
+    assert r.cli("failover", "--reason", "x", "--yes").exit_code == ExitCode.OK
+    named = r.cli("report", "-o", "json")
+    assert named.exit_code == ExitCode.USAGE and "--output json" in named.stderr
+    missing = r.cli("report", "-o", str(tmp_path / "no" / "such" / "r.md"))
+    assert missing.exit_code == ExitCode.USAGE and "Traceback" not in missing.output
+    assert r.cli("report", "-o", str(tmp_path)).exit_code == ExitCode.USAGE
+    by_suffix = r.cli("report", "-o", str(tmp_path / "r.json"))
+    assert by_suffix.exit_code == ExitCode.OK
+    assert json.loads((tmp_path / "r.json").read_text())["incident_id"]
+    dash = r.cli("report", "-o", "-", "--output", "json")
+    assert dash.exit_code == ExitCode.OK and json.loads(dash.stdout)["incident_id"]
