@@ -125,8 +125,9 @@ def failback(runbook: RunbookOpt, reason: ReasonOpt = None, actor: ActorOpt = No
              dry_run: DryRunOpt = False, yes: YesOpt = False,
              output: OutputOpt = "text") -> None:
     """Return to the original primary region: fence it, reconcile its divergent writes,
-    rebuild it as a replica, then switch back with zero loss. Needs node control (the
-    lab only, today). Irreversible: asks for confirmation unless --yes."""
+    rebuild it as a replica, then switch back with zero loss. Needs node control of
+    the old primary (endpoints.<region>.node, kind postgres). Irreversible: asks for
+    confirmation unless --yes."""
     _manual("failback", runbook, reason, actor, dry_run, yes, output)
 
 

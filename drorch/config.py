@@ -337,8 +337,8 @@ class Runbook(_Model):
                                           "service works in the new region")
     targets: Targets = Field(default=Targets(), description="RPO and RTO targets")
     lab: LabPorts | None = Field(default=None, description="Only for the local lab: marks "
-                                 "the runbook as a lab one (node control for failback and "
-                                 "drill comes from the lab)")
+                                 "the runbook as a lab one (`drorch lab ...` runs it; "
+                                 "`lab down --purge` may delete its state)")
 
     @field_validator("state_dir", mode="before")
     @classmethod

@@ -17,8 +17,10 @@ from pathlib import Path
 
 def default_state_dir(runbook_name: str) -> Path:
     """The per-user state directory of a runbook that names none."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base).expanduser() / "drorch" / runbook_name
+    base = Path(os.environ.get("XDG_STATE_HOME") or "").expanduser()
+    if not base.is_absolute():  # unset, empty or relative: the XDG Base Directory spec
+        base = Path.home() / ".local" / "state"  # says to ignore a relative path
+    return base / "drorch" / runbook_name
 
 
 def resolve_state_dir(value: str | None, runbook_name: str, runbook_dir: Path | None) -> str:

@@ -26,6 +26,8 @@ def test_relative_to_the_runbook_absolute_as_is_default_per_user(
     assert resolve_state_dir(None, "lab", tmp_path) == str(tmp_path / "xdg" / "drorch" / "lab")
     monkeypatch.delenv("XDG_STATE_HOME")
     assert default_state_dir("lab") == Path.home() / ".local" / "state" / "drorch" / "lab"
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/dir")  # ignored, as the XDG spec says
+    assert default_state_dir("lab") == Path.home() / ".local" / "state" / "drorch" / "lab"
 
 
 def test_the_lab_runbook_without_drorch_state_dir_uses_the_per_user_default(
