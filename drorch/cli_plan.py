@@ -35,6 +35,8 @@ def build_plan(rb: Runbook, engine: Any, kind: str = "failover") -> PlanOutput:
                                    irreversible=bool(s.irreversible)) for s in stage.steps]))
     # About the databases as they are, refused or not: said either way.
     warnings, notes = wal_retention_warnings(rb, src), []
+    if refused is None:
+        warnings += unreachable_targets(rb, dst)
     if kind == "failback" or src != rb.primary.name:
         pin_warnings, notes = split_pin_warnings(rb, src)
         warnings += pin_warnings
@@ -66,6 +68,20 @@ def print_plan(plan: PlanOutput) -> None:
         out.print(f"[bold yellow]warning[/] {escape(warning)}", highlight=False)
     for note in plan.notes:
         out.print(escape(note), highlight=False)
+
+
+def unreachable_targets(rb: Runbook, dst: str) -> list[str]:
+    """The databases the run would promote in ``dst`` that do not answer now: the run
+    would freeze the serving region, fail at the promotion and roll back."""
+    from drorch.adapters import postgres as pg
+
+    out = []
+    for db in rb.databases:
+        if not pg.reachable(db.endpoints[dst].dsn()):
+            out.append(f"{db.name} in {dst} does not answer: a run now would freeze the "
+                       "serving region, fail at the promotion and roll back (check "
+                       f"{dst} first, e.g. `drorch status`)")
+    return out
 
 
 def split_pin_warnings(rb: Runbook, region: str) -> tuple[list[str], list[str]]:

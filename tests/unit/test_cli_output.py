@@ -100,6 +100,8 @@ def test_plan_json_allowed_and_refused(r: Rig) -> None:
                                                       "validate"]
         assert any(s["irreversible"] for st in doc["stages"] for s in st["steps"])
         assert any("could not check" in w for w in doc["warnings"])  # port 1 refuses
+        # the promotion candidate does not answer either: said before anything is frozen
+        assert any(w.startswith("main in region-b does not answer") for w in doc["warnings"])
     assert r.cli("failover", "--reason", "x", "--yes").exit_code == 0
     doc = _json(r, PlanOutput, "plan", code=ExitCode.REFUSED)
     assert not doc["allowed"] and "already failed over" in doc["refusal"]
