@@ -501,9 +501,19 @@ class Engine:
             if step.check(ctx):
                 detail = {"observed": "already done; not applied again"}
                 self.store.append(inc.id, "step", step.id, "done", detail, **journal)
-                self.audit.record(f"step.{step.stage}.skipped", actor=inc.actor, incident=inc.id,
-                                  inputs={"step": step.id, "aws_calls": list(calls)},
-                                  outcome="skipped", detail=detail)
+                if step.irreversible and step.requested(ctx):
+                    # requested by a run that died before it could audit the outcome: the
+                    # audit must still say the irreversible action happened
+                    self.audit.record(
+                        f"step.{step.stage}.confirmed", actor=inc.actor, incident=inc.id,
+                        inputs={"step": step.id, "aws_calls": list(calls)},
+                        detail={"observed": "requested by an earlier run of this incident "
+                                "and found done; not requested again"})
+                else:
+                    self.audit.record(f"step.{step.stage}.skipped", actor=inc.actor,
+                                      incident=inc.id,
+                                      inputs={"step": step.id, "aws_calls": list(calls)},
+                                      outcome="skipped", detail=detail)
                 self.progress(step.id, "done", "already done", detail)
                 return None
             self.progress(step.id, "started", sentence, {})

@@ -109,3 +109,8 @@ def test_kill_around_the_rds_promotion_then_resume_promotes_once(rds_lab: Lab,
     assert len(_audit(rds_lab, "aws.rds.promote_read_replica")) == 1
     assert _rds_promotions(rds_lab) == 1
     assert _promote_requests(rds_lab) == 1
+    # the audit says the promotion happened, whichever run saw it done
+    applied = _audit(rds_lab, "step.promote.applied")
+    confirmed = _audit(rds_lab, "step.promote.confirmed")
+    assert (len(applied), len(confirmed)) == ((0, 1) if point.endswith("after_apply")
+                                              else (1, 0))
