@@ -91,15 +91,20 @@ def _old_region(runbook: Runbook, steps: dict[str, dict[str, Any]], facts: dict[
             "write_flag_on_return": facts.get(f"write_flag_on_return:{region}")}
 
 
-def rpo_from_steps(steps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Worst RPO over the promoted databases (bytes and seconds at promotion)."""
+def rpo_from_steps(steps: list[dict[str, Any]],
+                   facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Worst RPO over the promoted databases (bytes and seconds at promotion). A
+    promotion a resumed run found done has no measurement in its step: the one journaled
+    before the request (``promote:<db>:measured``) stands for it."""
     byte_values, second_values, replica_commits, exact = [], [], [], True
     for step in steps:
         if step["stage"] != "promote" or step["status"] != "done":
             continue
         d = step["detail"]
         if d.get("observed"):
-            continue
+            d = (facts or {}).get(f"promote:{step['id'].split(':', 1)[1]}:measured") or {}
+            if not d:
+                continue
         exact &= bool(d.get("rpo_exact"))
         if d.get("rpo_bytes") is not None:
             byte_values.append(d["rpo_bytes"])
@@ -169,7 +174,7 @@ def _rpo(store: SqliteStore, incident_id: str, kind: str, steps: list[dict[str, 
          facts: dict[str, Any]) -> dict[str, Any]:
     """RPO at promotion; for a failover, corrected to the exact counts once a failback
     reconciled the old primary's WAL (transactions and rows diverged, rows recovered)."""
-    rpo = rpo_from_steps(steps)
+    rpo = rpo_from_steps(steps, facts)
     if kind != "failover":
         return rpo
     for inc in store.incidents():
