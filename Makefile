@@ -31,7 +31,7 @@ demo: $(STAMP) postgres
 
 test: $(STAMP) postgres
 	$(BIN)/ruff check drorch tests bench
-	$(BIN)/pytest -q -rs --durations=15 -n 2 --dist loadfile
+	$(BIN)/pytest -q -rs --durations=15 -n logical --maxprocesses 12 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check drorch tests bench
