@@ -33,6 +33,7 @@ from drorch.cli_incident import (
     open_incident,
 )
 from drorch.cli_lab import lab_app
+from drorch.cli_runbook import runbook_app
 from drorch.config import Runbook
 from drorch.console import print_summary, show_progress
 from drorch.exitcodes import ExitCode
@@ -45,6 +46,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 app.add_typer(audit_app, name="audit")
 app.add_typer(lab_app, name="lab")
+app.add_typer(runbook_app, name="runbook")
 reconcile_app = typer.Typer(no_args_is_help=True, help="Divergent writes after a failover.")
 app.add_typer(reconcile_app, name="reconcile")
 
