@@ -134,6 +134,25 @@ def lab_env(tmp_path: Path, block: ports.PortBlock | None = None) -> dict[str, s
     }
 
 
+def moto_server(tmp: Path, name: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """The lab's moto server on a port of this worker's block, started with ``env`` set
+    (e.g. how long its operations stay in progress); yields its URL, stops it after."""
+    from drorch.lab import lab as lab_mod
+
+    mp = pytest.MonkeyPatch()
+    for key, value in (env or {}).items():
+        mp.setenv(key, value)
+    port = free_port()
+    try:
+        pid = lab_mod.start_moto(port, tmp / f"{name}.log")
+    finally:
+        mp.undo()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        lab_mod.stop_pid(pid)
+
+
 @pytest.fixture(scope="session")
 def worker_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     """One moto server per test worker, reset by each lab that uses it

@@ -17,7 +17,6 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -25,9 +24,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from drorch.lab import lab as lab_mod
 from drorch.lab.moto_server import SWITCH_SECONDS_ENV
-from drorch.lab.ports import free_port
+from tests.conftest import moto_server
 
 PRIMARY_REGION = "us-east-1"
 SECONDARY_REGION = "us-west-2"
@@ -35,32 +33,17 @@ ENGINE = "aurora-postgresql"
 SLOW_SWITCH_S = 3.0
 
 
-def _start(tmp: Path, name: str, switch_seconds: float | None = None) -> Iterator[str]:
-    """The lab's moto server on a port of this worker's block; yields its URL."""
-    mp = pytest.MonkeyPatch()
-    if switch_seconds is not None:
-        mp.setenv(SWITCH_SECONDS_ENV, str(switch_seconds))
-    port = free_port()
-    try:
-        pid = lab_mod.start_moto(port, tmp / f"{name}.log")
-    finally:
-        mp.undo()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        lab_mod.stop_pid(pid)
-
-
 @pytest.fixture(scope="module")
 def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Operations complete by the next read (the default)."""
-    yield from _start(tmp_path_factory.mktemp("moto"), "moto")
+    yield from moto_server(tmp_path_factory.mktemp("moto"), "moto")
 
 
 @pytest.fixture(scope="module")
 def slow_moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Operations stay in progress for SLOW_SWITCH_S seconds."""
-    yield from _start(tmp_path_factory.mktemp("moto-slow"), "moto-slow", SLOW_SWITCH_S)
+    yield from moto_server(tmp_path_factory.mktemp("moto-slow"), "moto-slow",
+                           {SWITCH_SECONDS_ENV: str(SLOW_SWITCH_S)})
 
 
 def rds(url: str, region: str) -> Any:

@@ -29,39 +29,24 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from drorch.lab import lab as lab_mod
 from drorch.lab.moto_server import LAB_ADDRESS_TAG, LAB_DSN_TAG, PROMOTE_SECONDS_ENV
 from drorch.lab.ports import free_port
 from drorch.lab.postgres import PgNode, pg_available
+from tests.conftest import moto_server
 
 PRIMARY_REGION = "us-east-1"
 REPLICA_REGION = "us-west-2"
 SLOW_PROMOTE_S = 3.0
 
-def _start(tmp: Path, name: str, promote_seconds: float | None = None) -> Iterator[str]:
-    """The lab's moto server on a free port; yields its URL."""
-    mp = pytest.MonkeyPatch()
-    if promote_seconds is not None:
-        mp.setenv(PROMOTE_SECONDS_ENV, str(promote_seconds))
-    port = free_port()
-    try:
-        pid = lab_mod.start_moto(port, tmp / f"{name}.log")
-    finally:
-        mp.undo()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        lab_mod.stop_pid(pid)
-
-
 @pytest.fixture(scope="module")
 def moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _start(tmp_path_factory.mktemp("moto"), "moto")
+    yield from moto_server(tmp_path_factory.mktemp("moto"), "moto")
 
 
 @pytest.fixture(scope="module")
 def slow_moto_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _start(tmp_path_factory.mktemp("moto-slow"), "moto-slow", SLOW_PROMOTE_S)
+    yield from moto_server(tmp_path_factory.mktemp("moto-slow"), "moto-slow",
+                           {PROMOTE_SECONDS_ENV: str(SLOW_PROMOTE_S)})
 
 
 @pytest.fixture(scope="module")
