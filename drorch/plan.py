@@ -10,6 +10,7 @@ from __future__ import annotations
 from drorch.config import Runbook
 from drorch.steps.base import Stage
 from drorch.steps.dns import FlipDns
+from drorch.steps.evidence import KeepFailoverSnapshot
 from drorch.steps.failback import (
     FenceOldPrimary,
     ReconcileDivergence,
@@ -38,7 +39,10 @@ def failover_plan(runbook: Runbook, from_region: str, to_region: str) -> list[St
         # neither needs the other: one stage. DNS waits for both (a client sent to the
         # new region must find a secret that points at a primary it may write to).
         Stage("open", (*opened, *(RewriteSecret(secret_target(s.secret_id, s.region))
-                                  for s in runbook.secrets))),
+                                  for s in runbook.secrets),
+                       # Aurora's snapshot of what an unplanned failover lost, kept
+                       *(KeepFailoverSnapshot(d.name) for d in runbook.databases
+                         if d.kind == "aurora-global"))),
     ]
     if runbook.dns:
         stages.append(Stage("dns", (FlipDns(runbook.dns.zone),)))

@@ -101,6 +101,7 @@ def test_switchover_when_region_a_answers(aurora_lab: Lab) -> None:
     assert call["inputs"]["path"] == "switchover" and call["inputs"]["request_id"]
     assert _actions(aurora_lab, "SwitchoverGlobalCluster") == 1
     assert _actions(aurora_lab, "FailoverGlobalCluster") == 0
+    assert _actions(aurora_lab, "CopyDBClusterSnapshot") == 0  # a switchover loses nothing
 
 
 def test_unplanned_failover_killed_after_the_request_asks_once(aurora_lab: Lab) -> None:
@@ -120,10 +121,15 @@ def test_unplanned_failover_killed_after_the_request_asks_once(aurora_lab: Lab) 
         assert [r[0] for r in c.execute("SELECT id FROM orders WHERE id = ANY(%s) "
                                         "ORDER BY id", (ids,))] == ids
     _secrets_point_at(aurora_lab, b)
-    # Aurora keeps the old writer's volume as a snapshot after an unplanned failover
+    # Aurora keeps the old writer's volume as a snapshot after an unplanned failover;
+    # drorch copies it at once (once, though the run was killed) to one it names
     snaps = _rds(aurora_lab, "region-a").describe_db_cluster_snapshots()["DBClusterSnapshots"]
-    assert any(s["DBClusterSnapshotIdentifier"].startswith("rds:unplanned-global-failover-")
-               for s in snaps)
+    names = [s["DBClusterSnapshotIdentifier"] for s in snaps]
+    assert any(n.startswith("rds:unplanned-global-failover-") for n in names)
+    [evidence] = _audit(aurora_lab, "step.evidence.applied")
+    assert evidence["detail"]["copy"] in names
+    assert evidence["detail"]["source"].startswith("rds:unplanned-global-failover-")
+    assert _actions(aurora_lab, "CopyDBClusterSnapshot") == 1
 
 
 def test_detach_and_promote_when_managed_failover_is_not_allowed(

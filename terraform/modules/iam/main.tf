@@ -17,6 +17,7 @@
 #   rds:DescribeGlobalClusters, DescribeDBClusters,
 #     SwitchoverGlobalCluster, FailoverGlobalCluster,
 #     RemoveFromGlobalCluster                             drorch/adapters/aurora.py
+#   rds:DescribeDBClusterSnapshots, CopyDBClusterSnapshot  drorch/steps/evidence.py
 #
 # Resource types and condition keys per action: the Service Authorization Reference
 # (https://docs.aws.amazon.com/service-authorization/latest/reference/reference_policies_actions-resources-contextkeys.html).
@@ -103,6 +104,15 @@ locals {
         sid       = "AuroraClusters"
         actions   = ["rds:DescribeDBClusters"]
         resources = var.aurora_cluster_arns
+      },
+      {
+        # Aurora's snapshot of an unplanned failover's old writer, copied at once
+        sid     = "AuroraFailoverSnapshots"
+        actions = ["rds:CopyDBClusterSnapshot", "rds:DescribeDBClusterSnapshots"]
+        resources = concat(var.aurora_cluster_arns, [
+          "arn:${data.aws_partition.current.partition}:rds:*:*:cluster-snapshot:rds:unplanned-global-failover-*",
+          "arn:${data.aws_partition.current.partition}:rds:*:*:cluster-snapshot:drorch-*",
+        ])
       },
     ],
     length(var.kms_key_arns) == 0 ? [] : [{
