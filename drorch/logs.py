@@ -13,6 +13,19 @@ from drorch.redact import Redactor
 REDACTOR = Redactor()
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was set up: a
+    caller that swaps it for a while (a test runner capturing output, an embedding
+    program) and closes its stand-in must not leave every later log line raising
+    "I/O operation on closed file"."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(json_logs: bool | None = None, level: int = logging.INFO) -> None:
     if json_logs is None:
         json_logs = not sys.stderr.isatty()
@@ -29,7 +42,7 @@ def configure(json_logs: bool | None = None, level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
