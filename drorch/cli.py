@@ -301,7 +301,7 @@ def watch(
         err.print(f"[bold red]cannot watch:[/] {escape(str(exc))}")
         raise typer.Exit(ExitCode.USAGE) from None
     for incident_id in driven:
-        print_summary(incident_record(store, rb, incident_id))
+        print_summary(incident_record(store, rb, incident_id), rb)
     why = received[0] if received else "--max-seconds reached"
     out.print(f"watch stopped ({why}): {len(driven)} failover(s) driven; nothing held "
               "(no lease, no alarm in hand)", highlight=False)

@@ -94,7 +94,7 @@ def drive(engine: Any, store: Any, rb: Runbook, incident_id: str,
         err.print(f"[bold red]halted:[/] {escape(str(exc))}", highlight=False)
         code = ExitCode.HALTED
     record = incident_record(store, rb, incident_id)
-    print_summary(record)
+    print_summary(record, rb)
     paths = write_reports(record, Path(rb.state_dir) / "reports", ("json", "md"))
     out.print(f"report: {paths['md']}", highlight=False)
     if code:

@@ -70,6 +70,7 @@ def lab_fail(
     if mode not in faults.MODES:
         err.print(f"--mode must be one of {', '.join(faults.MODES)}")
         raise typer.Exit(ExitCode.USAGE)
+    _known_region_or_exit(rb, region)
     _store, audit, _aws = open_context(rb)
     try:
         out.print(faults.fail(rb, region, mode, period_s=period,  # type: ignore[arg-type]
@@ -79,6 +80,16 @@ def lab_fail(
         raise typer.Exit(ExitCode.FAILED) from None
 
 
+def _known_region_or_exit(rb: Runbook, region: str) -> None:
+    """A region the runbook does not name is bad input (exit 2), decided before anything
+    is opened or audited."""
+    names = [r.name for r in rb.regions]
+    if region not in names:
+        err.print(f"unknown region {escape(region)!r}: the runbook's regions are "
+                  f"{', '.join(names)}", highlight=False)
+        raise typer.Exit(ExitCode.USAGE)
+
+
 @lab_app.command("heal")
 def lab_heal(region: str, runbook: RunbookOpt = Path("runbooks/lab.yaml"),
              actor: ActorOpt = None) -> None:
@@ -86,6 +97,7 @@ def lab_heal(region: str, runbook: RunbookOpt = Path("runbooks/lab.yaml"),
     from drorch.lab import faults
 
     rb = load_or_exit(runbook)
+    _known_region_or_exit(rb, region)
     _store, audit, _aws = open_context(rb)
     try:
         out.print(faults.heal(rb, region, audit=audit, actor=actor or getpass.getuser()))
@@ -127,7 +139,7 @@ def lab_drill(
         err.print(f"[bold red]drill failed:[/] {escape(str(exc))}")
         raise typer.Exit(ExitCode.FAILED) from None
     if result.record is not None:
-        print_summary(result.record)
+        print_summary(result.record, rb)
     t = result.traffic
     out.print(f"traffic: {t['ok']} acknowledged checkouts per region, errors {t['errors']}")
     out.print(f"acknowledged checkouts lost in the failover: {result.lost_checkouts}")

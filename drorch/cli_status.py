@@ -139,7 +139,8 @@ def print_status(status: StatusOutput, rb: Runbook, engine: Any) -> None:
     if status.latest_incident is None:
         out.print("no incidents recorded")
     else:
-        print_summary(incident_record(engine.store, rb, status.latest_incident.incident_id))
+        print_summary(incident_record(engine.store, rb, status.latest_incident.incident_id),
+                      rb)
     for line in status.attention:
         out.print(f"[bold red]needs a human:[/] {line}", highlight=False)
 

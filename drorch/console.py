@@ -22,7 +22,9 @@ def show_progress(step: str, status: str, sentence: str, detail: dict[str, Any])
               highlight=False)
 
 
-def print_summary(record: dict[str, Any]) -> None:
+def print_summary(record: dict[str, Any], runbook: Runbook | None = None) -> None:
+    """The incident's steps, RTO and RPO. ``runbook``: says, for an RPO not measurable at
+    promotion, whether a failback can correct it (kind postgres) or not yet."""
     table = Table(title=f"incident {record['incident_id']}: {record['state']}")
     for col in ("step", "status", "seconds", "of which waiting"):
         table.add_column(col)
@@ -44,9 +46,14 @@ def print_summary(record: dict[str, Any]) -> None:
             else "decision"
         since = "" if behind is None else \
             f"; the replica's newest commit is {behind:.2f} s older than the {start}"
+        managed = sorted({d.kind for d in runbook.databases if d.kind != "postgres"}) \
+            if runbook is not None else []
+        then = (f"kind {', '.join(managed)} has no drorch failback yet, so it stays unknown "
+                "until the old primary is compared by hand" if managed else
+                "`drorch failback` reads its WAL and corrects it to exact transactions and "
+                "rows")
         out.print(f"RPO: not measurable at promotion ({record.get('from_region')} was "
-                  f"unreachable){since}; `drorch failback` reads its WAL and corrects it to "
-                  "exact transactions and rows")
+                  f"unreachable){since}; {then}")
         return
     rows = f", {rpo['rows']} rows in {rpo['transactions']} transactions" \
         if rpo.get("rows") is not None else ""

@@ -83,3 +83,13 @@ def test_fault_commands_fail_in_one_sentence(r: Rig, monkeypatch: pytest.MonkeyP
     assert result.exit_code == ExitCode.FAILED
     assert result.stderr.strip() == "lab heal: OSError: [Errno 28] No space left on device"
     assert r.cli("lab", "fail", "region-a", "--mode", "melt").exit_code == ExitCode.USAGE
+
+
+@pytest.mark.parametrize("command", [("fail", "region-z"), ("heal", "region-z")])
+def test_an_unknown_region_is_bad_input(r: Rig, command: tuple[str, ...]) -> None:
+    """A region the runbook does not name: exit 2, one sentence naming the real ones,
+    nothing audited."""
+    result = r.cli("lab", *command)
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert "unknown region 'region-z'" in result.stderr and "region-a" in result.stderr
+    assert r.audit() == []
