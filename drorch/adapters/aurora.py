@@ -117,10 +117,14 @@ def make_writer(client: Any, global_id: str, target: Cluster, how: Path) -> str 
 
 
 def is_writer(client: Any, global_id: str, target: Cluster, how: Path) -> bool:
-    """Has ``target`` become the writer? A detached cluster is a standalone writer once it
-    is no longer a member; otherwise it is the global cluster's writer with no operation
-    in progress."""
-    gc = describe_global(client, global_id)
+    """Has ``target`` become the writer (:func:`writer_in`, read now)?"""
+    return writer_in(describe_global(client, global_id), target, how)
+
+
+def writer_in(gc: GlobalCluster, target: Cluster, how: Path) -> bool:
+    """Is ``target`` the writer in ``gc``? A detached cluster is a standalone writer once
+    it is no longer a member; otherwise it is the global cluster's writer with no
+    operation in progress."""
     if how == "detach":
         return gc.member(target.arn) is None
     member = gc.member(target.arn)

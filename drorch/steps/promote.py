@@ -159,7 +159,6 @@ class PromoteDatabase(Step):
                     "wait_s": round(promote_s + measured["catch_up_wait_s"], 4),
                     "timeline": pg.timeline(new)}
 
-
     def _rds(self, ctx: StepContext) -> tuple[Any, str]:
         ep = ctx.runbook.database(self.target).endpoints[ctx.to_region]
         assert ep.instance_id is not None  # the runbook model requires it for kind rds
@@ -192,7 +191,7 @@ class PromoteDatabase(Step):
         try:
             gc = aurora.describe_global(client, gid)
             running = (gc.failover_state or {}).get("ToDbClusterArn") == target.arn
-            if not running and not aurora.is_writer(client, gid, target, how):
+            if not running and not aurora.writer_in(gc, target, how):
                 request_id = aurora.make_writer(client, gid, target, how)
                 ctx.record("aws.aurora.make_writer",
                            {"database": self.target, "region": ctx.to_region, "path": how,

@@ -44,30 +44,30 @@ class RewriteSecret(Step):
             return ep.host, ep.port
         key = f"rds:{db.name}:{ctx.to_region}:endpoint"
         known = ctx.facts.get(key)
-        if known is None and db.kind == "aurora-global":
-            try:
-                cluster = aurora.describe_cluster(
-                    ctx.aws("rds", ctx.aws_region(ctx.to_region)), str(ep.cluster_id))
-            except aurora.AuroraError as exc:
-                raise StepFailed(f"secret {self.target}: {exc}") from exc
-            if not cluster.endpoint or cluster.port is None:
-                raise StepFailed(f"secret {self.target}: Aurora describes no writer "
-                                 f"endpoint for {ep.cluster_id} in {ctx.to_region}")
-            known = [cluster.endpoint, cluster.port]
-            ctx.facts.set(key, known)
         if known is None:
-            assert ep.instance_id is not None  # required for kind rds
-            try:
-                inst = rds.describe(ctx.aws("rds", ctx.aws_region(ctx.to_region)),
-                                    ep.instance_id)
-            except rds.RdsError as exc:
-                raise StepFailed(f"secret {self.target}: {exc}") from exc
-            if not inst.address or inst.port is None:
-                raise StepFailed(f"secret {self.target}: RDS describes no endpoint for "
-                                 f"{ep.instance_id} in {ctx.to_region} (status {inst.status})")
-            known = [inst.address, inst.port]
+            known = list(self._described_endpoint(ctx, db, ep))
             ctx.facts.set(key, known)
         return str(known[0]), int(known[1])
+
+    def _described_endpoint(self, ctx: StepContext, db: Any, ep: Any) -> tuple[str, int]:
+        """The endpoint AWS describes now: the instance's (rds) or the regional
+        cluster's writer endpoint (aurora-global). Raises StepFailed when there is none."""
+        client = ctx.aws("rds", ctx.aws_region(ctx.to_region))
+        try:
+            if db.kind == "aurora-global":
+                cluster = aurora.describe_cluster(client, str(ep.cluster_id))
+                address, port, what = cluster.endpoint, cluster.port, "Aurora describes no writer"
+                name, status = ep.cluster_id, cluster.status
+            else:
+                inst = rds.describe(client, str(ep.instance_id))
+                address, port, what = inst.address, inst.port, "RDS describes no"
+                name, status = ep.instance_id, inst.status
+        except (aurora.AuroraError, rds.RdsError) as exc:
+            raise StepFailed(f"secret {self.target}: {exc}") from exc
+        if not address or port is None:
+            raise StepFailed(f"secret {self.target}: {what} endpoint for {name} in "
+                             f"{ctx.to_region} (status {status})")
+        return address, port
 
     def describe(self, ctx: StepContext) -> str:
         spec = self._spec(ctx)
