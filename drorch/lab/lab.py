@@ -35,7 +35,7 @@ import httpx
 from drorch.adapters.aws import AwsClients
 from drorch.adapters.nodes import node_path
 from drorch.config import Runbook
-from drorch.lab import require_lab_extra, schema, services
+from drorch.lab import managed_roles, require_lab_extra, schema, services
 from drorch.lab.moto_server import LAB_ADDRESS_TAG, LAB_DSN_TAG
 from drorch.lab.postgres import PgNode, init_pair, make_owned_dir
 from drorch.procs import pid_alive
@@ -430,6 +430,8 @@ def _up_pair(runbook: Runbook, db_name: str, password: str, state: _Recorder) ->
     schema.create_database_and_schema(node_a.dsn(), password, dbname=ep.dbname)
     with psycopg.connect(node_a.dsn(ep.dbname), autocommit=True) as c:
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+    if runbook.database(db_name).kind in ("rds", "aurora-global"):  # RDS's master user
+        managed_roles.emulate_master_user(node_a.dsn(), ep.dbname, ep.user)
     if cloned:
         _wait_streaming(node_a, node_b)
         return
