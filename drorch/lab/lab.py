@@ -36,7 +36,7 @@ from drorch.adapters.aws import AwsClients
 from drorch.adapters.nodes import node_path
 from drorch.config import Runbook
 from drorch.lab import alarms as alarm_chain
-from drorch.lab import require_lab_extra, schema, services
+from drorch.lab import audit_bucket, require_lab_extra, schema, services
 from drorch.lab.moto_server import LAB_ADDRESS_TAG, LAB_DSN_TAG
 from drorch.lab.postgres import PgNode, init_pair, make_owned_dir
 from drorch.procs import pid_alive
@@ -245,6 +245,8 @@ def _create_aws(runbook: Runbook, aws: AwsClients, password: str) -> None:
         calls.append((_create_zone, runbook, aws))
     elif alarm_chain.chain_for(runbook) is not None:
         calls.append((_create_alarm_chain, runbook, aws))
+    if runbook.audit.archive is not None:
+        calls.append((audit_bucket.create, runbook, aws))
     calls += [(_create_rds_pair, runbook, aws, db.name, password)
               for db in runbook.databases if db.kind == "rds"]
     calls += [(_create_aurora_pair, runbook, aws, db.name, password)

@@ -70,6 +70,25 @@ def test_alarm_triggered_drill_names_the_alarm_and_the_confirming_probes(
                 if e["action"] == "lab.fault.injected"]
     assert [e["detail"]["alarms"] for e in injected] == [[f"alarm {ALARM} OK -> ALARM"]]
 
+    # The drill's audit log and report, shipped to the lab's Object Lock bucket (still in
+    # the worker's moto: its region relay went with the lab, so straight to moto).
+    direct = {**os.environ, **env, "DRORCH_LAB_AWS_A_PORT": str(worker_moto[0])}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "drorch.cli", *args], env=direct,
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    shipped = cli("audit", "ship")
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    incident = report["incident_id"]
+    assert f"incidents/{incident}/" in shipped.stdout and "COMPLIANCE" in shipped.stdout
+    verified = cli("audit", "verify", "s3://drorch-lab-audit/lab",
+                   "--expected-head", report["audit"]["head"])
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "archive intact" in verified.stdout and "1 incident report(s)" in verified.stdout
+    again = cli("audit", "ship")
+    assert again.returncode == 0 and "nothing new to ship" in again.stdout, again.stdout
+
 
 def test_an_alarm_alone_fails_nothing_over_while_the_probes_are_healthy(lab: Lab) -> None:
     """A false alarm on region-a (no fault) reaches the watcher: region-a is marked
