@@ -102,12 +102,11 @@ def write_checkouts_evidence(path: Path, *, incident_id: str, database: str, use
 
 
 def _detected(trigger: dict[str, Any]) -> str:
-    """One sentence: which alarms fired and which probes confirmed the failover."""
-    alarms = ", ".join(a.get("name", "?") for a in trigger.get("alarm_events") or []) or \
-        ", ".join(trigger.get("alarms") or [])
-    probes = ", ".join(trigger.get("down") or []) or "none"
-    return (f"failover triggered: {trigger.get('kind', '?')}; alarms in ALARM: "
-            f"{alarms or 'none'}; probes down: {probes}")
+    """One sentence: which alarms fired and which probes confirmed the failover (the
+    report's ``detection``)."""
+    from drorch.report_detection import detection
+
+    return f"detection: {detection(trigger)['sentence']}"
 
 
 def run_drill(runbook: Runbook, *, keep: bool, say: Say,
