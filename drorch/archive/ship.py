@@ -21,6 +21,7 @@ its entry would be new again at every ship.
 
 from __future__ import annotations
 
+import fcntl
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from drorch.archive.layout import (
     report_key,
     segment_key,
 )
-from drorch.audit import verify
+from drorch.audit import GENESIS, check_entry
 from drorch.redact import redact
 
 
@@ -71,9 +72,26 @@ class ShipResult:
                 + ", ".join(self.written) + f"), COMPLIANCE retention until {until}")
 
 
-def _lines(log: Path) -> list[bytes]:
+def _verified_lines(log: Path) -> list[bytes]:
+    """The log's lines, read under a shared ``flock`` (``AuditLog`` appends under an
+    exclusive one, so no half-written line is read), each checked in place in the chain
+    (``drorch.audit.check_entry``): what is shipped is exactly what was verified."""
     with open(log, "rb") as f:
-        return list(f)
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        lines = list(f)
+    prev = GENESIS
+    for n, raw in enumerate(lines, start=1):
+        try:
+            entry = json.loads(raw) if raw.endswith(b"\n") else None
+        except ValueError:
+            entry = None
+        problem = check_entry(entry, seq=n, prev=prev) if entry is not None else (
+            "is not a complete JSON line")
+        if problem is not None:
+            raise ShipRefused(f"the local audit log does not verify: {log} line {n} {problem}"
+                              " (`drorch audit verify` says more)")
+        prev = entry["hash"]
+    return lines
 
 
 def _secret_free(what: str, doc: Any) -> None:
@@ -88,9 +106,7 @@ def ship(client: Any, url: ArchiveUrl, *, runbook: str, log: Path,
     """Ship what the archive lacks (see the module docstring). ``reports``: (incident id,
     report file) pairs, missing files skipped. Raises ``ShipRefused`` (nothing more was
     written) or ``s3.ArchiveUnavailable``."""
-    checked = verify(log)
-    if not checked.ok:
-        raise ShipRefused(f"the local audit log does not verify: {checked.message()}")
+    lines = _verified_lines(log)
     lock = s3.object_lock(client, url.bucket)
     if not lock or lock.get("ObjectLockEnabled") != "Enabled":
         raise ShipRefused(f"s3://{url.bucket} has no Object Lock enabled: shipped objects "
@@ -99,7 +115,6 @@ def ship(client: Any, url: ArchiveUrl, *, runbook: str, log: Path,
     keys = {url.relative(k) for k in s3.list_keys(client, url.bucket, url.prefix)}
     segments = sorted(s for k in keys if (s := parse_segment(k)))
     shipped = segments[-1][1] if segments else 0
-    lines = _lines(log)
     if shipped:
         _same_log(client, url, segments[-1], lines)
     at = (now or datetime.now(UTC)).astimezone(UTC)

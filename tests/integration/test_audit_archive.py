@@ -162,3 +162,13 @@ def test_ship_refuses_an_unlocked_bucket_another_log_and_a_secret(
     with pytest.raises(ShipRefused, match="audit entry 1 holds something the redactor masks"):
         ship(s3, fresh, runbook="lab", log=leaky, reports=[], retention_days=1)
     assert _versions(s3, fresh.bucket) == []
+
+
+def test_ship_refuses_a_local_log_that_does_not_verify(s3: Any, tmp_path: Path) -> None:
+    """An edited entry in the local log: nothing is shipped, the line is named."""
+    log = _log(tmp_path, 3)
+    log.write_bytes(log.read_bytes().replace(b"step 1", b"step 7"))
+    url = ArchiveUrl.parse(f"s3://{_bucket(s3)}")
+    with pytest.raises(ShipRefused, match="line 2 was altered"):
+        ship(s3, url, runbook="lab", log=log, reports=[], retention_days=1)
+    assert _versions(s3, url.bucket) == []
