@@ -112,9 +112,13 @@ def _summary(report: Mapping[str, Any]) -> str:
         deferred += (" Prepared transactions on the new primary need a human (they hold "
                      "their row locks until COMMIT PREPARED or ROLLBACK PREPARED there): "
                      + ", ".join(prepared) + ".")
+    limits = [f"{s['id']}: {n}" for s in report["steps"] if s["status"] == "done"
+              for n in (s.get("detail") or {}).get("not_possible") or []]
+    if limits:  # what the role drorch connects as may not do there (RDS's master user)
+        deferred += " Not possible for the role drorch connects as: " + "; ".join(limits) + "."
     if not_done:
-        deferred = (" Not done (the region's AWS API did not answer; retried later): "
-                    + "; ".join(f"{d['step']} in {d['region']}" for d in not_done) + ".")
+        deferred += (" Not done (the region's AWS API did not answer; retried later): "
+                     + "; ".join(f"{d['step']} in {d['region']}" for d in not_done) + ".")
     return (
         f"{report['kind'].capitalize()} {report['incident_id']} ({report['runbook']}, "
         f"{report.get('from_region') or '?'} -> {report.get('to_region') or '?'}) "

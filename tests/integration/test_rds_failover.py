@@ -95,6 +95,18 @@ def test_rds_failover_promotes_through_the_api_and_points_secrets_at_its_endpoin
     assert all(c["request_id"] for c in applied["inputs"]["aws_calls"])
     assert _rds_promotions(rds_lab) == 1
     assert _promote_requests(rds_lab) == 1
+    # drorch connected as RDS's master user (not a superuser): the read-only default was
+    # set per database, and what that role may not do is in the report's summary
+    report = json.loads(rds_lab.cli("report", "--output", "json").stdout)
+    [freeze] = [s for s in report["steps"] if s["id"] == "freeze:main"]
+    assert freeze["detail"]["database_read_only"] == {"app": None}
+    assert freeze["detail"]["auto_conf_read_only"] is None
+    assert "Not possible for the role drorch connects as: freeze:main: database postgres" \
+        in report["summary"]
+    with psycopg.connect(_dsn(rds_lab, "region-b"), autocommit=True) as c:
+        assert c.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+                         ).fetchone() == (False,)
+        assert c.execute("SELECT count(*) FROM pg_db_role_setting").fetchone() == (0,)
 
 
 @pytest.mark.parametrize("point", ["promote:main:before_apply", "promote:main:after_apply"])
