@@ -168,13 +168,17 @@ def drill(
     yes: YesOpt = False,
 ) -> None:
     """A planned failover and failback cycle, each with zero loss, then the reports.
-    Needs node control for the failback (endpoints.*.node; without it the drill is
-    refused before anything is done). Asks for confirmation unless --yes."""
+    The failover is planned only (nothing is promoted if the old primary does not
+    answer). Needs node control for the failback (endpoints.*.node; kind aurora-global
+    switches back without it; otherwise the drill is refused before anything is done).
+    Asks for confirmation unless --yes."""
     rb = load_or_exit(runbook)
     who = actor or getpass.getuser()
     from drorch.adapters.nodes import node_control_problems
 
-    problems = node_control_problems(rb, rb.primary.name)
+    # a drill's failover is planned only: an Aurora database's is a switchover
+    problems = node_control_problems(rb, rb.primary.name, switched_over=[
+        db.name for db in rb.databases if db.kind == "aurora-global"])
     if problems:
         exit_refused(open_context(rb)[1], "drill", who, reason, NoNodeControl(problems))
     refused = read_only_engine(rb).refusal("failover")
@@ -184,7 +188,7 @@ def drill(
     engine, store = engine_for(rb, show_progress)
     for kind in ("failover", "failback"):  # each writes its reports (drive)
         label = "planned failover" if kind == "failover" else "failback"
-        incident_id = open_incident(engine, rb, kind, who, f"{reason}: {label}")
+        incident_id = open_incident(engine, rb, kind, who, f"{reason}: {label}", "drill")
         drive(engine, store, rb, incident_id)
 
 

@@ -48,15 +48,17 @@ def exit_refused(audit: Any, kind: str, who: str, reason: str, exc: Any) -> NoRe
     raise typer.Exit(ExitCode.NOTHING_TO_DO if exc.nothing_to_do else ExitCode.REFUSED)
 
 
-def open_incident(engine: Any, rb: Runbook, kind: str, who: str, reason: str) -> str:
-    """Open the incident, or audit the refusal and exit (``refused``)."""
+def open_incident(engine: Any, rb: Runbook, kind: str, who: str, reason: str,
+                  trigger_kind: str = "manual") -> str:
+    """Open the incident, or audit the refusal and exit (``refused``). ``trigger_kind``
+    ``drill``: the failover is planned only (see ``Engine.start_failover``)."""
     from drorch.engine import IncidentRefused
 
     engine.warm_up()
     start = engine.start_failover if kind == "failover" else engine.start_failback
     try:
         incident_id = start(actor=who, reason=reason,
-                            trigger={"kind": "manual", "detail": reason})
+                            trigger={"kind": trigger_kind, "detail": reason})
     except IncidentRefused as exc:
         exit_refused(engine.audit, kind, who, reason, exc)
     out.print(f"[bold]incident {incident_id}[/]: {kind} {rb.name}")

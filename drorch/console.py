@@ -48,8 +48,9 @@ def print_summary(record: dict[str, Any], runbook: Runbook | None = None) -> Non
             f"; the replica's newest commit is {behind:.2f} s older than the {start}"
         managed = sorted({d.kind for d in runbook.databases if d.kind != "postgres"}) \
             if runbook is not None else []
-        then = (f"kind {', '.join(managed)} has no drorch failback yet, so it stays unknown "
-                "until the old primary is compared by hand" if managed else
+        then = (f"kind {', '.join(managed)} has no drorch failback after an unplanned "
+                "failover yet, so it stays unknown until the old primary (or, for "
+                "Aurora, the snapshot of its volume) is compared by hand" if managed else
                 "`drorch failback` reads its WAL and corrects it to exact transactions and "
                 "rows")
         out.print(f"RPO: not measurable at promotion ({record.get('from_region')} was "

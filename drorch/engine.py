@@ -155,22 +155,29 @@ class Engine:
             to = self.store.fact(last.id, "to_region")
             back_to = self.store.fact(last.id, "from_region") or next(
                 r.name for r in self.runbook.regions if r.name != to)
-            problems = self._node_control_problems(str(back_to))
+            switched = {db.name for db in self.runbook.databases
+                        if self.store.fact(last.id, f"promote:{db.name}:aurora_path")
+                        == "switchover"}
+            problems = self._node_control_problems(str(back_to), switched)
             if problems:
                 return IncidentRefused(
                     "a failback fences, keeps evidence of and rebuilds the old primary, "
                     "which needs node control: " + "; ".join(problems))
         return None
 
-    def _node_control_problems(self, region: str) -> list[str]:
+    def _node_control_problems(self, region: str, switched_over: set[str]) -> list[str]:
         """Why this engine's node control cannot reach each database's node in
-        ``region`` (the old primary a failback returns to); empty when it can."""
-        from drorch.adapters.nodes import NodeControlUnavailable
+        ``region`` (the old primary a failback returns to) where the failback needs it
+        (``switched_over``: Aurora databases whose failover was a switchover do not);
+        empty when it can."""
+        from drorch.adapters.nodes import NodeControlUnavailable, needs_node_control
 
-        if self.nodes is None:
+        needing = [db for db in self.runbook.databases
+                   if needs_node_control(db, db.name in switched_over)]
+        if needing and self.nodes is None:
             return ["this engine was given no node control"]
         out = []
-        for db in self.runbook.databases:
+        for db in needing:
             try:
                 self.nodes(db.name, region)
             except NodeControlUnavailable as e:
@@ -179,11 +186,16 @@ class Engine:
 
     def start_failover(self, *, actor: str, reason: str | None,
                        trigger: dict[str, Any]) -> str:
+        """A ``drill`` trigger makes the failover planned only (fact ``planned_only``): a
+        promotion that could not first replay the old primary is refused, not made with
+        loss, since a drill's failback needs what only a planned failover leaves (an
+        Aurora switchover's old writer is a secondary; nothing diverged)."""
         def where() -> tuple[str, str, dict[str, Any]]:
             if (refused := self.refusal("failover")) is not None:
                 raise refused
             src = self.active_region()
-            return src, next(r.name for r in self.runbook.regions if r.name != src), {}
+            planned = {"planned_only": True} if trigger.get("kind") == "drill" else {}
+            return src, next(r.name for r in self.runbook.regions if r.name != src), planned
 
         return self._open("failover", actor, reason, trigger, where)
 

@@ -58,14 +58,19 @@ def failback_plan(runbook: Runbook, from_region: str, to_region: str) -> list[St
     fence it, reconcile its divergent writes, rebuild it as a replica; then the
     planned switch (freeze, catch up, promote, ...); then the region we leave
     rejoins as a replica."""
-    dbs = [d.name for d in runbook.databases]
-    return [
+    # An Aurora global database is failed back only after a switchover (the engine
+    # refuses otherwise): Aurora made the old writer a secondary and nothing diverged,
+    # so it has no fence, reconcile or rebuild; the way back is another switchover, and
+    # Aurora makes the region we leave a secondary again.
+    dbs = [d.name for d in runbook.databases if d.kind != "aurora-global"]
+    stages = [
         Stage("fence", tuple(FenceOldPrimary(d) for d in dbs)),
         Stage("reconcile", tuple(ReconcileDivergence(d) for d in dbs)),
         Stage("resync", tuple(ResyncAsReplica(d) for d in dbs)),
         *failover_plan(runbook, from_region, to_region),
         Stage("rejoin", tuple(RejoinAsReplica(d) for d in dbs)),
     ]
+    return [s for s in stages if s.steps]
 
 
 def plan_for(kind: str, runbook: Runbook, from_region: str, to_region: str) -> list[Stage]:

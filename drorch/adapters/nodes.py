@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,9 +140,11 @@ def node_control_for(runbook: Runbook) -> NodeControl:
         if db.kind == "aurora-global":
             raise NodeControlUnavailable(
                 f"database {db_name} in {region} (kind aurora-global): Aurora manages the "
-                "nodes, and drorch's failback through the Aurora API (the old writer's "
-                "snapshot copied and restored for reconcile, then a switchover back) is not "
-                "built yet: fail back by hand")
+                "nodes. drorch fails back after a switchover (a planned failover, drills "
+                "included: Aurora made the old writer a secondary, nothing diverged); after "
+                "an unplanned one (managed failover with data loss, or detach) the old "
+                "writer's snapshot must be restored and reconciled through the Aurora API, "
+                "which drorch does not do yet: fail back by hand")
         raise NodeControlUnavailable(
             f"database {db_name} in {region} (kind {db.kind}): {', '.join(NEEDS_NODE)} need "
             "control of the node, and this runbook gives none. When drorch runs on the "
@@ -151,12 +153,24 @@ def node_control_for(runbook: Runbook) -> NodeControl:
     return control
 
 
-def node_control_problems(runbook: Runbook, region: str | None = None) -> list[str]:
+def needs_node_control(db: DatabasePair, switched_over: bool) -> bool:
+    """Whether failing back ``db`` needs control of its old primary's node: not for an
+    Aurora global database whose failover was a switchover (Aurora has made the old
+    writer a secondary of the new one and nothing diverged: the way back is another
+    switchover), for every other kind and path."""
+    return not (db.kind == "aurora-global" and switched_over)
+
+
+def node_control_problems(runbook: Runbook, region: str | None = None,
+                          switched_over: Collection[str] = ()) -> list[str]:
     """Why a failback to ``region`` (every region when None) could not control the nodes
-    it must: one sentence per database and region, empty when it can."""
+    it must: one sentence per database and region, empty when it can. ``switched_over``:
+    databases whose failover was (or, in a drill, will be) a switchover."""
     control = node_control_for(runbook)
     out = []
     for db in runbook.databases:
+        if not needs_node_control(db, db.name in switched_over):
+            continue
         for name in db.endpoints if region is None else [region]:
             try:
                 control(db.name, name)

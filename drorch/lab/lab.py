@@ -37,7 +37,12 @@ from drorch.adapters.nodes import node_path
 from drorch.config import Runbook
 from drorch.lab import alarms as alarm_chain
 from drorch.lab import audit_bucket, managed_roles, require_lab_extra, schema, services
-from drorch.lab.moto_server import LAB_ADDRESS_TAG, LAB_DSN_TAG
+from drorch.lab.moto_server import (
+    LAB_ADDRESS_TAG,
+    LAB_DATADIR_TAG,
+    LAB_DSN_TAG,
+    LAB_LOGFILE_TAG,
+)
 from drorch.lab.postgres import PgNode, init_pair, make_owned_dir
 from drorch.procs import pid_alive
 
@@ -283,8 +288,11 @@ def _create_rds_pair(runbook: Runbook, aws: AwsClients, db_name: str, password: 
 def _lab_tags(runbook: Runbook, db_name: str, region: str) -> list[dict[str, str]]:
     """Tags that bind a moto RDS resource to the lab's cluster in ``region``."""
     ep = runbook.database(db_name).endpoints[region]
+    node = node_for(runbook, db_name, region)
     return [{"Key": LAB_ADDRESS_TAG, "Value": ep.host},
-            {"Key": LAB_DSN_TAG, "Value": node_for(runbook, db_name, region).dsn()},
+            {"Key": LAB_DSN_TAG, "Value": node.dsn()},
+            {"Key": LAB_DATADIR_TAG, "Value": str(node.datadir)},
+            {"Key": LAB_LOGFILE_TAG, "Value": str(node.logfile)},
             {"Key": "drorch:database", "Value": db_name}]
 
 

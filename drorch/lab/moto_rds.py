@@ -119,7 +119,9 @@ from typing import Any
 
 from drorch.lab.moto_server import (
     LAB_ADDRESS_TAG,
+    LAB_DATADIR_TAG,
     LAB_DSN_TAG,
+    LAB_LOGFILE_TAG,
     promote_seconds,
     switch_seconds,
 )
@@ -297,7 +299,10 @@ def _start(backend: RDSBackend, global_cluster_identifier: str,
                         f"Primary DB cluster {writer.db_cluster_arn} is "
                         f"{_cluster_state(writer)}; a switchover needs it available (fail "
                         "over with AllowDataLoss instead).")
-        _promote_lab_cluster(target)
+        if data_loss_allowed:
+            _promote_lab_cluster(target)
+        else:
+            _switch_lab_clusters(writer, target)
         gc._drorch_transition = Transition(  # type: ignore[attr-defined]
             from_cluster=writer, to_cluster=target, data_loss_allowed=data_loss_allowed,
             done_at=time.monotonic() + switch_seconds())
@@ -514,10 +519,12 @@ def promote_real_cluster(dsn: str) -> str:
 
 def _promote_lab_cluster(cluster: DBCluster) -> None:
     """Lab only: a DB cluster tagged ``drorch:lab-dsn`` is the lab's real PostgreSQL
-    cluster; becoming the writer (switchover, failover, detach) promotes it before the
-    call answers. ``InvalidDBClusterStateFault`` with the reason (moto unchanged) when it
-    cannot. The lab's old writer is not demoted: it stays a primary, frozen by drorch
-    (read-only), where Aurora would make it a secondary."""
+    cluster; becoming the writer by a failover or a detach promotes it before the call
+    answers (a switchover: :func:`_switch_lab_clusters`). ``InvalidDBClusterStateFault``
+    with the reason (moto unchanged) when it cannot. After a failover or a detach the
+    lab's old writer is not demoted: it stays a primary, frozen by drorch (read-only),
+    where Aurora would rejoin it as a secondary once its region is back (after keeping
+    its volume as the ``rds:unplanned-global-failover-`` snapshot)."""
     dsn = lab_tag(cluster, LAB_DSN_TAG)
     if not dsn:
         return
@@ -526,6 +533,69 @@ def _promote_lab_cluster(cluster: DBCluster) -> None:
     except RuntimeError as exc:
         raise fault("InvalidDBClusterStateFault",
                     f"DB cluster {cluster.db_cluster_arn}: {exc}") from exc
+
+
+SYNC_WAIT_S = 30
+"""How long a lab switchover waits for the secondary to replay the writer's last write."""
+
+
+def _switch_lab_clusters(writer: DBCluster, target: DBCluster) -> None:
+    """Lab only, a switchover between two clusters tagged with the lab's real ones, as
+    Aurora does it ("synchronizes your secondary DB cluster with the primary", then
+    promotes it and "demotes the current primary cluster to a secondary (read-only)
+    cluster": Aurora User Guide, "Performing switchovers for Amazon Aurora global
+    databases"): the writer's last write is replayed by the target (a committed
+    message, waited for up to :data:`SYNC_WAIT_S`), the old writer is stopped cleanly
+    (a fast shutdown sends its walsenders' WAL through the shutdown checkpoint), the
+    target promoted, and the old writer started again as a standby of the target
+    (``pg_rewind`` only where its WAL went past the fork: none of its writes, since it
+    was replayed whole). ``InvalidDBClusterStateFault`` with the reason when a part
+    cannot be done; the old writer is started again as it was if the target could not
+    be promoted. A target without lab tags is moto's alone; an old writer without a data
+    directory tag is only promoted past (as before)."""
+    target_dsn, old_dsn = lab_tag(target, LAB_DSN_TAG), lab_tag(writer, LAB_DSN_TAG)
+    datadir = lab_tag(writer, LAB_DATADIR_TAG)
+    if not target_dsn:
+        return
+    if not old_dsn or not datadir:
+        _promote_lab_cluster(target)
+        return
+    from drorch.lab.switchover import demote_and_follow, sync_then_stop
+
+    old = _lab_node(writer, old_dsn, datadir)
+    try:
+        sync_then_stop(old, old_dsn, target_dsn, SYNC_WAIT_S)
+    except RuntimeError as exc:
+        raise fault("InvalidDBClusterStateFault",
+                    f"DB cluster {target.db_cluster_arn} is not synchronized with the "
+                    f"primary: {exc}") from exc
+    try:
+        promote_real_cluster(target_dsn)
+    except RuntimeError as exc:
+        old.start()
+        raise fault("InvalidDBClusterStateFault",
+                    f"DB cluster {target.db_cluster_arn}: {exc}") from exc
+    try:
+        demote_and_follow(old, target_dsn)
+    except RuntimeError as exc:
+        raise fault("InvalidDBClusterStateFault",
+                    f"DB cluster {writer.db_cluster_arn} could not become a secondary of "
+                    f"{target.db_cluster_arn}: {exc}") from exc
+
+
+def _lab_node(cluster: DBCluster, dsn: str, datadir: str) -> Any:
+    """The lab's cluster behind ``cluster`` as node control (``pg_ctl`` as the data
+    directory's owner)."""
+    from pathlib import Path
+
+    from drorch.adapters.nodes import LocalPgNode
+    from drorch.config import Endpoint
+
+    info = _conninfo(dsn)
+    endpoint = Endpoint(host=str(info.get("host") or "127.0.0.1"), port=int(info["port"]),
+                        dbname="postgres", user=str(info.get("user") or "postgres"))
+    log = lab_tag(cluster, LAB_LOGFILE_TAG) or str(Path(datadir).parent / "switchover.log")
+    return LocalPgNode(Path(datadir).resolve(), endpoint.port, endpoint, Path(log))
 
 
 def _cluster_endpoint(self: DBCluster) -> str:

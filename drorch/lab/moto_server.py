@@ -35,6 +35,13 @@ LAB_ADDRESS_TAG = "drorch:lab-address"
 LAB_DSN_TAG = "drorch:lab-dsn"
 """Lab only: the libpq connection string of the real cluster behind the instance."""
 
+LAB_DATADIR_TAG = "drorch:lab-datadir"
+"""Lab only: the data directory of the real cluster behind an Aurora regional cluster, so
+that a switchover can make the old writer a standby of the new one, as Aurora does."""
+
+LAB_LOGFILE_TAG = "drorch:lab-logfile"
+"""Lab only: that cluster's server log (``pg_ctl -l``)."""
+
 PROMOTE_SECONDS_ENV = "DRORCH_MOTO_PROMOTE_SECONDS"
 """Seconds a ``PromoteReadReplica`` stays in progress (default 0: done by the next read)."""
 

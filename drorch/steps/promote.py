@@ -82,6 +82,10 @@ class PromoteDatabase(Step):
             barrier = pg.write_barrier(old)
             caught_up = pg.wait_replayed(new, barrier, db.promote_timeout_s, past=True)
         wait_s = time.monotonic() - wait_start
+        if old_status is None and ctx.facts.get("planned_only"):
+            raise StepFailed(f"{self.target}: {ctx.from_region} did not answer, and this "
+                             "failover is planned only (a drill): nothing is promoted "
+                             "without first replaying everything the old primary wrote")
         if caught_up is False:
             raise StepFailed(f"{self.target}: {ctx.to_region} did not replay {ctx.from_region}'s "
                              f"write barrier {barrier} within {db.promote_timeout_s:.0f}s; "

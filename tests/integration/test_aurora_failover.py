@@ -102,17 +102,51 @@ def test_switchover_when_region_a_answers(aurora_lab: Lab) -> None:
     assert _actions(aurora_lab, "SwitchoverGlobalCluster") == 1
     assert _actions(aurora_lab, "FailoverGlobalCluster") == 0
     assert _actions(aurora_lab, "CopyDBClusterSnapshot") == 0  # a switchover loses nothing
+    # as Aurora does, the switchover made the old writer a secondary of the new one
+    assert pg.in_recovery(_dsn(aurora_lab, "region-a"))
+
+    # writes taken in region-b go back with the failback: another switchover, no fence,
+    # no reconcile (nothing diverged), and region-b becomes the secondary again
+    with psycopg.connect(_dsn(aurora_lab, "region-b"), autocommit=True) as c:
+        ids = [c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES "
+                         "(1, %s, 'b') RETURNING id", (n,)).fetchone()[0] for n in range(5)]
+    back = aurora_lab.cli("failback", "--yes", "--reason", "aurora back", "--actor", "alice")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "fence:" not in back.stdout and "reconcile:" not in back.stdout, back.stdout
+    assert _writer(aurora_lab) == a.arn
+    assert not pg.in_recovery(_dsn(aurora_lab, "region-a"))
+    assert pg.in_recovery(_dsn(aurora_lab, "region-b"))
+    with psycopg.connect(_dsn(aurora_lab, "region-a"), autocommit=True) as c:
+        assert [r[0] for r in c.execute("SELECT id FROM orders WHERE id = ANY(%s) "
+                                        "ORDER BY id", (ids,))] == ids
+    _secrets_point_at(aurora_lab, _cluster(aurora_lab, "region-a"))
+    assert _actions(aurora_lab, "SwitchoverGlobalCluster") == 2
+
+    # and a drill (planned failover, then failback) runs the whole cycle unattended
+    drill = aurora_lab.cli("drill", "--yes", "--reason", "aurora drill")
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    assert _writer(aurora_lab) == a.arn and pg.in_recovery(_dsn(aurora_lab, "region-b"))
+    assert _actions(aurora_lab, "SwitchoverGlobalCluster") == 4
+    assert _actions(aurora_lab, "FailoverGlobalCluster") == 0
 
 
 def test_unplanned_failover_killed_after_the_request_asks_once(aurora_lab: Lab) -> None:
     ids = _kill_region_a(aurora_lab)
+    # a drill's failover is planned only: with region-a dead nothing is promoted
+    drill = aurora_lab.cli("drill", "--yes", "--reason", "drill into an outage")
+    assert drill.returncode == 4, drill.stdout + drill.stderr  # rolled back
+    assert "planned only" in drill.stdout + drill.stderr
+    assert _writer(aurora_lab) == _cluster(aurora_lab, "region-a").arn
+    assert pg.in_recovery(_dsn(aurora_lab, "region-b"))
+    assert _actions(aurora_lab, "FailoverGlobalCluster") == 0
     killed = aurora_lab.cli("failover", "--yes", "--reason", "aurora", "--actor", "bob",
                             extra_env={"DRORCH_FAULT_KILL_AT": "promote:main:after_apply"})
     assert killed.returncode == -9, killed.stdout + killed.stderr
     resumed = aurora_lab.cli("resume", "--yes")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     # region-a was dead: RPO unknown, and no failback of this kind will measure it yet
-    assert "kind aurora-global has no drorch failback yet" in resumed.stdout, resumed.stdout
+    assert "kind aurora-global has no drorch failback after an unplanned failover yet" \
+        in resumed.stdout, resumed.stdout
     b = _cluster(aurora_lab, "region-b")
     assert _writer(aurora_lab) == b.arn
     assert _actions(aurora_lab, "FailoverGlobalCluster") == 1
@@ -132,6 +166,12 @@ def test_unplanned_failover_killed_after_the_request_asks_once(aurora_lab: Lab) 
     assert evidence["detail"]["copy"] in names
     assert evidence["detail"]["source"].startswith("rds:unplanned-global-failover-")
     assert _actions(aurora_lab, "CopyDBClusterSnapshot") == 1
+    # failing back after an unplanned failover needs that snapshot reconciled: refused,
+    # saying so, before anything is done
+    refused = aurora_lab.cli("failback", "--yes", "--reason", "too soon")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "after an unplanned one" in refused.stdout + refused.stderr
+    assert _writer(aurora_lab) == b.arn
 
 
 def test_detach_and_promote_when_managed_failover_is_not_allowed(
