@@ -52,6 +52,12 @@ variable "alarm_queue_arn" {
   default     = null
 }
 
+variable "alarm_topic_arn" {
+  description = "The SNS topic the alarms notify (readiness checks it delivers to the queue); null: none."
+  type        = string
+  default     = null
+}
+
 variable "rds_instance_arns" {
   description = "RDS for PostgreSQL instances (primary and replica); empty for Aurora."
   type        = list(string)
