@@ -143,8 +143,8 @@ def _rds(ctx: Context, db: DatabasePair) -> CheckResult:
                           f"{info.get('Status')} ({info.get('Message') or 'no message'})",
                           "see the RDS event log for the replica; recreate it if it "
                           "stays broken")
-    return passed(REPLICA, target, f"RDS shows {ep.instance_id} as a {status} read replica "
-                  f"of {src.instance_id}")
+    return passed(REPLICA, target, f"RDS shows {ep.instance_id} as a read replica of "
+                  f"{src.instance_id} ({status})")
 
 
 def _aurora(ctx: Context, db: DatabasePair) -> CheckResult:
