@@ -476,3 +476,26 @@ def test_watch_journals_readiness_drift_only_when_a_result_changes(lab: ReadyLab
     assert len(entries) == 2 and entries[-1]["outcome"] == "not_ready"
     assert "write_flag /drorch/lab/writes-frozen in region-b: pass -> fail" in \
         entries[-1]["reason"]
+
+
+def test_the_watcher_runs_readiness_and_journals_it(lab: ReadyLab) -> None:
+    """`drorch watch`'s loop with readiness on: within a few ticks of a healthy lab the
+    first results are journaled (readiness:<runbook>) and audited as drift once; the
+    watcher fails nothing over."""
+    import threading
+
+    from drorch.audit import iter_entries
+    from drorch.cli_common import open_context
+    from drorch.readiness.drift import record_key
+    from drorch.watch import serve
+
+    store, audit, aws = open_context(lab.runbook)
+    before = sum(1 for e in iter_entries(audit.path) if e["action"] == "watch.readiness_drift") \
+        if audit.path.exists() else 0
+    driven = serve(lab.runbook, store, audit, aws, stop=threading.Event(), max_seconds=6,
+                   readiness_every_s=600)
+    assert driven == []
+    saved = store.get(record_key(lab.runbook))
+    assert saved is not None and saved["ready"] == "ready" and saved["serving"] == "region-a"
+    drift = [e for e in iter_entries(audit.path) if e["action"] == "watch.readiness_drift"]
+    assert len(drift) - before == 1 and drift[-1]["outcome"] == "ready"

@@ -152,3 +152,26 @@ def test_the_calls_readiness_checks_for_are_what_the_iam_module_grants(monkeypat
     assert own == {"iam:SimulatePrincipalPolicy", "iam:ListAttachedRolePolicies",
                    "iam:ListRolePolicies", "iam:GetRolePolicy", "iam:GetPolicy",
                    "iam:GetPolicyVersion"}
+
+
+def test_aws_failures_are_sorted_into_what_a_verdict_needs() -> None:
+    """Not found, unreachable, denied and not offered are told apart (the last is how
+    moto answers an operation it lacks: HTTP 500 or a body botocore cannot parse)."""
+    from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
+    from botocore.parsers import ResponseParserError
+
+    from drorch.adapters.readiness_aws import classify
+
+    def client_error(code: str, status: int = 400) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+
+    assert classify(client_error("ResourceNotFoundException")) == "not_found"
+    assert classify(client_error("DBInstanceNotFound")) == "not_found"
+    assert classify(client_error("GlobalClusterNotFoundFault")) == "not_found"
+    assert classify(client_error("AccessDenied", 403)) == "denied"
+    assert classify(client_error("InternalFailure", 500)) == "unsupported"
+    assert classify(ResponseParserError("invalid XML received")) == "unsupported"
+    assert classify(EndpointConnectionError(endpoint_url="http://x")) == "unreachable"
+    assert classify(ConnectTimeoutError(endpoint_url="http://x")) == "unreachable"
+    assert classify(client_error("ThrottlingException")) == "other"
