@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from drorch import logs
 from drorch.audit import verify
+from drorch.cli_audit import AwsRegionOpt, audit_ship, verify_s3
 from drorch.cli_common import (
     ActorOpt,
     RunbookOpt,
@@ -45,6 +46,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   epilog="Exit codes:\n\n" + exit_table().replace("\n", "\n\n"))
 audit_app = typer.Typer(no_args_is_help=True, help="The tamper-evident audit log.")
 app.add_typer(audit_app, name="audit")
+audit_app.command("ship")(audit_ship)
 app.add_typer(lab_app, name="lab")
 app.add_typer(runbook_app, name="runbook")
 reconcile_app = typer.Typer(no_args_is_help=True, help="Divergent writes after a failover.")
@@ -416,16 +418,23 @@ def reconcile_apply(
 
 @audit_app.command("verify")
 def audit_verify(
-    path: Annotated[Path | None, typer.Argument(help="The log (default: the runbook's, "
-                                                "<state_dir>/audit.jsonl).")] = None,
+    where: Annotated[str | None, typer.Argument(
+        metavar="[PATH|s3://BUCKET/PREFIX]",
+        help="The log (default: the runbook's, <state_dir>/audit.jsonl), or an archive "
+             "`drorch audit ship` wrote.")] = None,
     runbook: Annotated[Path | None, typer.Option(
         "--runbook", "-r", envvar="DRORCH_RUNBOOK", help="Runbook YAML file (for the "
-        "default log).")] = None,
+        "default log; for an archive: its AWS endpoints and region).")] = None,
     expected_head: Annotated[str | None, typer.Option(
         help="A head kept elsewhere (a report's audit.head): the log must still contain "
              "it, so entries cut off its end are found.")] = None,
+    aws_region: AwsRegionOpt = None,
 ) -> None:
-    """Exit 0 when the audit log is intact; 1, naming the first bad line, when not."""
+    """Exit 0 when the audit log (or the archive in S3) is intact; 1, naming the first
+    bad line (every problem of an archive), when not."""
+    if where is not None and where.startswith("s3://"):
+        verify_s3(where, runbook, aws_region, expected_head)
+    path = Path(where) if where is not None else None
     if path is None:
         if runbook is None:
             err.print("give the log's path, or a runbook (--runbook or DRORCH_RUNBOOK)")

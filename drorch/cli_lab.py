@@ -1,4 +1,4 @@
-"""``drorch lab ...``: the local two-region lab (up, fail, heal, drill, down)."""
+"""``drorch lab ...``: the local two-region lab (up, fail, heal, alarm, drill, down)."""
 
 from __future__ import annotations
 
@@ -61,6 +61,11 @@ def lab_fail(
         help="stop, hang or flap (its databases and app), or aws-down (its AWS API only; "
              "combine with one of the others for a whole region)")] = "stop",
     period: Annotated[float, typer.Option(help="flap period in seconds")] = 4.0,
+    alarm: Annotated[bool, typer.Option(
+        "--alarm/--no-alarm",
+        help="With stop or hang: also fire the region's CloudWatch alarm and publish "
+             "its notification to SNS, as its Route 53 health check would (when the "
+             "runbook wires an alarm chain)")] = True,
     actor: ActorOpt = None,
 ) -> None:
     """Inject a fault into a lab region (audited like any other action)."""
@@ -74,7 +79,7 @@ def lab_fail(
     _store, audit, _aws = open_context(rb)
     try:
         out.print(faults.fail(rb, region, mode, period_s=period,  # type: ignore[arg-type]
-                              audit=audit, actor=actor or getpass.getuser()))
+                              audit=audit, actor=actor or getpass.getuser(), alarm=alarm))
     except Exception as exc:  # noqa: BLE001 (a clear sentence, never a traceback)
         err.print(f"[bold red]lab fail:[/] {_sentence(exc)}", highlight=False)
         raise typer.Exit(ExitCode.FAILED) from None
@@ -106,6 +111,33 @@ def lab_heal(region: str, runbook: RunbookOpt = Path("runbooks/lab.yaml"),
         raise typer.Exit(ExitCode.FAILED) from None
 
 
+@lab_app.command("alarm")
+def lab_alarm(
+    region: str,
+    runbook: RunbookOpt = Path("runbooks/lab.yaml"),
+    state: Annotated[str, typer.Option(
+        help="ALARM fires the region's alarm without any fault (a false alarm); OK "
+             "clears it")] = "ALARM",
+    actor: ActorOpt = None,
+) -> None:
+    """Set a lab region's CloudWatch alarm and publish CloudWatch's notification to its
+    SNS topic, with no fault: see what the watcher makes of an alarm alone."""
+    from drorch.lab import faults
+
+    rb = load_or_exit(runbook)
+    if state not in ("ALARM", "OK"):
+        err.print("--state must be ALARM or OK")
+        raise typer.Exit(ExitCode.USAGE)
+    _known_region_or_exit(rb, region)
+    _store, audit, _aws = open_context(rb)
+    try:
+        out.print(faults.set_alarm(rb, region, state, audit=audit,
+                                   actor=actor or getpass.getuser()), highlight=False)
+    except Exception as exc:  # noqa: BLE001 (a clear sentence, never a traceback)
+        err.print(f"[bold red]lab alarm:[/] {_sentence(exc)}", highlight=False)
+        raise typer.Exit(ExitCode.FAILED) from None
+
+
 def _sentence(exc: Exception) -> str:
     """A fault's own message, or the error's type and first line for anything else."""
     from drorch.lab import faults
@@ -120,11 +152,24 @@ def lab_drill(
     runbook: RunbookOpt = Path("runbooks/lab.yaml"),
     keep: Annotated[bool, typer.Option("--keep", help="Leave the lab up afterwards.")] = False,
     mode: Annotated[str, typer.Option(help="How region-a dies: stop or hang.")] = "stop",
+    trigger: Annotated[str, typer.Option(
+        help="probes: the watcher's probes find the outage on their own; alarm: the "
+             "region's CloudWatch alarm fires with it and reaches the watcher through "
+             "SNS and SQS, the probes confirm (the report names both)")] = "probes",
 ) -> None:
     """Lab up, traffic, kill the primary region, automatic failover, validate, report."""
-    from drorch.lab.drill import run_drill
+    from drorch.lab import alarms as alarm_chain
+    from drorch.lab.drill import TRIGGERS, run_drill
 
     rb = load_or_exit(runbook)
+    if trigger not in TRIGGERS:
+        err.print(f"--trigger must be one of {', '.join(TRIGGERS)}")
+        raise typer.Exit(ExitCode.USAGE)
+    if trigger == "alarm" and not alarm_chain.alarms_of(rb, rb.primary.name):
+        err.print(f"--trigger alarm: {escape(str(runbook))} wires no alarm for "
+                  f"{rb.primary.name} (health.alarm_queue_url and health.alarm_regions)",
+                  highlight=False)
+        raise typer.Exit(ExitCode.USAGE)
     if (stale := _journal_contradicts_a_fresh_lab(rb)) is not None:
         err.print(f"[bold red]lab drill refused:[/] {stale}", highlight=False)
         raise typer.Exit(ExitCode.REFUSED)
@@ -134,7 +179,8 @@ def lab_drill(
         out.print(f"[bold blue]{time.monotonic() - start:7.2f}s[/] {text}", highlight=False)
 
     try:
-        result = run_drill(rb, keep=keep, say=say, progress=show_progress, mode=mode)
+        result = run_drill(rb, keep=keep, say=say, progress=show_progress, mode=mode,
+                           trigger=trigger)
     except Exception as exc:  # noqa: BLE001
         err.print(f"[bold red]drill failed:[/] {escape(str(exc))}")
         raise typer.Exit(ExitCode.FAILED) from None

@@ -310,6 +310,26 @@ class Aws(_Model):
         "region's API may take before it is deferred")
 
 
+class AuditArchive(_Model):
+    """Where ``drorch audit ship`` copies the audit log and the incident reports: an S3
+    bucket with Object Lock (``terraform/modules/audit-bucket``)."""
+
+    url: str = Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+                     description="s3://BUCKET[/PREFIX]: the archive's root")
+    aws_region: str | None = Field(default=None, description="The bucket's AWS region; "
+                                   "default: the primary region's")
+    retention_days: int = Field(ge=1, le=36500, description="Every shipped object is kept "
+                                "under COMPLIANCE retention this many days from its shipping "
+                                "(nobody, root included, can delete or overwrite it before)")
+
+
+class AuditSettings(_Model):
+    """The audit log's archive (the log itself is always ``<state_dir>/audit.jsonl``)."""
+
+    archive: AuditArchive | None = Field(default=None, description="Where `drorch audit "
+                                         "ship` copies it; none: shipping needs --bucket")
+
+
 class Runbook(_Model):
     """What drorch may do for one service: its two regions, database pairs, secrets,
     DNS, write flag, health policy, validation flows and targets."""
@@ -336,6 +356,8 @@ class Runbook(_Model):
     validation: Validation | None = Field(default=None, description="Flows that prove the "
                                           "service works in the new region")
     targets: Targets = Field(default=Targets(), description="RPO and RTO targets")
+    audit: AuditSettings = Field(default=AuditSettings(), description="The audit "
+                                 "log's archive")
     lab: LabPorts | None = Field(default=None, description="Only for the local lab: marks "
                                  "the runbook as a lab one (`drorch lab ...` runs it; "
                                  "`lab down --purge` may delete its state)")

@@ -22,6 +22,7 @@ from typing import Any
 
 from drorch import metrics
 from drorch.redact import redact
+from drorch.report_detection import detection
 
 SCHEMA_VERSION = 1
 FORMATS = ("json", "md", "html")
@@ -156,6 +157,8 @@ def build_report(incident: Mapping[str, Any]) -> dict[str, Any]:
             "trigger": trigger,
             "reason": incident.get("reason"),
         },
+        # which alarm raised it and which probes confirmed it (drorch.report_detection)
+        "detection": detection(trigger),
         "times": {
             key: {"at": incident.get(key), "iso": _iso(incident.get(key))}
             for key in ("first_failure_at", "decided_at", "completed_at")
@@ -324,6 +327,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
            f"({'automatic' if who['automatic'] else 'manual'}, trigger "
            f"{_md(who['trigger'].get('kind'))}: {_md(who['trigger'].get('detail'))})",
            f"- **Reason:** {_md(who.get('reason'))}",
+           f"- **Detection:** {_md(report['detection']['sentence'])}",
            f"- **drorch overhead:** {_num(report.get('overhead_s'))} "
            f"(waits {_num(report.get('waits_s'))}, detection {_num(report.get('detect_s'))})",
            "", "## RPO and RTO", "", "| Metric | Value | Target | Verdict |", "|---|---|---|---|"]
@@ -435,7 +439,8 @@ def render_html(report: Mapping[str, Any]) -> str:
             f"&middot; <b>Decided by:</b> {e(who['actor'])} "
             f"({'automatic' if who['automatic'] else 'manual'}; "
             f"{e(str(who['trigger'].get('kind')))}: {e(str(who['trigger'].get('detail') or ''))})"
-            f" &middot; <b>Reason:</b> {e(str(who.get('reason') or '–'))}</p>",
+            f" &middot; <b>Reason:</b> {e(str(who.get('reason') or '–'))}"
+            f" &middot; <b>Detection:</b> {e(str(report['detection']['sentence']))}</p>",
             "<h2>RPO and RTO</h2><table><tr><th>Metric</th><th>Value</th><th>Target</th>"
             "<th>Verdict</th></tr>"]
     for name, value, target, verdict, missed in _target_rows(report):

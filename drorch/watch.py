@@ -157,7 +157,13 @@ class _Watcher:
         if not url:
             return None
         region = ws.sqs_region(url, self.runbook.secondary.aws_region)
-        return AlarmQueue(self.aws("sqs", region), url)
+        # The queue may sit in the region that failed (Route 53's alarms live in
+        # us-east-1): a poll that hangs there must not stall the probe rounds past the
+        # window's max gap. One attempt within the failed-region deadline; a missed poll
+        # is retried next tick.
+        quick = getattr(self.aws, "with_deadline", None)
+        clients = quick(self.runbook.aws.failed_region_deadline_s) if quick else self.aws
+        return AlarmQueue(clients("sqs", region), url)
 
     # -- the loop ------------------------------------------------------------
     def run(self, stop: threading.Event, max_seconds: float | None, *,

@@ -193,7 +193,11 @@ def trigger_for(state: WindowState, policy: HealthPolicy, reason: str) -> dict[s
 
     ``kind`` is ``"alarm"`` when a firing alarm started the count on its own
     (``alarm_may_trigger_alone`` and the alarm came before any failing round),
-    otherwise ``"health"``.
+    otherwise ``"health"``. ``alarm_events`` details the alarms in ``ALARM`` (CloudWatch's
+    ``StateChangeTime`` as ``changed_at``, when drorch read it as ``received_at``, both
+    unix seconds, and its reason); ``probe_failing_since`` is when the probes' own count
+    began (``None`` when only an alarm counted), out of ``probes`` with ``quorum``: the
+    report's ``detection`` section is built from these.
     """
     v = state.verdict
     firing = state.firing
@@ -209,6 +213,11 @@ def trigger_for(state: WindowState, policy: HealthPolicy, reason: str) -> dict[s
         "decided_at": v.decided_at,
         "down": list(v.down),
         "alarms": list(v.alarms),
+        "alarm_events": [{"name": a.name, "state": a.state, "changed_at": a.changed_at,
+                          "received_at": a.since, "reason": a.reason} for a in firing],
+        "probe_failing_since": probe_since,
+        "probes": v.total,
+        "quorum": v.quorum,
     }
 
 

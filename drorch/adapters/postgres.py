@@ -127,11 +127,22 @@ class FreezeRecord:
     entry; unfreeze writes that back or ``ALTER SYSTEM RESET``s it, so a server
     whose default was read-only (there or in ``postgresql.conf``) stays so.
     ``sessions_ended``: application sessions the freeze terminated.
+    ``database_read_only``: set when the role drorch connects as may not ``ALTER
+    SYSTEM`` (RDS and Aurora give ``rds_superuser``, not superuser): the read-only
+    default was then set per database (``ALTER DATABASE … SET``), and this maps each
+    database it was set on to its own setting before (as written, or None for none).
+    Such a setting is a catalog row, so it replicates: the new primary starts with it
+    too, and :func:`open_writes` restores it there from this record.
+    ``not_possible``: what this role may not do on this node, one sentence each (a
+    database it does not own keeps its default; superuser sessions, on RDS the
+    service's own ``rdsadmin`` ones, stay).
     """
 
     roles_locked: list[str]
     auto_conf_read_only: str | None
     sessions_ended: int = 0
+    database_read_only: dict[str, str | None] | None = None
+    not_possible: list[str] = field(default_factory=list, compare=False)
     # What else the freeze found (not part of the undo): sessions of other roles it
     # ended, by role, and the prepared transactions waiting on the node (any of them
     # may still be committed by ``COMMIT PREPARED``).
@@ -139,9 +150,14 @@ class FreezeRecord:
     prepared: list[dict[str, Any]] = field(default_factory=list, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"roles_locked": self.roles_locked,
-                "auto_conf_read_only": self.auto_conf_read_only,
-                "sessions_ended": self.sessions_ended}
+        out: dict[str, Any] = {"roles_locked": self.roles_locked,
+                               "auto_conf_read_only": self.auto_conf_read_only,
+                               "sessions_ended": self.sessions_ended}
+        if self.database_read_only is not None:
+            out["database_read_only"] = dict(self.database_read_only)
+        if self.not_possible:
+            out["not_possible"] = list(self.not_possible)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FreezeRecord:
@@ -153,15 +169,25 @@ class FreezeRecord:
             auto = None if auto is None else str(auto)
         else:
             auto = "on" if d.get("read_only_was") == "on" else None
-        return cls(sorted(d.get("roles_locked") or []), auto, int(d.get("sessions_ended") or 0))
+        per_db = d.get("database_read_only")
+        return cls(sorted(d.get("roles_locked") or []), auto, int(d.get("sessions_ended") or 0),
+                   None if per_db is None else {str(k): (None if v is None else str(v))
+                                                for k, v in per_db.items()},
+                   list(d.get("not_possible") or []))
 
     def merged_with(self, now: FreezeRecord) -> FreezeRecord:
         """This record, taken before an earlier (maybe half-done) freeze, with what
         a later read ``now`` adds: roles that can log in now are locked too and get
         LOGIN back; the configuration before the freeze stays this record's (``now``
         may read a value the earlier freeze wrote)."""
+        per_db = None
+        if self.database_read_only is not None or now.database_read_only is not None:
+            # a database this record knows keeps its value from before; one only ``now``
+            # names (created since) takes what ``now`` read
+            per_db = {**(now.database_read_only or {}), **(self.database_read_only or {})}
         return FreezeRecord(sorted(set(self.roles_locked) | set(now.roles_locked)),
-                            self.auto_conf_read_only, self.sessions_ended + now.sessions_ended)
+                            self.auto_conf_read_only, self.sessions_ended + now.sessions_ended,
+                            per_db, sorted(set(self.not_possible) | set(now.not_possible)))
 
 
 def _auto_conf_read_only(c: psycopg.Connection[Any]) -> str | None:
@@ -175,6 +201,56 @@ def _auto_conf_read_only(c: psycopg.Connection[Any]) -> str | None:
         "AND sourcefile = current_setting('data_directory') || '/postgresql.auto.conf' "
         "ORDER BY seqno DESC LIMIT 1", (_READ_ONLY,)).fetchone()
     return None if row is None else str(row[0])
+
+
+def may_alter_system(c: psycopg.Connection[Any]) -> bool:
+    """Whether this session's role may ``ALTER SYSTEM SET default_transaction_read_only``
+    (a superuser, or a PostgreSQL 15 ``GRANT ALTER SYSTEM ON PARAMETER``:
+    https://www.postgresql.org/docs/15/functions-info.html, ``has_parameter_privilege``).
+    RDS and Aurora allow ``ALTER SYSTEM`` to nobody (configuration is the parameter
+    group's): drorch then sets the default per database."""
+    row = c.execute("SELECT has_parameter_privilege(%s, 'ALTER SYSTEM')",
+                    (_READ_ONLY,)).fetchone()
+    return bool(row and row[0])
+
+
+def _database_read_only(c: psycopg.Connection[Any]) -> tuple[dict[str, str | None], list[str]]:
+    """Each database a session may use that this role may ``ALTER DATABASE`` (it is a
+    member of the owner: https://www.postgresql.org/docs/15/sql-alterdatabase.html), with
+    its own ``default_transaction_read_only`` setting (None: none); and one sentence
+    per database it may not alter."""
+    rows = c.execute(
+        "SELECT d.datname, pg_has_role(current_user, d.datdba, 'MEMBER'), "
+        "pg_get_userbyid(d.datdba), (SELECT split_part(x, '=', 2) FROM "
+        "pg_db_role_setting r, unnest(r.setconfig) x WHERE r.setdatabase = d.oid "
+        "AND r.setrole = 0 AND x LIKE %s LIMIT 1) FROM pg_database d "
+        "WHERE d.datallowconn AND NOT d.datistemplate ORDER BY d.datname",
+        (_READ_ONLY + "=%",)).fetchall()
+    mine = {str(name): (None if value is None else str(value))
+            for name, owned, _owner, value in rows if owned}
+    other = [f"database {name} (owner {owner}): its read-only default was not set (this "
+             "role may not alter it); application roles are locked out and sessions ended "
+             "all the same" for name, owned, owner, _value in rows if not owned]
+    return mine, other
+
+
+def _set_database_read_only(c: psycopg.Connection[Any], values: dict[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            c.execute(sql.SQL("ALTER DATABASE {} RESET default_transaction_read_only").format(
+                sql.Identifier(name)))
+        else:
+            c.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = {}").format(
+                sql.Identifier(name), sql.Literal(value)))
+
+
+def _baseline(c: psycopg.Connection[Any], app_roles: list[str]) -> FreezeRecord:
+    """What a freeze by this session's role would change here, read without changing it."""
+    roles = _roles_that_can_log_in(c, app_roles)
+    if may_alter_system(c):
+        return FreezeRecord(roles, _auto_conf_read_only(c))
+    per_db, not_possible = _database_read_only(c)
+    return FreezeRecord(roles, None, 0, per_db, not_possible)
 
 
 def _configured_read_only(c: psycopg.Connection[Any]) -> bool:
@@ -196,7 +272,7 @@ def _roles_that_can_log_in(c: psycopg.Connection[Any], roles: list[str]) -> list
 def freeze_baseline(target: Target, app_roles: list[str]) -> FreezeRecord:
     """What a freeze of this node would change, read without changing anything."""
     with _use(target) as c:
-        return FreezeRecord(_roles_that_can_log_in(c, app_roles), _auto_conf_read_only(c))
+        return _baseline(c, app_roles)
 
 
 def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None = None, *,
@@ -206,7 +282,8 @@ def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None =
     """Stop every write on this node; replication keeps streaming.
 
     Locks the application roles out (``ALTER ROLE … NOLOGIN``), makes read-only
-    the default for new transactions (``ALTER SYSTEM``, reload), then ends the
+    the default for new transactions (``ALTER SYSTEM``, reload; per database where the
+    role may not ``ALTER SYSTEM``, as on RDS and Aurora), then ends the
     application roles' sessions and waits until they are gone (an open
     transaction dies uncommitted). ``default_transaction_read_only`` alone is no
     freeze: a client may ``SET`` it off
@@ -226,7 +303,7 @@ def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None =
     Returns the record; safe to call again with it as ``previous``.
     """
     with _use(target) as c:
-        now = FreezeRecord(_roles_that_can_log_in(c, app_roles), _auto_conf_read_only(c))
+        now = _baseline(c, app_roles)
         intent = now if previous is None else previous.merged_with(now)
         if on_intent is not None:
             on_intent(intent)
@@ -234,8 +311,11 @@ def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None =
             c.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
         if on_roles_locked is not None:
             on_roles_locked()
-        c.execute("ALTER SYSTEM SET default_transaction_read_only = on")
-        c.execute("SELECT pg_reload_conf()")
+        if now.database_read_only is None:
+            c.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            c.execute("SELECT pg_reload_conf()")
+        else:
+            _set_database_read_only(c, dict.fromkeys(now.database_read_only, "on"))
         # With a timeout pg_terminate_backend waits until the backend has exited
         # (https://www.postgresql.org/docs/15/functions-admin.html): no session of
         # an application role can commit after this returns.
@@ -249,10 +329,17 @@ def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None =
             raise FreezeIncomplete(f"{left} session(s) of {app_roles} still connected after "
                                    "pg_terminate_backend waited 5 s for each: writes not "
                                    "stopped")
-        others = _end_other_sessions(c, others_wait_s)
+        others, kept = _end_other_sessions(c, others_wait_s)
         prepared = prepared_transactions(c)
+    not_possible = list(intent.not_possible)
+    if kept:
+        not_possible.append(
+            "superuser sessions left open (this role may not end them; on RDS and Aurora "
+            "they are the service's own, rdsadmin): "
+            + ", ".join(f"{role} x{n}" for role, n in sorted(kept.items())))
     return FreezeRecord(intent.roles_locked, intent.auto_conf_read_only,
-                        intent.sessions_ended + int(ended), others, prepared)
+                        intent.sessions_ended + int(ended), intent.database_read_only,
+                        not_possible, others, prepared)
 
 
 def prepared_transactions(target: Target) -> list[dict[str, Any]]:
@@ -270,25 +357,44 @@ _OTHER_SESSIONS = ("FROM pg_stat_activity WHERE backend_type = 'client backend' 
                    "AND pid <> pg_backend_pid()")
 
 
-def _end_other_sessions(c: psycopg.Connection[Any], wait_s: float) -> dict[str, int]:
+def _end_other_sessions(c: psycopg.Connection[Any], wait_s: float
+                        ) -> tuple[dict[str, int], dict[str, int]]:
     """End every client session but this one (application roles are gone already);
     first wait up to ``wait_s`` for their open write transactions (those holding a
-    transaction id) to end by themselves. Returns the sessions ended, by role."""
+    transaction id) to end by themselves. Returns the sessions ended, and the sessions
+    left because this role may not end them, by role.
+
+    Only a superuser may end a superuser's session (PostgreSQL 15,
+    https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-ADMIN-SIGNAL; asked
+    anyway, it raises an error for the whole statement): a role that is not one leaves
+    them. On RDS and Aurora those are the service's own (``rdsadmin``), and nobody else
+    is a superuser there."""
+    superuser = scalar_setting(c, "is_superuser") == "on"
+    scope = _OTHER_SESSIONS if superuser else (
+        _OTHER_SESSIONS + " AND NOT coalesce((SELECT rolsuper FROM pg_roles "
+        "WHERE oid = usesysid), true)")
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline and c.execute(
-            "SELECT count(*) " + _OTHER_SESSIONS + " AND backend_xid IS NOT NULL"
+            "SELECT count(*) " + scope + " AND backend_xid IS NOT NULL"
             ).fetchone()[0]:  # type: ignore[index]
         time.sleep(0.05)
     ended: dict[str, int] = {}
     for role, ok in c.execute("SELECT coalesce(usename, '?'), pg_terminate_backend(pid, 5000) "
-                              + _OTHER_SESSIONS):
+                              + scope):
         if ok:
             ended[role] = ended.get(role, 0) + 1
-    left = c.execute("SELECT count(*) " + _OTHER_SESSIONS).fetchone()[0]  # type: ignore[index]
+    left = c.execute("SELECT count(*) " + scope).fetchone()[0]  # type: ignore[index]
     if left:
         raise FreezeIncomplete(f"{left} other session(s) still connected after "
                                "pg_terminate_backend waited 5 s for each: writes not stopped")
-    return ended
+    kept = {str(role): int(n) for role, n in c.execute(
+        "SELECT coalesce(usename, '?'), count(*) " + _OTHER_SESSIONS + " GROUP BY 1")}
+    return ended, kept
+
+
+def scalar_setting(c: psycopg.Connection[Any], name: str) -> str:
+    row = c.execute("SELECT current_setting(%s)", (name,)).fetchone()
+    return str(row[0]) if row else ""
 
 
 def is_frozen(target: Target, app_roles: list[str]) -> bool:
@@ -309,6 +415,9 @@ def unfreeze(target: Target, record: FreezeRecord) -> None:
     with _use(target) as c:
         for role in record.roles_locked:
             c.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
+        if record.database_read_only is not None:
+            _set_database_read_only(c, _existing(c, record.database_read_only))
+            return
         if record.auto_conf_read_only is None:
             c.execute("ALTER SYSTEM RESET default_transaction_read_only")
         else:
@@ -317,17 +426,30 @@ def unfreeze(target: Target, record: FreezeRecord) -> None:
         c.execute("SELECT pg_reload_conf()")
 
 
-def open_writes(dsn: str, roles: list[str]) -> list[str]:
+def _existing(c: psycopg.Connection[Any], values: dict[str, str | None]
+              ) -> dict[str, str | None]:
+    """``values`` for the databases that exist now (one dropped since is skipped)."""
+    names = {r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                                     (list(values),))}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def open_writes(dsn: str, roles: list[str], freeze: FreezeRecord | None = None) -> list[str]:
     """On a new primary: let the application roles in (a freeze on the old
     primary replicated their NOLOGIN here) and make writes the default.
-    Returns the roles that were changed."""
+    ``freeze``: the old primary's freeze record; a read-only default it set per database
+    replicated here too and is put back as it was before. Returns the roles that were
+    changed."""
     with connect(dsn) as c:
         locked = [r[0] for r in c.execute(
             "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND NOT rolcanlogin", (roles,))]
         for role in locked:
             c.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role)))
-        c.execute("ALTER SYSTEM RESET default_transaction_read_only")
-        c.execute("SELECT pg_reload_conf()")
+        if freeze is not None and freeze.database_read_only is not None:
+            _set_database_read_only(c, _existing(c, freeze.database_read_only))
+        if may_alter_system(c):
+            c.execute("ALTER SYSTEM RESET default_transaction_read_only")
+            c.execute("SELECT pg_reload_conf()")
     return locked
 
 

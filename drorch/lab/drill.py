@@ -1,9 +1,11 @@
 """``drorch lab drill``: the whole story on the lab, unattended.
 
 Lab up; traffic against the primary region through DNS; the primary region is
-killed; ``drorch watch`` notices, waits out the window and fails over by
-itself; flows validate; the report is written; the acknowledged checkouts
-are looked up in the new primary to count what was really lost, and kept as
+killed (with ``trigger="alarm"`` its CloudWatch alarm fires too and reaches the
+watcher through SNS and SQS: the watcher probes at once and its probes confirm); ``drorch
+watch`` notices, waits out the window and fails over by itself; flows validate; the
+report is written (its ``detection`` names the alarm and the probes); the acknowledged
+checkouts are looked up in the new primary to count what was really lost, and kept as
 evidence next to the report (``reports/<incident>-checkouts.json``: every
 acknowledged checkout and the lost ones), so the count can be checked against
 the databases; lab down unless ``keep``. Every wait has a deadline.
@@ -27,6 +29,10 @@ if TYPE_CHECKING:
     from drorch.lab.traffic import Checkout
 
 Say = Callable[[str], None]
+
+TRIGGERS = ("probes", "alarm")
+"""How the drill's outage reaches the watcher: its probes alone, or the region's alarm
+first (``drorch.lab.alarms``), then the probes."""
 
 
 @dataclass
@@ -95,14 +101,24 @@ def write_checkouts_evidence(path: Path, *, incident_id: str, database: str, use
     os.replace(tmp, path)
 
 
+def _detected(trigger: dict[str, Any]) -> str:
+    """One sentence: which alarms fired and which probes confirmed the failover (the
+    report's ``detection``)."""
+    from drorch.report_detection import detection
+
+    return f"detection: {detection(trigger)['sentence']}"
+
+
 def run_drill(runbook: Runbook, *, keep: bool, say: Say,
               progress: Callable[..., None] | None = None,
-              mode: str = "stop", watch_timeout_s: float = 90) -> DrillResult:
+              mode: str = "stop", watch_timeout_s: float = 90,
+              trigger: str = "probes") -> DrillResult:
     from drorch import logs
     from drorch.adapters.aws import AwsClients
     from drorch.audit import AuditLog
     from drorch.incident import incident_record
     from drorch.lab import faults, lab
+    from drorch.lab.alarms import alarms_of
     from drorch.lab.traffic import Traffic
     from drorch.report import write_reports
     from drorch.store.sqlite import SqliteStore
@@ -110,6 +126,11 @@ def run_drill(runbook: Runbook, *, keep: bool, say: Say,
 
     if runbook.lab is None or runbook.dns is None or not runbook.dns.nameservers:
         raise ValueError("a drill needs a lab runbook with dns.nameservers and a lab section")
+    if trigger not in TRIGGERS:
+        raise ValueError(f"unknown drill trigger {trigger!r}: use one of {', '.join(TRIGGERS)}")
+    if trigger == "alarm" and not alarms_of(runbook, runbook.primary.name):
+        raise ValueError(f"a drill with trigger alarm needs an alarm for "
+                         f"{runbook.primary.name} (health.alarm_queue_url, alarm_regions)")
     state = Path(runbook.state_dir)
     source, target = runbook.primary.name, runbook.secondary.name
     say(f"lab up ({runbook.name}): PostgreSQL {source} -> {target}, moto, DNS, apps, SMTP")
@@ -127,14 +148,17 @@ def run_drill(runbook: Runbook, *, keep: bool, say: Say,
         traffic.start()
         _wait(lambda: traffic.successes(source) >= 20, 30, f"traffic served by {source}")
         say(f"traffic flowing: {traffic.successes(source)} checkouts acknowledged by {source}")
-        say(f"killing {source} (mode {mode})")
-        faults.fail(runbook, source, mode, audit=audit, actor="drill")  # type: ignore[arg-type]
+        say(f"killing {source} (mode {mode})"
+            + (": its alarm fires and is published to SNS" if trigger == "alarm" else ""))
+        say(faults.fail(runbook, source, mode, audit=audit, actor="drill",  # type: ignore[arg-type]
+                        alarm=trigger == "alarm"))
         say("watching health: the failover starts when the window says so")
         incident_id = watch(runbook, store, audit, aws, stop=threading.Event(),
                             progress=progress, max_seconds=watch_timeout_s)
         if incident_id is None:
             raise RuntimeError(f"drill: no failover within {watch_timeout_s:.0f}s")
         record = incident_record(store, runbook, incident_id)
+        say(_detected(record.get("trigger") or {}))
         if record["state"] == "failed_over":
             _wait(lambda: traffic.successes(target) >= 20, 30, f"traffic served by {target}")
         stats = traffic.stop()

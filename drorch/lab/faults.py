@@ -14,6 +14,14 @@ Modes (``fail``):
   are untouched. It combines with a database fault on the same region (``stop``
   + ``aws-down`` is a whole region gone); Route 53 is global and keeps answering.
 
+The lab's alarm chain (``drorch.lab.alarms``, when the runbook wires one): ``stop`` and
+``hang`` also fire the region's CloudWatch alarm, as its Route 53 health check would
+after the alarm's evaluation periods, and publish CloudWatch's notification to the
+alarm's SNS topic (``alarm=False`` leaves the alarm alone: an outage drorch's probes see
+before CloudWatch does). ``flap`` and ``aws-down`` do not: a health check of the app sees
+no outage when only the AWS API is gone, and a flap shorter than the evaluation periods
+never fires the alarm. ``heal`` sets it back to OK (notified likewise).
+
 ``heal`` undoes any of them: stops the flapper, SIGCONTs everything, starts the
 PostgreSQL nodes that are down and the app if it is gone. It is safe to run twice
 and on a region that has no fault. Every injection and heal is audited like any
@@ -124,8 +132,11 @@ def _region_checked(runbook: Runbook, region: str) -> lab.LabState:
 
 
 def fail(runbook: Runbook, region: str, mode: Mode, *, period_s: float = 2.0,
-         audit: AuditLog | None = None, actor: str = "lab") -> str:
+         audit: AuditLog | None = None, actor: str = "lab", alarm: bool = True) -> str:
     """Inject ``mode`` into ``region``; returns what was done, in one sentence.
+
+    ``alarm``: with ``stop`` or ``hang``, also fire the region's lab alarms (see the
+    module docstring); without an alarm chain in the runbook there is none to fire.
 
     Not idempotent: a region that already has a fault raises ``FaultError`` (heal it
     first), so two faults never overlap and ``heal`` always knows what to undo.
@@ -165,11 +176,46 @@ def fail(runbook: Runbook, region: str, mode: Mode, *, period_s: float = 2.0,
                     f"{period_s / 2:g}s of every {period_s:g}s (flapper pid {entry['pid']})")
     faults[region] = entry
     _write_faults(runbook, faults)
+    fired = _set_alarms(runbook, region, "ALARM") if alarm and mode != "flap" else []
+    if fired:
+        sentence += "; " + ", ".join(fired) + " (notified through SNS)"
     if audit is not None:
         audit.record("lab.fault.injected", actor=actor, reason=sentence,
-                     inputs={"region": region, "mode": mode,
+                     inputs={"region": region, "mode": mode, "alarm": alarm,
                              **({"period_s": period_s} if mode == "flap" else {})},
-                     detail={"nodes": [n.name for n in nodes], "app_pid": app_pid})
+                     detail={"nodes": [n.name for n in nodes], "app_pid": app_pid,
+                             "alarms": fired})
+    return sentence
+
+
+def _set_alarms(runbook: Runbook, region: str, state: str) -> list[str]:
+    """Fire or clear ``region``'s lab alarms through the lab's moto (never a region
+    relay: the lab plays CloudWatch, whose own API is not the one a fault takes away)."""
+    from drorch.adapters.aws import AwsClients
+    from drorch.lab import alarms
+
+    if not alarms.alarms_of(runbook, region):
+        return []
+    return alarms.notify(runbook, AwsClients(runbook.aws.endpoint_url), region, state)
+
+
+def set_alarm(runbook: Runbook, region: str, state: str, *, audit: AuditLog | None = None,
+              actor: str = "lab") -> str:
+    """Fire (``ALARM``) or clear (``OK``) ``region``'s lab alarms without any fault: a
+    false alarm, to see what the watcher makes of an alarm its probes do not confirm.
+    Audited as ``lab.alarm.set``; returns one sentence."""
+    _region_checked(runbook, region)
+    from drorch.lab import alarms
+
+    if not alarms.alarms_of(runbook, region):
+        raise FaultError(f"the runbook wires no alarm for {region} (health.alarm_queue_url "
+                         "and health.alarm_regions)")
+    changed = _set_alarms(runbook, region, state)
+    sentence = (f"{region}: " + ", ".join(changed) + " (notified through SNS)" if changed
+                else f"{region}: its alarms are already {state} (nothing sent)")
+    if audit is not None:
+        audit.record("lab.alarm.set", actor=actor, reason=sentence,
+                     inputs={"region": region, "state": state}, detail={"changed": changed})
     return sentence
 
 
@@ -226,6 +272,7 @@ def heal(runbook: Runbook, region: str, *, audit: AuditLog | None = None,
     if runbook.lab is not None and (app_pid is None or not services.pid_alive(app_pid)):
         lab.start_app(runbook, region)
         done.append("app started")
+    done += _set_alarms(runbook, region, "OK")
     sentence = f"{region} healed" + (f": {', '.join(done)}" if done else " (resumed)")
     if audit is not None:
         audit.record("lab.fault.healed", actor=actor, reason=sentence,

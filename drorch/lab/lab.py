@@ -35,7 +35,8 @@ import httpx
 from drorch.adapters.aws import AwsClients
 from drorch.adapters.nodes import node_path
 from drorch.config import Runbook
-from drorch.lab import require_lab_extra, schema, services
+from drorch.lab import alarms as alarm_chain
+from drorch.lab import audit_bucket, managed_roles, require_lab_extra, schema, services
 from drorch.lab.moto_server import LAB_ADDRESS_TAG, LAB_DSN_TAG
 from drorch.lab.postgres import PgNode, init_pair, make_owned_dir
 from drorch.procs import pid_alive
@@ -242,6 +243,10 @@ def _create_aws(runbook: Runbook, aws: AwsClients, password: str) -> None:
     calls += [(_create_secret, runbook, aws, spec, password) for spec in runbook.secrets]
     if runbook.dns:
         calls.append((_create_zone, runbook, aws))
+    elif alarm_chain.chain_for(runbook) is not None:
+        calls.append((_create_alarm_chain, runbook, aws))
+    if runbook.audit.archive is not None:
+        calls.append((audit_bucket.create, runbook, aws))
     calls += [(_create_rds_pair, runbook, aws, db.name, password)
               for db in runbook.databases if db.kind == "rds"]
     calls += [(_create_aurora_pair, runbook, aws, db.name, password)
@@ -325,8 +330,18 @@ def _create_secret(runbook: Runbook, aws: AwsClients, spec: Any, password: str) 
         client.put_secret_value(SecretId=spec.secret_id, SecretString=json.dumps(value))
 
 
+def _create_alarm_chain(runbook: Runbook, aws: AwsClients) -> dict[str, str]:
+    """Route 53 health checks -> CloudWatch alarms -> SNS -> SQS (``drorch.lab.alarms``);
+    region -> health check id."""
+    return alarm_chain.create(runbook, aws, {r.name: region_address(runbook, r.name)
+                                             for r in runbook.regions})
+
+
 def _create_zone(runbook: Runbook, aws: AwsClients) -> None:
+    """The zone and its weighted records, each tied to its region's health check when
+    the runbook wires an alarm chain (as ``terraform/modules/route53-failover`` does)."""
     assert runbook.dns is not None
+    checks = _create_alarm_chain(runbook, aws)
     primary = runbook.primary.name
     r53 = aws("route53", "us-east-1")
     zone = r53.create_hosted_zone(Name=runbook.dns.zone,
@@ -339,6 +354,7 @@ def _create_zone(runbook: Runbook, aws: AwsClients) -> None:
                 "Name": rec.name, "Type": rec.type, "TTL": 5,
                 "SetIdentifier": rec.set_identifiers[region.name],
                 "Weight": runbook.dns.active_weight if region.name == primary else 0,
+                **({"HealthCheckId": checks[region.name]} if region.name in checks else {}),
                 "ResourceRecords": [{"Value": region_address(runbook, region.name)}]}})
     r53.change_resource_record_sets(HostedZoneId=zone_id,
                                     ChangeBatch={"Comment": "lab", "Changes": changes})
@@ -430,6 +446,8 @@ def _up_pair(runbook: Runbook, db_name: str, password: str, state: _Recorder) ->
     schema.create_database_and_schema(node_a.dsn(), password, dbname=ep.dbname)
     with psycopg.connect(node_a.dsn(ep.dbname), autocommit=True) as c:
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+    if runbook.database(db_name).kind in ("rds", "aurora-global"):  # RDS's master user
+        managed_roles.emulate_master_user(node_a.dsn(), ep.dbname, ep.user)
     if cloned:
         _wait_streaming(node_a, node_b)
         return

@@ -75,6 +75,14 @@ def needed(rb: Runbook, account: str, partition: str = "aws",
             "the alarm queue")
     add(["sns:ListSubscriptionsByTopic"], sorted({str(t) for t in learned.get("topic_arn", [])}),
         "readiness (alarm wiring)")
+    archive = rb.audit.archive
+    if archive is not None:
+        bucket = archive.url.removeprefix("s3://").split("/", 1)[0]
+        add(["s3:GetBucketObjectLockConfiguration", "s3:ListBucket", "s3:ListBucketVersions"],
+            [f"arn:{p}:s3:::{bucket}"], "drorch audit ship / verify")
+        add(["s3:GetObject", "s3:GetObjectRetention", "s3:GetObjectVersion", "s3:PutObject",
+             "s3:PutObjectRetention"], [f"arn:{p}:s3:::{bucket}/audit/x"],
+            "drorch audit ship / verify")
     for db in rb.databases:
         if db.kind == "rds":
             add(["rds:DescribeDBInstances", "rds:PromoteReadReplica"],

@@ -17,7 +17,7 @@ from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wa
 from drorch.adapters import aurora, rds
 from drorch.adapters import postgres as pg
 from drorch.steps.base import Step, StepContext, StepFailed
-from drorch.steps.freeze import freeze_journaled
+from drorch.steps.freeze import freeze_fact_key, freeze_journaled, recorded_baseline
 
 
 class PromoteDatabase(Step):
@@ -278,7 +278,8 @@ class OpenWrites(Step):
         fit_sync_standbys(ctx, self.target, self._dsn(ctx))
         pin_split_wal(ctx, self.target, self._dsn(ctx))
         gap = advance_sequences(ctx, self.target, self._dsn(ctx))
-        changed = pg.open_writes(self._dsn(ctx), ctx.runbook.database(self.target).app_roles)
+        changed = pg.open_writes(self._dsn(ctx), ctx.runbook.database(self.target).app_roles,
+                                 recorded_baseline(ctx.facts.get(freeze_fact_key(self.target))))
         return {"roles_let_in": changed, "sequence_gap": gap}
 
 
@@ -367,6 +368,13 @@ def sequences_done(ctx: StepContext, database: str) -> bool:
         or bool((ctx.facts.get(f"sequences:{database}:gap") or {}).get("done")))
 
 
+MANAGED_KINDS = ("rds", "aurora-global")
+MANAGED_NO_SLOT = (
+    "the split's WAL is not pinned: a replication slot needs the REPLICATION attribute, "
+    "which the master user of RDS and Aurora does not have (Aurora replicates storage, "
+    "not WAL), and a failback there compares the tables rather than reading WAL files")
+
+
 def pin_split_wal(ctx: StepContext, database: str, dsn: str) -> dict[str, Any] | None:
     """After an unplanned promotion, keep the new primary's WAL from the split until the
     failback has read it: without it, rows only the new side changed cannot be told
@@ -374,6 +382,14 @@ def pin_split_wal(ctx: StepContext, database: str, dsn: str) -> dict[str, Any] |
     once its reconcile is accounted for. Idempotent."""
     if not _unplanned(ctx, database):
         return None
+    kind = ctx.runbook.database(database).kind
+    if kind in MANAGED_KINDS:
+        skipped = {"skipped": f"kind {kind}: {MANAGED_NO_SLOT}"}
+        if ctx.facts.get(f"split:{database}:pinned") is None:
+            ctx.facts.set(f"split:{database}:pinned", skipped)
+            ctx.record("step.promote.split_wal_not_pinned", {"database": database, **skipped},
+                       outcome="not_possible")
+        return skipped
     slot = pg.split_slot_name(database)
     pinned: dict[str, Any] = {"slot": slot, "restart_lsn": pg.pin_wal(dsn, slot)}
     pinned.update(_cap_split_wal(ctx, database, dsn))

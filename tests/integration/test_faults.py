@@ -95,7 +95,8 @@ def test_hang_makes_probes_time_out_and_heal_resumes(calm_lab: Lab, tmp_path: Pa
         assert errors["db"] == "timed out after 1s" and errors["app"] == "timed out after 1s"
     finally:
         healed = faults.heal(calm_lab.runbook, "region-a", audit=_audit(tmp_path))
-    assert healed == "region-a healed (resumed)"
+    # resumed, not restarted; the region's alarm, fired by the hang, is cleared
+    assert healed == "region-a healed: alarm drorch-lab-region-a-unhealthy ALARM -> OK"
     assert not _frozen(postmaster) and not _frozen(app)
     assert (_node(calm_lab).pid(), _app_pid(calm_lab)) == (postmaster, app)
     assert _probes(calm_lab) == {"db": None, "db-port": None, "app": None}

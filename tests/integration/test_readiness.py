@@ -2,10 +2,9 @@
 moto): healthy it is ready (exit 0); each test breaks exactly one thing, sees `plan`
 name it with exit 2 (not ready) or 1 (warnings), and puts it back.
 
-The lab runs from a copy of runbooks/lab.yaml that adds what the lab does not create by
-itself: an alarm chain (CloudWatch alarms -> SNS topic -> SQS queue, made here in the
-lab's moto) named in its health section, a lag limit small enough to cross, and a
-Route 53 health check on region-b's record.
+The lab runs from a copy of runbooks/lab.yaml with a lag limit small enough to cross;
+its alarm chain (Route 53 health checks -> CloudWatch alarms -> SNS -> SQS) is the one
+`drorch lab up` builds from the runbook's health section.
 """
 
 from __future__ import annotations
@@ -30,9 +29,6 @@ from tests.conftest import LAB_RUNBOOK, ROOT, lab_env
 
 pytestmark = pytest.mark.usefixtures("ready_lab")
 
-QUEUE = "drorch-ready-alarms"
-ALARMS = {"region-a": "drorch-ready-region-a-unhealthy",
-          "region-b": "drorch-ready-region-b-unhealthy"}
 LAG_LIMIT = 65536
 
 
@@ -41,10 +37,8 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-def _runbook_copy(path: Path, queue_url: str) -> None:
+def _runbook_copy(path: Path) -> None:
     raw = yaml.safe_load(LAB_RUNBOOK.read_text())
-    raw["health"]["alarm_queue_url"] = queue_url
-    raw["health"]["alarm_regions"] = {name: region for region, name in ALARMS.items()}
     raw["health"]["max_replica_lag_bytes"] = LAG_LIMIT
     path.write_text(yaml.dump(raw, Dumper=_NoAliases, sort_keys=False))
 
@@ -81,32 +75,24 @@ def _not_passing(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in doc["readiness"] if r["status"] in ("warn", "fail")]
 
 
-def _alarm_chain(aws: Any) -> str:
-    """Queue, topic delivering to it (with the queue policy AWS needs), one alarm per
-    region notifying the topic: what terraform/modules/alarms makes. The queue is in
-    us-west-2: a moto queue URL does not say its region, and the watcher then reads
-    it in the secondary region."""
-    sqs, sns = aws("sqs", "us-west-2"), aws("sns", "us-east-1")
-    url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]
-                                         )["Attributes"]["QueueArn"]
-    topic = sns.create_topic(Name="drorch-ready-alarms")["TopicArn"]
-    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps({
-        "Version": "2012-10-17", "Statement": [{
-            "Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"},
-            "Action": "sqs:SendMessage", "Resource": queue_arn,
-            "Condition": {"ArnEquals": {"aws:SourceArn": topic}}}]})})
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-    for name in ALARMS.values():
-        _put_alarm(aws, name, [topic])
-    return str(url)
+def _alarm_named(lab: ReadyLab, region: str) -> dict[str, Any]:
+    """The lab's alarm about ``region``, as CloudWatch describes it."""
+    assert lab.runbook.health is not None
+    [name] = [a for a, r in lab.runbook.health.alarm_regions.items() if r == region]
+    [alarm] = lab.aws("cloudwatch", "us-east-1").describe_alarms(AlarmNames=[name]
+                                                                 )["MetricAlarms"]
+    return dict(alarm)
 
 
-def _put_alarm(aws: Any, name: str, actions: list[str]) -> None:
-    aws("cloudwatch", "us-east-1").put_metric_alarm(
-        AlarmName=name, Namespace="AWS/Route53", MetricName="HealthCheckStatus",
-        Statistic="Minimum", Period=60, EvaluationPeriods=1, Threshold=1,
-        ComparisonOperator="LessThanThreshold", AlarmActions=actions)
+_ALARM_FIELDS = ("AlarmName", "AlarmDescription", "Namespace", "MetricName", "Dimensions",
+                 "Statistic", "Period", "EvaluationPeriods", "Threshold",
+                 "ComparisonOperator", "AlarmActions", "OKActions", "TreatMissingData")
+
+
+def _put_alarm(lab: ReadyLab, alarm: dict[str, Any], **change: Any) -> None:
+    """Put ``alarm`` back as described, with ``change``."""
+    fields = {k: alarm[k] for k in _ALARM_FIELDS if alarm.get(k) is not None}
+    lab.aws("cloudwatch", "us-east-1").put_metric_alarm(**{**fields, **change})
 
 
 @pytest.fixture(scope="module")
@@ -125,14 +111,11 @@ def ready_lab(tmp_path_factory: pytest.TempPathFactory,
     for key, value in env.items():
         mp.setenv(key, value)
     path = tmp / "lab-ready.yaml"
-    moto_url = f"http://127.0.0.1:{worker_moto[0]}"
-    _runbook_copy(path, f"{moto_url}/123456789012/{QUEUE}")
+    _runbook_copy(path)
     runbook = load_runbook(path)
     lab_mod.up(runbook)
     try:
-        lab = ReadyLab(runbook, path, env)
-        _alarm_chain(lab.aws)
-        yield lab
+        yield ReadyLab(runbook, path, env)
     finally:
         lab_mod.down(runbook)
         mp.undo()
@@ -293,11 +276,12 @@ def test_a_missing_weighted_record_and_health_check_are_not_ready(lab: ReadyLab)
             {"Action": "UPSERT", "ResourceRecordSet": {**raw, "HealthCheckId": hc}}]})
         code, doc = lab.plan()
         assert code == ExitCode.OK, _not_passing(doc)
-        assert [r["status"] for r in _rows(doc, "dns.health_checks")] == ["pass"]
+        [mine] = [r for r in _rows(doc, "dns.health_checks") if r["target"].startswith(hc)]
+        assert mine["status"] == "pass"
         client.delete_health_check(HealthCheckId=hc)
         code, doc = lab.plan()
         assert code == ExitCode.NOT_READY
-        [row] = _rows(doc, "dns.health_checks")
+        [row] = [r for r in _rows(doc, "dns.health_checks") if r["status"] != "pass"]
         assert row["status"] == "fail" and f"health check {hc} does not exist" in row["reason"]
     finally:
         client.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [
@@ -306,30 +290,29 @@ def test_a_missing_weighted_record_and_health_check_are_not_ready(lab: ReadyLab)
 
 def test_an_alarm_without_its_action_is_not_ready(lab: ReadyLab) -> None:
     """region-a's alarm with its SNS action detached: the watcher would never hear it."""
-    cw = lab.aws("cloudwatch", "us-east-1")
-    [alarm] = cw.describe_alarms(AlarmNames=[ALARMS["region-a"]])["MetricAlarms"]
-    _put_alarm(lab.aws, ALARMS["region-a"], [])
+    alarm = _alarm_named(lab, "region-a")
+    _put_alarm(lab, alarm, AlarmActions=[])
     try:
         code, doc = lab.plan()
     finally:
-        _put_alarm(lab.aws, ALARMS["region-a"], alarm["AlarmActions"])
+        _put_alarm(lab, alarm)
     assert code == ExitCode.NOT_READY
     bad = [r for r in _rows(doc, "alarms") if r["status"] == "fail"]
-    assert [r["target"] for r in bad] == [ALARMS["region-a"]]
+    assert [r["target"] for r in bad] == [alarm["AlarmName"]]
     assert "has no SNS action" in bad[0]["reason"]
 
 
 def test_a_topic_that_does_not_deliver_to_the_queue_is_not_ready(lab: ReadyLab) -> None:
     """The queue's subscription removed from the topic: the alarm fires into nothing."""
     sns = lab.aws("sns", "us-east-1")
-    [topic] = [t["TopicArn"] for t in sns.list_topics()["Topics"]
-               if t["TopicArn"].endswith(":drorch-ready-alarms")]
+    [topic] = _alarm_named(lab, "region-a")["AlarmActions"]
     [sub] = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
     sns.unsubscribe(SubscriptionArn=sub["SubscriptionArn"])
     try:
         code, doc = lab.plan()
     finally:
-        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=sub["Endpoint"])
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=sub["Endpoint"],
+                      Attributes={"RawMessageDelivery": "false"})
     assert code == ExitCode.NOT_READY
     [row] = [r for r in _rows(doc, "alarms") if r["status"] == "fail"]
     assert "does not deliver to the queue" in row["reason"]
@@ -391,7 +374,7 @@ def _drorch_role(lab: ReadyLab, drop: str | None) -> dict[str, str]:
     text = (ROOT / "terraform" / "modules" / "iam" / "main.tf").read_text()
     code = re.sub(r"#.*|variable\s*=.*", "", text)
     actions = sorted(set(re.findall(
-        r'"((?:ssm|secretsmanager|route53|sqs|sns|rds|cloudwatch):[A-Za-z]+)"', code)))
+        r'"((?:ssm|secretsmanager|route53|sqs|sns|rds|cloudwatch|s3):[A-Za-z]+)"', code)))
     assert drop is None or drop in actions
     iam = lab.aws("iam", "us-east-1")
     name = f"drorch-ready-{drop.replace(':', '-') if drop else 'all'}"

@@ -163,11 +163,21 @@ def test_every_module_has_the_usual_layout() -> None:
 
 # -- the IAM policy against the code ----------------------------------------------------
 
-_POLICY_SERVICES = ("ssm", "secretsmanager", "route53", "sqs", "rds", "cloudwatch", "sns",
-                    "iam", "sts")
+_POLICY_SERVICES = ("ssm", "secretsmanager", "route53", "sqs", "rds", "cloudwatch", "s3",
+                    "sns", "iam", "sts")
 # IAM authorises a batch call as its single-message action
-# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-api-permissions-reference.html)
-_AUTHORISED_AS = {"sqs:DeleteMessageBatch": "sqs:DeleteMessage"}
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-api-permissions-reference.html),
+# and some S3 operations as an action of another name (Service Authorization Reference,
+# Amazon S3)
+_AUTHORISED_AS = {"sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+                  "s3:ListObjectsV2": "s3:ListBucket",
+                  "s3:ListObjectVersions": "s3:ListBucketVersions",
+                  "s3:GetObjectLockConfiguration": "s3:GetBucketObjectLockConfiguration"}
+# Actions an operation needs besides its own, as drorch calls it: PutObject with an
+# Object Lock retention, GetObject of a version and with its retention headers
+# (drorch/adapters/s3.py)
+_ALSO_NEEDS = {"s3:PutObject": ("s3:PutObjectRetention",),
+               "s3:GetObject": ("s3:GetObjectVersion", "s3:GetObjectRetention")}
 _NO_PERMISSION = {"sts:GetCallerIdentity"}
 """Calls IAM always allows ("No permissions are required to perform this operation",
 STS API Reference, GetCallerIdentity)."""
@@ -205,7 +215,8 @@ def _calls_in_code() -> dict[str, set[str]]:
                 assert len(actions) <= 1, f"{name} in {path} is ambiguous: {actions}"
                 for action in actions - _NO_PERMISSION:
                     action = _AUTHORISED_AS.get(action, action)
-                    found.setdefault(action, set()).add(str(path.relative_to(ROOT)))
+                    for needed in (action, *_ALSO_NEEDS.get(action, ())):
+                        found.setdefault(needed, set()).add(str(path.relative_to(ROOT)))
     return found
 
 

@@ -104,9 +104,12 @@ def _watch_until_failed_over(lab: Lab, log: Path, *args: str, timeout: float = 6
 
 
 def _variant(lab: Lab, path: Path, **health: Any) -> Path:
-    """runbooks/lab.yaml with extra keys in its health section."""
+    """runbooks/lab.yaml with these keys of its health section set (replaced when the
+    runbook sets them: a key given twice is a runbook error)."""
     extra = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in health.items())
-    path.write_text(LAB_RUNBOOK.read_text().replace("\nhealth:\n", f"\nhealth:\n{extra}", 1))
+    lines = [line for line in LAB_RUNBOOK.read_text().splitlines(keepends=True)
+             if not any(line.startswith(f"  {k}:") for k in health)]
+    path.write_text("".join(lines).replace("\nhealth:\n", f"\nhealth:\n{extra}", 1))
     return path
 
 

@@ -123,7 +123,7 @@ def test_drift_is_only_what_changed() -> None:
 def _granted() -> set[str]:
     text = (ROOT / "terraform" / "modules" / "iam" / "main.tf").read_text()
     code = re.sub(r"#.*|variable\s*=.*", "", text)
-    return set(re.findall(r'"((?:ssm|secretsmanager|route53|sqs|sns|rds|cloudwatch|iam):'
+    return set(re.findall(r'"((?:ssm|secretsmanager|route53|sqs|sns|rds|cloudwatch|iam|s3):'
                           r'[A-Za-z]+)"', code))
 
 

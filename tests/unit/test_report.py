@@ -19,6 +19,7 @@ TOP_KEYS = {
     "schema_version", "incident_id", "kind", "runbook", "from_region", "to_region", "state",
     "outcome", "summary", "decided_by", "times", "rto", "rpo", "targets_missed", "detect_s",
     "waits_s", "overhead_s", "phases", "steps", "flows", "timeline", "audit", "not_done",
+    "detection",
 }
 
 

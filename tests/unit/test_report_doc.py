@@ -114,15 +114,22 @@ def _no_flows_runbook(tmp_path: Path) -> Path:
 
 
 def _automatic(r: Rig, kind: str, *, crash: str | None = None) -> None:
-    """A failover the watcher would open (trigger ``kind``, a first failure 10 s before);
-    ``crash``: the process dies inside that step."""
+    """A failover the watcher would open (trigger ``kind``, a first failure 10 s before:
+    the probes' for ``health``, an alarm's that counted alone for ``alarm``, as
+    ``drorch.watch_state.trigger_for`` records them); ``crash``: the process dies inside
+    that step."""
     rb = load_runbook(Path(os.environ["DRORCH_RUNBOOK"]))
     engine, _store = engine_for(rb)
     now = time.time()
+    alarm = kind == "alarm"
     incident = engine.start_failover(actor="auto", reason="region-a failed", trigger={
         "kind": kind, "detail": "2/3 probes failing", "region": "region-a",
-        "first_failure_at": now - 10, "decided_at": now, "down": ["db", "app"],
-        "alarms": []})
+        "first_failure_at": now - 10, "decided_at": now, "down": [] if alarm else ["db", "app"],
+        "alarms": ["region-a-unhealthy"] if alarm else [],
+        "alarm_events": [{"name": "region-a-unhealthy", "state": "ALARM",
+                          "changed_at": now - 11, "received_at": now - 10,
+                          "reason": "Threshold Crossed"}] if alarm else [],
+        "probe_failing_since": None if alarm else now - 10, "probes": 3, "quorum": 2})
     if crash:
         r.crashing.add(crash)
     with contextlib.suppress(Crash):  # the journal keeps the step "started"

@@ -24,6 +24,9 @@
 #     SwitchoverGlobalCluster, FailoverGlobalCluster,
 #     RemoveFromGlobalCluster                             drorch/adapters/aurora.py
 #   rds:DescribeDBClusterSnapshots, CopyDBClusterSnapshot  drorch/steps/evidence.py
+#   s3:GetBucketObjectLockConfiguration, ListBucket,
+#     ListBucketVersions, PutObject (+ PutObjectRetention),
+#     GetObject (+ GetObjectVersion, GetObjectRetention)  drorch/adapters/s3.py (audit ship/verify)
 #
 # Resource types and condition keys per action: the Service Authorization Reference
 # (https://docs.aws.amazon.com/service-authorization/latest/reference/reference_policies_actions-resources-contextkeys.html).
@@ -141,6 +144,21 @@ locals {
         resources = ["arn:${local.p}:iam::${data.aws_caller_identity.current.account_id}:policy/${var.role_name}-policy"]
       },
     ],
+    # Audit shipping (`drorch audit ship`, `drorch audit verify s3://...`,
+    # drorch/adapters/s3.py): write-once objects under COMPLIANCE retention into the
+    # audit-bucket module's bucket, and reading them back. PutObject that sets a
+    # retention also needs PutObjectRetention; GetObject of a version needs
+    # GetObjectVersion, and shows its retention only with GetObjectRetention.
+    # ListObjectsV2 is authorised as ListBucket, ListObjectVersions as ListBucketVersions,
+    # GetObjectLockConfiguration as GetBucketObjectLockConfiguration. No delete, no
+    # PutObjectRetention without a new object, no BypassGovernanceRetention.
+    var.audit_bucket_arn == null ? [] : [{
+      sid = "AuditArchive"
+      actions = ["s3:GetBucketObjectLockConfiguration", "s3:GetObject", "s3:GetObjectRetention",
+        "s3:GetObjectVersion", "s3:ListBucket", "s3:ListBucketVersions", "s3:PutObject",
+      "s3:PutObjectRetention"]
+      resources = [var.audit_bucket_arn, "${var.audit_bucket_arn}/*"]
+    }],
     length(var.kms_key_arns) == 0 ? [] : [{
       sid       = "SecretsKms"
       actions   = ["kms:Decrypt", "kms:GenerateDataKey"]

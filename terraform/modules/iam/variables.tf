@@ -58,6 +58,12 @@ variable "alarm_topic_arn" {
   default     = null
 }
 
+variable "audit_bucket_arn" {
+  description = "The audit-bucket module's bucket, where drorch audit ship writes; null: no S3 permission."
+  type        = string
+  default     = null
+}
+
 variable "rds_instance_arns" {
   description = "RDS for PostgreSQL instances (primary and replica); empty for Aurora."
   type        = list(string)

@@ -374,3 +374,100 @@ def test_freeze_step_failing_midway_undoes_what_it_did(node: PgNode, ctx: StepCo
         FreezeDatabase("main").apply(ctx)
     assert _world(node) == before
     assert ctx.facts.get("freeze:main") is None
+
+
+RDS_MASTER = "rds_master"
+"""Stands for the master user of an RDS or Aurora instance: not a superuser, a member of
+``rds_superuser`` (here a group role with what RDS gives it for this: ending other
+roles' sessions, reading their activity), CREATEROLE, owner of the databases it
+created. ``ALTER SYSTEM`` is not allowed to it (RDS allows it to nobody)."""
+
+
+def _as_rds(node: PgNode) -> str:
+    """The master-user role, owner of ``app`` and of a ``reports`` database whose own
+    default is read-only; its DSN on ``app``."""
+    with _admin(node) as c:
+        if c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (RDS_MASTER,)).fetchone() \
+                is None:
+            c.execute("CREATE ROLE rds_superuser NOLOGIN")
+            c.execute("GRANT pg_signal_backend, pg_monitor TO rds_superuser")
+            c.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE CREATEDB IN ROLE "
+                              "rds_superuser").format(sql.Identifier(RDS_MASTER)))
+            c.execute("CREATE ROLE etl LOGIN")
+            c.execute(sql.SQL("CREATE DATABASE reports OWNER {}").format(
+                sql.Identifier(RDS_MASTER)))
+            c.execute("ALTER DATABASE reports SET default_transaction_read_only = on")
+        c.execute(sql.SQL("ALTER DATABASE app OWNER TO {}").format(sql.Identifier(RDS_MASTER)))
+    return node.dsn("app", user=RDS_MASTER)
+
+
+def _database_settings(node: PgNode) -> dict[str, list[str]]:
+    with _admin(node) as c:
+        return {name: list(conf) for name, conf in c.execute(
+            "SELECT d.datname, s.setconfig FROM pg_db_role_setting s JOIN pg_database d "
+            "ON d.oid = s.setdatabase WHERE s.setrole = 0")}
+
+
+def test_a_role_that_may_not_alter_system_freezes_per_database_as_on_rds(
+        pair: tuple[PgNode, PgNode], node: PgNode) -> None:
+    """RDS and Aurora give ``rds_superuser``, not superuser: no ``ALTER SYSTEM``, no
+    ending a superuser's session. Frozen by such a role: the application role is locked
+    out and its session ended, an ETL session of another role ended, each database the
+    role owns starts read-only (a catalog setting: it reaches the replica too), the
+    superuser session (RDS's own ``rdsadmin``) is left and said so, a database it does
+    not own is named as not done; ``postgresql.auto.conf`` is never touched. Unfreeze and
+    ``open_writes`` (on a new primary, where the setting arrived by replication) put
+    every database's own setting back: ``reports`` stays read-only as it was."""
+    master = _as_rds(node)
+    before_settings = _database_settings(node)
+    with psycopg.connect(master) as c:
+        assert not pg.may_alter_system(c)
+    app = psycopg.connect(_app_dsn(node), autocommit=True)
+    etl = psycopg.connect(node.dsn("app", user="etl"), autocommit=True)
+    rdsadmin = _admin(node)
+    try:
+        record = pg.freeze(master, ["app"])
+
+        assert pg.is_frozen(master, ["app"])
+        assert record.roles_locked == ["app"] and record.sessions_ended == 1
+        assert record.others_ended == {"etl": 1}
+        assert record.auto_conf_read_only is None
+        assert record.database_read_only == {"app": None, "reports": "on"}
+        assert any("database postgres" in n for n in record.not_possible)
+        assert any("superuser sessions left open" in n and "postgres x1" in n
+                   for n in record.not_possible)
+        assert rdsadmin.execute("SELECT 1").fetchone() == (1,)  # left alone
+        for gone in (app, etl):
+            with pytest.raises(psycopg.OperationalError):
+                gone.execute("SELECT 1")
+        with psycopg.connect(node.dsn("app", user="etl")) as fresh:
+            assert fresh.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        assert _world(node)["auto_conf"] is None
+        assert _database_settings(node)["app"] == ["default_transaction_read_only=on"]
+        with psycopg.connect(pair[1].dsn("app"), autocommit=True) as standby:
+            lsn = rdsadmin.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            for _ in range(200):
+                if standby.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                   (lsn,)).fetchone() == (True,):
+                    break
+                standby.execute("SELECT pg_sleep(0.05)")
+            assert standby.execute(
+                "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_database d "
+                "ON d.oid = s.setdatabase WHERE d.datname = 'app' AND s.setrole = 0"
+            ).fetchone() == (["default_transaction_read_only=on"],)
+
+        assert pg.open_writes(master, ["app"], record) == ["app"]
+        assert pg.writes_open(master, ["app"])
+        assert _database_settings(node) == before_settings
+
+        record = pg.freeze(master, ["app"])
+        pg.unfreeze(master, record)
+        assert _database_settings(node) == before_settings
+        assert not pg.is_frozen(master, ["app"])
+        with psycopg.connect(_app_dsn(node)) as back:
+            assert back.execute("SHOW default_transaction_read_only").fetchone() == ("off",)
+    finally:
+        for conn in (app, etl, rdsadmin):
+            conn.close()
+        with _admin(node) as c:
+            c.execute("ALTER DATABASE app OWNER TO postgres")
