@@ -85,18 +85,25 @@ def _check_output(output: str, allowed: tuple[str, ...] = ("text", "json")) -> N
 
 
 @app.command()
-def plan(runbook: RunbookOpt, output: OutputOpt = "text") -> None:
-    """Print what a failover would do now, step by step. Changes nothing. Exits 3 when
-    it would be refused now."""
+def plan(runbook: RunbookOpt, output: OutputOpt = "text",
+         readiness: Annotated[bool, typer.Option(
+             "--readiness/--no-readiness", help="Run the readiness checks (default).")] = True,
+         ) -> None:
+    """Print what a failover would do now, step by step, and whether the estate is ready
+    for it: every resource the runbook names checked (replica and lag, secrets, DNS
+    records, health checks and TTL, alarms, write flag, WAL, journal, IAM), each pass /
+    warn / fail with the reason and the fix. Changes nothing. Exits 3 (or 6) when the
+    run would be refused now; else 0 ready, 1 warnings, 2 not ready."""
     _check_output(output)
-    _plan(load_or_exit(runbook), "failover", output)
+    _plan(load_or_exit(runbook), "failover", output, readiness=readiness)
 
 
-def _plan(rb: Runbook, kind: str, output: str, *, dry_run: bool = False) -> None:
+def _plan(rb: Runbook, kind: str, output: str, *, dry_run: bool = False,
+          readiness: bool = False) -> None:
     from drorch.cli_plan import build_plan, plan_exit_code, print_plan
 
     engine = read_only_engine(rb)
-    planned = build_plan(rb, engine, kind)
+    planned = build_plan(rb, engine, kind, readiness=readiness)
     if output == "json":
         sys.stdout.write(planned.model_dump_json(indent=2) + "\n")
     else:
@@ -280,6 +287,10 @@ def watch(
     runbook: RunbookOpt,
     max_seconds: Annotated[float | None, typer.Option(help="Stop after this long (drills).")]
     = None,
+    readiness_every: Annotated[float, typer.Option(
+        min=0, help="Run the readiness checks (as `drorch plan`) this often, in seconds, "
+        "in the background; a change is journaled and audited as drift. 0: never.")]
+    = 1800,
 ) -> None:
     """Watch region health as a service: fail over by itself when the runbook's window
     says so, keep watching the new primary after it, fence the old one when it answers
@@ -302,7 +313,7 @@ def watch(
         signal.signal(sig, on_signal)
     try:
         driven = serve(rb, store, audit, aws, stop=stop, progress=show_progress,
-                       max_seconds=max_seconds)
+                       max_seconds=max_seconds, readiness_every_s=readiness_every)
     except ValueError as exc:
         err.print(f"[bold red]cannot watch:[/] {escape(str(exc))}")
         raise typer.Exit(ExitCode.USAGE) from None

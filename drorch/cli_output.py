@@ -32,6 +32,22 @@ class PlannedStage(_Out):
     steps: list[PlannedStep]
 
 
+class ReadinessOut(_Out):
+    """One readiness verdict (``drorch plan`` only)."""
+
+    check: str = Field(description="Which check: database.replica, database.lag, secret, "
+                       "dns.records, dns.health_checks, dns.ttl, alarms, write_flag, wal, "
+                       "journal, iam")
+    target: str = Field(description="What it is about: a database, a secret in a region, "
+                        "a record, an alarm, the caller's IAM principal; - when none")
+    status: Literal["pass", "warn", "fail", "skip"] = Field(
+        description="pass; warn (a failover would probably work, or a region's API did not "
+        "answer: not checked); fail (a failover would fail or do harm); skip (does not "
+        "apply to this runbook, or not checked, said in reason)")
+    reason: str = Field(description="Why, in one sentence (never a secret value)")
+    fix: str = Field(description="What to do about a warn or fail; empty on pass")
+
+
 class PlanOutput(_Out):
     """``drorch plan --output json``, ``drorch failover|failback --dry-run --output json``."""
 
@@ -48,6 +64,13 @@ class PlanOutput(_Out):
                                 "reconciliation, a split not pinned, checks that failed; "
                                 "given whether or not the run would be refused")
     notes: list[str] = Field(description="How much WAL the split's pin holds, and its bound")
+    readiness: list[ReadinessOut] = Field(
+        default_factory=list, description="drorch plan: every readiness check's verdict, "
+        "made from the same view of who serves; empty for --dry-run")
+    ready: Literal["ready", "warnings", "not_ready"] | None = Field(
+        default=None, description="drorch plan: not_ready when a check failed (exit 2), "
+        "warnings when one warned (exit 1), else ready (exit 0), for a run that would be "
+        "allowed; null for --dry-run")
 
 
 class ProbeOut(_Out):

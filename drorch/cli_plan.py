@@ -9,16 +9,21 @@ from typing import Any
 from rich.markup import escape
 
 from drorch.cli_common import out
-from drorch.cli_output import PlannedStage, PlannedStep, PlanOutput
+from drorch.cli_output import PlannedStage, PlannedStep, PlanOutput, ReadinessOut
 from drorch.config import Runbook
 from drorch.exitcodes import ExitCode
+from drorch.readiness.wal import split_pin_warnings, wal_retention_warnings
+
+_STATUS_STYLE = {"pass": "green", "warn": "bold yellow", "fail": "bold red", "skip": "dim"}
 
 
-def build_plan(rb: Runbook, engine: Any, kind: str = "failover") -> PlanOutput:
+def build_plan(rb: Runbook, engine: Any, kind: str = "failover", *,
+               readiness: bool = False) -> PlanOutput:
     """The plan for ``kind`` from the journal's view of who serves now. A run that would
     be refused (already failed over, nothing to fail back from, an incident in flight,
     no node control) has no stages, only the refusal: a plan in the wrong direction is
-    worse than none."""
+    worse than none. With ``readiness`` (``drorch plan``), every readiness check's
+    verdict too (:mod:`drorch.readiness`), made from the same view of who serves."""
     src = engine.active_region()
     if kind == "failback":  # always back to the runbook's primary
         dst = rb.primary.name
@@ -40,18 +45,34 @@ def build_plan(rb: Runbook, engine: Any, kind: str = "failover") -> PlanOutput:
     if kind == "failback" or src != rb.primary.name:
         pin_warnings, notes = split_pin_warnings(rb, src)
         warnings += pin_warnings
+    checks: list[ReadinessOut] = []
+    ready = None
+    if readiness:
+        from drorch.readiness import readiness as run_checks
+        from drorch.readiness import verdict
+
+        results = run_checks(rb, engine.aws, src)
+        checks = [ReadinessOut(**r.as_dict()) for r in results]
+        ready = verdict(results)
     return PlanOutput(kind=kind, runbook=rb.name, from_region=src, to_region=dst,  # type: ignore[arg-type]
                       allowed=refused is None, refusal=None if refused is None else str(refused),
-                      stages=stages, warnings=warnings, notes=notes)
+                      stages=stages, warnings=warnings, notes=notes, readiness=checks,
+                      ready=ready)
 
 
 def plan_exit_code(rb: Runbook, engine: Any, plan: PlanOutput) -> ExitCode:
-    """0 when the run would be allowed; 3 (refused) or 6 (nothing to do) otherwise."""
-    if plan.allowed:
-        return ExitCode.OK
-    refused = engine.refusal(plan.kind)
-    return ExitCode.NOTHING_TO_DO if refused is not None and refused.nothing_to_do \
-        else ExitCode.REFUSED
+    """3 (refused) or 6 (nothing to do) when the run would not be allowed, whatever the
+    readiness; else, by the readiness checks (when they ran): 2 not ready (a check
+    failed), 1 warnings only, 0 ready (see :data:`drorch.exitcodes.MEANING`)."""
+    if not plan.allowed:
+        refused = engine.refusal(plan.kind)
+        return ExitCode.NOTHING_TO_DO if refused is not None and refused.nothing_to_do \
+            else ExitCode.REFUSED
+    if plan.ready == "not_ready":
+        return ExitCode.NOT_READY
+    if plan.ready == "warnings":
+        return ExitCode.WARNINGS
+    return ExitCode.OK
 
 
 def print_plan(plan: PlanOutput) -> None:
@@ -68,6 +89,27 @@ def print_plan(plan: PlanOutput) -> None:
         out.print(f"[bold yellow]warning[/] {escape(warning)}", highlight=False)
     for note in plan.notes:
         out.print(escape(note), highlight=False)
+    if plan.ready is not None:
+        print_readiness(plan)
+
+
+def print_readiness(plan: PlanOutput) -> None:
+    """The readiness table (check, target, status, reason, fix) and its verdict."""
+    from rich.table import Table
+
+    table = Table(title="readiness", title_justify="left", show_lines=False)
+    for column in ("check", "target", "status", "reason", "fix"):
+        table.add_column(column, overflow="fold")
+    for r in plan.readiness:
+        table.add_row(escape(r.check), escape(r.target),
+                      f"[{_STATUS_STYLE[r.status]}]{r.status}[/]", escape(r.reason),
+                      escape(r.fix))
+    out.print(table)
+    said = {"ready": "[bold green]ready[/]: every check passed (or does not apply)",
+            "warnings": "[bold yellow]ready with warnings[/]: read the warn rows",
+            "not_ready": "[bold red]not ready[/]: a failover now would fail or do harm "
+                         "(the fail rows say why and what to do)"}
+    out.print(said[str(plan.ready)], highlight=False)
 
 
 def unreachable_targets(rb: Runbook, dst: str) -> list[str]:
@@ -82,55 +124,6 @@ def unreachable_targets(rb: Runbook, dst: str) -> list[str]:
                        "serving region, fail at the promotion and roll back (check "
                        f"{dst} first, e.g. `drorch status`)")
     return out
-
-
-def split_pin_warnings(rb: Runbook, region: str) -> tuple[list[str], list[str]]:
-    """(warnings, notes): a failed-over primary should keep its WAL from the split until
-    the failback reads it (a slot drorch made at promotion): without it, rows only it
-    changed cannot be told apart and go to a human. A pin that holds is a note (how
-    much WAL it holds, and its bound)."""
-    from drorch.adapters import postgres as pg
-
-    said: list[str] = []
-    notes: list[str] = []
-    for db in rb.databases:
-        slot = pg.split_slot_name(db.name)
-        try:
-            pinned = pg.wal_pinned(db.endpoints[region].dsn(), slot)
-        except Exception as exc:  # noqa: BLE001 (a plan must still print)
-            said.append(f"{db.name} in {region}: could not check the split's WAL pin "
-                        f"({str(exc).strip().splitlines()[0]})")
-            continue
-        if not pinned:
-            said.append(f"{db.name} in {region}: its WAL from the split is not pinned (no "
-                        f"slot {slot}); a failback may not tell which side changed a row, "
-                        "and such rows go to a human")
-            continue
-        held = pg.slot_retained_bytes(db.endpoints[region].dsn(), slot) or 0
-        cap = pg.slot_wal_cap_mb(db.endpoints[region].dsn())
-        bound = (f"at most {cap:,} MB (max_slot_wal_keep_size)" if cap >= 0 else
-                 "no limit: the disk fills if the failback waits; set the database's "
-                 "split_wal_max_mb")
-        notes.append(f"{db.name} in {region}: the split's WAL pin holds "
-                     f"{held / 2**20:,.0f} MB, {bound}")
-    return said, notes
-
-
-def wal_retention_warnings(rb: Runbook, region: str) -> list[str]:
-    """Exact reconciliation after an unplanned failover needs the old primary's WAL
-    back to the split: say now, not at failback, when a database would not keep it."""
-    from drorch.reconcile.retention import wal_retention_warning
-
-    said: list[str] = []
-    for db in rb.databases:
-        try:
-            warning = wal_retention_warning(db.endpoints[region].dsn())
-        except Exception as exc:  # noqa: BLE001 (a plan must still print)
-            warning = f"could not check ({str(exc).strip().splitlines()[0]})"
-        if warning:
-            said.append(f"{db.name} in {region}: divergent writes could not be found "
-                        f"exactly after an unplanned failover: {warning}")
-    return said
 
 
 def _dry_ctx(rb: Runbook, src: str, dst: str, aws: Any) -> Any:

@@ -23,18 +23,27 @@ class ExitCode(IntEnum):
     NOTHING_TO_DO = 6
     STALE = 7
     NOT_CONFIRMED = 8
+    # ``drorch plan``'s readiness verdicts (issue 18: "0 ready, 1 warnings, 2 not
+    # ready") share 1 and 2 with ``failed`` and ``usage``: aliases, not new codes, so a
+    # script reads the same number whichever name the code uses.
+    WARNINGS = 1
+    NOT_READY = 2
 
 
 MEANING: dict[ExitCode, str] = {
-    ExitCode.OK: "done (or, for plan and --dry-run, the run would be allowed; for status, "
-                 "nothing needs a human)",
+    ExitCode.OK: "done (or, for --dry-run, the run would be allowed; for plan, it would be "
+                 "allowed and every readiness check passed; for status, nothing needs a "
+                 "human)",
     ExitCode.FAILED: "an error or a failed check (audit log broken, drill failed, conflicts "
-                     "left refused, lab command failed)",
+                     "left refused, lab command failed); plan: the run would be allowed but "
+                     "a readiness check warned",
     ExitCode.USAGE: "bad input: runbook error, bad option, or an irreversible command "
-                    "without a terminal and without --yes",
+                    "without a terminal and without --yes; plan: not ready (a readiness "
+                    "check failed)",
     ExitCode.REFUSED: "refused by a guard, nothing changed (already failed over, an incident "
                       "in flight, another orchestrator acting, no node control); plan and "
-                      "--dry-run exit so when the run would be refused",
+                      "--dry-run exit so when the run would be refused, whatever the "
+                      "readiness",
     ExitCode.ROLLED_BACK: "a step failed before promotion and what was done was undone",
     ExitCode.HALTED: "halted (a step failed after promotion was requested, or a rollback "
                      "failed): a human must look, then `drorch resume`; status exits so "

@@ -62,6 +62,7 @@ from drorch.health import (
     run_round,
 )
 from drorch.machine import State
+from drorch.readiness.drift import ReadinessWatch
 from drorch.steps.base import Clients
 from drorch.store.sqlite import SqliteStore
 from drorch.watch_fence import ReturnFence, in_force, latest_failover
@@ -114,25 +115,29 @@ def watch_status(runbook: Runbook, store: SqliteStore, now: float) -> tuple[Hold
 
 def watch(runbook: Runbook, store: SqliteStore, audit: AuditLog, aws: Clients, *,
           stop: threading.Event, progress: ProgressFn | None = None,
-          max_seconds: float | None = None) -> str | None:
+          max_seconds: float | None = None, readiness_every_s: float = 0) -> str | None:
     """For drills: run until the first failover this watcher starts (or resumes) has
     ended and return its id; ``None`` when ``stop`` or ``max_seconds`` came first."""
-    driven = _Watcher(runbook, store, audit, aws, progress).run(stop, max_seconds, once=True)
+    driven = _Watcher(runbook, store, audit, aws, progress, readiness_every_s).run(
+        stop, max_seconds, once=True)
     return driven[0] if driven else None
 
 
 def serve(runbook: Runbook, store: SqliteStore, audit: AuditLog, aws: Clients, *,
           stop: threading.Event, progress: ProgressFn | None = None,
-          max_seconds: float | None = None) -> list[str]:
+          max_seconds: float | None = None, readiness_every_s: float = 0) -> list[str]:
     """The service: watch, fail over when the window says so, keep watching after it
     (fencing the old primary when it returns), until ``stop`` is set or
-    ``max_seconds`` have passed. Returns the ids of the failovers it drove."""
-    return _Watcher(runbook, store, audit, aws, progress).run(stop, max_seconds, once=False)
+    ``max_seconds`` have passed. Returns the ids of the failovers it drove.
+    ``readiness_every_s`` > 0: the readiness checks run that often in the background,
+    a change journaled as drift (:mod:`drorch.readiness.drift`)."""
+    return _Watcher(runbook, store, audit, aws, progress, readiness_every_s).run(
+        stop, max_seconds, once=False)
 
 
 class _Watcher:
     def __init__(self, runbook: Runbook, store: SqliteStore, audit: AuditLog, aws: Clients,
-                 progress: ProgressFn | None) -> None:
+                 progress: ProgressFn | None, readiness_every_s: float = 0) -> None:
         self.runbook, self.store, self.audit, self.aws = runbook, store, audit, aws
         self.progress = progress
         self.policy, self.specs = health_specs(runbook)
@@ -145,6 +150,7 @@ class _Watcher:
         self.fresh: frozenset[str] = frozenset()
         self.alarms = self._alarm_queue()
         self.fence = ReturnFence(runbook, store, audit, aws, self.engine)
+        self.readiness = ReadinessWatch(runbook, store, audit, aws, readiness_every_s)
 
     def _alarm_queue(self) -> AlarmQueue | None:
         url = self.policy.alarm_queue_url
@@ -202,6 +208,7 @@ class _Watcher:
 
     def _tick(self, pool: ThreadPoolExecutor) -> WatchDecision | None:
         """One observe -> decide pass; ``None`` when nothing was due and no alarm came."""
+        self.readiness.poll(self.engine.active_region, self._busy)
         now = time.time()
         due = ws.due_regions(self.record.windows, self.specs, now, self.fresh)
         alarms, received = self._poll_alarms()

@@ -93,6 +93,13 @@ def create(runbook: Runbook, aws: Any, addresses: dict[str, str]) -> dict[str, s
         "QueueArn"])["Attributes"]["QueueArn"]
     sns = aws("sns", ALARM_REGION)
     topic = sns.create_topic(Name=chain.topic_name)["TopicArn"]
+    # the queue lets only this topic send, as the module's aws_sqs_queue_policy does
+    # (AWS drops SNS deliveries a queue policy does not allow; `drorch plan` checks it)
+    sqs.set_queue_attributes(QueueUrl=queue["QueueUrl"], Attributes={"Policy": json.dumps({
+        "Version": "2012-10-17", "Statement": [{
+            "Sid": "AlarmTopicSends", "Effect": "Allow",
+            "Principal": {"Service": "sns.amazonaws.com"}, "Action": "sqs:SendMessage",
+            "Resource": queue_arn, "Condition": {"ArnEquals": {"aws:SourceArn": topic}}}]})})
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn,
                   Attributes={"RawMessageDelivery": "false"})
     r53, cw = aws("route53", "us-east-1"), aws("cloudwatch", ALARM_REGION)

@@ -93,7 +93,16 @@ def test_plan_json_allowed_and_refused(r: Rig) -> None:
     one, refused (exit 3) with the reason and no stages; the failback's plan then goes
     region-b -> region-a."""
     for args in (["plan"], ["failover", "--dry-run"]):
-        doc = _json(r, PlanOutput, *args)
+        # plan also runs the readiness checks: nothing answers on port 1, so it is
+        # allowed but not ready (exit 2); a dry run has no readiness (exit 0)
+        doc = _json(r, PlanOutput, *args,
+                    code=ExitCode.NOT_READY if args == ["plan"] else ExitCode.OK)
+        if args == ["plan"]:
+            assert doc["ready"] == "not_ready"
+            [replica] = [c for c in doc["readiness"] if c["check"] == "database.replica"]
+            assert replica["status"] == "fail" and "does not answer" in replica["reason"]
+        else:
+            assert doc["ready"] is None and doc["readiness"] == []
         assert doc["allowed"] and doc["refusal"] is None
         assert (doc["from_region"], doc["to_region"]) == ("region-a", "region-b")
         assert [s["name"] for s in doc["stages"]] == ["freeze", "promote", "open", "dns",

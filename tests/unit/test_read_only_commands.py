@@ -17,8 +17,10 @@ from drorch.store.sqlite import Incident, SqliteStore
 from tests.conftest import LAB_RUNBOOK
 
 COMMANDS = [["plan"], ["failover", "--dry-run"], ["failback", "--dry-run"]]
-BEFORE_ANY = {"plan": 0, "failover": 0, "failback": 6}
-"""Exit codes before any failover: a failback has nothing to fail back from."""
+BEFORE_ANY = {"plan": 2, "failover": 0, "failback": 6}
+"""Exit codes before any failover: a failback has nothing to fail back from; ``plan``
+runs the readiness checks too, and with nothing answering (port 1) the estate is not
+ready (exit 2), while ``failover --dry-run`` only says the run would be allowed."""
 
 
 def _drorch(tmp_path: Path, state: Path, *args: str) -> subprocess.CompletedProcess[str]:

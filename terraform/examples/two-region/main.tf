@@ -159,6 +159,7 @@ module "iam" {
   health_check_ids          = values(module.dns.health_check_ids)
   alarm_arns                = module.alarms.alarm_arns
   alarm_queue_arn           = module.alarms.queue_arn
+  alarm_topic_arn           = module.alarms.topic_arn
   rds_instance_arns         = local.rds ? module.rds[0].instance_arns : []
   aurora_global_cluster_arn = local.aurora ? module.aurora[0].global_cluster_arn : null
   aurora_cluster_arns       = local.aurora ? module.aurora[0].cluster_arns : []

@@ -125,3 +125,15 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "performance_insights_enabled" {
+  description = "Performance Insights on every instance (7 days of history are free of charge)."
+  type        = bool
+  default     = true
+}
+
+variable "iam_database_authentication_enabled" {
+  description = "Allow IAM database authentication on both regional clusters."
+  type        = bool
+  default     = true
+}

@@ -4,6 +4,12 @@
 #   ssm:GetParameter, ssm:PutParameter                    drorch/adapters/flags.py
 #   secretsmanager:GetSecretValue, PutSecretValue,
 #     ListSecretVersionIds                                drorch/adapters/secrets.py
+#   secretsmanager:DescribeSecret, route53:GetHealthCheck,
+#     sqs:GetQueueAttributes, sns:ListSubscriptionsByTopic,
+#     iam:SimulatePrincipalPolicy and the role's policy
+#     reads (ListAttachedRolePolicies, GetPolicy,
+#     GetPolicyVersion, ListRolePolicies, GetRolePolicy)  drorch/adapters/readiness_aws.py
+#     (readiness: drorch plan, drorch watch; sts:GetCallerIdentity needs no permission)
 #   route53:ListHostedZonesByName                         drorch/adapters/route53.py (zone_id)
 #   route53:ListResourceRecordSets (paginator),
 #     ChangeResourceRecordSets (UPSERT), GetChange        drorch/adapters/route53.py
@@ -30,6 +36,8 @@
 # (https://docs.aws.amazon.com/Route53/latest/DeveloperGuide/specifying-rrset-conditions.html).
 
 data "aws_partition" "current" {}
+
+data "aws_caller_identity" "current" {}
 
 data "aws_iam_policy_document" "assume" {
   statement {
@@ -58,7 +66,7 @@ locals {
       },
       {
         sid       = "ConnectionSecrets"
-        actions   = ["secretsmanager:GetSecretValue", "secretsmanager:ListSecretVersionIds", "secretsmanager:PutSecretValue"]
+        actions   = ["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue", "secretsmanager:ListSecretVersionIds", "secretsmanager:PutSecretValue"]
         resources = var.secret_arns
       },
       {
@@ -79,7 +87,7 @@ locals {
     ],
     length(var.health_check_ids) == 0 ? [] : [{
       sid       = "HealthCheckStatus"
-      actions   = ["route53:GetHealthCheckStatus"]
+      actions   = ["route53:GetHealthCheck", "route53:GetHealthCheckStatus"]
       resources = [for id in var.health_check_ids : "arn:${local.p}:route53:::healthcheck/${id}"]
     }],
     length(var.alarm_arns) == 0 ? [] : [{
@@ -89,8 +97,13 @@ locals {
     }],
     var.alarm_queue_arn == null ? [] : [{
       sid       = "AlarmQueue"
-      actions   = ["sqs:DeleteMessage", "sqs:ReceiveMessage"]
+      actions   = ["sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
       resources = [var.alarm_queue_arn]
+    }],
+    var.alarm_topic_arn == null ? [] : [{
+      sid       = "AlarmTopicWiring"
+      actions   = ["sns:ListSubscriptionsByTopic"]
+      resources = [var.alarm_topic_arn]
     }],
     length(var.rds_instance_arns) == 0 ? [] : [{
       sid       = "RdsInstances"
@@ -116,6 +129,19 @@ locals {
           "arn:${data.aws_partition.current.partition}:rds:*:*:cluster-snapshot:rds:unplanned-global-failover-*",
           "arn:${data.aws_partition.current.partition}:rds:*:*:cluster-snapshot:drorch-*",
         ])
+      },
+    ],
+    [
+      {
+        # readiness: may this role make every call drorch makes? (IAM's own simulation)
+        sid       = "ReadinessOwnPermissions"
+        actions   = ["iam:GetRolePolicy", "iam:ListAttachedRolePolicies", "iam:ListRolePolicies", "iam:SimulatePrincipalPolicy"]
+        resources = [aws_iam_role.drorch.arn]
+      },
+      {
+        sid       = "ReadinessOwnPolicy"
+        actions   = ["iam:GetPolicy", "iam:GetPolicyVersion"]
+        resources = ["arn:${local.p}:iam::${data.aws_caller_identity.current.account_id}:policy/${var.role_name}-policy"]
       },
     ],
     # Audit shipping (`drorch audit ship`, `drorch audit verify s3://...`,

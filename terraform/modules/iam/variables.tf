@@ -52,6 +52,12 @@ variable "alarm_queue_arn" {
   default     = null
 }
 
+variable "alarm_topic_arn" {
+  description = "The SNS topic the alarms notify (readiness checks it delivers to the queue); null: none."
+  type        = string
+  default     = null
+}
+
 variable "audit_bucket_arn" {
   description = "The audit-bucket module's bucket, where drorch audit ship writes; null: no S3 permission."
   type        = string

@@ -7,6 +7,9 @@
 # in its own region (https://docs.aws.amazon.com/AmazonRDS/latest/UserGuide/USER_ReadRepl.XRgn.html);
 # the source needs automated backups (backup_retention_period > 0).
 resource "aws_db_instance" "primary" {
+  #checkov:skip=CKV_AWS_354:Performance Insights is encrypted with the storage key when one is given (primary/replica/secondary_kms_key_id), else with the AWS managed key for RDS
+  #checkov:skip=CKV_AWS_118:enhanced monitoring needs an IAM role for RDS to publish OS metrics; the estate's monitoring owns it
+  #checkov:skip=CKV2_AWS_30:logging every statement is the database owner's choice (volume, values in statements); drorch needs none of it
   identifier                          = var.primary_identifier
   engine                              = "postgres"
   engine_version                      = var.engine_version
@@ -32,6 +35,8 @@ resource "aws_db_instance" "primary" {
   auto_minor_version_upgrade          = true
   iam_database_authentication_enabled = var.iam_database_authentication_enabled
   enabled_cloudwatch_logs_exports     = ["postgresql"]
+  performance_insights_enabled        = var.performance_insights_enabled
+  performance_insights_kms_key_id     = var.performance_insights_enabled ? var.primary_kms_key_id : null
   tags                                = var.tags
 
   lifecycle {
@@ -41,6 +46,9 @@ resource "aws_db_instance" "primary" {
 }
 
 resource "aws_db_instance" "replica" {
+  #checkov:skip=CKV_AWS_354:Performance Insights is encrypted with the storage key when one is given (primary/replica/secondary_kms_key_id), else with the AWS managed key for RDS
+  #checkov:skip=CKV_AWS_118:enhanced monitoring needs an IAM role for RDS to publish OS metrics; the estate's monitoring owns it
+  #checkov:skip=CKV_AWS_133:a PostgreSQL read replica keeps no automated backups until it is promoted; set them on the promoted instance
   provider = aws.secondary
 
   identifier             = var.replica_identifier
@@ -61,7 +69,11 @@ resource "aws_db_instance" "replica" {
   deletion_protection        = var.deletion_protection
   skip_final_snapshot        = true
   auto_minor_version_upgrade = true
-  tags                       = var.tags
+  # the replica's own server log, as the primary's (the one that serves after a failover)
+  enabled_cloudwatch_logs_exports = ["postgresql"]
+  performance_insights_enabled    = var.performance_insights_enabled
+  performance_insights_kms_key_id = var.performance_insights_enabled ? var.replica_kms_key_id : null
+  tags                            = var.tags
 
   lifecycle {
     # drorch promotes the replica: afterwards it has no source, and an apply must not

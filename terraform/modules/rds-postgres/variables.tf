@@ -144,3 +144,9 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "performance_insights_enabled" {
+  description = "Performance Insights on both instances (7 days of history are free of charge)."
+  type        = bool
+  default     = true
+}

@@ -14,6 +14,8 @@ data "aws_route53_zone" "this" {
 }
 
 resource "aws_route53_zone" "this" {
+  #checkov:skip=CKV2_AWS_38:DNSSEC signing needs a KMS key in us-east-1 and a DS record at the parent zone, outside this module
+  #checkov:skip=CKV2_AWS_39:query logging needs a CloudWatch log group in us-east-1 with a resource policy for Route 53; the estate's logging owns it
   count = var.create_zone ? 1 : 0
 
   name          = var.zone_name
@@ -44,6 +46,7 @@ resource "aws_route53_health_check" "region" {
 }
 
 resource "aws_route53_record" "region" {
+  #checkov:skip=CKV2_AWS_23:the records point at the regions' entry addresses given as inputs (load balancers or IPs managed elsewhere), not at resources of this configuration
   for_each = var.regions
 
   zone_id         = local.zone_id

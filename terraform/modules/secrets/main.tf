@@ -13,6 +13,7 @@
 #   each (drorch/steps/secrets.py writes every copy the runbook lists, each through
 #   its own region's API, and defers the failed region's).
 resource "aws_secretsmanager_secret" "primary" {
+  #checkov:skip=CKV2_AWS_57:rotation needs the application team's rotation Lambda; drorch plan fails while a rotation is in flight (readiness check secret)
   name                    = var.name
   description             = var.description
   kms_key_id              = var.kms_key_id
@@ -29,6 +30,7 @@ resource "aws_secretsmanager_secret" "primary" {
 }
 
 resource "aws_secretsmanager_secret" "secondary" {
+  #checkov:skip=CKV2_AWS_57:rotation needs the application team's rotation Lambda; drorch plan fails while a rotation is in flight (readiness check secret)
   count    = var.replicate ? 0 : 1
   provider = aws.secondary
 
