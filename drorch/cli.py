@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import re
 import sys
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -436,8 +437,12 @@ def audit_verify(
 ) -> None:
     """Exit 0 when the audit log (or the archive in S3) is intact; 1, naming the first
     bad line (every problem of an archive), when not."""
-    if where is not None and where.startswith("s3://"):
-        verify_s3(where, runbook, aws_region, expected_head)
+    if expected_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expected_head):
+        err.print(f"--expected-head {escape(expected_head)!r} is not a sha256 (64 lowercase "
+                  "hex digits, as a report's audit.head)", highlight=False)
+        raise typer.Exit(ExitCode.USAGE)
+    if where is not None and where.lower().startswith("s3:"):
+        verify_s3(where, runbook, aws_region, expected_head)  # a malformed s3: URL: exit 2
     path = Path(where) if where is not None else None
     if path is None:
         if runbook is None:

@@ -47,7 +47,7 @@ def audit_ship(
     runbook: RunbookOpt,
     bucket: BucketOpt = None,
     retention_days: Annotated[int | None, typer.Option(
-        min=1, help="COMPLIANCE retention of each object written, in days from now "
+        min=1, max=36500, help="COMPLIANCE retention of each object written, in days from now "
         "(default: the runbook's audit.archive.retention_days)")] = None,
     aws_region: AwsRegionOpt = None,
     dry_run: Annotated[bool, typer.Option(

@@ -40,6 +40,12 @@ def print_summary(record: dict[str, Any], runbook: Runbook | None = None) -> Non
     targets = record["targets"]
     out.print(f"RTO: {'n/a' if rto is None else f'{rto:.2f} s'}"
               f"{_vs(rto, targets.get('rto_seconds'), 's')}")
+    promoted = any(s["id"].startswith("promote:") and s["status"] == "done"
+                   for s in record.get("steps") or [])
+    if rpo["seconds"] is None and rpo["bytes"] is None and not rpo.get("rows") \
+            and not promoted:
+        out.print("RPO: not measured (no promotion has finished)")
+        return
     if rpo["seconds"] is None and rpo["bytes"] is None and not rpo.get("rows"):
         behind = replica_behind(rpo.get("replica_last_commit_at"), rto_info["start"])
         start = "first failing probe" if rto_info["start_basis"] == "first_failure" \
@@ -58,6 +64,8 @@ def print_summary(record: dict[str, Any], runbook: Runbook | None = None) -> Non
         return
     rows = f", {rpo['rows']} rows in {rpo['transactions']} transactions" \
         if rpo.get("rows") is not None else ""
+    for caveat in rpo.get("caveats") or []:
+        rows += f" (but: {caveat})"
     out.print(f"RPO: {_fmt(rpo['seconds'], 's')}, {_fmt(rpo['bytes'], 'bytes')}{rows} "
               f"({rpo['method']}){_vs(rpo['seconds'], targets.get('rpo_seconds'), 's')}")
 

@@ -186,10 +186,11 @@ class Engine:
 
     def start_failover(self, *, actor: str, reason: str | None,
                        trigger: dict[str, Any]) -> str:
-        """A ``drill`` trigger makes the failover planned only (fact ``planned_only``): a
-        promotion that could not first replay the old primary is refused, not made with
-        loss, since a drill's failback needs what only a planned failover leaves (an
-        Aurora switchover's old writer is a secondary; nothing diverged)."""
+        """A ``drill`` trigger makes the failover planned only (fact ``planned_only``, as
+        every failback is): a promotion that could not first replay the old primary is
+        refused, not made with loss, since a drill's failback needs what only a planned
+        failover leaves (an Aurora switchover's old writer is a secondary; nothing
+        diverged)."""
         def where() -> tuple[str, str, dict[str, Any]]:
             if (refused := self.refusal("failover")) is not None:
                 raise refused
@@ -220,9 +221,13 @@ class Engine:
             # old primary streams again.
             sync = {db.name: fit for db in self.runbook.databases
                     if (fit := self.store.fact(last.id, f"sync:{db.name}")) is not None}
+            # A failback is planned only: the region it leaves serves, so its promotion
+            # first replays everything written there; if that region does not answer,
+            # going back is a new failover (with whatever it loses), never a failback.
             return (self.store.fact(last.id, "to_region"), self.store.fact(last.id, "from_region"),
                     {"failover_incident": last.id, "failover_promoted_at": promoted,
-                     "split_wal_caps": caps, "failover_sync_fits": sync})
+                     "split_wal_caps": caps, "failover_sync_fits": sync,
+                     "planned_only": True})
 
         return self._open("failback", actor, reason, trigger, where)
 

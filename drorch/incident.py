@@ -97,6 +97,7 @@ def rpo_from_steps(steps: list[dict[str, Any]],
     promotion a resumed run found done has no measurement in its step: the one journaled
     before the request (``promote:<db>:measured``) stands for it."""
     byte_values, second_values, replica_commits, exact = [], [], [], True
+    caveats: set[str] = set()
     for step in steps:
         if step["stage"] != "promote" or step["status"] != "done":
             continue
@@ -106,6 +107,8 @@ def rpo_from_steps(steps: list[dict[str, Any]],
             if not d:
                 continue
         exact &= bool(d.get("rpo_exact"))
+        if d.get("rpo_caveat"):
+            caveats.add(str(d["rpo_caveat"]))
         if d.get("rpo_bytes") is not None:
             byte_values.append(d["rpo_bytes"])
         if d.get("rpo_seconds") is not None:
@@ -120,6 +123,7 @@ def rpo_from_steps(steps: list[dict[str, Any]],
         "method": "lsn-at-promotion" if exact else "estimate (old primary unreachable)",
         # What the replicas certainly had: the furthest behind one's newest commit.
         "replica_last_commit_at": min(replica_commits) if replica_commits else None,
+        "caveats": sorted(caveats),
     }
 
 

@@ -207,6 +207,7 @@ def summarize(incident: Mapping[str, Any]) -> dict[str, Any]:
             "rows": rpo_in.get("rows"),
             "after_failover": rpo_in.get("after_failover"),
             "method": rpo_in.get("method"),
+            "caveats": list(rpo_in.get("caveats") or []),
             "replica_last_commit_at": rpo_in.get("replica_last_commit_at"),
             "replica_behind_s": replica_behind(rpo_in.get("replica_last_commit_at"),
                                         rto_info["start"]),

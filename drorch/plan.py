@@ -23,7 +23,10 @@ from drorch.steps.secrets import RewriteSecret, secret_target
 from drorch.steps.validate import CanaryWrite, RunFlows
 
 
-def failover_plan(runbook: Runbook, from_region: str, to_region: str) -> list[Stage]:
+def failover_plan(runbook: Runbook, from_region: str, to_region: str,
+                  planned_only: bool = False) -> list[Stage]:
+    """``planned_only`` (a failback): no step for what only an unplanned failover leaves
+    (Aurora's snapshot of a lost writer's volume)."""
     dbs = [d.name for d in runbook.databases]
     freeze = []
     if runbook.write_flag:
@@ -42,7 +45,7 @@ def failover_plan(runbook: Runbook, from_region: str, to_region: str) -> list[St
                                   for s in runbook.secrets),
                        # Aurora's snapshot of what an unplanned failover lost, kept
                        *(KeepFailoverSnapshot(d.name) for d in runbook.databases
-                         if d.kind == "aurora-global"))),
+                         if d.kind == "aurora-global" and not planned_only))),
     ]
     if runbook.dns:
         stages.append(Stage("dns", (FlipDns(runbook.dns.zone),)))
@@ -67,7 +70,7 @@ def failback_plan(runbook: Runbook, from_region: str, to_region: str) -> list[St
         Stage("fence", tuple(FenceOldPrimary(d) for d in dbs)),
         Stage("reconcile", tuple(ReconcileDivergence(d) for d in dbs)),
         Stage("resync", tuple(ResyncAsReplica(d) for d in dbs)),
-        *failover_plan(runbook, from_region, to_region),
+        *failover_plan(runbook, from_region, to_region, planned_only=True),
         Stage("rejoin", tuple(RejoinAsReplica(d) for d in dbs)),
     ]
     return [s for s in stages if s.steps]

@@ -98,6 +98,8 @@ def _summary(report: Mapping[str, Any]) -> str:
         rpo_text += f", {rpo['bytes']} bytes"
     if rpo.get("rows") is not None:
         rpo_text += f", {rpo['rows']} rows in {rpo.get('transactions')} transactions"
+    if rpo.get("caveats"):
+        rpo_text += " (" + "; ".join(rpo["caveats"]) + ")"
     after = rpo.get("after_failover") or {}
     if after.get("rows"):
         rpo_text += (f"; {after['rows']} more rows were written to the old primary after the "

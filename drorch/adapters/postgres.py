@@ -453,15 +453,23 @@ def open_writes(dsn: str, roles: list[str], freeze: FreezeRecord | None = None) 
     return locked
 
 
-def writes_open(dsn: str, roles: list[str]) -> bool:
+def writes_open(dsn: str, roles: list[str], freeze: FreezeRecord | None = None) -> bool:
     """A primary the application roles can log in to, whose configuration does not
-    make new sessions read-only."""
+    make new sessions read-only; with ``freeze`` (a per-database freeze, replicated
+    here), every database it set has its own setting from before again (not only the
+    one ``dsn`` names: :func:`open_writes` restores them one by one, and may be killed
+    between two)."""
     with connect(dsn) as c:
         locked = c.execute("SELECT count(*) FROM pg_roles WHERE rolname = ANY(%s) "
                            "AND NOT rolcanlogin", (roles,)).fetchone()[0]  # type: ignore[index]
         read_only = _configured_read_only(c)
         recovery = c.execute("SELECT pg_is_in_recovery()").fetchone()[0]  # type: ignore[index]
-    return locked == 0 and not read_only and not recovery
+        restored = True
+        if freeze is not None and freeze.database_read_only is not None:
+            now, _others = _database_read_only(c)
+            restored = all(now.get(name) == value for name, value in
+                           _existing(c, freeze.database_read_only).items())
+    return locked == 0 and not read_only and not recovery and restored
 
 
 # -- sequences ---------------------------------------------------------------

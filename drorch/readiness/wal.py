@@ -55,6 +55,10 @@ def split_pin_warnings(rb: Runbook, region: str) -> tuple[list[str], list[str]]:
     said: list[str] = []
     notes: list[str] = []
     for db in rb.databases:
+        if db.kind in ("rds", "aurora-global"):
+            # no slot there (see steps.promote.MANAGED_NO_SLOT), and an Aurora failback
+            # follows a switchover, where nothing diverged
+            continue
         slot = pg.split_slot_name(db.name)
         try:
             pinned = pg.wal_pinned(db.endpoints[region].dsn(), slot)

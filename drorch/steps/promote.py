@@ -84,8 +84,10 @@ class PromoteDatabase(Step):
         wait_s = time.monotonic() - wait_start
         if old_status is None and ctx.facts.get("planned_only"):
             raise StepFailed(f"{self.target}: {ctx.from_region} did not answer, and this "
-                             "failover is planned only (a drill): nothing is promoted "
-                             "without first replaying everything the old primary wrote")
+                             "switch is planned only (a failback, or a drill's failover): "
+                             "nothing is promoted without first replaying everything "
+                             f"{ctx.from_region} wrote. If {ctx.from_region} is lost, going "
+                             f"back to {ctx.to_region} is a new failover, not a failback")
         if caught_up is False:
             raise StepFailed(f"{self.target}: {ctx.to_region} did not replay {ctx.from_region}'s "
                              f"write barrier {barrier} within {db.promote_timeout_s:.0f}s; "
@@ -98,6 +100,7 @@ class PromoteDatabase(Step):
         if caught_up:  # replayed past a barrier committed after the freeze: nothing lost
             rpo_bytes, rpo_seconds = 0, 0.0
         return {
+            "rpo_caveat": _rpo_caveat(ctx, self.target) if caught_up else None,
             "old_reachable": old_status is not None,
             "old_lsn": old_status.lsn if old_status else None,
             "barrier_lsn": barrier,
@@ -251,6 +254,19 @@ class PromoteDatabase(Step):
         return ctx.facts.get(self._request_key()) is not None
 
 
+def _rpo_caveat(ctx: StepContext, database: str) -> str | None:
+    """What the barrier cannot vouch for: sessions the freeze could not end (superuser
+    ones, for a role that is not a superuser: on RDS and Aurora the service's own) may
+    commit after it. None when the freeze ended every session."""
+    record = recorded_baseline(ctx.facts.get(freeze_fact_key(database)))
+    kept = [n for n in (record.not_possible if record else []) if "sessions left open" in n]
+    if not kept:
+        return None
+    return (f"{database}: the freeze could not end every session in {ctx.from_region} "
+            f"({'; '.join(kept)}): a write one of them committed after the barrier is not "
+            "in this RPO")
+
+
 def _left_recovery(target: pg.Target, timeout_s: float) -> bool:
     """Poll ``pg_is_in_recovery()`` until false, at most ``timeout_s``."""
     try:
@@ -276,7 +292,9 @@ class OpenWrites(Step):
 
     def check(self, ctx: StepContext) -> bool:
         return (sequences_done(ctx, self.target) and sync_fits(ctx, self.target, self._dsn(ctx))
-                and pg.writes_open(self._dsn(ctx), ctx.runbook.database(self.target).app_roles))
+                and pg.writes_open(self._dsn(ctx), ctx.runbook.database(self.target).app_roles,
+                                   recorded_baseline(ctx.facts.get(
+                                       freeze_fact_key(self.target)))))
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         fit_sync_standbys(ctx, self.target, self._dsn(ctx))

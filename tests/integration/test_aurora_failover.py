@@ -110,6 +110,18 @@ def test_switchover_when_region_a_answers(aurora_lab: Lab) -> None:
     with psycopg.connect(_dsn(aurora_lab, "region-b"), autocommit=True) as c:
         ids = [c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES "
                          "(1, %s, 'b') RETURNING id", (n,)).fetchone()[0] for n in range(5)]
+    # a failback is planned only: with region-b (serving) down it promotes nothing, so
+    # region-b's writes are never left behind by a failover with data loss
+    node_b = lab_mod.node_for(aurora_lab.runbook, "main", "region-b")
+    node_b.stop()
+    try:
+        refused = aurora_lab.cli("failback", "--yes", "--reason", "b is down")
+        assert refused.returncode == 4, refused.stdout + refused.stderr  # rolled back
+        assert "planned only" in refused.stdout + refused.stderr
+        assert _actions(aurora_lab, "FailoverGlobalCluster") == 0
+        assert _writer(aurora_lab) == b.arn
+    finally:
+        node_b.start()
     back = aurora_lab.cli("failback", "--yes", "--reason", "aurora back", "--actor", "alice")
     assert back.returncode == 0, back.stdout + back.stderr
     assert "fence:" not in back.stdout and "reconcile:" not in back.stdout, back.stdout

@@ -70,7 +70,7 @@ def test_report_json_has_the_documented_keys() -> None:
     assert set(report["rto"]) == {"value", "target", "met", "start", "end", "start_basis",
                                   "end_basis"}
     assert set(report["rpo"]) == {"seconds", "bytes", "transactions", "rows", "method",
-                                  "after_failover", "replica_last_commit_at",
+                                  "after_failover", "replica_last_commit_at", "caveats",
                                   "replica_behind_s"}
     assert set(report["rpo"]["seconds"]) == {"value", "target", "met"}
     assert set(report["steps"][0]) == {"id", "stage", "status", "started_at", "ended_at",

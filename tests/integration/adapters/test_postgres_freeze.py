@@ -397,6 +397,8 @@ def _as_rds(node: PgNode) -> str:
             c.execute(sql.SQL("CREATE DATABASE reports OWNER {}").format(
                 sql.Identifier(RDS_MASTER)))
             c.execute("ALTER DATABASE reports SET default_transaction_read_only = on")
+            c.execute(sql.SQL("CREATE DATABASE ledger OWNER {}").format(
+                sql.Identifier(RDS_MASTER)))
         c.execute(sql.SQL("ALTER DATABASE app OWNER TO {}").format(sql.Identifier(RDS_MASTER)))
     return node.dsn("app", user=RDS_MASTER)
 
@@ -432,7 +434,7 @@ def test_a_role_that_may_not_alter_system_freezes_per_database_as_on_rds(
         assert record.roles_locked == ["app"] and record.sessions_ended == 1
         assert record.others_ended == {"etl": 1}
         assert record.auto_conf_read_only is None
-        assert record.database_read_only == {"app": None, "reports": "on"}
+        assert record.database_read_only == {"app": None, "ledger": None, "reports": "on"}
         assert any("database postgres" in n for n in record.not_possible)
         assert any("superuser sessions left open" in n and "postgres x1" in n
                    for n in record.not_possible)
@@ -456,8 +458,14 @@ def test_a_role_that_may_not_alter_system_freezes_per_database_as_on_rds(
                 "ON d.oid = s.setdatabase WHERE d.datname = 'app' AND s.setrole = 0"
             ).fetchone() == (["default_transaction_read_only=on"],)
 
-        assert pg.open_writes(master, ["app"], record) == ["app"]
-        assert pg.writes_open(master, ["app"])
+        # killed after restoring app's setting, before ledger's: not open yet
+        with _admin(node) as c:
+            c.execute("ALTER DATABASE app RESET default_transaction_read_only")
+            c.execute("ALTER ROLE app LOGIN")
+        assert pg.writes_open(master, ["app"])  # what the database the dsn names shows
+        assert not pg.writes_open(master, ["app"], record)  # ledger is still read-only
+        assert pg.open_writes(master, ["app"], record) == []
+        assert pg.writes_open(master, ["app"], record)
         assert _database_settings(node) == before_settings
 
         record = pg.freeze(master, ["app"])
