@@ -33,8 +33,9 @@ from drorch.config import Runbook, RunbookError, load_runbook
 
 REQUIRED_OUTPUTS = ("service_name", "regions", "database", "connection_secret", "dns",
                     "write_flag", "alarms")
-"""The example's outputs a runbook is made from (``drorch_role_arn``, ``audit_bucket``
-and ``journal_table`` are read when present, for the header only)."""
+"""The example's outputs a runbook is made from (``audit_archive``, when present, makes
+its ``audit.archive``; ``drorch_role_arn``, ``audit_bucket`` and ``journal_table`` are read
+when present, for the header only)."""
 
 DATABASE_NAME = "main"
 
@@ -214,6 +215,12 @@ def runbook_from_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
         "write_flag": {"parameter": _str(outputs, "write_flag.parameter")},
         "health": health,
     }
+    archive = outputs.get("audit_archive")
+    if archive is not None:  # optional: without it, audit ship needs --bucket
+        runbook["audit"] = {"archive": {
+            "url": _str(outputs, "audit_archive.url"),
+            "aws_region": _str(outputs, "audit_archive.aws_region"),
+            "retention_days": _field(archive, "audit_archive.retention_days", int)}}
     _no_env_references(runbook)
     return runbook
 

@@ -39,10 +39,10 @@ from tests.conftest import REQUIRE_REAL_PARTS, ROOT
 
 TF_ROOT = ROOT / "terraform"
 MODULES = sorted(p.name for p in (TF_ROOT / "modules").iterdir() if p.is_dir())
-CONFIGS = ["examples/two-region"]
-"""Validated configurations. The example calls every module, so validating it checks
-each module's code with real inputs; validating each module alone as well cost ~4 s of
-CPU per module (the provider's schema loaded again) for little more."""
+CONFIGS = ["examples/two-region", *(f"modules/{m}" for m in MODULES)]
+"""Validated configurations: the example (every module with real inputs) and each module
+on its own (its variables, validations and provider requirements as a caller meets
+them); ~4 s of CPU each, two at a time."""
 PLUGIN_DIR = Path(os.environ.get("DRORCH_TF_PLUGIN_DIR", "/opt/tf-plugins"))
 PROVIDER = PLUGIN_DIR / "registry.terraform.io/hashicorp/aws/5.100.0"
 
@@ -238,7 +238,8 @@ def test_iam_policy_grants_exactly_the_calls_drorch_makes() -> None:
 
 # -- apply against the lab's moto, then runbook, plan and a failover (slow) -------------
 
-_SERVICES = ("cloudwatch", "iam", "route53", "secretsmanager", "sns", "sqs", "ssm", "sts")
+_SERVICES = ("cloudwatch", "dynamodb", "iam", "route53", "s3", "secretsmanager", "sns", "sqs",
+             "ssm", "sts")
 
 
 def _provider(alias: str, region: str, endpoint: str) -> str:
@@ -251,6 +252,7 @@ def _provider(alias: str, region: str, endpoint: str) -> str:
   skip_credentials_validation = true
   skip_requesting_account_id  = true
   skip_metadata_api_check     = true
+  s3_use_path_style           = true
 
   endpoints {{
 {endpoints}
@@ -270,8 +272,8 @@ def _chain_root(modules: Path, endpoint: str, db: dict[str, Any]) -> str:
     - the alarm chain is in the secondary region (the example: us-east-1, where Route 53
       health check metrics are): moto's queue URLs do not say their region, and drorch
       reads such a queue in the secondary region;
-    - no journal table (its replica hangs against moto, FINDINGS) and no audit bucket
-      (the audit archive is another part of issue 18)."""
+    - the journal table without its replica (a DynamoDB replica hangs against moto,
+      FINDINGS)."""
     providers = "\n".join(_provider(a, r, endpoint) for a, r in
                           (("primary", "us-east-1"), ("secondary", "us-west-2")))
     return providers + f"""
@@ -339,9 +341,24 @@ module "secret" {{
   }}
 }}
 
+module "journal" {{
+  source          = "{modules}/journal-table"
+  providers       = {{ aws = aws.primary }}
+  table_name      = "drorch-tfapply-journal"
+  replica_regions = []
+}}
+
+module "audit" {{
+  source         = "{modules}/audit-bucket"
+  providers      = {{ aws = aws.primary }}
+  bucket_name    = "drorch-tfapply-audit"
+  retention_days = 1
+}}
+
 module "iam" {{
   source                    = "{modules}/iam"
   providers                 = {{ aws = aws.primary }}
+  audit_bucket_arn          = module.audit.bucket_arn
   role_name                 = "drorch-tfapply"
   trusted_principal_arns    = ["arn:aws:iam::123456789012:root"]
   write_flag_parameter_arns = [
@@ -415,6 +432,18 @@ output "alarms" {{
 
 output "drorch_role_arn" {{
   value = module.iam.role_arn
+}}
+
+output "audit_archive" {{
+  value = {{
+    url            = "s3://${{module.audit.bucket_name}}/tfapply"
+    aws_region     = "us-east-1"
+    retention_days = module.audit.retention_days
+  }}
+}}
+
+output "journal_table" {{
+  value = module.journal.table_name
 }}
 """
 
@@ -513,6 +542,20 @@ def test_slow_apply_to_moto_then_runbook_plan_ready_and_a_failover_on_the_lab(
                    .list_resource_record_sets(HostedZoneId=_zone_id(aws))
                    ["ResourceRecordSets"] if "SetIdentifier" in r}
         assert weights == {"region-a": 0, "region-b": 100}
+        # the audit archive Terraform made: the runbook names it, drorch's role ships
+        # the failover's audit log and report there, and verify reads them back
+        assert runbook.audit.archive is not None
+        assert runbook.audit.archive.url == "s3://drorch-tfapply-audit/tfapply"
+        lock = aws("s3", "us-east-1").get_object_lock_configuration(
+            Bucket="drorch-tfapply-audit")["ObjectLockConfiguration"]
+        assert lock["Rule"]["DefaultRetention"]["Mode"] == "COMPLIANCE"
+        assert aws("dynamodb", "us-east-1").describe_table(
+            TableName="drorch-tfapply-journal")["Table"]["TableStatus"] == "ACTIVE"
+        shipped = lab.cli("audit", "ship", "-r", str(runbook_path), extra_env=drorch_env)
+        assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+        verified = lab.cli("audit", "verify", "s3://drorch-tfapply-audit/tfapply", "-r",
+                           str(runbook_path), extra_env=drorch_env)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def _zone_id(aws: Any) -> str:
@@ -590,6 +633,6 @@ def test_every_skipped_check_is_listed_with_its_reason_in_the_module_readme() ->
             assert rows and reason in rows[0], f"{module}: {check_id} not in its README"
         listed = set(re.findall(r"^\| `(CKV2?_[A-Z]+_\d+)`", section, re.M))
         assert listed == {c for c, _ in skips}, module
-    for example in CONFIGS:
+    for example in (c for c in CONFIGS if c.startswith("examples/")):
         for tf in (TF_ROOT / example).glob("*.tf"):
             assert "#checkov:skip" not in tf.read_text(), f"{tf}: skip checks in modules"

@@ -95,6 +95,11 @@ def test_runbook_from_the_example_loads_and_names_what_terraform_made(tmp_path: 
         assert probes["route53"].health_check_id == v["dns"]["health_check_ids"][region]  # type: ignore[union-attr]
         assert probes["alarm"].alarm_name == v["alarms"]["alarm_names"][region]  # type: ignore[union-attr]
         assert probes["alarm"].aws_region == "us-east-1"  # type: ignore[union-attr]
+    archive = runbook.audit.archive  # audit ship needs no --bucket
+    assert archive is not None
+    assert (archive.url, archive.aws_region, archive.retention_days) == (
+        v["audit_archive"]["url"], v["audit_archive"]["aws_region"],
+        v["audit_archive"]["retention_days"])
     text = out.read_text()
     assert text.startswith("# Made by `drorch runbook from-terraform` from two-region-outputs")
     assert v["drorch_role_arn"] in text  # named in the header

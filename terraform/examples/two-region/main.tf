@@ -163,4 +163,5 @@ module "iam" {
   rds_instance_arns         = local.rds ? module.rds[0].instance_arns : []
   aurora_global_cluster_arn = local.aurora ? module.aurora[0].global_cluster_arn : null
   aurora_cluster_arns       = local.aurora ? module.aurora[0].cluster_arns : []
+  audit_bucket_arn          = module.audit.bucket_arn
 }

@@ -92,6 +92,15 @@ output "audit_bucket" {
   value       = module.audit.bucket_name
 }
 
+output "audit_archive" {
+  description = "Where drorch audit ship copies the audit log (the runbook's audit.archive)."
+  value = {
+    url            = "s3://${module.audit.bucket_name}/${var.name}"
+    aws_region     = var.primary_region
+    retention_days = module.audit.retention_days
+  }
+}
+
 output "journal_table" {
   description = "The DynamoDB table for the journal and lease (not used by drorch yet)."
   value       = module.journal.table_name
