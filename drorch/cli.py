@@ -103,7 +103,13 @@ def _plan(rb: Runbook, kind: str, output: str, *, dry_run: bool = False,
           readiness: bool = False) -> None:
     from drorch.cli_plan import build_plan, plan_exit_code, print_plan
 
-    engine = read_only_engine(rb)
+    try:
+        engine = read_only_engine(rb)
+    except typer.Exit as exc:
+        if readiness and exc.exit_code == ExitCode.FAILED:  # the journal cannot be read
+            err.print("not ready: drorch cannot act without its journal", highlight=False)
+            raise typer.Exit(ExitCode.NOT_READY) from None
+        raise
     planned = build_plan(rb, engine, kind, readiness=readiness)
     if output == "json":
         sys.stdout.write(planned.model_dump_json(indent=2) + "\n")

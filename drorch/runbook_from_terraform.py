@@ -110,6 +110,19 @@ def _field(value: Any, path: str, kind: type | tuple[type, ...]) -> Any:
     return node
 
 
+def _port(outputs: dict[str, Any], path: str) -> int:
+    """A TCP port (1-65535) as Terraform may print it: a number, or a string of digits
+    (``tostring(port)``); anything else is this output's error, never a traceback."""
+    head = path.split(".", 1)[0]
+    value = _field(outputs[head], path, (int, float, str))
+    text = str(value).strip()
+    if isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise OutputsError(f"output {path}: expected a port number (1-65535), not {value!r}")
+    return int(text)
+
+
 def _str(outputs: dict[str, Any], path: str) -> str:
     head, _, rest = path.partition(".")
     text = _field(outputs[head], path if rest else head, str)
@@ -144,10 +157,9 @@ def runbook_from_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
     endpoints: dict[str, Any] = {}
     for name in names:
         base = f"database.endpoints.{name}"
-        port = _field(outputs["database"], f"{base}.port", (int, float, str))
         endpoints[name] = {
             "host": _str(outputs, f"{base}.host"),
-            "port": int(port),
+            "port": _port(outputs, f"{base}.port"),
             "dbname": _str(outputs, "database.dbname"),
             "user": _str(outputs, "database.user"),
             id_key: _str(outputs, f"{base}.{id_key}"),
@@ -285,7 +297,10 @@ def render(runbook: dict[str, Any], source: str, outputs: dict[str, Any]) -> str
 def check_loads(text: str, directory: Path) -> Runbook:
     """Load ``text`` with drorch's runbook loader from a file in ``directory`` (where it
     will live: a relative state_dir resolves from there). Raises ``RunbookError``."""
-    fd, tmp = tempfile.mkstemp(prefix=".drorch-runbook-", suffix=".yaml", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".drorch-runbook-", suffix=".yaml", dir=directory)
+    except OSError:  # printing to stdout from a directory drorch may not write in
+        fd, tmp = tempfile.mkstemp(prefix=".drorch-runbook-", suffix=".yaml")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -178,4 +178,7 @@ def verify_archive(client: Any, url: ArchiveUrl,
                             f"({stored.lock_mode or 'no retention'})")
     result = check(objects, expected_head)
     result.problems = problems + result.problems
+    if not by_key:  # nothing there is no intact archive: a mistyped prefix, say
+        result.problems.append("nothing has been shipped here (no object under this "
+                               "prefix): check the bucket and prefix")
     return result

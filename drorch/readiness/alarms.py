@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from drorch.adapters import readiness_aws as ra
+from drorch.adapters import route53 as r53
 from drorch.readiness.context import Context, aws_problem, not_configured
 from drorch.readiness.result import CheckResult, failed, passed, warned
 from drorch.watch_state import sqs_region
@@ -123,7 +124,60 @@ def _alarm(ctx: Context, name: str, region: str, alarm: dict[str, Any] | None,
                       "health.alarm_queue_url (terraform/modules/alarms)")
     for topic in sns:
         topics.setdefault(str(topic), []).append(name)
-    return None
+    return _watched_check(ctx, name, alarm)
+
+
+def _record_health_checks(ctx: Context) -> dict[str, set[str]]:
+    """Region -> the health checks its weighted DNS records carry (empty when there is no
+    DNS section or Route 53 does not answer: the dns checks say so)."""
+    dns = ctx.runbook.dns
+    out: dict[str, set[str]] = {}
+    if dns is None:
+        return out
+    try:
+        client = ctx.aws("route53", "us-east-1")  # Route 53 is global, signed there
+        zone = r53.zone_id(client, dns.zone)
+        for rec in dns.records:
+            found = {w.set_identifier: w for w in r53.weighted_records(client, zone, rec.name,
+                                                                      rec.type)}
+            for region, sid in rec.set_identifiers.items():
+                hc = found[sid].raw.get("HealthCheckId") if sid in found else None
+                if hc:
+                    out.setdefault(region, set()).add(str(hc))
+    except Exception:  # noqa: BLE001 (the dns checks report Route 53's problems)
+        return {}
+    return out
+
+
+def _watched_check(ctx: Context, name: str, alarm: dict[str, Any]) -> CheckResult | None:
+    """An alarm on a Route 53 health check (``AWS/Route53`` ``HealthCheckStatus``, its
+    ``HealthCheckId`` dimension: Route 53 developer guide, "Monitoring health check
+    status and getting notifications") must watch the health check the runbook gives its
+    region: one that watches another region's check, or a check that is gone, never
+    fires for this region's failure (or fires for the wrong one)."""
+    if alarm.get("Namespace") != "AWS/Route53":
+        return None
+    watched = {d.get("Value") for d in alarm.get("Dimensions") or []
+               if d.get("Name") == "HealthCheckId"}
+    health = ctx.runbook.health
+    region = health.alarm_regions.get(name) if health else None
+    if health is None or region is None or not watched:
+        return None
+    ids = {r.region: {p.health_check_id for p in r.probes
+                      if getattr(p, "health_check_id", None)} for r in health.regions}
+    for r, known in _record_health_checks(ctx).items():
+        ids.setdefault(r, set()).update(known)
+    expected = ids.get(region) or set()
+    if not expected or watched & expected:
+        return None
+    owner = next((r for r, known in ids.items() if watched & known), None)
+    whose = f"{owner}'s" if owner else "one the runbook does not name"
+    return failed(CHECK, name, f"alarm {name} watches health check "
+                  f"{', '.join(sorted(str(w) for w in watched))} ({whose}), where the "
+                  f"runbook gives {region} {', '.join(sorted(expected))}: it would not fire "
+                  f"when {region} fails",
+                  "point the alarm's HealthCheckId dimension at the region's health check "
+                  "(terraform/modules/alarms)")
 
 
 def _topic(ctx: Context, topic: str, alarm_names: list[str], queue_arn: str,

@@ -106,6 +106,9 @@ def test_ship_is_write_once_incremental_locked_and_verifies(s3: Any, tmp_path: P
     assert checked.head == json.loads(log.read_text().splitlines()[-1])["hash"]
     assert verify_archive(s3, url, expected_head=head).ok
     assert not verify_archive(s3, url, expected_head="f" * 64).ok
+    # a prefix nothing was shipped to (a typo) is no intact archive
+    empty = verify_archive(s3, ArchiveUrl.parse(f"s3://{bucket}/nothing-here"))
+    assert not empty.ok and "nothing has been shipped here" in empty.problems[0]
 
 
 def test_a_new_version_over_a_shipped_object_is_found(s3: Any, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ its alarm chain (Route 53 health checks -> CloudWatch alarms -> SNS -> SQS) is t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -263,6 +264,7 @@ def test_a_missing_weighted_record_and_health_check_are_not_ready(lab: ReadyLab)
     """region-b's weighted record gone: the flip could not move traffic there. Then the
     record back with a health check that is deleted: the health check is named."""
     client, zone, raw = _record(lab, "region-b")
+    alarm = _alarm_named(lab, "region-b")
     client.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [
         {"Action": "DELETE", "ResourceRecordSet": raw}]})
     try:
@@ -274,6 +276,12 @@ def test_a_missing_weighted_record_and_health_check_are_not_ready(lab: ReadyLab)
             "Type": "TCP", "IPAddress": "127.0.2.1", "Port": 80})["HealthCheck"]["Id"]
         client.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [
             {"Action": "UPSERT", "ResourceRecordSet": {**raw, "HealthCheckId": hc}}]})
+        # region-b's alarm still watches the old health check: it would never fire
+        code, doc = lab.plan()
+        assert code == ExitCode.NOT_READY
+        [row] = [r for r in _rows(doc, "alarms") if r["status"] == "fail"]
+        assert "one the runbook does not name" in row["reason"]
+        _put_alarm(lab, alarm, Dimensions=[{"Name": "HealthCheckId", "Value": hc}])
         code, doc = lab.plan()
         assert code == ExitCode.OK, _not_passing(doc)
         [mine] = [r for r in _rows(doc, "dns.health_checks") if r["target"].startswith(hc)]
@@ -286,6 +294,7 @@ def test_a_missing_weighted_record_and_health_check_are_not_ready(lab: ReadyLab)
     finally:
         client.change_resource_record_sets(HostedZoneId=zone, ChangeBatch={"Changes": [
             {"Action": "UPSERT", "ResourceRecordSet": raw}]})
+        _put_alarm(lab, alarm)
 
 
 def test_an_alarm_without_its_action_is_not_ready(lab: ReadyLab) -> None:
@@ -482,3 +491,57 @@ def test_the_watcher_runs_readiness_and_journals_it(lab: ReadyLab) -> None:
     assert saved is not None and saved["ready"] == "ready" and saved["serving"] == "region-a"
     drift = [e for e in iter_entries(audit.path) if e["action"] == "watch.readiness_drift"]
     assert len(drift) - before == 1 and drift[-1]["outcome"] == "ready"
+
+
+def test_an_alarm_watching_another_regions_health_check_is_not_ready(lab: ReadyLab) -> None:
+    """region-b's alarm pointed at region-a's health check (then at one that does not
+    exist): it would never fire when region-b fails."""
+    alarm = _alarm_named(lab, "region-b")
+    other = _alarm_named(lab, "region-a")
+    theirs = [d for d in other["Dimensions"] if d["Name"] == "HealthCheckId"]
+    try:
+        for dims, whose in ((theirs, "region-a's"),
+                            ([{"Name": "HealthCheckId", "Value": "00000000-dead-beef"}],
+                             "one the runbook does not name")):
+            _put_alarm(lab, alarm, Dimensions=dims)
+            code, doc = lab.plan()
+            assert code == ExitCode.NOT_READY
+            [row] = [r for r in _rows(doc, "alarms") if r["status"] == "fail"]
+            assert row["target"] == alarm["AlarmName"] and whose in row["reason"]
+    finally:
+        _put_alarm(lab, alarm)
+
+
+def test_a_secret_whose_replication_stopped_is_not_ready(lab: ReadyLab,
+                                                         tmp_path: Path) -> None:
+    """A runbook whose secret is one Secrets Manager secret replicated to region-b (listed
+    in region-a only): ready while the replica is there; replication to us-west-2
+    stopped (RemoveRegionsFromReplication) and the plan names it, exit 2."""
+    sm = lab.aws("secretsmanager", "us-east-1")
+    name = "lab/main/replicated"
+    sm.create_secret(Name=name, SecretString='{"host": "127.0.0.1"}',
+                     AddReplicaRegions=[{"Region": "us-west-2"}])
+    raw = yaml.safe_load(lab.path.read_text())
+    raw["secrets"] = [{"secret_id": name, "region": "region-a", "database": "main"}]
+    path = tmp_path / "replicated.yaml"
+    path.write_text(yaml.dump(raw, Dumper=_NoAliases, sort_keys=False))
+
+    def plan() -> tuple[int, list[dict[str, Any]]]:
+        result = CliRunner().invoke(app, ["plan", "-r", str(path), "--output", "json"])
+        return result.exit_code, _rows(json.loads(result.stdout), "secret")
+
+    try:
+        code, rows = plan()
+        assert [r["status"] for r in rows if r["status"] != "pass"] == [], rows
+        sm.remove_regions_from_replication(SecretId=name, RemoveReplicaRegions=["us-west-2"])
+        code, rows = plan()
+        assert code == ExitCode.NOT_READY
+        bad = [r for r in rows if r["status"] == "fail"]
+        assert bad and any("us-west-2" in r["reason"] or "region-b" in r["reason"]
+                           for r in bad), rows
+    finally:
+        sm.delete_secret(SecretId=name, ForceDeleteWithoutRecovery=True)
+        for region in ("us-west-2",):
+            with contextlib.suppress(Exception):
+                lab.aws("secretsmanager", region).delete_secret(
+                    SecretId=name, ForceDeleteWithoutRecovery=True)

@@ -158,6 +158,9 @@ def test_existing_file_is_kept_without_force(tmp_path: Path) -> None:
     ("bad-field", "output database.endpoints.region-b.host: expected str"),
     ("absent-field", "output dns: set_identifiers is missing"),
     ("bool-port", "output database.endpoints.region-a.port: expected int or float or str"),
+    ("text-port", "output database.endpoints.region-a.port: expected a port number"),
+    ("fraction-port", "output database.endpoints.region-a.port: expected a port number"),
+    ("nan-port", "output database.endpoints.region-a.port: expected a port number"),
     ("env-reference", "contains '${'"),
     ("bad-out-dir", "does not exist"),
     ("does-not-load", "does not load"),
@@ -185,9 +188,12 @@ def test_errors_are_one_message_and_exit_2(tmp_path: Path, case: str, expected: 
     elif case == "absent-field":
         del raw["dns"]["value"]["set_identifiers"]
         path = _write(tmp_path, raw)
-    elif case == "bool-port":
-        raw["database"]["value"]["endpoints"]["region-a"]["port"] = True
+    elif case in ("bool-port", "text-port", "fraction-port"):
+        raw["database"]["value"]["endpoints"]["region-a"]["port"] = {
+            "bool-port": True, "text-port": "abc", "fraction-port": 5432.5}[case]
         path = _write(tmp_path, raw)
+    elif case == "nan-port":
+        path.write_text(json.dumps(raw).replace('"port": 5432', '"port": NaN', 1))
     elif case == "env-reference":
         raw["write_flag"]["value"]["parameter"] = "/drorch/${HOME}/flag"
         path = _write(tmp_path, raw)
