@@ -81,16 +81,43 @@ def check(ctx: Context) -> list[CheckResult]:
                             "and the role's policies could not be read "
                             f"({ra.error_text(read_exc)})", "grant iam:SimulatePrincipal"
                             "Policy on the role itself (terraform/modules/iam does)")]
-        decisions = {}
-        conditional = False
-        for n in needs:
-            ev = evaluate([d for _, d in docs], n.action, n.resource)
-            decisions[(n.action, n.resource)] = ev.decision
-            conditional |= ev.conditional
+        decisions, conditional = decide([d for _, d in docs], needs)
         how = (f"the role's {len(docs)} policies evaluated by drorch (SimulatePrincipal"
                f"Policy {said}; {'conditions not evaluated, ' if conditional else ''}"
                "boundaries and SCPs not seen)")
     return [_verdict(target, needs, decisions, how)]
+
+
+def decide(docs: list[dict[str, object]], needs: list[Needed]
+           ) -> tuple[dict[tuple[str, str], str], bool]:
+    """Each needed call's decision under the role's policy documents, and whether any
+    deciding statement had a Condition. An Allow that holds only under a Condition
+    drorch did not evaluate is ``allowed-if``, no proof: the call may well be refused
+    there (a region, a tag, a time)."""
+    decisions: dict[tuple[str, str], str] = {}
+    conditional = False
+    for n in needs:
+        ev = evaluate(docs, n.action, n.resource)
+        unvouched = ev.condition_keys - VOUCHED_KEYS
+        decisions[(n.action, n.resource)] = (
+            "allowed-if" if ev.decision == "allowed" and unvouched else ev.decision)
+        conditional |= ev.conditional
+    return decisions, conditional
+
+
+VOUCHED_KEYS = frozenset(k.lower() for k in (
+    "route53:ChangeResourceRecordSetsNormalizedRecordNames",
+    "route53:ChangeResourceRecordSetsRecordTypes",
+    "route53:ChangeResourceRecordSetsActions"))
+"""Condition keys drorch's own calls are made to meet: its record changes are UPSERTs of
+the runbook's records and types, what terraform/modules/iam allows. Any other condition
+(a region, a tag, a time, a source address) drorch does not evaluate."""
+
+
+def verdict(target: str, needs: list[Needed], decisions: dict[tuple[str, str], str],
+            how: str) -> CheckResult:
+    """The IAM row for these decisions (see :func:`decide`)."""
+    return _verdict(target, needs, decisions, how)
 
 
 def _simulate(client: object, principal: str,
@@ -109,7 +136,10 @@ def _simulate(client: object, principal: str,
 
 def _verdict(target: str, needs: list[Needed], decisions: dict[tuple[str, str], str],
              how: str) -> CheckResult:
-    refused = [n for n in needs if decisions.get((n.action, n.resource)) != "allowed"]
+    refused = [n for n in needs
+               if decisions.get((n.action, n.resource)) not in ("allowed", "allowed-if")]
+    if_only = sorted({n.action for n in needs
+                      if decisions.get((n.action, n.resource)) == "allowed-if"})
     if refused:
         actions = sorted({n.action for n in refused})
         first = refused[0]
@@ -117,6 +147,11 @@ def _verdict(target: str, needs: list[Needed], decisions: dict[tuple[str, str], 
                       f"{first.action} on {first.resource}, for {first.why}): drorch would "
                       f"fail at that step ({how})", "grant them: "
                       "terraform/modules/iam grants exactly the calls drorch makes")
+    if if_only:
+        return warned(CHECK, target, f"{', '.join(if_only)} allowed only under a Condition "
+                      f"drorch does not evaluate ({how}): a failover may be refused there",
+                      "grant them without a condition, or check the condition holds for "
+                      "every call drorch makes (its regions, its resources)")
     return passed(CHECK, target, f"may make all {len({n.action for n in needs})} kinds of "
                   f"call drorch makes, on {len({n.resource for n in needs})} resources "
                   f"({how})")

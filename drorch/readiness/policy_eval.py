@@ -25,6 +25,8 @@ class Evaluated:
     decision: Decision
     conditional: bool
     """The deciding statement had a Condition block, which was not evaluated."""
+    condition_keys: frozenset[str] = frozenset()
+    """The condition keys of the deciding statement (lower case)."""
 
 
 def _list(value: Any) -> list[str]:
@@ -68,9 +70,16 @@ def evaluate(documents: Iterable[dict[str, Any]], action: str, resource: str) ->
         if not _applies(st, action, resource):
             continue
         if st.get("Effect") == "Deny":
-            return Evaluated("explicitDeny", bool(st.get("Condition")))
+            return Evaluated("explicitDeny", bool(st.get("Condition")), _keys(st))
         if st.get("Effect") == "Allow" and (allow is None or not st.get("Condition")):
             allow = st
     if allow is not None:
-        return Evaluated("allowed", bool(allow.get("Condition")))
+        return Evaluated("allowed", bool(allow.get("Condition")), _keys(allow))
     return Evaluated("implicitDeny", False)
+
+
+def _keys(st: dict[str, Any]) -> frozenset[str]:
+    """The condition keys a statement tests (``{operator: {key: values}}``)."""
+    cond = st.get("Condition") or {}
+    return frozenset(str(k).lower() for block in cond.values() if isinstance(block, dict)
+                     for k in block)

@@ -175,3 +175,38 @@ def test_aws_failures_are_sorted_into_what_a_verdict_needs() -> None:
     assert classify(EndpointConnectionError(endpoint_url="http://x")) == "unreachable"
     assert classify(ConnectTimeoutError(endpoint_url="http://x")) == "unreachable"
     assert classify(client_error("ThrottlingException")) == "other"
+
+
+def test_an_allow_only_under_a_condition_warns_and_a_plain_allow_passes() -> None:
+    """A role whose only Allow for a call holds under a Condition drorch does not
+    evaluate (here: another region) is not proof it may make the call: a warning naming
+    the action, never a pass; without the condition, a pass; a conditional Deny refuses."""
+    from drorch.readiness.actions import Needed
+    from drorch.readiness.iam import decide, verdict
+
+    needs = [Needed("ssm:PutParameter", "arn:aws:ssm:us-east-1:1:parameter/flag", "flag")]
+    allow = {"Effect": "Allow", "Action": "ssm:PutParameter", "Resource": "*"}
+    cond = {"StringEquals": {"aws:RequestedRegion": "eu-west-1"}}
+
+    decisions, conditional = decide([{"Statement": [{**allow, "Condition": cond}]}], needs)
+    row = verdict("role", needs, decisions, "evaluated")
+    assert conditional and row.status == "warn" and "ssm:PutParameter" in row.reason
+
+    decisions, _ = decide([{"Statement": [allow]}], needs)
+    assert verdict("role", needs, decisions, "evaluated").status == "pass"
+
+    deny = {"Effect": "Deny", "Action": "ssm:*", "Resource": "*", "Condition": cond}
+    decisions, _ = decide([{"Statement": [allow, deny]}], needs)
+    assert verdict("role", needs, decisions, "evaluated").status == "fail"
+
+    # the conditions terraform/modules/iam puts on record changes, which drorch's own
+    # UPSERTs of the runbook's records meet, are no reason to doubt
+    flip = [Needed("route53:ChangeResourceRecordSets", "arn:aws:route53:::hostedzone/Z1",
+                   "dns")]
+    upserts = {"ForAllValues:StringEquals": {
+        "route53:ChangeResourceRecordSetsActions": ["UPSERT"],
+        "route53:ChangeResourceRecordSetsRecordTypes": ["A"]}}
+    decisions, conditional = decide([{"Statement": [{
+        "Effect": "Allow", "Action": "route53:ChangeResourceRecordSets",
+        "Resource": "arn:aws:route53:::hostedzone/Z1", "Condition": upserts}]}], flip)
+    assert conditional and verdict("role", flip, decisions, "evaluated").status == "pass"
