@@ -31,6 +31,12 @@ def check(ctx: Context) -> list[CheckResult]:
                               "there cannot be told to stop writing",
                               f"create it in {region.aws_region} with value false "
                               "(terraform/modules/write-flag)"))
+        elif value not in ("true", "false"):
+            out.append(warned(CHECK, target, f"holds {value!r}, neither true nor false: "
+                              "drorch writes only those, and what an application makes of "
+                              "anything else is its own guess",
+                              f"put false (or true, if writes there must stop) in "
+                              f"{region.aws_region}"))
         elif value == "true" and region.name == ctx.serving:
             out.append(warned(CHECK, target, f"raised in {region.name}, which serves "
                               "writes: its applications are told not to write",

@@ -340,6 +340,22 @@ def test_a_write_flag_missing_in_one_region_is_not_ready(lab: ReadyLab) -> None:
     assert [r["target"] for r in bad] == ["/drorch/lab/writes-frozen in region-b"]
 
 
+def test_a_write_flag_neither_true_nor_false_is_a_warning(lab: ReadyLab) -> None:
+    """A flag someone set to 'banana' in region-b: drorch writes only true and false."""
+    ssm = lab.aws("ssm", "us-west-2")
+    ssm.put_parameter(Name="/drorch/lab/writes-frozen", Value="banana", Type="String",
+                      Overwrite=True)
+    try:
+        code, doc = lab.plan()
+    finally:
+        ssm.put_parameter(Name="/drorch/lab/writes-frozen", Value="false", Type="String",
+                          Overwrite=True)
+    assert code == ExitCode.WARNINGS, _not_passing(doc)
+    [row] = [r for r in _rows(doc, "write_flag") if r["status"] == "warn"]
+    assert row["target"] == "/drorch/lab/writes-frozen in region-b"
+    assert "'banana', neither true nor false" in row["reason"]
+
+
 def test_wal_not_kept_is_a_warning(lab: ReadyLab) -> None:
     """wal_keep_size 0 on the primary: a failover works, an exact reconcile would not
     (exit 1, warnings only)."""
