@@ -111,6 +111,11 @@ def status(dsn: Target) -> NodeStatus:
 _READ_ONLY = "default_transaction_read_only"
 
 
+SESSIONS_LEFT_OPEN = "superuser sessions left open"
+"""How a freeze record's ``not_possible`` begins the sentence about sessions it could not
+end (the promotion's RPO caveat looks for it)."""
+
+
 class FreezeIncomplete(RuntimeError):
     """The freeze ran but an application session is still there: not frozen."""
 
@@ -334,7 +339,7 @@ def freeze(target: Target, app_roles: list[str], previous: FreezeRecord | None =
     not_possible = list(intent.not_possible)
     if kept:
         not_possible.append(
-            "superuser sessions left open (this role may not end them; on RDS and Aurora "
+            f"{SESSIONS_LEFT_OPEN} (this role may not end them; on RDS and Aurora "
             "they are the service's own, rdsadmin): "
             + ", ".join(f"{role} x{n}" for role, n in sorted(kept.items())))
     return FreezeRecord(intent.roles_locked, intent.auto_conf_read_only,

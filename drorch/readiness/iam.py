@@ -85,7 +85,7 @@ def check(ctx: Context) -> list[CheckResult]:
         how = (f"the role's {len(docs)} policies evaluated by drorch (SimulatePrincipal"
                f"Policy {said}; {'conditions not evaluated, ' if conditional else ''}"
                "boundaries and SCPs not seen)")
-    return [_verdict(target, needs, decisions, how)]
+    return [iam_row(target, needs, decisions, how)]
 
 
 def decide(docs: list[dict[str, object]], needs: list[Needed]
@@ -114,12 +114,6 @@ the runbook's records and types, what terraform/modules/iam allows. Any other co
 (a region, a tag, a time, a source address) drorch does not evaluate."""
 
 
-def verdict(target: str, needs: list[Needed], decisions: dict[tuple[str, str], str],
-            how: str) -> CheckResult:
-    """The IAM row for these decisions (see :func:`decide`)."""
-    return _verdict(target, needs, decisions, how)
-
-
 def _simulate(client: object, principal: str,
               needs: list[Needed]) -> dict[tuple[str, str], str]:
     by_resource: dict[str, list[str]] = defaultdict(list)
@@ -134,8 +128,10 @@ def _simulate(client: object, principal: str,
     return decisions
 
 
-def _verdict(target: str, needs: list[Needed], decisions: dict[tuple[str, str], str],
+def iam_row(target: str, needs: list[Needed], decisions: dict[tuple[str, str], str],
              how: str) -> CheckResult:
+    """The IAM row for ``decisions`` (see :func:`decide`): fail naming what is refused,
+    warn naming what is allowed only under a condition, else pass."""
     refused = [n for n in needs
                if decisions.get((n.action, n.resource)) not in ("allowed", "allowed-if")]
     if_only = sorted({n.action for n in needs

@@ -259,7 +259,8 @@ def _rpo_caveat(ctx: StepContext, database: str) -> str | None:
     ones, for a role that is not a superuser: on RDS and Aurora the service's own) may
     commit after it. None when the freeze ended every session."""
     record = recorded_baseline(ctx.facts.get(freeze_fact_key(database)))
-    kept = [n for n in (record.not_possible if record else []) if "sessions left open" in n]
+    kept = [n for n in (record.not_possible if record else [])
+            if n.startswith(pg.SESSIONS_LEFT_OPEN)]
     if not kept:
         return None
     return (f"{database}: the freeze could not end every session in {ctx.from_region} "

@@ -182,22 +182,22 @@ def test_an_allow_only_under_a_condition_warns_and_a_plain_allow_passes() -> Non
     evaluate (here: another region) is not proof it may make the call: a warning naming
     the action, never a pass; without the condition, a pass; a conditional Deny refuses."""
     from drorch.readiness.actions import Needed
-    from drorch.readiness.iam import decide, verdict
+    from drorch.readiness.iam import decide, iam_row
 
     needs = [Needed("ssm:PutParameter", "arn:aws:ssm:us-east-1:1:parameter/flag", "flag")]
     allow = {"Effect": "Allow", "Action": "ssm:PutParameter", "Resource": "*"}
     cond = {"StringEquals": {"aws:RequestedRegion": "eu-west-1"}}
 
     decisions, conditional = decide([{"Statement": [{**allow, "Condition": cond}]}], needs)
-    row = verdict("role", needs, decisions, "evaluated")
+    row = iam_row("role", needs, decisions, "evaluated")
     assert conditional and row.status == "warn" and "ssm:PutParameter" in row.reason
 
     decisions, _ = decide([{"Statement": [allow]}], needs)
-    assert verdict("role", needs, decisions, "evaluated").status == "pass"
+    assert iam_row("role", needs, decisions, "evaluated").status == "pass"
 
     deny = {"Effect": "Deny", "Action": "ssm:*", "Resource": "*", "Condition": cond}
     decisions, _ = decide([{"Statement": [allow, deny]}], needs)
-    assert verdict("role", needs, decisions, "evaluated").status == "fail"
+    assert iam_row("role", needs, decisions, "evaluated").status == "fail"
 
     # the conditions terraform/modules/iam puts on record changes, which drorch's own
     # UPSERTs of the runbook's records meet, are no reason to doubt
@@ -209,4 +209,4 @@ def test_an_allow_only_under_a_condition_warns_and_a_plain_allow_passes() -> Non
     decisions, conditional = decide([{"Statement": [{
         "Effect": "Allow", "Action": "route53:ChangeResourceRecordSets",
         "Resource": "arn:aws:route53:::hostedzone/Z1", "Condition": upserts}]}], flip)
-    assert conditional and verdict("role", flip, decisions, "evaluated").status == "pass"
+    assert conditional and iam_row("role", flip, decisions, "evaluated").status == "pass"
