@@ -156,8 +156,13 @@ def lab_drill(
         help="probes: the watcher's probes find the outage on their own; alarm: the "
              "region's CloudWatch alarm fires with it and reaches the watcher through "
              "SNS and SQS, the probes confirm (the report names both)")] = "probes",
+    failback: Annotated[bool, typer.Option(
+        "--failback", help="Then bring region-a back as it was left (a primary holding "
+        "what never replicated) and fail back to it: fence, reconcile, rebuild, switch "
+        "back; counts the acknowledged checkouts missing afterwards.")] = False,
 ) -> None:
-    """Lab up, traffic, kill the primary region, automatic failover, validate, report."""
+    """Lab up, traffic, kill the primary region, automatic failover, validate, report
+    (with --failback: then the way back, reported too)."""
     from drorch.lab import alarms as alarm_chain
     from drorch.lab.drill import TRIGGERS, run_drill
 
@@ -180,7 +185,7 @@ def lab_drill(
 
     try:
         result = run_drill(rb, keep=keep, say=say, progress=show_progress, mode=mode,
-                           trigger=trigger)
+                           trigger=trigger, failback=failback)
     except Exception as exc:  # noqa: BLE001
         err.print(f"[bold red]drill failed:[/] {escape(str(exc))}")
         raise typer.Exit(ExitCode.FAILED) from None
@@ -196,6 +201,17 @@ def lab_drill(
         out.print(f"report ({fmt}): {path}")
     if result.state != "failed_over":
         raise typer.Exit(ExitCode.FAILED)
+    if failback:
+        back = result.failback or {}
+        if back.get("record") is not None:
+            print_summary(back["record"], rb)
+        lost = back.get("lost_checkouts")
+        out.print("acknowledged checkouts missing from region-a after the failback: "
+                  + ("unknown (the failback did not complete)" if lost is None else str(lost)))
+        for fmt, path in (back.get("reports") or {}).items():
+            out.print(f"failback report ({fmt}): {path}")
+        if back.get("state") != "monitoring" or lost:
+            raise typer.Exit(ExitCode.FAILED)
 
 
 @lab_app.command("down")

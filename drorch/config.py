@@ -89,6 +89,11 @@ class Endpoint(_Model):
         "instance, or the cross-region read replica). host and port stay what drorch "
         "connects to for the freeze and the RPO; the secret gets the endpoint RDS "
         "describes after promotion.")
+    fence_security_group_ids: list[str] = Field(
+        default_factory=list,
+        description="kind rds, failback: the VPC security groups the old primary is put in "
+        "to fence it (groups that admit no application: its network path closed), as well "
+        "as the SQL lockout. Empty: the SQL lockout alone, and the report says so.")
     cluster_id: str | None = Field(
         default=None, pattern=r"^[A-Za-z][A-Za-z0-9-]{0,62}$",
         description="kind aurora-global: the regional DB cluster identifier in this region "
@@ -146,7 +151,9 @@ class DatabasePair(_Model):
         "the app_roles' (any of them could commit after the barrier): their open write "
         "transactions get this long to finish first; 0 ends them at once.")
     resync_timeout_s: float = Field(default=300, gt=0, description="Failback: how long the "
-                                    "rewound or rebuilt old primary may take to stream again")
+                                    "rewound or rebuilt old primary may take to stream again "
+                                    "(kind rds: each snapshot and each new cross-region read "
+                                    "replica to become available and catch up)")
     reconcile: ReconcileSpec | None = Field(default=None, description="Failback: how the "
                                             "old primary's divergent writes come back")
     split_wal_max_mb: int | None = Field(
@@ -188,6 +195,9 @@ class DatabasePair(_Model):
             if self.kind == "rds" and ep.node is not None:
                 raise ValueError(f"endpoints.{region}.node: kind rds has no host to control "
                                  "(RDS manages the node)")
+            if self.kind != "rds" and ep.fence_security_group_ids:
+                raise ValueError(f"endpoints.{region}.fence_security_group_ids: only kind rds "
+                                 "is fenced by security group")
             if self.kind == "postgres" and ep.instance_id:
                 raise ValueError(f"endpoints.{region}.instance_id: only kind rds names a DB "
                                  "instance")

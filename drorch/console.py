@@ -16,7 +16,7 @@ from drorch.metrics import rto as rto_of
 def show_progress(step: str, status: str, sentence: str, detail: dict[str, Any]) -> None:
     style = {"started": "cyan", "done": "green", "failed": "bold red",
              "rolled_back": "yellow", "deferred": "magenta", "healthy": "green",
-             "degraded": "yellow"}.get(status, "white")
+             "degraded": "yellow", "waiting": "dim"}.get(status, "white")
     wait = f" (waited {detail['wait_s']:.2f}s)" if "wait_s" in detail else ""
     out.print(f"  [{style}]{status:>11}[/] {escape(step):<28} {escape(sentence)}{wait}",
               highlight=False)
@@ -52,13 +52,13 @@ def print_summary(record: dict[str, Any], runbook: Runbook | None = None) -> Non
             else "decision"
         since = "" if behind is None else \
             f"; the replica's newest commit is {behind:.2f} s older than the {start}"
-        managed = sorted({d.kind for d in runbook.databases if d.kind != "postgres"}) \
-            if runbook is not None else []
-        then = (f"kind {', '.join(managed)} has no drorch failback after an unplanned "
-                "failover yet, so it stays unknown until the old primary (or, for "
-                "Aurora, the snapshot of its volume) is compared by hand" if managed else
-                "`drorch failback` reads its WAL and corrects it to exact transactions and "
-                "rows")
+        aurora = runbook is not None and any(d.kind == "aurora-global"
+                                             for d in runbook.databases)
+        then = ("kind aurora-global has no drorch failback after an unplanned failover "
+                "yet, so it stays unknown until the snapshot of the old writer's volume is "
+                "compared by hand" if aurora else
+                "`drorch failback` reads the old primary (its WAL, or a full comparison "
+                "where the WAL cannot be read) and corrects it")
         out.print(f"RPO: not measurable at promotion ({record.get('from_region')} was "
                   f"unreachable){since}; {then}")
         return

@@ -221,12 +221,21 @@ class Engine:
             # old primary streams again.
             sync = {db.name: fit for db in self.runbook.databases
                     if (fit := self.store.fact(last.id, f"sync:{db.name}")) is not None}
+            # What each promotion measured on the replica before promoting it: the split
+            # where the new primary's timeline history is not readable (RDS).
+            measured = {db.name: m for db in self.runbook.databases
+                        if (m := self.store.fact(last.id, f"promote:{db.name}:measured"))
+                        is not None}
+            split_keys = {db.name: k for db in self.runbook.databases
+                          if (k := self.store.fact(last.id, f"promote:{db.name}:split_keys"))
+                          is not None}
             # A failback is planned only: the region it leaves serves, so its promotion
             # first replays everything written there; if that region does not answer,
             # going back is a new failover (with whatever it loses), never a failback.
             return (self.store.fact(last.id, "to_region"), self.store.fact(last.id, "from_region"),
                     {"failover_incident": last.id, "failover_promoted_at": promoted,
                      "split_wal_caps": caps, "failover_sync_fits": sync,
+                     "failover_measured": measured, "failover_split_keys": split_keys,
                      "planned_only": True})
 
         return self._open("failback", actor, reason, trigger, where)
@@ -326,7 +335,7 @@ class Engine:
 
         return StepContext(self.runbook, inc.id, inc.actor, facts.get("from_region"),
                            facts.get("to_region"), self.aws, facts, nodes=self.nodes,
-                           recorder=recorder)
+                           recorder=recorder, progress=self.progress)
 
     def _run(self, inc: Incident, token: int) -> str:
         path = PATHS[inc.kind]

@@ -132,6 +132,17 @@ def _reconcile_facts(facts: dict[str, Any]) -> dict[str, Any]:
             if k.startswith("reconcile:") and k.endswith(":applied")}
 
 
+def _rds_evidence(facts: dict[str, Any], steps: list[dict[str, Any]], db: str) -> str | None:
+    """An RDS failback's evidence: the old primary's snapshot and the instance kept under
+    a new identifier (None before either exists)."""
+    snap = facts.get(f"evidence:{db}:snapshot") or {}
+    kept = next((s["detail"].get("kept") for s in steps if s["id"] == f"resync:{db}"
+                 and s["status"] == "done" and s.get("detail")), None)
+    parts = ([f"RDS snapshot {snap['id']} in {snap.get('region')}"] if snap.get("id") else [])
+    parts += [f"the old primary kept as DB instance {kept}"] if kept else []
+    return "; ".join(parts) + " (kept until a human deletes them)" if parts else None
+
+
 def reconcile_section(facts: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
     """Per reconciled database, for the failback report: how divergent writes were found
     and why, rows per table by kind and outcome, the conflict file, the evidence archive,
@@ -164,7 +175,7 @@ def reconcile_section(facts: dict[str, Any], steps: list[dict[str, Any]]) -> dic
                 "mapping_file"),
             "rekeyed_sample": (facts.get(f"reconcile:{db}:applied") or {}).get(
                 "rekeyed_sample", []),
-            "evidence": resync.get("evidence"),
+            "evidence": resync.get("evidence") or _rds_evidence(facts, steps, db),
             # Unknown (None) while the invariant does not hold: blocked tables were not
             # compared, so no count of them can be given.
             "acknowledged_rows_lost": (totals.get("unaccounted")

@@ -19,6 +19,12 @@ from drorch.steps.failback import (
 )
 from drorch.steps.freeze import FreezeDatabase, LowerWriteFlag, RaiseWriteFlag
 from drorch.steps.promote import OpenWrites, PromoteDatabase
+from drorch.steps.rds_failback import (
+    FenceRdsPrimary,
+    RejoinRdsReplica,
+    ReplaceRdsReplica,
+    SnapshotOldPrimary,
+)
 from drorch.steps.secrets import RewriteSecret, secret_target
 from drorch.steps.validate import CanaryWrite, RunFlows
 
@@ -65,13 +71,21 @@ def failback_plan(runbook: Runbook, from_region: str, to_region: str) -> list[St
     # refuses otherwise): Aurora made the old writer a secondary and nothing diverged,
     # so it has no fence, reconcile or rebuild; the way back is another switchover, and
     # Aurora makes the region we leave a secondary again.
-    dbs = [d.name for d in runbook.databases if d.kind != "aurora-global"]
+    # RDS cannot make the old primary a standby: it is fenced over SQL and by security
+    # group, snapshotted, reconciled, then renamed and kept while a fresh cross-region
+    # read replica takes its identifier (drorch.steps.rds_failback).
+    own = [d.name for d in runbook.databases if d.kind == "postgres"]
+    managed = [d.name for d in runbook.databases if d.kind == "rds"]
     stages = [
-        Stage("fence", tuple(FenceOldPrimary(d) for d in dbs)),
-        Stage("reconcile", tuple(ReconcileDivergence(d) for d in dbs)),
-        Stage("resync", tuple(ResyncAsReplica(d) for d in dbs)),
+        Stage("fence", (*(FenceOldPrimary(d) for d in own),
+                        *(FenceRdsPrimary(d) for d in managed))),
+        Stage("evidence", tuple(SnapshotOldPrimary(d) for d in managed)),
+        Stage("reconcile", tuple(ReconcileDivergence(d) for d in own + managed)),
+        Stage("resync", (*(ResyncAsReplica(d) for d in own),
+                         *(ReplaceRdsReplica(d) for d in managed))),
         *failover_plan(runbook, from_region, to_region, planned_only=True),
-        Stage("rejoin", tuple(RejoinAsReplica(d) for d in dbs)),
+        Stage("rejoin", (*(RejoinAsReplica(d) for d in own),
+                         *(RejoinRdsReplica(d) for d in managed))),
     ]
     return [s for s in stages if s.steps]
 

@@ -282,8 +282,10 @@ def _md(text: Any) -> str:
 def _reconcile_lines(db: str, r: Mapping[str, Any]) -> list[str]:
     """The reconcile section's sentences (shared by Markdown and HTML)."""
     lost = r.get("acknowledged_rows_lost")
+    txns = r.get("old_transactions")
     lines = [f"{db}: found by {r.get('method')} ({r.get('method_reason')}); "
-             f"{r.get('old_transactions')} old-side transactions.",
+             + (f"{txns} old-side transactions." if txns is not None else
+                "old-side transactions not counted (only the WAL tells them apart)."),
              f"Acknowledged rows lost: {'unknown' if lost is None else lost}."]
     if r.get("unlisted_tables"):
         lines.append(f"Tables not listed in the runbook, reconciled with policy "
@@ -300,8 +302,8 @@ def _reconcile_lines(db: str, r: Mapping[str, Any]) -> list[str]:
         lines.append(f"Key collisions re-keyed (both rows kept, region-a's under a new key): "
                      f"{r['rekeyed']}; mapping old → new key: {r.get('key_mapping_file')}"
                      + (f" (first: {sample})" if sample else ""))
-    lines.append(f"Evidence (old primary's data directory before the rewind): "
-                 f"{r.get('evidence') or 'none kept'}")
+    lines.append(f"Evidence (what the old primary held before it was rewound or "
+                 f"replaced): {r.get('evidence') or 'none kept'}")
     return lines
 
 

@@ -9,8 +9,8 @@ the database's ``kind``:
   controlled with ``pg_ctl`` as the data directory's owner (:class:`LocalPgNode`). The
   lab's clusters are such nodes; a self-managed server is one when drorch runs on its
   host.
-* ``rds``: RDS manages the node; the failback through the RDS API is not built yet,
-  and asking says so.
+* ``rds``: RDS manages the node; the failback goes through the RDS API
+  (:mod:`drorch.steps.rds_failback`) and needs no node control, and asking says so.
 * ``postgres`` without ``node``: drorch has no means to control it. Asking for it raises
   :class:`NodeControlUnavailable`, naming the database, the region, the operations that
   need it and the runbook field that would give it. Failover never needs it.
@@ -133,10 +133,9 @@ def node_control_for(runbook: Runbook) -> NodeControl:
             return local_node(db, region, ep.node, runbook.state_dir)
         if db.kind == "rds":
             raise NodeControlUnavailable(
-                f"database {db_name} in {region} (kind rds): RDS manages the node, and "
-                "drorch's failback through the RDS API (fence by security group, snapshot, "
-                "reconcile, a new cross-region read replica) is not built yet: fail back by "
-                "hand")
+                f"database {db_name} in {region} (kind rds): RDS manages the node; drorch "
+                "fails it back through the RDS API (fence, snapshot, a new cross-region "
+                "read replica), not by controlling the node")
         if db.kind == "aurora-global":
             raise NodeControlUnavailable(
                 f"database {db_name} in {region} (kind aurora-global): Aurora manages the "
@@ -154,10 +153,12 @@ def node_control_for(runbook: Runbook) -> NodeControl:
 
 
 def needs_node_control(db: DatabasePair, switched_over: bool) -> bool:
-    """Whether failing back ``db`` needs control of its old primary's node: not for an
-    Aurora global database whose failover was a switchover (Aurora has made the old
-    writer a secondary of the new one and nothing diverged: the way back is another
-    switchover), for every other kind and path."""
+    """Whether failing back ``db`` needs control of its old primary's node: not for RDS
+    (done through the RDS API), nor for an Aurora global database whose failover was a
+    switchover (Aurora has made the old writer a secondary of the new one and nothing
+    diverged: the way back is another switchover); for every other kind and path."""
+    if db.kind == "rds":
+        return False  # fenced, kept and replaced through the RDS API
     return not (db.kind == "aurora-global" and switched_over)
 
 

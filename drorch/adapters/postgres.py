@@ -492,6 +492,53 @@ def sequence_positions(target: Target) -> dict[str, int]:
         return {str(r[0]): int(r[1]) for r in c.execute(_SEQUENCES)}
 
 
+_INT_KEYED_TABLES = """
+SELECT n.nspname || '.' || c.relname, format('%I.%I', n.nspname, c.relname),
+       quote_ident(a.attname)
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+WHERE i.indisprimary AND i.indnatts = 1 AND c.relkind IN ('r', 'p')
+  AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_toast'
+  AND has_table_privilege(c.oid, 'SELECT')
+"""
+
+
+SPLIT_KEYS_BUDGET_S = 1.0
+"""At most this long reading the split's largest keys: it sits before the promotion."""
+
+
+def split_key_maxima(target: Target, budget_s: float = SPLIT_KEYS_BUDGET_S) -> dict[str, int]:
+    """Each table with a one-column integer primary key (``schema.table``) -> its largest
+    key now, read on a replica just before it is promoted: the split's state. A key
+    above it did not exist at the split, which a full comparison, unable to read the
+    WAL, needs to tell an insert made after the split from a row one side deleted. An
+    empty table gets the smallest ``bigint`` (every key is above it).
+
+    Best effort, bounded by ``budget_s``: one index probe per table (``max`` over the
+    primary key) under a short ``lock_timeout``, since on a replica whose replay waits
+    for a lock (a recovery conflict) a read of that table waits too; a table not read in
+    time, or that this role may not read, is left out (its keys stay unknown: a full
+    comparison sends what it cannot tell apart to a human)."""
+    out: dict[str, int] = {}
+    deadline = time.monotonic() + budget_s
+    with _use(target, int(budget_s * 1000) + 1000) as c:
+        c.execute("SET lock_timeout = 100")
+        for name, ident, col in c.execute(_INT_KEYED_TABLES).fetchall():
+            if time.monotonic() > deadline:
+                break
+            try:
+                row = c.execute(sql.SQL(
+                    "SELECT coalesce(max({})::bigint, -9223372036854775808) FROM {}").format(
+                        sql.SQL(col), sql.SQL(ident))).fetchone()
+            except psycopg.errors.LockNotAvailable:
+                continue
+            out[str(name)] = int(row[0])  # type: ignore[index]
+    return out
+
+
 def advance_sequences(target: Target, targets: dict[str, int]) -> dict[str, int]:
     """``setval`` each named sequence to its target unless it is already past it (so a
     rerun with the same targets changes nothing). Never moves a sequence back: its

@@ -45,6 +45,9 @@ class DrillResult:
     reports: dict[str, str] = field(default_factory=dict)
     checkouts_evidence: str | None = None
     """``reports/<incident>-checkouts.json``: every acknowledged checkout, the lost ones."""
+    failback: dict[str, Any] | None = None
+    """With ``failback``: the failback's incident record, reports and
+    ``lost_checkouts`` (acknowledged by the old region, missing from it afterwards)."""
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -109,10 +112,45 @@ def _detected(trigger: dict[str, Any]) -> str:
     return f"detection: {detection(trigger)['sentence']}"
 
 
+def _fail_back(runbook: Runbook, store: Any, audit: Any, aws: Any, say: Say,
+               progress: Callable[..., None] | None, acknowledged: Sequence[Checkout],
+               user: str) -> dict[str, Any]:
+    """The drill's second half: the dead region comes back as it was left (a primary,
+    unfenced, holding whatever it wrote that never replicated), ``drorch failback``
+    returns to it, and every checkout it acknowledged before it died is looked for there
+    again."""
+    from drorch.adapters.nodes import node_control_for
+    from drorch.engine import Engine, IncidentHalted, IncidentRolledBack
+    from drorch.incident import incident_record
+    from drorch.lab import faults
+    from drorch.report import write_reports
+
+    source, target = runbook.primary.name, runbook.secondary.name
+    say(faults.heal(runbook, source, audit=audit, actor="drill"))
+    engine = Engine(runbook, store, audit, aws, progress=progress,
+                    nodes=node_control_for(runbook))
+    engine.warm_up()
+    reason = f"lab drill: {source} is back"
+    incident_id = engine.start_failback(actor="drill", reason=reason,
+                                        trigger={"kind": "manual", "detail": reason})
+    say(f"failback {incident_id}: {target} -> {source}")
+    try:
+        engine.run(incident_id, actor="drill", reason=reason)
+    except (IncidentRolledBack, IncidentHalted) as exc:
+        say(f"failback did not complete: {exc}")
+    record = incident_record(store, runbook, incident_id)
+    lost = None
+    if record["state"] == "monitoring":
+        lost = len(missing_checkouts(runbook, source, source, acknowledged, user))
+    return {"incident_id": incident_id, "state": record["state"], "record": record,
+            "reports": write_reports(record, Path(runbook.state_dir) / "reports"),
+            "lost_checkouts": lost}
+
+
 def run_drill(runbook: Runbook, *, keep: bool, say: Say,
               progress: Callable[..., None] | None = None,
               mode: str = "stop", watch_timeout_s: float = 90,
-              trigger: str = "probes") -> DrillResult:
+              trigger: str = "probes", failback: bool = False) -> DrillResult:
     from drorch import logs
     from drorch.adapters.aws import AwsClients
     from drorch.audit import AuditLog
@@ -179,8 +217,11 @@ def run_drill(runbook: Runbook, *, keep: bool, say: Say,
             raise
         keep_evidence(missing)
         reports = write_reports(record, state / "reports")
+        back = None
+        if failback and record["state"] == "failed_over":
+            back = _fail_back(runbook, store, audit, aws, say, progress, acknowledged, user)
         return DrillResult(incident_id, record["state"], record, stats.to_dict(), len(missing),
-                           reports, str(evidence))
+                           reports, str(evidence), back)
     finally:
         if traffic is not None:
             traffic.stop()

@@ -43,7 +43,9 @@ from drorch.lab.moto_server import (
     LAB_DSN_TAG,
     LAB_LOGFILE_TAG,
 )
+from drorch.lab.ports import current_block
 from drorch.lab.postgres import PgNode, init_pair, make_owned_dir
+from drorch.lab.rds_nodes import kept_clusters
 from drorch.procs import pid_alive
 
 REGION_ADDRESS = {0: "127.0.1.1", 1: "127.0.2.1"}
@@ -200,12 +202,19 @@ def _moto_for_lab(port: int, logfile: Path) -> int | None:
     return start_moto(port, logfile)
 
 
+MOTO_PORTS = 40
+"""Ports carved from the starting process's block for the moto server's own use: the
+clusters of RDS instances it renames (:mod:`drorch.lab.rds_nodes`) move to them."""
+
+
 def start_moto(port: int, logfile: Path) -> int:
     logfile.parent.mkdir(parents=True, exist_ok=True)
+    own = current_block().carve(MOTO_PORTS)
+    env = {**os.environ, "DRORCH_LAB_PORTS": f"{own.low}-{own.high}"}
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "drorch.lab.moto_server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -268,10 +277,7 @@ def _create_rds_pair(runbook: Runbook, aws: AwsClients, db_name: str, password: 
     primary, secondary = runbook.primary, runbook.secondary
 
     def tags(region: str) -> list[dict[str, str]]:
-        ep = db.endpoints[region]
-        return [{"Key": LAB_ADDRESS_TAG, "Value": ep.host},
-                {"Key": LAB_DSN_TAG, "Value": node_for(runbook, db_name, region).dsn()},
-                {"Key": "drorch:database", "Value": db_name}]
+        return _lab_tags(runbook, db_name, region)
 
     ep_a, ep_b = db.endpoints[primary.name], db.endpoints[secondary.name]
     made = aws("rds", primary.aws_region).create_db_instance(
@@ -523,6 +529,14 @@ def _start_services(runbook: Runbook, state: _Recorder, pool: ThreadPoolExecutor
     _all(pool, [(start, name) for name in starts])
 
 
+def _pid_file_port(datadir: Path) -> int:
+    """The port in a data directory's ``postmaster.pid`` (its fourth line), 0 without one."""
+    try:
+        return int((datadir / "postmaster.pid").read_text().splitlines()[3])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _stop_node(node: PgNode) -> None:
     if node.is_running():
         node.signal_all(signal.SIGCONT)
@@ -567,6 +581,9 @@ def down(runbook: Runbook) -> list[str]:
     stopped += attempt("releasing faults", faults.release_all, runbook) or []
     nodes = [PgNode(n["name"], Path(n["datadir"]), n["port"], Path(n["rundir"]))
              for n in state.nodes]
+    # clusters of RDS instances a failback renamed and kept (drorch.lab.rds_nodes)
+    nodes += [PgNode(kept.name, kept, _pid_file_port(kept), Path(n["rundir"]))
+              for n in state.nodes for kept in kept_clusters(Path(n["datadir"]))]
     pids: dict[str, int | None] = {**state.services, "moto": state.moto_pid}
     with ThreadPoolExecutor(max_workers=8) as pool:  # each stop mostly waits
         list(pool.map(lambda item: attempt(item[0], stop_pid, item[1]), pids.items()))

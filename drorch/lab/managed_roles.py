@@ -8,7 +8,9 @@ session. A lab runbook of kind ``rds`` or ``aurora-global`` connects as this rol
 drorch's SQL meets those limits here, not first in a customer's account.
 
 Granted here, as RDS grants its ``rds_superuser``: ``pg_signal_backend`` (end other
-roles' sessions) and ``pg_monitor`` (read their activity and replication state), plus
+roles' sessions), ``pg_monitor`` (read their activity and replication state) and the
+right to set ``session_replication_role`` (PostgreSQL 15's ``GRANT SET ON PARAMETER``;
+RDS's own grant is what AWS DMS's PostgreSQL target relies on), plus
 what the lab must stand in for because its schema is made by the lab's superuser: the
 ownership of the application database and its tables and sequences (on RDS the
 master user creates them). Nothing more: ``pg_walinspect`` stays the superusers' (and
@@ -31,6 +33,9 @@ def emulate_master_user(admin_dsn: str, dbname: str, user: str = MASTER_USER) ->
         if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = 'rds_superuser'").fetchone():
             c.execute("CREATE ROLE rds_superuser NOLOGIN")
         c.execute("GRANT pg_signal_backend, pg_monitor TO rds_superuser")
+        # RDS lets rds_superuser set session_replication_role (what AWS DMS and
+        # pglogical rely on); drorch's reconcile applies rows with it set to replica
+        c.execute("GRANT SET ON PARAMETER session_replication_role TO rds_superuser")
         if not c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone():
             c.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE CREATEDB IN ROLE rds_superuser"
                               ).format(sql.Identifier(user)))

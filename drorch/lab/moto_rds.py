@@ -129,7 +129,11 @@ from drorch.lab.moto_server import (
 try:  # the lab extra; a production install imports this module without it
     from moto.core.responses import ActionResult
     from moto.core.utils import utcnow
-    from moto.rds.exceptions import DBInstanceNotFoundError, RDSClientError
+    from moto.rds.exceptions import (
+        DBInstanceAlreadyExists,
+        DBInstanceNotFoundError,
+        RDSClientError,
+    )
     from moto.rds.models import DBCluster, DBInstance, GlobalCluster, RDSBackend, rds_backends
     from moto.rds.responses import RDSResponse
 except ImportError:
@@ -665,7 +669,89 @@ def create_db_instance_read_replica(self: RDSBackend,
     if not db_kwargs.get("availability_zone") and not replica.availability_zone.startswith(
             replica.region):
         replica.availability_zone = f"{replica.region}a"
+    try:
+        _fill_vacated(self, replica)
+    except Exception:
+        self.delete_db_instance(replica.db_instance_identifier)
+        raise
     return replica
+
+
+def _vacated_by(backend: RDSBackend, identifier: str) -> tuple[DBInstance, Any] | None:
+    """The renamed instance of ``backend`` whose ``drorch:lab-vacated`` slot is
+    ``identifier``'s, and that slot."""
+    from drorch.lab.rds_nodes import VACATED_TAG, Slot
+
+    for instance in backend.databases.values():
+        value = lab_tag(instance, VACATED_TAG)
+        if value and Slot.from_tag(value).identifier == identifier:
+            return instance, Slot.from_tag(value)
+    return None
+
+
+def _fill_vacated(backend: RDSBackend, replica: DBInstance) -> None:
+    """Lab only: a read replica created under an identifier a rename vacated gets a real
+    cluster there, a standby of its source's (:func:`drorch.lab.rds_nodes.fill`), and that
+    cluster's tags. ``InvalidDBInstanceState`` with the reason when it cannot be made."""
+    from drorch.lab.rds_nodes import VACATED_TAG, fill
+
+    found = _vacated_by(backend, replica.db_instance_identifier)
+    source = replica.source_db_instance_identifier or ""
+    if found is None or not source:
+        return
+    renamed, slot = found
+    src_backend, src_name = _source_backend_and_name(replica, source)
+    primary = src_backend.databases.get(src_name)
+    source_dsn = lab_tag(primary, LAB_DSN_TAG) if primary is not None else None
+    if not source_dsn:
+        return
+    try:
+        fill(slot, source_dsn, lab_tag(renamed, LAB_DATADIR_TAG) or "")
+    except (RuntimeError, OSError) as exc:
+        raise fault("InvalidDBInstanceState",
+                    f"DB instance {replica.db_instance_identifier} could not be created "
+                    f"as a replica of {source}: {exc}") from exc
+    address = lab_tag(renamed, LAB_ADDRESS_TAG) or "127.0.0.1"
+    replica.tags = [t for t in replica.tags if t["Key"] not in (
+        *LAB_TAGS, LAB_DATADIR_TAG, LAB_LOGFILE_TAG)] + [
+        {"Key": LAB_ADDRESS_TAG, "Value": address}, {"Key": LAB_DSN_TAG, "Value": slot.dsn},
+        {"Key": LAB_DATADIR_TAG, "Value": slot.datadir},
+        {"Key": LAB_LOGFILE_TAG, "Value": slot.logfile}]
+    replica.port = slot.port
+    renamed.tags = [t for t in renamed.tags if t["Key"] != VACATED_TAG]
+
+
+def modify_db_instance(self: RDSBackend, db_instance_identifier: str,
+                       db_kwargs: dict[str, Any]) -> DBInstance:
+    """moto's, and in the lab a rename (``NewDBInstanceIdentifier``) moves the instance's
+    real cluster aside, as the endpoint address moves with the identifier on RDS
+    (:func:`drorch.lab.rds_nodes.vacate`); the slot it left is tagged on the renamed
+    instance for a replica created under the old identifier. ``InvalidDBInstanceState``
+    with the reason when the cluster cannot be moved (moto unchanged)."""
+    settle_promotions()
+    new_id = db_kwargs.get("new_db_instance_identifier")
+    instance = self.databases.get(db_instance_identifier)
+    dsn = lab_tag(instance, LAB_DSN_TAG) if instance is not None else None
+    datadir = lab_tag(instance, LAB_DATADIR_TAG) if instance is not None else None
+    if not new_id or new_id == db_instance_identifier or not dsn or not datadir:
+        return _moto["modify_db_instance"](self, db_instance_identifier, db_kwargs)
+    from drorch.lab.rds_nodes import VACATED_TAG, vacate
+
+    if new_id in self.databases:
+        raise DBInstanceAlreadyExists()
+    try:
+        left, now = vacate(db_instance_identifier, new_id, datadir, dsn,
+                           lab_tag(instance, LAB_LOGFILE_TAG) or f"{datadir}.log")
+    except (RuntimeError, OSError) as exc:
+        raise fault("InvalidDBInstanceState",
+                    f"DB instance {db_instance_identifier} could not be renamed: {exc}") from exc
+    instance.tags = [t for t in instance.tags if t["Key"] not in (
+        LAB_DSN_TAG, LAB_DATADIR_TAG, LAB_LOGFILE_TAG, VACATED_TAG)] + [
+        {"Key": LAB_DSN_TAG, "Value": now.dsn}, {"Key": LAB_DATADIR_TAG, "Value": now.datadir},
+        {"Key": LAB_LOGFILE_TAG, "Value": now.logfile},
+        {"Key": VACATED_TAG, "Value": left.to_tag()}]
+    instance.port = now.port
+    return _moto["modify_db_instance"](self, db_instance_identifier, db_kwargs)
 
 
 def _address(self: DBInstance) -> str:
@@ -719,6 +805,7 @@ def install() -> None:
         cluster_endpoint=DBCluster.endpoint,
         describe_db_instances=RDSBackend.describe_db_instances,
         create_db_instance_read_replica=RDSBackend.create_db_instance_read_replica,
+        modify_db_instance=RDSBackend.modify_db_instance,
         promote_read_replica=RDSBackend.promote_read_replica)
     GlobalCluster.failover_state = property(_failover_state)  # type: ignore[attr-defined]
     GlobalCluster.global_cluster_members = property(  # type: ignore[method-assign,assignment]
@@ -736,6 +823,7 @@ def install() -> None:
     RDSBackend.create_db_instance_read_replica = (  # type: ignore[method-assign]
         create_db_instance_read_replica)
     RDSBackend.promote_read_replica = promote_read_replica  # type: ignore[method-assign]
+    RDSBackend.modify_db_instance = modify_db_instance  # type: ignore[method-assign]
     RDSResponse.switchover_global_cluster = _response_switchover  # type: ignore[attr-defined]
     RDSResponse.failover_global_cluster = _response_failover  # type: ignore[attr-defined]
     RDSResponse.describe_global_clusters = (  # type: ignore[method-assign]

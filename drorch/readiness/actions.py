@@ -85,9 +85,16 @@ def needed(rb: Runbook, account: str, partition: str = "aws",
             "drorch audit ship / verify")
     for db in rb.databases:
         if db.kind == "rds":
-            add(["rds:DescribeDBInstances", "rds:PromoteReadReplica"],
-                [f"arn:{p}:rds:{rb.region(r).aws_region}:{acct}:db:{ep.instance_id}"
-                 for r, ep in db.endpoints.items()], f"promote {db.name}")
+            instances = [f"arn:{p}:rds:{rb.region(r).aws_region}:{acct}:db:{ep.instance_id}"
+                         for r, ep in db.endpoints.items()]
+            add(["rds:DescribeDBInstances", "rds:PromoteReadReplica"], instances,
+                f"promote {db.name}")
+            add(["rds:ModifyDBInstance", "rds:CreateDBSnapshot", "rds:AddTagsToResource",
+                 "rds:CreateDBInstanceReadReplica"], instances,
+                f"fail {db.name} back (fence, snapshot, rename, a new replica)")
+            add(["rds:DescribeDBSnapshots"],
+                [f"arn:{p}:rds:{rb.region(r).aws_region}:{acct}:snapshot:drorch-x"
+                 for r in db.endpoints], f"fail {db.name} back (its evidence snapshot)")
         if db.kind == "aurora-global":
             clusters = [f"arn:{p}:rds:{rb.region(r).aws_region}:{acct}:cluster:{ep.cluster_id}"
                         for r, ep in db.endpoints.items()]

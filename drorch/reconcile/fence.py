@@ -66,6 +66,43 @@ def verify_fenced(target: str | PgNodeLike) -> FenceStatus:
                        True, False, False)
 
 
+def verify_locked_out(dsn: str, app_roles: list[str]) -> FenceStatus:
+    """A primary that cannot be made a standby (RDS: the old primary comes back as a
+    standalone instance) fenced by lockout: no application role may log in or has a
+    session, and new sessions start read-only by the server's configuration (per
+    database included). ``locked-out`` counts as fenced: a full comparison reads live
+    rows only (a read that prunes dead tuples changes nothing it compares), and the WAL
+    method checks each live tuple's ``xmin`` and needs deleted rows' keys from the WAL
+    itself (``wal_level=logical``), not from the heap. Read-only."""
+    try:
+        with connect(dsn) as c:
+            row = c.execute(
+                "SELECT pg_is_in_recovery(), "
+                "(SELECT reset_val FROM pg_settings "
+                " WHERE name = 'default_transaction_read_only') = 'on', "
+                "(SELECT array_agg(rolname::text) FROM pg_roles "
+                " WHERE rolname = ANY(%s) AND rolcanlogin), "
+                "(SELECT count(*) FROM pg_stat_activity WHERE usename = ANY(%s))",
+                (app_roles, app_roles)).fetchone()
+    except psycopg.OperationalError as e:
+        return FenceStatus("unreachable", False, False,
+                           f"cannot connect ({str(e).splitlines()[0][:120]}): not proven fenced")
+    assert row is not None
+    in_recovery, read_only, can_login, sessions = row
+    if in_recovery:
+        return verify_fenced(dsn)
+    if read_only and not can_login and not sessions:
+        return FenceStatus("locked-out", True, False,
+                           "a primary with the application roles locked out and read-only "
+                           "sessions", False, None, None)
+    why = [w for w, bad in (("new sessions are not read-only", not read_only),
+                            (f"roles {can_login} may log in", bool(can_login)),
+                            (f"{sessions} application session(s)", bool(sessions))) if bad]
+    return FenceStatus("writable", False, True,
+                       "ALARM: the node is a primary the applications may write to: "
+                       + ", ".join(why), False, None, None)
+
+
 def wait_replay_idle(dsn: str | Conn, timeout_s: float = 60) -> str:
     """Wait until a fenced standby has replayed all its local WAL; returns the replay LSN.
 

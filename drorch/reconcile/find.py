@@ -54,7 +54,7 @@ from drorch.reconcile.classify import (
     side_op,
 )
 from drorch.reconcile.config import ReconcileSpec, ReconcileTable, masked_columns
-from drorch.reconcile.fence import FenceError, verify_fenced, wait_replay_idle
+from drorch.reconcile.fence import FenceError, verify_fenced, verify_locked_out, wait_replay_idle
 from drorch.reconcile.fullcompare import compare_table
 from drorch.reconcile.model import Change, Divergence, DivergenceReport, TableReport
 from drorch.reconcile.unkeyed import unkeyed_table
@@ -139,6 +139,17 @@ def _both(on_old: Callable[[], T], on_new: Callable[[], T]) -> tuple[T, T]:
         return a.result(), b.result()
 
 
+_INT_TYPES = ("int2", "int4", "int8")
+
+
+def _key_above(key: str, split_max: int) -> bool:
+    """A canonical one-column integer key (``[123]``) above ``split_max``."""
+    try:
+        return int(key[1:-1]) > split_max
+    except ValueError:
+        return False
+
+
 def _key_dict(meta: TableMeta, key: str) -> dict[str, Any]:
     """The key as column -> value. A one-column integer key (the usual case, once per
     divergent row) is read without the general parser: a canonical key is compact JSON,
@@ -165,7 +176,8 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
                     cfg: ReconcileTable, run_id: str,
                     wal_old: SideTable | None, wal_new: SideTable | None,
                     lookup: list[str], keys: set[str] | None, at: datetime | None,
-                    report: DivergenceReport, emit: Emit | None = None) -> TableReport:
+                    report: DivergenceReport, emit: Emit | None = None,
+                    split_max: int | None = None) -> TableReport:
     """Read both rows of every key in ``lookup``, classify, decide.
 
     ``metas``: the old and the new node's table (the new one may hide columns it alone
@@ -190,7 +202,9 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
         tr.old_touched, tr.old_transactions = len(wal_old.touched), len(wal_old.transactions)
     if wal_new is not None:
         tr.new_touched, tr.new_transactions = len(wal_new.touched), len(wal_new.transactions)
-    _judge(tr, meta, cfg, run_id, (wal_old, wal_new), (a_rows, b_rows), keys, at, emit)
+    _judge(tr, meta, cfg, run_id, (wal_old, wal_new), (a_rows, b_rows), keys, at, emit,
+           split_max if len(meta.pk) == 1 and meta.pk_types.get(meta.pk[0]) in _INT_TYPES
+           else None)
     return tr
 
 
@@ -204,7 +218,8 @@ EMIT_EVERY = 5_000
 
 def _judge(tr: TableReport, meta: TableMeta, cfg: ReconcileTable, run_id: str,
            wal: tuple[SideTable | None, SideTable | None], rows: tuple[Rows, Rows],
-           keys: set[str] | None, at: datetime | None, emit: Emit | None = None) -> None:
+           keys: set[str] | None, at: datetime | None, emit: Emit | None = None,
+           split_max: int | None = None) -> None:
     """Classify and decide every key (``keys``; None: every key with a row on either side)
     into ``tr``, handing every ``EMIT_EVERY`` new changes to ``emit``. Runs once per
     divergent key, so it does only what the key needs: rows with the same text are the
@@ -252,6 +267,9 @@ def _judge(tr: TableReport, meta: TableMeta, cfg: ReconcileTable, run_id: str,
         nt = (n_touch is not None) if wal_new is not None else _after(b_ent, at)
         obase = o_touch.base_had if o_touch else None
         nbase = n_touch.base_had if n_touch else None
+        if split_max is not None and obase is None and nbase is None \
+                and _key_above(key, split_max):
+            obase = nbase = False  # handed out after the split: absent there on both
         ot, nt = attribute(a, b, ot, nt, obase, nbase)
         base = _base(a, b, ot, nt, obase, nbase)
         kind, undetermined = classify(a, b, ot, nt, base)
@@ -448,19 +466,28 @@ def _default_spc(conn: Conn) -> str:
 
 def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence: Divergence,
                     *, capture: bool = True,
-                    promoted_at: datetime | None = None) -> DivergenceReport:
+                    promoted_at: datetime | None = None,
+                    locked_out_roles: list[str] | None = None,
+                    split_max_keys: dict[str, int] | None = None) -> DivergenceReport:
     """Every divergent write of ``spec``'s tables, classified; captured on the new primary.
 
     Idempotent: a run already captured is returned as stored. ``capture=False``
     only reports (benchmarks, dry runs). ``promoted_at``: when the failover's promotion
-    was requested, to split the old side's writes in time (``report.in_time``). Raises
+    was requested, to split the old side's writes in time (``report.in_time``).
+    ``locked_out_roles``: the old primary is a primary fenced by locking these application
+    roles out (RDS, where it cannot be made a standby: :func:`verify_locked_out`), not a
+    standby with no upstream. ``split_max_keys``: each one-integer-key table's largest key
+    at the split (``schema.table`` -> key), read on the replica before an unplanned
+    promotion: where a side's WAL cannot be read, a key above it did not exist at the
+    split, so a row one side has and the other lacks is that side's insert. Raises
     :class:`FenceError` when the old primary is not fenced, :class:`ReconcileError` when
     the nodes do not belong together, :class:`WalUnavailable` when ``method='wal'`` and the WAL
     cannot answer. Read-only on the old primary.
     """
     t0 = time.monotonic()
-    fence = verify_fenced(old_dsn)
-    if not fence.fenced or fence.state != "fenced":
+    fence = verify_fenced(old_dsn) if locked_out_roles is None else \
+        verify_locked_out(old_dsn, locked_out_roles)
+    if not fence.fenced or fence.state not in ("fenced", "locked-out"):
         raise FenceError(f"old primary not fenced ({fence.state}): {fence.reason}")
     with connect(old_dsn) as old, connect(new_dsn) as new:
         oi, ni = db_info(old), db_info(new)
@@ -476,7 +503,8 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
         if old_tli != divergence.parent_timeline:
             raise ReconcileError(f"old primary is on timeline {old_tli}, the split left "
                                  f"timeline {divergence.parent_timeline}")
-        old_end = wait_replay_idle(old)
+        old_end = wait_replay_idle(old) if fence.state == "fenced" else \
+            str(scalar(old, "SELECT pg_current_wal_flush_lsn()::text"))
         new_end = str(scalar(new, "SELECT pg_current_wal_flush_lsn()::text"))
         report = DivergenceReport(run_id, ni.name, spec.method, "", divergence,
                                   old_end_lsn=old_end, new_end_lsn=new_end)
@@ -507,7 +535,8 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
             report.rows_shipped += w.rows_shipped if w else 0
         with _capturing(new_dsn, run_id, capture) as cap:
             old_xids = _find_tables(old, new, tables, metas, report, (wal_old, wal_new), at,
-                                    cap.add if cap is not None else None)
+                                    cap.add if cap is not None else None,
+                                    split_max_keys or {})
             _conclude(old, report, wal_old, wal_new, old_xids, promoted_at)
             report.seconds = time.monotonic() - t0
             if cap is not None and not blocked(report):
@@ -530,7 +559,7 @@ def _capturing(new_dsn: str, run_id: str, capture: bool) -> Iterator[store.Captu
 def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
                  metas: dict[str, tuple[TableMeta, TableMeta]], report: DivergenceReport,
                  wal: tuple[WalSide | None, WalSide | None], at: datetime | None,
-                 emit: Emit | None) -> set[int]:
+                 emit: Emit | None, split_max_keys: dict[str, int]) -> set[int]:
     """Every table's changes into ``report`` (and to ``emit`` as found, in report order);
     the old side's transactions that touched them."""
     wal_old, wal_new = wal
@@ -560,7 +589,7 @@ def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
             report.rows_shipped += diff.rows_shipped
             lookup = [json.dumps([kd[c] for c in mo.pk], default=str) for kd in diff.keys]
             tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, None,
-                                 at, report, emit)
+                                 at, report, emit, split_max_keys.get(cfg.name))
         if mn.hidden:
             report.notes.append(
                 f"{cfg.name}: column(s) {', '.join(mn.hidden)} exist on the new primary "
@@ -581,6 +610,17 @@ def _conclude(old: Conn, report: DivergenceReport, wal_old: WalSide | None,
         "new_committed": wal_new.committed_top if wal_new else None}
     report.unconfigured_tables = _other_tables(old, wal_old)
     report.problems += _unaccountable(old, report, wal_old)
+    if wal_old is None:
+        others = [r[0] for r in old.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate "
+            "AND datname <> current_database() ORDER BY 1")]
+        if others:
+            report.notes.append(
+                f"other databases of the old primary ({', '.join(others)}) were not "
+                "compared: a full comparison reads this database only, and without the old "
+                "primary's WAL drorch cannot tell whether they took writes after the split; "
+                "whatever they did stays in the evidence (the kept instance or snapshot, or "
+                "the data directory archive)")
     if promoted_at is not None and wal_old is not None:
         # only commits that wrote the database's tables: one that wrote nothing here
         # (a temporary table, another database, a bare sequence) lost nothing

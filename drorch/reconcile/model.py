@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from drorch.reconcile.classify import Action, Kind
 
-FenceState = Literal["fenced", "stopped", "writable", "following", "unreachable"]
+FenceState = Literal["fenced", "stopped", "writable", "following", "unreachable",
+                     "locked-out"]
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,9 @@ class DivergenceReport:
                 f"({t.get('old_only', 0)} old-only, {t.get('new_only', 0)} new-only, "
                 f"{t.get('conflicts', 0)} conflicts, {t.get('collisions', 0)} key collisions, "
                 f"{t.get('unkeyed', 0)} without a key); "
-                f"{self.transactions.get('old_committed')} old-side transactions")
+                + (f"{self.transactions['old_committed']} old-side transactions"
+                   if self.transactions.get("old_committed") is not None else
+                   "old-side transactions not counted (full comparison)"))
 
     def to_dict(self, with_changes: bool = True) -> dict[str, Any]:
         """``with_changes=False``: counts only (what is captured with the changes' rows)."""

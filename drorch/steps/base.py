@@ -47,9 +47,19 @@ class StepContext:
     nodes: NodeControl | None = None
     recorder: Recorder | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[..., None] | None = None
+    """The engine's progress callback (step, status, sentence, detail)."""
 
     def aws_region(self, region: str) -> str:
         return self.runbook.region(region).aws_region
+
+    def waiting(self, step_id: str) -> Callable[[str], None]:
+        """A callback a long wait in step ``step_id`` tells how it goes (status
+        ``waiting``), shown as the step's progress."""
+        def tell(sentence: str) -> None:
+            if self.progress is not None:
+                self.progress(step_id, "waiting", sentence, {})
+        return tell
 
     def record(self, action: str, inputs: dict[str, Any], outcome: str = "ok") -> None:
         if self.recorder is not None:

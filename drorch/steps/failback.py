@@ -94,19 +94,32 @@ class ReconcileDivergence(Step):
         from drorch.reconcile.accounting import account
         from drorch.reconcile.apply import ApplyBlocked, SchemaChanged, apply_reconciliation
         from drorch.reconcile.find import blocked, find_divergence
-        from drorch.reconcile.timeline import divergence_point
 
         db = ctx.runbook.database(self.target)
         if db.reconcile is None:
             raise StepFailed(f"{self.target}: no reconcile section in the runbook; divergent "
                              "writes would be lost silently, so drorch will not resync")
         new_dsn = _dsn(ctx, self.target, ctx.from_region)
-        old_dsn = _node(ctx, self.target, ctx.to_region).dsn(db.endpoints[ctx.to_region].dbname)
-        divergence = divergence_point(new_dsn)
+        managed = db.kind == "rds"  # a standalone primary RDS manages: no node control
+        old_dsn = _dsn(ctx, self.target, ctx.to_region) if managed else \
+            _node(ctx, self.target, ctx.to_region).dsn(db.endpoints[ctx.to_region].dbname)
+        divergence = _divergence(ctx, self.target, new_dsn)
         promoted = (ctx.facts.get("failover_promoted_at") or {}).get(self.target)
-        report = find_divergence(
-            old_dsn, new_dsn, db.reconcile, divergence,
-            promoted_at=datetime.fromtimestamp(promoted, UTC) if promoted else None)
+        try:
+            report = find_divergence(
+                old_dsn, new_dsn, db.reconcile, divergence,
+                promoted_at=datetime.fromtimestamp(promoted, UTC) if promoted else None,
+                locked_out_roles=db.app_roles if managed else None,
+                split_max_keys=(ctx.facts.get("failover_split_keys") or {}).get(self.target))
+        except pg.Error as exc:
+            if getattr(exc, "sqlstate", None) != "42501":  # insufficient_privilege
+                raise
+            raise StepFailed(
+                f"{self.target}: the role drorch connects as "
+                f"({db.endpoints[ctx.to_region].user}) may not read everything it must "
+                f"compare: {str(exc).strip().splitlines()[0]}. Nothing was applied or "
+                "replaced. Grant it SELECT on that table in both regions (and INSERT, "
+                "UPDATE, DELETE in the serving one), then run the failback again") from exc
         report_doc = {
             "run_id": report.run_id, "summary": report.summary(), "totals": report.totals(),
             "transactions": report.transactions, "method": report.method,
@@ -123,13 +136,24 @@ class ReconcileDivergence(Step):
             ctx.record("reconcile.unaccounted", {"database": self.target,
                                                  **accounting.to_dict()}, outcome="halted")
             raise StepFailed(f"{self.target}: divergent writes that drorch cannot reconcile, "
-                             f"so it will not rewind the old primary: {accounting.problem()}",
+                             f"so it will not {_erasing(db.kind)}: {accounting.problem()}",
                              accounting.to_dict())
         path = conflict_path(ctx, self.target)
         try:
             result = apply_reconciliation(
                 report, new_dsn, db.reconcile, conflict_file=path,
                 mapping_file=str(Path(ctx.runbook.state_dir) / f"rekeyed-{self.target}.csv"))
+        except pg.Error as exc:
+            if getattr(exc, "sqlstate", None) != "42501":  # insufficient_privilege
+                raise
+            ctx.record("reconcile.apply_stopped", {"database": self.target,
+                                                   "error": str(exc)}, outcome="halted")
+            raise StepFailed(
+                f"{self.target}: the role drorch connects as in {ctx.from_region} "
+                f"({db.endpoints[ctx.from_region].user}) may not apply the divergent rows: "
+                f"{str(exc).strip().splitlines()[0]}. Nothing was replaced; what was "
+                "applied stays recorded. Grant it what it lacks (on RDS: membership of "
+                "rds_superuser), then run the failback again") from exc
         except (ApplyBlocked, SchemaChanged) as exc:  # nothing rewound; a resume goes on
             ctx.record("reconcile.apply_stopped", {"database": self.target,
                                                    "error": str(exc)}, outcome="halted")
@@ -148,7 +172,7 @@ class ReconcileDivergence(Step):
             ctx.record("reconcile.unaccounted", {"database": self.target,
                                                  **accounting.to_dict()}, outcome="halted")
             raise StepFailed(f"{self.target}: divergent writes not accounted for, so drorch "
-                             f"will not rewind the old primary: {accounting.problem()}",
+                             f"will not {_erasing(db.kind)}: {accounting.problem()}",
                              accounting.to_dict())
         # Captured and accounted for: the new primary's WAL from the split is not needed
         # any more (released before the fact, so a kill here cannot leave it pinned).
@@ -173,6 +197,39 @@ class ReconcileDivergence(Step):
                 "divergence": divergence.to_dict(), "accounting": accounting.to_dict(),
                 "conflict_file": path,
                 "applied": {k: v for k, v in applied.items() if k != "outcomes"}}
+
+
+def _erasing(kind: str) -> str:
+    """What the failback will not do next while a divergent write is unaccounted for."""
+    return ("hand the old primary's identifier to a new replica (it stays fenced, "
+            "kept as it is)" if kind == "rds" else "rewind the old primary")
+
+
+def _divergence(ctx: StepContext, database: str, new_dsn: str) -> Any:
+    """Where the timelines split: the new primary's timeline history, or, where the role
+    may not read it (``pg_read_file`` needs ``pg_read_server_files``, which RDS's master
+    user lacks), what the failover's promotion measured on the replica just before it
+    promoted it (its replay position and last replayed commit: the promotion replays
+    what it had received, so the real switch point is at or a little past it) on the
+    timeline before the one it writes now."""
+    from drorch.reconcile.model import Divergence
+    from drorch.reconcile.timeline import divergence_point
+
+    try:
+        return divergence_point(new_dsn)
+    except pg.Error as exc:
+        if "permission denied" not in str(exc):
+            raise
+    measured = (ctx.facts.get("failover_measured") or {}).get(database) or {}
+    lsn = measured.get("replica_receive_lsn") or measured.get("replica_lsn")
+    if not lsn:
+        raise StepFailed(f"{database}: the new primary's timeline history is not readable "
+                         "by this role, and the failover's journal has no replay position "
+                         "for it: where the split is cannot be known")
+    tli = pg.timeline(new_dsn)
+    at = measured.get("replica_last_commit_at")  # unix seconds, the old primary's clock
+    return Divergence(str(lsn), tli, tli - 1,
+                      datetime.fromtimestamp(float(at), UTC).isoformat() if at else None)
 
 
 def conflict_path(ctx: StepContext, database: str) -> str:

@@ -8,6 +8,7 @@ The measurement is journaled before ``pg_promote`` so a kill cannot lose it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -96,6 +97,9 @@ class PromoteDatabase(Step):
         new_status = pg.status(new)
         if not new_status.in_recovery:
             raise StepFailed(f"{self.target} in {ctx.to_region} is not a standby")
+        if not caught_up:  # the old primary may have written past this: keep the split
+            with contextlib.suppress(pg.Error):  # best effort: never stops a promotion
+                ctx.facts.set(split_keys_fact(self.target), pg.split_key_maxima(new))
         rpo_bytes = rpo_seconds = None
         if caught_up:  # replayed past a barrier committed after the freeze: nothing lost
             rpo_bytes, rpo_seconds = 0, 0.0
@@ -231,7 +235,8 @@ class PromoteDatabase(Step):
                            {"database": self.target, "region": ctx.to_region,
                             "instance": instance_id, "status": answer.status,
                             "request_id": answer.request_id})
-            rds.wait_available(client, instance_id, db.promote_timeout_s)
+            rds.wait_available(client, instance_id, db.promote_timeout_s,
+                               progress=ctx.waiting(self.id))
         except rds.RdsError as exc:
             raise StepFailed(f"{self.target} in {ctx.to_region}: {exc}; the promotion may "
                              "still complete, so nothing is rolled back: `drorch resume` "
@@ -252,6 +257,12 @@ class PromoteDatabase(Step):
 
     def requested(self, ctx: StepContext) -> bool:
         return ctx.facts.get(self._request_key()) is not None
+
+
+def split_keys_fact(database: str) -> str:
+    """The fact holding each integer-keyed table's largest key at the split (read on the
+    replica before an unplanned promotion): for a failback's full comparison."""
+    return f"promote:{database}:split_keys"
 
 
 def _rpo_caveat(ctx: StepContext, database: str) -> str | None:

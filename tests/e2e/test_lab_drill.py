@@ -183,3 +183,43 @@ def test_lab_drill_fails_over_by_itself_and_reports(tmp_path: Path,
                               "bob@example.com") == 1
     finally:
         lab_mod.down(runbook)
+
+
+MISSING_AFTER = re.compile(
+    r"^acknowledged checkouts missing from region-a after the failback: (\d+)$", re.M)
+
+
+def test_lab_drill_with_failback_on_rds_comes_back_with_every_checkout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`drorch lab drill --runbook runbooks/aws-rds.yaml --failback`: region-a dies under
+    traffic, the watcher fails over (PromoteReadReplica), region-a comes back as it was
+    left, and the failback (fence, snapshot, full comparison, a new replica under the old
+    identifier, the switch back, a new replica in region-b) ends with every checkout
+    region-a acknowledged in region-a's database again, recounted here from the evidence
+    the drill kept."""
+    env = {**lab_env(tmp_path), "DRORCH_RUNBOOK": str(ROOT / "runbooks" / "aws-rds.yaml")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    runbook = load_runbook(ROOT / "runbooks" / "aws-rds.yaml")
+    state = Path(env["DRORCH_STATE_DIR"])
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "drorch.cli", "lab", "drill", "--keep", "--failback",
+             "--runbook", "runbooks/aws-rds.yaml"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert result.returncode == 0, result.stdout + result.stderr
+        printed = MISSING_AFTER.search(result.stdout)
+        assert printed and printed.group(1) == "0", result.stdout
+        [found] = sorted((state / "reports").glob("*-checkouts.json"))
+        evidence = json.loads(found.read_text())
+        orders_a = _orders(runbook.database("main").endpoints["region-a"].dsn())
+        assert _recount_lost({**evidence, "region_from": "region-a"}, orders_a) == []
+        assert sum(1 for a in evidence["acknowledged"] if a["region"] == "region-a") >= 20
+        reports = sorted(p for p in (state / "reports").glob("*.json")
+                         if not p.name.endswith("-checkouts.json"))
+        back = json.loads(reports[-1].read_text())
+        assert (back["kind"], back["state"]) == ("failback", "monitoring")
+        assert back["reconcile"]["main"]["acknowledged_rows_lost"] == 0
+        assert back["rto"]["value"] is not None and back["rpo"]["seconds"]["value"] == 0
+    finally:
+        lab_mod.down(runbook)

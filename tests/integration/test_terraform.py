@@ -181,7 +181,8 @@ _ALSO_NEEDS = {"s3:PutObject": ("s3:PutObjectRetention",),
 _NO_PERMISSION = {"sts:GetCallerIdentity"}
 """Calls IAM always allows ("No permissions are required to perform this operation",
 STS API Reference, GetCallerIdentity)."""
-_WAITERS = {"db_instance_available": "rds:DescribeDBInstances"}
+_WAITERS = {"db_instance_available": "rds:DescribeDBInstances",
+            "db_snapshot_available": "rds:DescribeDBSnapshots"}
 
 
 def _calls_in_code() -> dict[str, set[str]]:
@@ -212,6 +213,8 @@ def _calls_in_code() -> dict[str, set[str]]:
                     actions = {_WAITERS[first]}
                 elif name in operations:
                     actions = operations[name]
+                if len(actions) > 1:  # e.g. add_tags_to_resource: the adapter's service
+                    actions = {a for a in actions if a.startswith(f"{path.stem}:")}
                 assert len(actions) <= 1, f"{name} in {path} is ambiguous: {actions}"
                 for action in actions - _NO_PERMISSION:
                     action = _AUTHORISED_AS.get(action, action)

@@ -19,7 +19,9 @@
 #     (DeleteMessageBatch is authorised as DeleteMessage:
 #      https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-api-permissions-reference.html)
 #   rds:DescribeDBInstances (also the available waiter),
-#     rds:PromoteReadReplica                              drorch/adapters/rds.py
+#     rds:PromoteReadReplica; failback: ModifyDBInstance,
+#     CreateDBSnapshot, DescribeDBSnapshots,
+#     AddTagsToResource, CreateDBInstanceReadReplica      drorch/adapters/rds.py
 #   rds:DescribeGlobalClusters, DescribeDBClusters,
 #     SwitchoverGlobalCluster, FailoverGlobalCluster,
 #     RemoveFromGlobalCluster                             drorch/adapters/aurora.py
@@ -105,11 +107,23 @@ locals {
       actions   = ["sns:ListSubscriptionsByTopic"]
       resources = [var.alarm_topic_arn]
     }],
-    length(var.rds_instance_arns) == 0 ? [] : [{
-      sid       = "RdsInstances"
-      actions   = ["rds:DescribeDBInstances", "rds:PromoteReadReplica"]
-      resources = var.rds_instance_arns
-    }],
+    length(var.rds_instance_arns) == 0 ? [] : [
+      {
+        sid       = "RdsInstances"
+        actions   = ["rds:DescribeDBInstances", "rds:PromoteReadReplica"]
+        resources = var.rds_instance_arns
+      },
+      {
+        # failback: fence (security groups), rename and keep the old primary
+        # (<id>-old-<incident>), its evidence snapshot (drorch-*), a new replica under
+        # the freed identifier
+        sid     = "RdsFailback"
+        actions = ["rds:AddTagsToResource", "rds:CreateDBInstanceReadReplica", "rds:CreateDBSnapshot", "rds:DescribeDBSnapshots", "rds:ModifyDBInstance"]
+        resources = concat(var.rds_instance_arns, [for arn in var.rds_instance_arns : "${arn}-old-*"], [
+          "arn:${data.aws_partition.current.partition}:rds:*:*:snapshot:drorch-*",
+        ])
+      },
+    ],
     var.aurora_global_cluster_arn == null ? [] : [
       {
         sid       = "AuroraGlobalCluster"
