@@ -366,3 +366,75 @@ def test_snapshot_tags_and_deleting_a_cross_region_replica(moto_url: str) -> Non
     pair.west().delete_db_instance(DBInstanceIdentifier=pair.replica_id,
                                    SkipFinalSnapshot=True)
     assert pair.primary().get("ReadReplicaDBInstanceIdentifiers", []) == []
+
+
+# --- rename and a replica under the vacated identifier (drorch's RDS failback) --------
+
+def test_rename_moves_the_real_cluster_and_a_replica_takes_the_vacated_identifier(
+        moto_url: str, pgdir: Path, primary: PgNode) -> None:
+    """On RDS the endpoint follows the identifier: renamed, an instance answers at its new
+    name; a new instance under the old name answers where it did. In the lab: the
+    renamed instance's cluster moves to another port (still a writable primary, its rows
+    kept), and a read replica created under the vacated identifier is a real streaming
+    standby of its source, on the vacated port. Renaming onto a taken identifier is
+    ``DBInstanceAlreadyExists`` (moto overwrote the other instance)."""
+    from drorch.lab.moto_server import LAB_DATADIR_TAG, LAB_LOGFILE_TAG
+
+    old = _node(pgdir, f"old-{secrets.token_hex(3)}")
+    old.init_primary()
+    old.start()
+    name = f"db-{secrets.token_hex(4)}"
+    east, west = rds(moto_url, PRIMARY_REGION), rds(moto_url, REPLICA_REGION)
+    moved_dir = old.datadir.with_name(f"{old.datadir.name}.{name}-old-1")
+    try:
+        with psycopg.connect(old.dsn(), autocommit=True) as c:
+            c.execute("CREATE TABLE kept (id int PRIMARY KEY)")
+            c.execute("INSERT INTO kept VALUES (1), (2)")
+        east.create_db_instance(
+            DBInstanceIdentifier=name, Engine="postgres", DBInstanceClass="db.t3.micro",
+            AllocatedStorage=20, MasterUsername="postgres", MasterUserPassword="lab-pass-1",
+            Port=old.port, Tags=[*lab_tags(old),
+                                 {"Key": LAB_DATADIR_TAG, "Value": str(old.datadir)},
+                                 {"Key": LAB_LOGFILE_TAG, "Value": str(old.logfile)}])
+        source = west.create_db_instance(
+            DBInstanceIdentifier=f"{name}-src", Engine="postgres",
+            DBInstanceClass="db.t3.micro", AllocatedStorage=20, MasterUsername="postgres",
+            MasterUserPassword="lab-pass-1", Port=primary.port,
+            Tags=lab_tags(primary))["DBInstance"]
+        east.create_db_instance(
+            DBInstanceIdentifier=f"{name}-taken", Engine="postgres",
+            DBInstanceClass="db.t3.micro", AllocatedStorage=20, MasterUsername="postgres",
+            MasterUserPassword="lab-pass-1")
+        code, _status, _msg = error_of(lambda: east.modify_db_instance(
+            DBInstanceIdentifier=name, NewDBInstanceIdentifier=f"{name}-taken",
+            ApplyImmediately=True))
+        assert code == "DBInstanceAlreadyExists"
+
+        renamed = east.modify_db_instance(DBInstanceIdentifier=name,
+                                          NewDBInstanceIdentifier=f"{name}-old-1",
+                                          ApplyImmediately=True)["DBInstance"]
+        port = renamed["Endpoint"]["Port"]
+        assert port != old.port
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres",
+                             dbname="postgres") as c:
+            assert c.execute("SELECT pg_is_in_recovery(), (SELECT count(*) FROM kept)"
+                             ).fetchone() == (False, 2)
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(old.dsn(), connect_timeout=2).close()
+
+        replica = east.create_db_instance_read_replica(
+            DBInstanceIdentifier=name, SourceDBInstanceIdentifier=source["DBInstanceArn"],
+            DBInstanceClass="db.t3.micro", Port=old.port)["DBInstance"]
+        assert replica["Endpoint"]["Port"] == old.port
+        assert replica["ReadReplicaSourceDBInstanceIdentifier"] == source["DBInstanceArn"]
+        assert in_recovery(replica["Endpoint"])
+        with psycopg.connect(old.dsn()) as c:
+            assert c.execute("SELECT status FROM pg_stat_wal_receiver").fetchone() \
+                == ("streaming",)
+            assert c.execute("SELECT to_regclass('kept')").fetchone() == (None,)
+        tags = {t["Key"] for t in east.list_tags_for_resource(
+            ResourceName=renamed["DBInstanceArn"])["TagList"]}
+        assert "drorch:lab-vacated" not in tags  # the slot was taken
+    finally:
+        PgNode(moved_dir.name, moved_dir, 0, old.rundir).destroy()
+        old.destroy()
