@@ -52,13 +52,9 @@ def print_summary(record: dict[str, Any], runbook: Runbook | None = None) -> Non
             else "decision"
         since = "" if behind is None else \
             f"; the replica's newest commit is {behind:.2f} s older than the {start}"
-        aurora = runbook is not None and any(d.kind == "aurora-global"
-                                             for d in runbook.databases)
-        then = ("kind aurora-global has no drorch failback after an unplanned failover "
-                "yet, so it stays unknown until the snapshot of the old writer's volume is "
-                "compared by hand" if aurora else
-                "`drorch failback` reads the old primary (its WAL, or a full comparison "
-                "where the WAL cannot be read) and corrects it")
+        then = ("`drorch failback` reads the old primary (its WAL, a full comparison "
+                "where the WAL cannot be read, or Aurora's snapshot of its volume) and "
+                "accounts for every row it wrote")
         out.print(f"RPO: not measurable at promotion ({record.get('from_region')} was "
                   f"unreachable){since}; {then}")
         return

@@ -155,9 +155,12 @@ class Engine:
             to = self.store.fact(last.id, "to_region")
             back_to = self.store.fact(last.id, "from_region") or next(
                 r.name for r in self.runbook.regions if r.name != to)
+            # Aurora after a switchover or a managed failover needs no node control
+            # (another switchover; a restore of the failover's snapshot): after a detach
+            # it would, and the refusal says so.
             switched = {db.name for db in self.runbook.databases
                         if self.store.fact(last.id, f"promote:{db.name}:aurora_path")
-                        == "switchover"}
+                        in ("switchover", "failover")}
             problems = self._node_control_problems(str(back_to), switched)
             if problems:
                 return IncidentRefused(
@@ -236,6 +239,10 @@ class Engine:
                     {"failover_incident": last.id, "failover_promoted_at": promoted,
                      "split_wal_caps": caps, "failover_sync_fits": sync,
                      "failover_measured": measured, "failover_split_keys": split_keys,
+                     "failover_aurora_paths": {
+                         db.name: p for db in self.runbook.databases
+                         if (p := self.store.fact(last.id, f"promote:{db.name}:aurora_path"))
+                         is not None},
                      "planned_only": True})
 
         return self._open("failback", actor, reason, trigger, where)
@@ -278,8 +285,16 @@ class Engine:
         for service, region in sorted(wanted):
             self.aws(service, region)
 
-    def plan(self, from_region: str, to_region: str, kind: str = "failover") -> list[Stage]:
-        return plan_for(kind, self.runbook, from_region, to_region)
+    def plan(self, from_region: str, to_region: str, kind: str = "failover",
+             incident_id: str | None = None) -> list[Stage]:
+        """``incident_id``: a failback's own journal says how the failover it undoes made
+        each Aurora writer; without one (a plan, a dry run) the last failover's does."""
+        paths = self.store.fact(incident_id, "failover_aurora_paths") if incident_id else None
+        if paths is None and kind == "failback" and (last := self.last_failover()) is not None:
+            paths = {db.name: p for db in self.runbook.databases
+                     if (p := self.store.fact(last.id, f"promote:{db.name}:aurora_path"))
+                     is not None}
+        return plan_for(kind, self.runbook, from_region, to_region, paths)
 
     # -- running -----------------------------------------------------------
     def run(self, incident_id: str, *, actor: str | None = None,
@@ -347,7 +362,7 @@ class Engine:
         elif lc.can(path.start):
             self._transition(inc, lc, path.start, token,
                              {"from_region": ctx.from_region, "to_region": ctx.to_region})
-        plan = self.plan(ctx.from_region, ctx.to_region, inc.kind)
+        plan = self.plan(ctx.from_region, ctx.to_region, inc.kind, inc.id)
         for stage in plan:
             failure = self._run_stage(inc, stage, ctx, token)
             if failure is None:
@@ -480,7 +495,7 @@ class Engine:
                 or self.open_incident() is not None:
             return []
         plan = self.plan(self.store.fact(inc.id, "from_region"),
-                         self.store.fact(inc.id, "to_region"), inc.kind)
+                         self.store.fact(inc.id, "to_region"), inc.kind, inc.id)
         return [s for stage in plan for s in stage.steps
                 if self.store.step_status(inc.id, s.id) == "deferred"]
 

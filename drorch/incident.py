@@ -21,7 +21,8 @@ def incident_record(store: SqliteStore, runbook: Runbook, incident_id: str) -> d
     events = store.events(incident_id)
     from_region, to_region = facts.get("from_region"), facts.get("to_region")
     steps: dict[str, dict[str, Any]] = {}
-    for stage in plan_for(inc.kind, runbook, from_region, to_region):
+    for stage in plan_for(inc.kind, runbook, from_region, to_region,
+                          facts.get("failover_aurora_paths")):
         for step in stage.steps:
             steps[step.id] = {"id": step.id, "stage": stage.name, "status": "pending",
                               "started_at": None, "ended_at": None, "detail": {}}
@@ -133,8 +134,14 @@ def _reconcile_facts(facts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rds_evidence(facts: dict[str, Any], steps: list[dict[str, Any]], db: str) -> str | None:
-    """An RDS failback's evidence: the old primary's snapshot and the instance kept under
-    a new identifier (None before either exists)."""
+    """A managed database's evidence: RDS: the old primary's snapshot and the instance
+    kept under a new identifier; Aurora: the copy of its snapshot of the old writer's
+    volume (None before any exists)."""
+    restored = facts.get(f"restore:{db}:cluster") or {}
+    if restored.get("snapshot"):
+        return (f"Aurora snapshot copy {restored['snapshot']} of the old writer's volume "
+                "(kept until a human deletes it; restored to the temporary cluster "
+                f"{restored.get('cluster')} for the reconcile, then deleted)")
     snap = facts.get(f"evidence:{db}:snapshot") or {}
     kept = next((s["detail"].get("kept") for s in steps if s["id"] == f"resync:{db}"
                  and s["status"] == "done" and s.get("detail")), None)

@@ -8,6 +8,7 @@ the real dependencies: freeze, promote, open (writers and secrets), DNS, validat
 from __future__ import annotations
 
 from drorch.config import Runbook
+from drorch.steps.aurora_failback import DeleteRestoredCluster, RestoreLostWrites
 from drorch.steps.base import Stage
 from drorch.steps.dns import FlipDns
 from drorch.steps.evidence import KeepFailoverSnapshot
@@ -62,25 +63,34 @@ def failover_plan(runbook: Runbook, from_region: str, to_region: str,
     return [s for s in stages if s.steps]
 
 
-def failback_plan(runbook: Runbook, from_region: str, to_region: str) -> list[Stage]:
+def failback_plan(runbook: Runbook, from_region: str, to_region: str,
+                  aurora_paths: dict[str, str] | None = None) -> list[Stage]:
     """Back from ``from_region`` (serving now) to ``to_region`` (the old primary):
     fence it, reconcile its divergent writes, rebuild it as a replica; then the
     planned switch (freeze, catch up, promote, ...); then the region we leave
     rejoins as a replica."""
-    # An Aurora global database is failed back only after a switchover (the engine
-    # refuses otherwise): Aurora made the old writer a secondary and nothing diverged,
-    # so it has no fence, reconcile or rebuild; the way back is another switchover, and
-    # Aurora makes the region we leave a secondary again.
+    # An Aurora global database has no fence or rebuild: Aurora made the old writer a
+    # secondary; the way back is another switchover, and Aurora makes the region we
+    # leave a secondary again. (After a detach the engine refuses the failback.)
     # RDS cannot make the old primary a standby: it is fenced over SQL and by security
     # group, snapshotted, reconciled, then renamed and kept while a fresh cross-region
     # read replica takes its identifier (drorch.steps.rds_failback).
+    # Aurora after an unplanned failover: its snapshot of the old writer's volume is
+    # restored to a temporary cluster, reconciled, and that cluster deleted; after a
+    # switchover those steps find nothing to do (drorch.steps.aurora_failback).
     own = [d.name for d in runbook.databases if d.kind == "postgres"]
     managed = [d.name for d in runbook.databases if d.kind == "rds"]
+    # ``aurora_paths``: how the failover being undone made each Aurora writer (journaled);
+    # unknown (a plan before any failover) counts as an unplanned one.
+    aurora = [d.name for d in runbook.databases if d.kind == "aurora-global"
+              and (aurora_paths or {}).get(d.name, "failover") == "failover"]
     stages = [
         Stage("fence", (*(FenceOldPrimary(d) for d in own),
                         *(FenceRdsPrimary(d) for d in managed))),
         Stage("evidence", tuple(SnapshotOldPrimary(d) for d in managed)),
-        Stage("reconcile", tuple(ReconcileDivergence(d) for d in own + managed)),
+        Stage("restore", tuple(RestoreLostWrites(d) for d in aurora)),
+        Stage("reconcile", tuple(ReconcileDivergence(d) for d in own + managed + aurora)),
+        Stage("cleanup", tuple(DeleteRestoredCluster(d) for d in aurora)),
         Stage("resync", (*(ResyncAsReplica(d) for d in own),
                          *(ReplaceRdsReplica(d) for d in managed))),
         *failover_plan(runbook, from_region, to_region, planned_only=True),
@@ -90,6 +100,9 @@ def failback_plan(runbook: Runbook, from_region: str, to_region: str) -> list[St
     return [s for s in stages if s.steps]
 
 
-def plan_for(kind: str, runbook: Runbook, from_region: str, to_region: str) -> list[Stage]:
-    return (failback_plan if kind == "failback" else failover_plan)(
-        runbook, from_region, to_region)
+def plan_for(kind: str, runbook: Runbook, from_region: str, to_region: str,
+             aurora_paths: dict[str, str] | None = None) -> list[Stage]:
+    """``aurora_paths``: a failback's ``failover_aurora_paths`` fact."""
+    if kind == "failback":
+        return failback_plan(runbook, from_region, to_region, aurora_paths)
+    return failover_plan(runbook, from_region, to_region)

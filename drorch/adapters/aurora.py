@@ -141,3 +141,92 @@ def wait_writer(client: Any, global_id: str, target: Cluster, how: Path,
     except RetryError:
         return False
     return True
+
+
+# -- restoring an unplanned failover's snapshot, for the failback's reconcile -----------
+
+
+def find_cluster(client: Any, identifier: str) -> Cluster | None:
+    """The DB cluster, or None when there is none by that identifier
+    (``DBClusterNotFoundFault``)."""
+    try:
+        return describe_cluster(client, identifier)
+    except AuroraError as e:
+        if "DBClusterNotFoundFault" in str(e):
+            return None
+        raise
+
+
+def restore_cluster(client: Any, identifier: str, snapshot_id: str, engine: str,
+                    tags: dict[str, str]) -> str | None:
+    """``RestoreDBClusterFromSnapshot``: a new DB cluster ``identifier`` from the cluster
+    snapshot ``snapshot_id``, on its own (no global cluster). It has no instance yet:
+    :func:`add_instance`. Not idempotent by itself: callers look it up first. Returns the
+    request id."""
+    try:
+        resp = client.restore_db_cluster_from_snapshot(
+            DBClusterIdentifier=identifier, SnapshotIdentifier=snapshot_id, Engine=engine,
+            Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    except ClientError as e:
+        raise _fail("restore from snapshot", identifier, e) from e
+    return _request_id(resp)
+
+
+def add_instance(client: Any, cluster_id: str, instance_id: str, engine: str,
+                 instance_class: str) -> str | None:
+    """``CreateDBInstance`` in the DB cluster: an Aurora cluster answers SQL only through
+    an instance ("Creating an Amazon Aurora DB cluster": a restored cluster has none).
+    Returns the request id."""
+    try:
+        resp = client.create_db_instance(DBInstanceIdentifier=instance_id,
+                                         DBClusterIdentifier=cluster_id, Engine=engine,
+                                         DBInstanceClass=instance_class)
+    except ClientError as e:
+        raise _fail("add an instance to", cluster_id, e) from e
+    return _request_id(resp)
+
+
+def instance_exists(client: Any, instance_id: str) -> bool:
+    """Whether RDS knows the DB instance."""
+    try:
+        client.describe_db_instances(DBInstanceIdentifier=instance_id)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("DBInstanceNotFound",
+                                                        "DBInstanceNotFoundFault"):
+            return False
+        raise _fail("describe instance", instance_id, e) from e
+    return True
+
+
+def wait_cluster(client: Any, identifier: str, timeout_s: float, *, deleted: bool = False,
+                 delay_s: float = 10.0) -> None:
+    """boto3's ``db_cluster_available`` (or ``db_cluster_deleted``) waiter, at most
+    about ``timeout_s``. Raises :class:`AuroraError`."""
+    from botocore.exceptions import WaiterError
+
+    name = "db_cluster_deleted" if deleted else "db_cluster_available"
+    delay = max(1, int(min(delay_s, timeout_s)))
+    try:
+        client.get_waiter(name).wait(DBClusterIdentifier=identifier, WaiterConfig={
+            "Delay": delay, "MaxAttempts": max(1, int(timeout_s / delay) + 1)})
+    except WaiterError as e:
+        raise AuroraError(f"Aurora cluster {identifier} not "
+                          f"{'deleted' if deleted else 'available'} within "
+                          f"{timeout_s:g}s: {e}") from e
+
+
+def delete_restored(client: Any, cluster_id: str, instance_id: str) -> list[str | None]:
+    """``DeleteDBInstance`` then ``DeleteDBCluster`` (no final snapshot: the failover's
+    copy is the evidence and stays) of a cluster drorch restored; what is already gone is
+    skipped. Returns the request ids."""
+    ids: list[str | None] = []
+    try:
+        if instance_exists(client, instance_id):
+            ids.append(_request_id(client.delete_db_instance(
+                DBInstanceIdentifier=instance_id, SkipFinalSnapshot=True)))
+        if find_cluster(client, cluster_id) is not None:
+            ids.append(_request_id(client.delete_db_cluster(
+                DBClusterIdentifier=cluster_id, SkipFinalSnapshot=True)))
+    except ClientError as e:
+        raise _fail("delete", cluster_id, e) from e
+    return ids

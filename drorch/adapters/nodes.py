@@ -139,11 +139,10 @@ def node_control_for(runbook: Runbook) -> NodeControl:
         if db.kind == "aurora-global":
             raise NodeControlUnavailable(
                 f"database {db_name} in {region} (kind aurora-global): Aurora manages the "
-                "nodes. drorch fails back after a switchover (a planned failover, drills "
-                "included: Aurora made the old writer a secondary, nothing diverged); after "
-                "an unplanned one (managed failover with data loss, or detach) the old "
-                "writer's snapshot must be restored and reconciled through the Aurora API, "
-                "which drorch does not do yet: fail back by hand")
+                "nodes. drorch fails back after a switchover (nothing diverged) and after a "
+                "managed failover (it restores and reconciles Aurora's snapshot of the old "
+                "writer); after a detach-and-promote the old writer is a standalone "
+                "writer drorch cannot fence or rebuild: fail back by hand")
         raise NodeControlUnavailable(
             f"database {db_name} in {region} (kind {db.kind}): {', '.join(NEEDS_NODE)} need "
             "control of the node, and this runbook gives none. When drorch runs on the "
@@ -159,7 +158,7 @@ def needs_node_control(db: DatabasePair, switched_over: bool) -> bool:
     diverged: the way back is another switchover); for every other kind and path."""
     if db.kind == "rds":
         return False  # fenced, kept and replaced through the RDS API
-    return not (db.kind == "aurora-global" and switched_over)
+    return not (db.kind == "aurora-global" and switched_over)  # detach: it would
 
 
 def node_control_problems(runbook: Runbook, region: str | None = None,

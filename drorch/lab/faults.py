@@ -269,6 +269,7 @@ def heal(runbook: Runbook, region: str, *, audit: AuditLog | None = None,
         if not node.is_running():
             node.start()
             done.append(f"PostgreSQL {node.name} started")
+    done += _rejoin_aurora_secondaries(runbook, region)
     if runbook.lab is not None and (app_pid is None or not services.pid_alive(app_pid)):
         lab.start_app(runbook, region)
         done.append("app started")
@@ -280,6 +281,35 @@ def heal(runbook: Runbook, region: str, *, audit: AuditLog | None = None,
                              "aws_down": aws_entry is not None},
                      detail={"done": done})
     return sentence
+
+
+def _rejoin_aurora_secondaries(runbook: Runbook, region: str) -> list[str]:
+    """What Aurora does when the old writer's region is back after an unplanned global
+    failover: its cluster, a secondary now, follows the new writer again, its
+    unreplicated writes gone from it (the failover's snapshot keeps them:
+    :mod:`drorch.lab.aurora_images`). Only where the global cluster names another
+    cluster its writer while the region's real cluster still writes."""
+    from drorch.adapters import postgres as pg
+    from drorch.adapters.aws import AwsClients
+    from drorch.lab.aurora_images import rejoin_as_secondary
+
+    done = []
+    for db in runbook.databases:
+        if db.kind != "aurora-global":
+            continue
+        mine = db.endpoints[region].cluster_id
+        client = AwsClients.for_runbook(runbook)("rds", runbook.primary.aws_region)
+        members = client.describe_global_clusters(GlobalClusterIdentifier=str(
+            db.global_cluster_id))["GlobalClusters"][0]["GlobalClusterMembers"]
+        writer = next((m["DBClusterArn"] for m in members if m.get("IsWriter")), "")
+        ours = [m for m in members if m["DBClusterArn"].endswith(f":cluster:{mine}")]
+        node = lab.node_for(runbook, db.name, region)
+        if not ours or ours[0].get("IsWriter") or not writer or pg.in_recovery(node.dsn()):
+            continue
+        other = next(r.name for r in runbook.regions if r.name != region)
+        how = rejoin_as_secondary(node, lab.node_for(runbook, db.name, other).dsn())
+        done.append(f"{node.name} rejoined as an Aurora secondary ({how})")
+    return done
 
 
 def release_all(runbook: Runbook) -> list[str]:

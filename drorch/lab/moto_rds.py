@@ -214,9 +214,25 @@ def _complete(gc: GlobalCluster, transition: Transition) -> None:
     gc._drorch_transition = None  # type: ignore[attr-defined]
     if transition.data_loss_allowed:
         stamp = utcnow().strftime("%Y-%m-%d-%H-%M-%S")
-        old.backend.create_auto_cluster_snapshot(
+        snapshot = old.backend.create_auto_cluster_snapshot(
             old.db_cluster_identifier,
             f"rds:unplanned-global-failover-{old.db_cluster_identifier}-{stamp}")
+        _image_lab_volume(old, snapshot, stamp)
+
+
+def _image_lab_volume(cluster: DBCluster, snapshot: Any, stamp: str) -> None:
+    """Lab only: the snapshot of a lab-bound old writer holds a copy of its data
+    directory (:func:`drorch.lab.aurora_images.take_image`), for a restore. A copy that
+    fails leaves the snapshot without one (moto's alone), the failover unaffected."""
+    from drorch.lab.aurora_images import take_image
+
+    datadir, dsn = lab_tag(cluster, LAB_DATADIR_TAG), lab_tag(cluster, LAB_DSN_TAG)
+    if not datadir or not dsn:
+        return
+    try:
+        snapshot._drorch_image = (take_image(datadir, stamp), dsn)
+    except Exception as exc:  # noqa: BLE001 (the lab's copy must not fail moto's failover)
+        print(f"drorch lab: no image of {datadir} for {snapshot}: {exc}", flush=True)
 
 
 def settle(backend: RDSBackend) -> None:
@@ -721,6 +737,90 @@ def _fill_vacated(backend: RDSBackend, replica: DBInstance) -> None:
     renamed.tags = [t for t in renamed.tags if t["Key"] != VACATED_TAG]
 
 
+def copy_db_cluster_snapshot(self: RDSBackend, source_db_cluster_snapshot_identifier: str,
+                             target_db_cluster_snapshot_identifier: str,
+                             *args: Any, **kwargs: Any) -> Any:
+    """moto's; in the lab the copy holds the same volume image as its source."""
+    copy = _moto["copy_db_cluster_snapshot"](
+        self, source_db_cluster_snapshot_identifier, target_db_cluster_snapshot_identifier,
+        *args, **kwargs)
+    source = self.get_db_cluster_snapshot(source_db_cluster_snapshot_identifier)
+    if getattr(source, "_drorch_image", None):
+        copy._drorch_image = source._drorch_image
+    return copy
+
+
+RESTORED_TAG = "drorch:lab-restored"
+"""On a DB cluster restored from a snapshot with a lab image: its cluster is the lab's to
+remove when the DB cluster is deleted."""
+
+
+def restore_db_cluster_from_snapshot(self: RDSBackend, from_snapshot_id: str,
+                                     overrides: dict[str, Any]) -> DBCluster:
+    """RestoreDBClusterFromSnapshot: a new DB cluster from the snapshot's volume, as a
+    cluster of its own: not a member of the source's global cluster, without its lab
+    tags (moto copied the source cluster's whole configuration: a restored cluster
+    joined the global cluster and named the old writer's real cluster). In the lab, a
+    snapshot with a volume image starts a real cluster from a copy of it
+    (:func:`drorch.lab.aurora_images.restore_image`)."""
+    import copy as _copy
+
+    snapshot = self.describe_db_cluster_snapshots(
+        db_cluster_identifier=None, db_snapshot_identifier=from_snapshot_id)[0]
+    # moto's get_cfg fails (KeyError) for a cluster made without a master password, as a
+    # global database's secondary is: its attributes, private ones under their names
+    props = {k.lstrip("_"): v for k, v in _copy.copy(snapshot.cluster.__dict__).items()
+             if k != "backend" and not k.startswith("_drorch")}
+    for key in ("global_cluster_identifier", "replication_source_identifier"):
+        props.pop(key, None)
+    # a restore takes the master user from the snapshot (RestoreDBClusterFromSnapshot has
+    # no MasterUserPassword); moto's create_db_cluster wants one for a cluster outside a
+    # global database: the snapshot's, or a stand-in the lab's real cluster never reads
+    props["master_username"] = props.get("master_username") or "postgres"
+    props["master_user_password"] = props.get("master_user_password") or "restored-x1"
+    props["tags"] = []
+    for key, value in overrides.items():
+        if value:
+            props[key] = value
+    props["tags"] = [t for t in props.get("tags") or [] if not t["Key"].startswith(
+        "drorch:lab-")]
+    image = getattr(snapshot, "_drorch_image", None)
+    restored = None
+    if image:
+        from drorch.lab.aurora_images import restore_image
+
+        try:
+            restored = restore_image(image[0], props["db_cluster_identifier"], image[1])
+        except Exception as exc:  # noqa: BLE001 (answered as the API's fault)
+            raise fault("InvalidDBClusterSnapshotStateFault",
+                        f"DB cluster snapshot {from_snapshot_id} could not be restored: "
+                        f"{exc}") from exc
+        props["port"] = restored[2]
+    cluster = self.create_db_cluster(props)
+    if restored is not None:
+        datadir, dsn, _port, log = restored
+        cluster.tags = [*cluster.tags, {"Key": LAB_ADDRESS_TAG, "Value": "127.0.0.1"},
+                        {"Key": LAB_DSN_TAG, "Value": dsn},
+                        {"Key": LAB_DATADIR_TAG, "Value": datadir},
+                        {"Key": LAB_LOGFILE_TAG, "Value": log},
+                        {"Key": RESTORED_TAG, "Value": "true"}]
+    return cluster
+
+
+def delete_db_cluster(self: RDSBackend, cluster_identifier: str,
+                      snapshot_name: str | None = None) -> DBCluster:
+    """moto's; in the lab a cluster restored from a volume image is stopped and its
+    files removed (only such a cluster: never the lab's own)."""
+    cluster = _moto["delete_db_cluster"](self, cluster_identifier, snapshot_name)
+    if lab_tag(cluster, RESTORED_TAG) == "true":
+        from drorch.lab.aurora_images import drop_restored
+
+        drop_restored(lab_tag(cluster, LAB_DATADIR_TAG) or "",
+                      lab_tag(cluster, LAB_DSN_TAG) or "",
+                      lab_tag(cluster, LAB_LOGFILE_TAG) or "")
+    return cluster
+
+
 def modify_db_instance(self: RDSBackend, db_instance_identifier: str,
                        db_kwargs: dict[str, Any]) -> DBInstance:
     """moto's, and in the lab a rename (``NewDBInstanceIdentifier``) moves the instance's
@@ -806,6 +906,8 @@ def install() -> None:
         describe_db_instances=RDSBackend.describe_db_instances,
         create_db_instance_read_replica=RDSBackend.create_db_instance_read_replica,
         modify_db_instance=RDSBackend.modify_db_instance,
+        copy_db_cluster_snapshot=RDSBackend.copy_db_cluster_snapshot,
+        delete_db_cluster=RDSBackend.delete_db_cluster,
         promote_read_replica=RDSBackend.promote_read_replica)
     GlobalCluster.failover_state = property(_failover_state)  # type: ignore[attr-defined]
     GlobalCluster.global_cluster_members = property(  # type: ignore[method-assign,assignment]
@@ -824,6 +926,10 @@ def install() -> None:
         create_db_instance_read_replica)
     RDSBackend.promote_read_replica = promote_read_replica  # type: ignore[method-assign]
     RDSBackend.modify_db_instance = modify_db_instance  # type: ignore[method-assign]
+    RDSBackend.copy_db_cluster_snapshot = copy_db_cluster_snapshot  # type: ignore[method-assign]
+    RDSBackend.restore_db_cluster_from_snapshot = (  # type: ignore[method-assign]
+        restore_db_cluster_from_snapshot)
+    RDSBackend.delete_db_cluster = delete_db_cluster  # type: ignore[method-assign]
     RDSResponse.switchover_global_cluster = _response_switchover  # type: ignore[attr-defined]
     RDSResponse.failover_global_cluster = _response_failover  # type: ignore[attr-defined]
     RDSResponse.describe_global_clusters = (  # type: ignore[method-assign]

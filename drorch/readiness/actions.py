@@ -103,6 +103,11 @@ def needed(rb: Runbook, account: str, partition: str = "aws",
                 [f"arn:{p}:rds::{acct}:global-cluster:{db.global_cluster_id}"],
                 f"make {db.name}'s secondary the writer")
             add(["rds:DescribeDBClusters"], clusters, f"{db.name}'s writer endpoint")
+            restore = [f"{arn}-restore-x" for arn in clusters]
+            restore += [f"{arn.replace(':cluster:', ':db:')}-restore-i-x" for arn in clusters]
+            add(["rds:RestoreDBClusterFromSnapshot", "rds:CreateDBInstance",
+                 "rds:DescribeDBInstances", "rds:DeleteDBInstance", "rds:DeleteDBCluster"],
+                restore, f"fail {db.name} back after an unplanned failover (restore, reconcile)")
             add(["rds:DescribeDBClusterSnapshots", "rds:CopyDBClusterSnapshot"],
                 [f"arn:{p}:rds:{rb.region(r).aws_region}:{acct}:cluster-snapshot:drorch-x"
                  for r in db.endpoints], f"keep {db.name}'s failover snapshot")

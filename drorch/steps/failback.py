@@ -88,7 +88,28 @@ class ReconcileDivergence(Step):
                 f"{spec.method if spec else '-'}), apply to {ctx.from_region}: {tables}")
 
     def check(self, ctx: StepContext) -> bool:
+        if ctx.runbook.database(self.target).kind == "aurora-global":
+            from drorch.steps.aurora_failback import failover_path
+
+            if failover_path(ctx, self.target) != "failover":
+                return True  # a switchover lost nothing: nothing diverged
         return ctx.facts.get(f"reconcile:{self.target}:applied") is not None
+
+    def _old_dsn(self, ctx: StepContext, db: Any) -> str:
+        """Where the old primary's writes are read: its node (``postgres``), its instance
+        (``rds``), or the cluster restored from Aurora's snapshot of its volume."""
+        ep = db.endpoints[ctx.to_region]
+        if db.kind == "rds":
+            return str(ep.dsn())
+        if db.kind == "aurora-global":
+            from drorch.steps.aurora_failback import restored_fact
+
+            restored = ctx.facts.get(restored_fact(self.target))
+            if not restored:
+                raise StepFailed(f"{self.target}: the failover's snapshot was not restored")
+            return str(ep.model_copy(update={"host": restored["host"],
+                                             "port": int(restored["port"])}).dsn())
+        return str(_node(ctx, self.target, ctx.to_region).dsn(ep.dbname))
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         from drorch.reconcile.accounting import account
@@ -100,9 +121,8 @@ class ReconcileDivergence(Step):
             raise StepFailed(f"{self.target}: no reconcile section in the runbook; divergent "
                              "writes would be lost silently, so drorch will not resync")
         new_dsn = _dsn(ctx, self.target, ctx.from_region)
-        managed = db.kind == "rds"  # a standalone primary RDS manages: no node control
-        old_dsn = _dsn(ctx, self.target, ctx.to_region) if managed else \
-            _node(ctx, self.target, ctx.to_region).dsn(db.endpoints[ctx.to_region].dbname)
+        managed = db.kind != "postgres"  # a primary AWS manages: locked out, not a standby
+        old_dsn = self._old_dsn(ctx, db)
         divergence = _divergence(ctx, self.target, new_dsn)
         promoted = (ctx.facts.get("failover_promoted_at") or {}).get(self.target)
         try:

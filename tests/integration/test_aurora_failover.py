@@ -7,6 +7,7 @@ endpoint Aurora describes; a kill -9 after the request, then `drorch resume`, as
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,16 @@ def _secrets_point_at(lab: Lab, cluster: aurora.Cluster) -> None:
         assert (value["host"], value["port"]) == (cluster.endpoint, cluster.port)
 
 
-def _kill_region_a(lab: Lab) -> list[int]:
+def _replicated_orders(lab: Lab) -> list[int]:
     with psycopg.connect(_dsn(lab, "region-a"), autocommit=True) as c:
         ids = [c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES "
                          "(1, %s, 'a') RETURNING id", (n,)).fetchone()[0] for n in range(3)]
     pg.wait_replayed(_dsn(lab, "region-b"), pg.status(_dsn(lab, "region-a")).lsn, 30)
+    return ids
+
+
+def _kill_region_a(lab: Lab) -> list[int]:
+    ids = _replicated_orders(lab)
     lab_mod.node_for(lab.runbook, "main", "region-a").kill()
     return ids
 
@@ -142,8 +148,28 @@ def test_switchover_when_region_a_answers(aurora_lab: Lab) -> None:
     assert _actions(aurora_lab, "FailoverGlobalCluster") == 0
 
 
+def _diverge_then_kill_region_a(lab: Lab) -> tuple[list[int], list[int]]:
+    """Orders region-b replays, then orders it never receives (its link cut), then
+    region-a dies: (replicated ids, lost-at-failover ids), each acknowledged."""
+    ids = _replicated_orders(lab)
+    admin_b = lab_mod.node_for(lab.runbook, "main", "region-b").dsn()
+    with psycopg.connect(admin_b, autocommit=True) as c:
+        c.execute("ALTER SYSTEM SET primary_conninfo = ''")
+        c.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while c.execute("SELECT count(*) FROM pg_stat_wal_receiver").fetchone()[0]:
+            assert time.monotonic() < deadline, "region-b's walreceiver did not stop"
+            time.sleep(0.05)
+    with psycopg.connect(_dsn(lab, "region-a"), autocommit=True) as c:
+        lost = [c.execute("INSERT INTO orders(user_id, amount_cents, region) VALUES "
+                          "(1, %s, 'a-lost') RETURNING id", (n,)).fetchone()[0]
+                for n in range(5)]
+    lab_mod.node_for(lab.runbook, "main", "region-a").kill()
+    return ids, lost
+
+
 def test_unplanned_failover_killed_after_the_request_asks_once(aurora_lab: Lab) -> None:
-    ids = _kill_region_a(aurora_lab)
+    ids, lost = _diverge_then_kill_region_a(aurora_lab)
     # a drill's failover is planned only: with region-a dead nothing is promoted
     drill = aurora_lab.cli("drill", "--yes", "--reason", "drill into an outage")
     assert drill.returncode == 4, drill.stdout + drill.stderr  # rolled back
@@ -156,9 +182,8 @@ def test_unplanned_failover_killed_after_the_request_asks_once(aurora_lab: Lab) 
     assert killed.returncode == -9, killed.stdout + killed.stderr
     resumed = aurora_lab.cli("resume", "--yes")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    # region-a was dead: RPO unknown, and no failback of this kind will measure it yet
-    assert "kind aurora-global has no drorch failback after an unplanned failover yet" \
-        in resumed.stdout, resumed.stdout
+    # region-a was dead: RPO unknown until the failback compares Aurora's snapshot
+    assert "RPO: not measurable at promotion" in resumed.stdout, resumed.stdout
     b = _cluster(aurora_lab, "region-b")
     assert _writer(aurora_lab) == b.arn
     assert _actions(aurora_lab, "FailoverGlobalCluster") == 1
@@ -178,12 +203,30 @@ def test_unplanned_failover_killed_after_the_request_asks_once(aurora_lab: Lab) 
     assert evidence["detail"]["copy"] in names
     assert evidence["detail"]["source"].startswith("rds:unplanned-global-failover-")
     assert _actions(aurora_lab, "CopyDBClusterSnapshot") == 1
-    # failing back after an unplanned failover needs that snapshot reconciled: refused,
-    # saying so, before anything is done
-    refused = aurora_lab.cli("failback", "--yes", "--reason", "too soon")
-    assert refused.returncode == 3, refused.stdout + refused.stderr
-    assert "after an unplanned one" in refused.stdout + refused.stderr
-    assert _writer(aurora_lab) == b.arn
+    # region-a comes back: Aurora makes its cluster a secondary again, the writes it
+    # never replicated gone from it (the snapshot keeps them)
+    healed = aurora_lab.cli("lab", "heal", "region-a")
+    assert "rejoined as an Aurora secondary" in healed.stdout, healed.stdout + healed.stderr
+    assert pg.in_recovery(_dsn(aurora_lab, "region-a"))
+    # the failback restores the copy to a temporary cluster, reconciles it, deletes that
+    # cluster only, and switches over back: every acknowledged order is there
+    back = aurora_lab.cli("failback", "--yes", "--reason", "region-a is back")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert _writer(aurora_lab) == _cluster(aurora_lab, "region-a").arn
+    with psycopg.connect(_dsn(aurora_lab, "region-a"), autocommit=True) as c:
+        assert sorted(r[0] for r in c.execute(
+            "SELECT id FROM orders WHERE id = ANY(%s)", (ids + lost,))) == sorted(ids + lost)
+    assert _actions(aurora_lab, "RestoreDBClusterFromSnapshot") == 1
+    assert _actions(aurora_lab, "DeleteDBCluster") == 1
+    assert _actions(aurora_lab, "SwitchoverGlobalCluster") == 1
+    clusters = [c["DBClusterIdentifier"] for c in
+                _rds(aurora_lab, "region-a").describe_db_clusters()["DBClusters"]]
+    assert clusters == ["drorch-main-a"]  # the temporary one is gone, nothing else
+    report = json.loads(aurora_lab.cli("report", "--output", "json").stdout)
+    section = report["reconcile"]["main"]
+    assert section["acknowledged_rows_lost"] == 0
+    assert evidence["detail"]["copy"] in section["evidence"]
+    assert {t["table"]: t["applied"] for t in section["tables"]}["public.orders"] == 5
 
 
 def test_detach_and_promote_when_managed_failover_is_not_allowed(
@@ -200,3 +243,8 @@ def test_detach_and_promote_when_managed_failover_is_not_allowed(
         assert _actions(lab, "RemoveFromGlobalCluster") == 1
         assert not pg.in_recovery(_dsn(lab, "region-b"))
         _secrets_point_at(lab, b)
+        # the old writer is a standalone writer now: no failback drorch can do, said
+        # before anything is done
+        refused = lab.cli("failback", "--yes", "--reason", "after a detach")
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert "detach" in refused.stdout + refused.stderr

@@ -182,7 +182,9 @@ _NO_PERMISSION = {"sts:GetCallerIdentity"}
 """Calls IAM always allows ("No permissions are required to perform this operation",
 STS API Reference, GetCallerIdentity)."""
 _WAITERS = {"db_instance_available": "rds:DescribeDBInstances",
-            "db_snapshot_available": "rds:DescribeDBSnapshots"}
+            "db_snapshot_available": "rds:DescribeDBSnapshots",
+            "db_cluster_available": "rds:DescribeDBClusters",
+            "db_cluster_deleted": "rds:DescribeDBClusters"}
 
 
 def _calls_in_code() -> dict[str, set[str]]:

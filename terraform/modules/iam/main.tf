@@ -26,6 +26,9 @@
 #     SwitchoverGlobalCluster, FailoverGlobalCluster,
 #     RemoveFromGlobalCluster                             drorch/adapters/aurora.py
 #   rds:DescribeDBClusterSnapshots, CopyDBClusterSnapshot  drorch/steps/evidence.py
+#   rds:RestoreDBClusterFromSnapshot, CreateDBInstance,
+#     DeleteDBInstance, DeleteDBCluster (and the cluster
+#     waiters' DescribeDBClusters)                        drorch/adapters/aurora.py
 #   s3:GetBucketObjectLockConfiguration, ListBucket,
 #     ListBucketVersions, PutObject (+ PutObjectRetention),
 #     GetObject (+ GetObjectVersion, GetObjectRetention)  drorch/adapters/s3.py (audit ship/verify)
@@ -134,6 +137,18 @@ locals {
         sid       = "AuroraClusters"
         actions   = ["rds:DescribeDBClusters"]
         resources = var.aurora_cluster_arns
+      },
+      {
+        # failback after an unplanned failover: the snapshot copy restored to a temporary
+        # cluster (<cluster>-restore-<incident>) with one instance, deleted after the
+        # reconcile (drorch/steps/aurora_failback.py)
+        sid     = "AuroraRestoreForReconcile"
+        actions = ["rds:CreateDBInstance", "rds:DeleteDBCluster", "rds:DeleteDBInstance", "rds:DescribeDBInstances", "rds:RestoreDBClusterFromSnapshot"]
+        resources = concat(
+          [for arn in var.aurora_cluster_arns : "${arn}-restore-*"],
+          [for arn in var.aurora_cluster_arns : "${replace(arn, ":cluster:", ":db:")}-restore-i-*"],
+          ["arn:${data.aws_partition.current.partition}:rds:*:*:cluster-snapshot:drorch-*"],
+        )
       },
       {
         # Aurora's snapshot of an unplanned failover's old writer, copied at once
