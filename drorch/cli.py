@@ -143,9 +143,11 @@ def failback(runbook: RunbookOpt, reason: ReasonOpt = None, actor: ActorOpt = No
              dry_run: DryRunOpt = False, yes: YesOpt = False,
              output: OutputOpt = "text") -> None:
     """Return to the original primary region: fence it, reconcile its divergent writes,
-    rebuild it as a replica, then switch back with zero loss. Needs node control of
-    the old primary (endpoints.<region>.node, kind postgres). Irreversible: asks for
-    confirmation unless --yes."""
+    rebuild it as a replica, then switch back with zero loss. Kind postgres needs node
+    control of the old primary (endpoints.<region>.node); kind rds goes through the RDS
+    API (fence, snapshot, a new replica); kind aurora-global switches over back (after a
+    managed failover, its snapshot restored and reconciled first). Irreversible: asks
+    for confirmation unless --yes."""
     _manual("failback", runbook, reason, actor, dry_run, yes, output)
 
 
@@ -183,9 +185,9 @@ def drill(
 ) -> None:
     """A planned failover and failback cycle, each with zero loss, then the reports.
     The failover is planned only (nothing is promoted if the old primary does not
-    answer). Needs node control for the failback (endpoints.*.node; kind aurora-global
-    switches back without it; otherwise the drill is refused before anything is done).
-    Asks for confirmation unless --yes."""
+    answer). Kind postgres needs node control for the failback (endpoints.*.node; kinds
+    rds and aurora-global go through the AWS API; otherwise the drill is refused before
+    anything is done). Asks for confirmation unless --yes."""
     rb = load_or_exit(runbook)
     who = actor or getpass.getuser()
     from drorch.adapters.nodes import node_control_problems

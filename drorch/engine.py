@@ -229,16 +229,16 @@ class Engine:
             measured = {db.name: m for db in self.runbook.databases
                         if (m := self.store.fact(last.id, f"promote:{db.name}:measured"))
                         is not None}
-            split_keys = {db.name: k for db in self.runbook.databases
-                          if (k := self.store.fact(last.id, f"promote:{db.name}:split_keys"))
-                          is not None}
+            split = {db.name: k for db in self.runbook.databases
+                     if (k := self.store.fact(last.id, f"promote:{db.name}:split"))
+                     is not None}
             # A failback is planned only: the region it leaves serves, so its promotion
             # first replays everything written there; if that region does not answer,
             # going back is a new failover (with whatever it loses), never a failback.
             return (self.store.fact(last.id, "to_region"), self.store.fact(last.id, "from_region"),
                     {"failover_incident": last.id, "failover_promoted_at": promoted,
                      "split_wal_caps": caps, "failover_sync_fits": sync,
-                     "failover_measured": measured, "failover_split_keys": split_keys,
+                     "failover_measured": measured, "failover_split": split,
                      "failover_aurora_paths": {
                          db.name: p for db in self.runbook.databases
                          if (p := self.store.fact(last.id, f"promote:{db.name}:aurora_path"))

@@ -506,20 +506,34 @@ WHERE i.indisprimary AND i.indnatts = 1 AND c.relkind IN ('r', 'p')
 """
 
 
+def recovery_end(target: Target) -> tuple[str | None, float | None]:
+    """On a node promoted since it started: the end of the WAL it replayed (where its new
+    timeline begins) and the commit time of the last transaction it replayed (unix
+    seconds; None when it replayed none since it started). Both stay readable after the
+    promotion (``pg_last_wal_replay_lsn``, ``pg_last_xact_replay_timestamp``:
+    https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-RECOVERY-INFO-TABLE)."""
+    with _use(target) as c:
+        row = c.execute("SELECT pg_last_wal_replay_lsn()::text, "
+                        "extract(epoch FROM pg_last_xact_replay_timestamp())::float8"
+                        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
 SPLIT_KEYS_BUDGET_S = 1.0
 """At most this long reading the split's largest keys: it sits before the promotion."""
 
 
 def split_key_maxima(target: Target, budget_s: float = SPLIT_KEYS_BUDGET_S) -> dict[str, int]:
     """Each table with a one-column integer primary key (``schema.table``) -> its largest
-    key now, read on a replica just before it is promoted: the split's state. A key
+    key now, read on a node just promoted: the split's state. A key
     above it did not exist at the split, which a full comparison, unable to read the
     WAL, needs to tell an insert made after the split from a row one side deleted. An
     empty table gets the smallest ``bigint`` (every key is above it).
 
     Best effort, bounded by ``budget_s``: one index probe per table (``max`` over the
-    primary key) under a short ``lock_timeout``, since on a replica whose replay waits
-    for a lock (a recovery conflict) a read of that table waits too; a table not read in
+    primary key) under a short ``lock_timeout`` (an application may already hold a
+    lock on a table of the new primary); a table not read in
     time, or that this role may not read, is left out (its keys stay unknown: a full
     comparison sends what it cannot tell apart to a human)."""
     out: dict[str, int] = {}

@@ -265,14 +265,46 @@ def wait_snapshot(client: Any, snapshot_id: str, timeout_s: float,
     return found
 
 
+def replica_settings(client: Any, identifier: str) -> dict[str, Any]:
+    """What a new read replica that replaces ``identifier`` (in the same region) must keep
+    of it, as ``CreateDBInstanceReadReplica`` arguments: its subnet group (its VPC), its
+    security groups, its parameter group (a ``default.*`` one is what RDS picks anyway),
+    its KMS key when encrypted (a cross-region replica of an encrypted source needs a key
+    of its own region: RDS API Reference, CreateDBInstanceReadReplica, ``KmsKeyId``),
+    Multi-AZ and its instance class. Without them the replica, the next primary, would
+    land in the default VPC and security group."""
+    try:
+        raw = client.describe_db_instances(DBInstanceIdentifier=identifier)["DBInstances"][0]
+    except ClientError as e:
+        raise _fail("describe", identifier, e) from e
+    out: dict[str, Any] = {"MultiAZ": bool(raw.get("MultiAZ"))}
+    if raw.get("DBInstanceClass"):
+        out["DBInstanceClass"] = raw["DBInstanceClass"]
+    if (raw.get("DBSubnetGroup") or {}).get("DBSubnetGroupName"):
+        out["DBSubnetGroupName"] = raw["DBSubnetGroup"]["DBSubnetGroupName"]
+    groups = [g["VpcSecurityGroupId"] for g in raw.get("VpcSecurityGroups") or ()
+              if g.get("VpcSecurityGroupId")]
+    if groups:
+        out["VpcSecurityGroupIds"] = groups
+    params = [g["DBParameterGroupName"] for g in raw.get("DBParameterGroups") or ()
+              if not str(g.get("DBParameterGroupName", "default.")).startswith("default.")]
+    if params:
+        out["DBParameterGroupName"] = params[0]
+    if raw.get("StorageEncrypted") and raw.get("KmsKeyId"):
+        out["KmsKeyId"] = raw["KmsKeyId"]
+    return out
+
+
 def create_read_replica(client: Any, identifier: str, source_arn: str, source_region: str,
                         instance_class: str | None, port: int,
-                        tags: dict[str, str]) -> Instance:
+                        tags: dict[str, str],
+                        settings: dict[str, Any] | None = None) -> Instance:
     """``CreateDBInstanceReadReplica`` in this client's region, of the instance
     ``source_arn`` in ``source_region`` (a cross-region replica names its source by ARN;
     boto3 signs the ``PreSignedUrl`` from ``SourceRegion``: RDS API Reference,
     CreateDBInstanceReadReplica). RDS copies the source's data and starts streaming; the
-    instance shows ``creating`` until ``available``. Not idempotent by itself
+    instance shows ``creating`` until ``available``. ``settings``: what it keeps of the
+    instance it replaces (:func:`replica_settings`). Not idempotent by itself
     (``DBInstanceAlreadyExists``): callers look it up first."""
     kwargs: dict[str, Any] = {
         "DBInstanceIdentifier": identifier, "SourceDBInstanceIdentifier": source_arn,
@@ -280,6 +312,7 @@ def create_read_replica(client: Any, identifier: str, source_arn: str, source_re
         "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}
     if instance_class:
         kwargs["DBInstanceClass"] = instance_class
+    kwargs.update(settings or {})
     try:
         resp = client.create_db_instance_read_replica(**kwargs)
     except ClientError as e:

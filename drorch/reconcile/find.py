@@ -185,7 +185,8 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
     judge (WAL method: every touched key); None means every key found on either side
     (full method: the diff's keys)."""
     meta, new_meta = metas
-    with_ts = (wal_old is None or wal_new is None) and at is not None
+    with_ts = (wal_old is None or wal_new is None) and at is not None \
+        and report.commit_timestamps
     # rows read by TID answer the WAL method's lookups; the full method judges only its
     # diff. The new node's whole rows cannot stand for rows without its hidden columns.
     a_known = wal_old.rows if wal_old is not None and keys is not None else None
@@ -269,7 +270,10 @@ def _judge(tr: TableReport, meta: TableMeta, cfg: ReconcileTable, run_id: str,
         nbase = n_touch.base_had if n_touch else None
         if split_max is not None and obase is None and nbase is None \
                 and _key_above(key, split_max):
-            obase = nbase = False  # handed out after the split: absent there on both
+            # absent at the split on both: a side that has the row inserted it, a side
+            # without it has (net) not touched it: exact, whatever the clocks say
+            obase = nbase = False
+            ot, nt = a is not None, b is not None
         ot, nt = attribute(a, b, ot, nt, obase, nbase)
         base = _base(a, b, ot, nt, obase, nbase)
         kind, undetermined = classify(a, b, ot, nt, base)
@@ -342,9 +346,9 @@ def split_in_time(report: DivergenceReport, commit_times: dict[int, datetime],
 
 def _after(entry: tuple[str, datetime | None] | None, at: datetime | None) -> bool | None:
     """Commit-time heuristic: was this row written after the split? None if unknowable."""
-    if entry is None or at is None:
-        return None
-    return entry[1] is not None and entry[1] > at
+    if entry is None or at is None or entry[1] is None:
+        return None  # no row, no split time, or no commit time kept for it: unknown
+    return entry[1] > at
 
 
 def effective_tables(old: Conn, new: Conn, spec: ReconcileSpec) -> list[ReconcileTable]:
@@ -528,8 +532,19 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
             report.method = "wal"
             report.method_reason = "both nodes' WAL from the split was read"
         at = datetime.fromisoformat(divergence.at) if divergence.at else None
+        off = [name for name, conn in (("old", old), ("new", new))
+               if str(scalar(conn, "SELECT current_setting('track_commit_timestamp')")) != "on"]
+        if off and (wal_old is None or wal_new is None):
+            report.commit_timestamps = False
+            report.notes.append(
+                f"track_commit_timestamp is off on the {' and '.join(off)} primary: which "
+                "side changed a row that existed at the split cannot be told by commit "
+                "time; such rows go to a human (rows inserted after the split are told "
+                "apart by the split's largest keys). Turn it on (a parameter group setting "
+                "on RDS and Aurora) before the next incident")
         report.attribution = {
-            side: ("wal" if w is not None else "commit-ts" if at is not None else "none")
+            side: ("wal" if w is not None else "commit-ts"
+                   if at is not None and report.commit_timestamps else "none")
             for side, w in (("old", wal_old), ("new", wal_new))}
         for w in (wal_old, wal_new):
             report.rows_shipped += w.rows_shipped if w else 0

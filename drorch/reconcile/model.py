@@ -179,6 +179,9 @@ class DivergenceReport:
     promotion time or the old side's WAL is not known."""
     notes: list[str] = field(default_factory=list)
     """What a reader must know that does not block: columns compared on what both share."""
+    commit_timestamps: bool = True
+    """Both nodes keep commit times (``track_commit_timestamp``): the full comparison's
+    clock heuristic may ask them (a finding's setting, not stored with the run)."""
 
     def table(self, name: str) -> TableReport:
         for t in self.tables:

@@ -100,7 +100,9 @@ class ReconcileDivergence(Step):
         (``rds``), or the cluster restored from Aurora's snapshot of its volume."""
         ep = db.endpoints[ctx.to_region]
         if db.kind == "rds":
-            return str(ep.dsn())
+            from drorch.steps.rds_failback import old_primary
+
+            return old_primary(ctx, self.target)[1]
         if db.kind == "aurora-global":
             from drorch.steps.aurora_failback import restored_fact
 
@@ -130,7 +132,8 @@ class ReconcileDivergence(Step):
                 old_dsn, new_dsn, db.reconcile, divergence,
                 promoted_at=datetime.fromtimestamp(promoted, UTC) if promoted else None,
                 locked_out_roles=db.app_roles if managed else None,
-                split_max_keys=(ctx.facts.get("failover_split_keys") or {}).get(self.target))
+                split_max_keys=((ctx.facts.get("failover_split") or {}).get(self.target)
+                                or {}).get("keys"))
         except pg.Error as exc:
             if getattr(exc, "sqlstate", None) != "42501":  # insufficient_privilege
                 raise
@@ -228,9 +231,9 @@ def _erasing(kind: str) -> str:
 def _divergence(ctx: StepContext, database: str, new_dsn: str) -> Any:
     """Where the timelines split: the new primary's timeline history, or, where the role
     may not read it (``pg_read_file`` needs ``pg_read_server_files``, which RDS's master
-    user lacks), what the failover's promotion measured on the replica just before it
-    promoted it (its replay position and last replayed commit: the promotion replays
-    what it had received, so the real switch point is at or a little past it) on the
+    user lacks), what the failover journaled as the promoted node ended recovery (the
+    end of the WAL it replayed and its last replayed commit:
+    :func:`drorch.steps.promote.keep_split`), on the
     timeline before the one it writes now."""
     from drorch.reconcile.model import Divergence
     from drorch.reconcile.timeline import divergence_point
@@ -240,14 +243,17 @@ def _divergence(ctx: StepContext, database: str, new_dsn: str) -> Any:
     except pg.Error as exc:
         if "permission denied" not in str(exc):
             raise
+    split = (ctx.facts.get("failover_split") or {}).get(database) or {}
     measured = (ctx.facts.get("failover_measured") or {}).get(database) or {}
-    lsn = measured.get("replica_receive_lsn") or measured.get("replica_lsn")
+    lsn = split.get("lsn") or measured.get("replica_receive_lsn") \
+        or measured.get("replica_lsn")
     if not lsn:
         raise StepFailed(f"{database}: the new primary's timeline history is not readable "
                          "by this role, and the failover's journal has no replay position "
                          "for it: where the split is cannot be known")
     tli = pg.timeline(new_dsn)
-    at = measured.get("replica_last_commit_at")  # unix seconds, the old primary's clock
+    # unix seconds, the old primary's clock: the last commit the promoted node replayed
+    at = split.get("at") if split else measured.get("replica_last_commit_at")
     return Divergence(str(lsn), tli, tli - 1,
                       datetime.fromtimestamp(float(at), UTC).isoformat() if at else None)
 

@@ -97,9 +97,6 @@ class PromoteDatabase(Step):
         new_status = pg.status(new)
         if not new_status.in_recovery:
             raise StepFailed(f"{self.target} in {ctx.to_region} is not a standby")
-        if not caught_up:  # the old primary may have written past this: keep the split
-            with contextlib.suppress(pg.Error):  # best effort: never stops a promotion
-                ctx.facts.set(split_keys_fact(self.target), pg.split_key_maxima(new))
         rpo_bytes = rpo_seconds = None
         if caught_up:  # replayed past a barrier committed after the freeze: nothing lost
             rpo_bytes, rpo_seconds = 0, 0.0
@@ -156,6 +153,8 @@ class PromoteDatabase(Step):
                     "why, then `drorch resume` reads the node's real role and carries on",
                     {**measured, "promotion_requested_at": requested})
             promote_s = time.monotonic() - start
+            if not measured.get("caught_up"):  # the old primary may have written past it
+                keep_split(ctx, self.target, new)
             sync = fit_sync_standbys(ctx, self.target, new_dsn)
             pinned = pin_split_wal(ctx, self.target, new_dsn)
             gap = advance_sequences(ctx, self.target, new_dsn)
@@ -259,10 +258,27 @@ class PromoteDatabase(Step):
         return ctx.facts.get(self._request_key()) is not None
 
 
-def split_keys_fact(database: str) -> str:
-    """The fact holding each integer-keyed table's largest key at the split (read on the
-    replica before an unplanned promotion): for a failback's full comparison."""
-    return f"promote:{database}:split_keys"
+def split_fact(database: str) -> str:
+    """The fact holding the split as the promoted node ended recovery: ``lsn`` (the last
+    WAL it replayed), ``at`` (its last replayed commit, unix seconds, None when it
+    replayed none since it started) and ``keys`` (each integer-keyed table's largest
+    key): what a failback's full comparison needs when no WAL can be read."""
+    return f"promote:{database}:split"
+
+
+def keep_split(ctx: StepContext, database: str, new: pg.Target) -> None:
+    """Journal :func:`split_fact` once, right after an unplanned promotion: recovery has
+    replayed everything the node had received by then (a read before the promotion would
+    miss rows received but not yet replayed, and call them the new primary's). Rows the
+    new primary takes before this read only raise a table's largest key, which sends
+    fewer keys down the exact path, never a wrong one. Best effort: it never stops a
+    promotion."""
+    if ctx.facts.get(split_fact(database)) is not None:
+        return
+    with contextlib.suppress(pg.Error):
+        lsn, at = pg.recovery_end(new)
+        ctx.facts.set(split_fact(database), {"lsn": lsn, "at": at,
+                                             "keys": pg.split_key_maxima(new)})
 
 
 def _rpo_caveat(ctx: StepContext, database: str) -> str | None:

@@ -39,13 +39,22 @@ KEPT_TAG = "drorch:kept-by"
 """On an instance drorch renamed and kept: the incident that did it (delete it by hand)."""
 
 
+def groups_before_fact(database: str) -> str:
+    """The old primary's security groups before the fence put it in the fence groups: the
+    ones its replacement gets."""
+    return f"fence:{database}:groups_before"
+
+
 def _identifier(prefix: str, incident_id: str, limit: int = 63) -> str:
     """An RDS identifier from ``prefix`` and an incident id: letters, digits and single
     hyphens, starting with a letter, at most ``limit`` characters, no hyphen at the end
     (RDS API Reference, DBInstanceIdentifier / DBSnapshotIdentifier constraints)."""
     tail = re.sub(r"[^a-z0-9]+", "-", incident_id.lower()).strip("-")[-20:].strip("-")
-    head = re.sub(r"-{2,}", "-", prefix.lower())[:limit - len(tail) - 1].strip("-")
-    return re.sub(r"-{2,}", "-", f"{head}-{tail}")  # the incident's part is never cut
+    head = re.sub(r"[^a-z0-9]+", "-", prefix.lower()).strip("-")
+    if not head[:1].isalpha():
+        head = f"drorch-{head}"
+    head = head[:limit - len(tail) - 1].strip("-")
+    return f"{head}-{tail}"  # the incident's part is never cut
 
 
 def _endpoint(ctx: StepContext, db: str, region: str) -> Any:
@@ -58,6 +67,28 @@ def _client(ctx: StepContext, region: str) -> Any:
 
 def _fail(db: str, region: str, exc: Exception) -> StepFailed:
     return StepFailed(f"{db} in {region}: {exc}")
+
+
+def kept_name(ctx: StepContext, database: str, region: str, incident: str) -> str:
+    """What the instance of ``database`` in ``region`` is renamed to when it is replaced
+    by a new replica: ``<instance_id>-old-<incident>``."""
+    ep = _endpoint(ctx, database, region)
+    return _identifier(f"{ep.instance_id}-old", incident)
+
+
+def old_primary(ctx: StepContext, database: str) -> tuple[str, str]:
+    """The failback's old primary (``ctx.to_region``) as (identifier, connection string):
+    under the runbook's identifier, or, when a failback that went on to replace it was
+    rolled back (a failure after the rename), under the name it was kept as, reached at
+    the endpoint RDS describes for that name (the address follows the identifier)."""
+    ep = _endpoint(ctx, database, ctx.to_region)
+    incident = str(ctx.facts.get("failover_incident") or ctx.incident_id)
+    kept = rds.find(_client(ctx, ctx.to_region), kept_name(ctx, database, ctx.to_region,
+                                                           incident))
+    if kept is None or not kept.address or not kept.port:
+        return str(ep.instance_id), str(ep.dsn())
+    return kept.identifier, str(ep.model_copy(update={"host": kept.address,
+                                                      "port": kept.port}).dsn())
 
 
 class FenceRdsPrimary(Step):
@@ -78,48 +109,52 @@ class FenceRdsPrimary(Step):
         return (f"fence {self.target}'s old primary {ep.instance_id} in {ctx.to_region}: "
                 f"application roles locked out over SQL{net}")
 
-    def _groups_fenced(self, ctx: StepContext) -> bool:
+    def _groups_fenced(self, ctx: StepContext, name: str) -> bool:
         ep = _endpoint(ctx, self.target, ctx.to_region)
         if not ep.fence_security_group_ids:
             return True
-        found = rds.describe(_client(ctx, ctx.to_region), str(ep.instance_id))
+        found = rds.describe(_client(ctx, ctx.to_region), name)
         return sorted(found.security_groups) == sorted(ep.fence_security_group_ids)
 
     def check(self, ctx: StepContext) -> bool:
         fact = ctx.facts.get(self._fact())
         if not fact or fact.get("phase") != "done":
             return False
-        ep = _endpoint(ctx, self.target, ctx.to_region)
         db = ctx.runbook.database(self.target)
         try:
-            locked = pg.is_frozen(ep.dsn(), db.app_roles)
-            return locked and self._groups_fenced(ctx)
+            name, dsn = old_primary(ctx, self.target)
+            return pg.is_frozen(dsn, db.app_roles) and self._groups_fenced(ctx, name)
         except (pg.Unreachable, rds.RdsError):
             return False
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         db = ctx.runbook.database(self.target)
         ep = _endpoint(ctx, self.target, ctx.to_region)
-        out: dict[str, Any] = {"instance": ep.instance_id, "region": ctx.to_region}
+        try:
+            name, dsn = old_primary(ctx, self.target)
+        except rds.RdsError as exc:
+            raise _fail(self.target, ctx.to_region, exc) from exc
+        out: dict[str, Any] = {"instance": name, "region": ctx.to_region}
         if ep.fence_security_group_ids:
             client = _client(ctx, ctx.to_region)
             try:
-                before = rds.describe(client, str(ep.instance_id))
-                ctx.facts.set(f"fence:{self.target}:groups_before", list(before.security_groups))
-                answer = rds.set_security_groups(client, str(ep.instance_id),
-                                                 ep.fence_security_group_ids)
+                before = rds.describe(client, name)
+                key = groups_before_fact(self.target)
+                if ctx.facts.get(key) is None:  # a rerun must not record the fence's own
+                    ctx.facts.set(key, list(before.security_groups))
+                answer = rds.set_security_groups(client, name, ep.fence_security_group_ids)
             except rds.RdsError as exc:
                 raise _fail(self.target, ctx.to_region, exc) from exc
             ctx.record("aws.rds.fence_security_groups", {
-                "database": self.target, "region": ctx.to_region, "instance": ep.instance_id,
-                "before": list(before.security_groups), "after": ep.fence_security_group_ids,
+                "database": self.target, "region": ctx.to_region, "instance": name,
+                "before": ctx.facts.get(key), "after": ep.fence_security_group_ids,
                 "request_id": answer.request_id})
-            out["security_groups"] = {"before": list(before.security_groups),
+            out["security_groups"] = {"before": ctx.facts.get(key),
                                       "after": ep.fence_security_group_ids}
         previous = ctx.facts.get(self._fact())
         try:
             record = pg.freeze(
-                ep.dsn(), db.app_roles,
+                dsn, db.app_roles,
                 pg.FreezeRecord.from_dict(previous) if previous else None,
                 on_intent=lambda i: ctx.facts.set(self._fact(), {"phase": "intent",
                                                                  **i.to_dict()}),
@@ -128,13 +163,14 @@ class FenceRdsPrimary(Step):
             raise StepFailed(
                 f"{self.target}'s old primary in {ctx.to_region} does not answer ({exc}): its "
                 "divergent writes cannot be read, so drorch does not fail back. Bring it "
-                "back (or fail back by hand from its snapshot), then run the failback again"
+                "back, then run the failback again (nothing was changed but what the "
+                "journal shows)"
             ) from exc
         ctx.facts.set(self._fact(), {"phase": "done", **record.to_dict()})
-        if not pg.is_frozen(ep.dsn(), db.app_roles):
+        if not pg.is_frozen(dsn, db.app_roles):
             raise StepFailed(f"{self.target} in {ctx.to_region}: locked out, yet an "
                              "application role can still log in or write")
-        if not self._groups_fenced(ctx):
+        if not self._groups_fenced(ctx, name):
             raise StepFailed(f"{self.target} in {ctx.to_region}: RDS does not show the "
                              "fence security groups on the instance")
         return {**out, "sql_lockout": record.to_dict(),
@@ -165,17 +201,17 @@ class SnapshotOldPrimary(Step):
         return found is not None and found.status == "available"
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
-        ep = _endpoint(ctx, self.target, ctx.to_region)
         client, snap_id = _client(ctx, ctx.to_region), self.snapshot_id(ctx)
         timeout = ctx.runbook.database(self.target).resync_timeout_s
         try:
+            name, _dsn = old_primary(ctx, self.target)
             found = rds.find_snapshot(client, snap_id)
             if found is None:
-                made = rds.create_snapshot(client, str(ep.instance_id), snap_id, {
+                made = rds.create_snapshot(client, name, snap_id, {
                     KEPT_TAG: ctx.incident_id, "drorch:database": self.target})
                 ctx.record("aws.rds.create_db_snapshot", {
                     "database": self.target, "region": ctx.to_region,
-                    "instance": ep.instance_id, "snapshot": snap_id, "arn": made.arn,
+                    "instance": name, "snapshot": snap_id, "arn": made.arn,
                     "request_id": made.request_id})
                 fault_point(f"{self.id}:snapshot_requested")
             found = rds.wait_snapshot(client, snap_id, timeout,
@@ -185,7 +221,7 @@ class SnapshotOldPrimary(Step):
         ctx.facts.set(f"evidence:{self.target}:snapshot", {"id": snap_id, "arn": found.arn,
                                                           "region": ctx.to_region})
         return {"snapshot": snap_id, "arn": found.arn, "status": found.status,
-                "instance": ep.instance_id, "region": ctx.to_region}
+                "instance": name, "region": ctx.to_region}
 
 
 class ReplaceRdsReplica(Step):
@@ -208,8 +244,7 @@ class ReplaceRdsReplica(Step):
 
     def kept_id(self, ctx: StepContext) -> str:
         replaced, _ = self._roles(ctx)
-        ep = _endpoint(ctx, self.target, replaced)
-        return _identifier(f"{ep.instance_id}-old", self._renaming_incident(ctx))
+        return kept_name(ctx, self.target, replaced, self._renaming_incident(ctx))
 
     def describe(self, ctx: StepContext) -> str:
         replaced, source = self._roles(ctx)
@@ -217,6 +252,21 @@ class ReplaceRdsReplica(Step):
         return (f"rename {ep.instance_id} in {replaced} to {self.kept_id(ctx)} (kept), create "
                 f"{ep.instance_id} as a read replica of {source}'s primary, wait until it "
                 "has caught up")
+
+    def _settings_key(self) -> str:
+        return f"{self.id}:replica_settings"
+
+    def _keep_settings(self, ctx: StepContext, client: Any, identifier: str) -> None:
+        """Journal, before the rename, what the new replica keeps of the instance it
+        replaces (its network, parameter group, encryption): the old primary's own
+        security groups, not the fence's."""
+        if ctx.facts.get(self._settings_key()) is not None:
+            return
+        settings = rds.replica_settings(client, identifier)
+        groups = _fenced_groups(ctx, self.target) if self.stage == "resync" else None
+        if groups:
+            settings["VpcSecurityGroupIds"] = groups
+        ctx.facts.set(self._settings_key(), settings)
 
     def _ready(self, ctx: StepContext) -> bool:
         """Captured and every change accounted for."""
@@ -260,6 +310,7 @@ class ReplaceRdsReplica(Step):
                 if old is not None:
                     raise StepFailed(f"{self.target} in {replaced}: both {name} and {kept} "
                                      "exist and neither is the new replica; look at them")
+                self._keep_settings(ctx, client, name)
                 ctx.facts.set(f"{self.id}:rename_requested", kept)
                 answer = rds.rename(client, name, kept)
                 ctx.record("aws.rds.rename_db_instance", {
@@ -274,10 +325,14 @@ class ReplaceRdsReplica(Step):
                     "drorch:note": "kept by drorch: delete it by hand once not needed"})
             if current is None:
                 ctx.facts.set(f"{self.id}:replica_requested", source.arn)
+                if ctx.facts.get(self._settings_key()) is None and old is not None:
+                    self._keep_settings(ctx, client, old.identifier)
+                settings = dict(ctx.facts.get(self._settings_key()) or {})
                 made = rds.create_read_replica(
                     client, name, source.arn, ctx.aws_region(source_region),
                     source.instance_class, ep.port,
-                    {"drorch:database": self.target, "drorch:created-by": ctx.incident_id})
+                    {"drorch:database": self.target, "drorch:created-by": ctx.incident_id},
+                    settings)
                 ctx.record("aws.rds.create_db_instance_read_replica", {
                     "database": self.target, "region": replaced, "instance": name,
                     "source": source.arn, "request_id": made.request_id})
@@ -294,6 +349,11 @@ class ReplaceRdsReplica(Step):
                              f"catch up: {exc}") from exc
         return {**out, "source": source.arn, "endpoint": f"{ready.address}:{ready.port}",
                 "replay_lsn": lsn, "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _fenced_groups(ctx: StepContext, database: str) -> list[str] | None:
+    """The old primary's own security groups, when the failback's fence replaced them."""
+    return ctx.facts.get(groups_before_fact(database))
 
 
 def _wait_caught_up(replica_dsn: str, primary_dsn: str, timeout_s: float) -> str:

@@ -62,17 +62,6 @@ def _orders(dsn: str, n: int, tag: str) -> list[int]:
                 for i in range(n)]
 
 
-def _cut_replication(dsn: str) -> None:
-    """The replica stops receiving (the region's link is gone), as in a real outage."""
-    with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute("ALTER SYSTEM SET primary_conninfo = ''")
-        c.execute("SELECT pg_reload_conf()")
-        deadline = time.monotonic() + 10
-        while c.execute("SELECT count(*) FROM pg_stat_wal_receiver").fetchone()[0]:
-            assert time.monotonic() < deadline, "the walreceiver did not stop"
-            time.sleep(0.05)
-
-
 def _diverge(lab: Lab) -> dict[str, list[int]]:
     """Region-a writes after replication to region-b stopped, then dies; the failover;
     region-b takes writes; region-a comes back. Returns the acknowledged ids."""
@@ -81,15 +70,38 @@ def _diverge(lab: Lab) -> dict[str, list[int]]:
         c.execute("CREATE TABLE notes (id bigserial PRIMARY KEY, body text NOT NULL)")
         c.execute("ALTER TABLE notes OWNER TO rds_master")  # as RDS's master user made it
     assert pg.wait_replayed(b, pg.write_barrier(a), 30)
-    _cut_replication(b)
+    # region-b receives these but has not replayed them when region-a dies (replay lag):
+    # the promotion replays them, so they are rows both sides had at the split
+    with psycopg.connect(b, autocommit=True) as c:
+        c.execute("SELECT pg_wal_replay_pause()")
+    lagged = _notes(a, ["lag0", "lag1", "lag2"])
+    flushed = pg.status(a).lsn
+    with psycopg.connect(b, autocommit=True) as c:
+        deadline = time.monotonic() + 10
+        while not c.execute("SELECT pg_last_wal_receive_lsn() >= %s::pg_lsn",
+                            (flushed,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "region-b did not receive region-a's WAL"
+            time.sleep(0.05)
+    # the link goes: region-a's walsender ends, and a paused replica does not reconnect
+    with psycopg.connect(a, autocommit=True) as c:
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+    with psycopg.connect(b, autocommit=True) as c:
+        deadline = time.monotonic() + 10
+        while c.execute("SELECT count(*) FROM pg_stat_wal_receiver").fetchone()[0]:
+            assert time.monotonic() < deadline, "the walreceiver did not stop"
+            time.sleep(0.05)
     acked = {"orders_a": _orders(a, 40, "a-div"),
-             "notes_a": _notes(a, [f"a{i}" for i in range(5)])}
+             "notes_a": _notes(a, [f"a{i}" for i in range(5)]), "lagged": lagged}
     failed = lab.cli("lab", "fail", "region-a", "--mode", "stop")
     assert failed.returncode == 0, failed.stdout + failed.stderr
     over = lab.cli("failover", "--yes", "--reason", "region-a down", "--actor", "alice")
     assert over.returncode == 0, over.stdout + over.stderr
     acked["orders_b"] = _orders(b, 40, "b-new")
     acked["notes_b"] = _notes(b, ["b0", "b1"])
+    # region-b changes rows the old side wrote, that it replayed only at its promotion
+    with psycopg.connect(b, autocommit=True) as c:
+        c.execute("DELETE FROM notes WHERE id = %s", (lagged[0],))
+        c.execute("UPDATE notes SET body = 'lag1-new' WHERE id = %s", (lagged[1],))
     healed = lab.cli("lab", "heal", "region-a")
     assert healed.returncode == 0, healed.stdout + healed.stderr
     return acked
@@ -117,6 +129,11 @@ def test_rds_failback_reconciles_keeps_the_old_primary_and_rebuilds_both_replica
     lost += [i for k in ("notes_a", "notes_b") for i in acked[k] if i not in notes]
     assert lost == []
     assert [notes[i] for i in acked["notes_a"]] == [f"a{i}" for i in range(5)]
+    # region-b's delete and update of the rows it replayed at its promotion stand: no row
+    # brought back, none duplicated under a new key
+    lag0, lag1, lag2 = acked["lagged"]
+    assert lag0 not in notes and notes[lag1] == "lag1-new" and notes[lag2] == "lag2"
+    assert sorted(notes.values()).count("lag1") == 0
 
     report = json.loads(rds_lab.cli("report", "--output", "json").stdout)
     section = report["reconcile"]["main"]
