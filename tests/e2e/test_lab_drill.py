@@ -189,23 +189,27 @@ MISSING_AFTER = re.compile(
     r"^acknowledged checkouts missing from region-a after the failback: (\d+)$", re.M)
 
 
-def test_lab_drill_with_failback_on_rds_comes_back_with_every_checkout(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`drorch lab drill --runbook runbooks/aws-rds.yaml --failback`: region-a dies under
-    traffic, the watcher fails over (PromoteReadReplica), region-a comes back as it was
-    left, and the failback (fence, snapshot, full comparison, a new replica under the old
-    identifier, the switch back, a new replica in region-b) ends with every checkout
-    region-a acknowledged in region-a's database again, recounted here from the evidence
-    the drill kept."""
-    env = {**lab_env(tmp_path), "DRORCH_RUNBOOK": str(ROOT / "runbooks" / "aws-rds.yaml")}
+@pytest.mark.parametrize("runbook_name", ["aws-rds.yaml", "aws-aurora-global.yaml"])
+def test_lab_drill_with_failback_on_managed_databases_comes_back_with_every_checkout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runbook_name: str) -> None:
+    """`drorch lab drill --runbook runbooks/aws-rds.yaml --failback` (and the Aurora
+    runbook): region-a dies under traffic, the watcher fails over (PromoteReadReplica;
+    FailoverGlobalCluster with data loss), region-a comes back (RDS: as it was left;
+    Aurora: rebuilt as a secondary), and the failback (RDS: fence, snapshot, full
+    comparison, a new replica under the old identifier, the switch back, a new replica in
+    region-b; Aurora: the snapshot restored to a temporary cluster, reconciled, deleted,
+    a switchover back) ends with every checkout region-a acknowledged in region-a's
+    database again, recounted here from the evidence the drill kept."""
+    path = ROOT / "runbooks" / runbook_name
+    env = {**lab_env(tmp_path), "DRORCH_RUNBOOK": str(path)}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    runbook = load_runbook(ROOT / "runbooks" / "aws-rds.yaml")
+    runbook = load_runbook(path)
     state = Path(env["DRORCH_STATE_DIR"])
     try:
         result = subprocess.run(
             [sys.executable, "-m", "drorch.cli", "lab", "drill", "--keep", "--failback",
-             "--runbook", "runbooks/aws-rds.yaml"],
+             "--runbook", f"runbooks/{runbook_name}"],
             env={**os.environ, **env}, capture_output=True, text=True, timeout=300, cwd=ROOT)
         assert result.returncode == 0, result.stdout + result.stderr
         printed = MISSING_AFTER.search(result.stdout)

@@ -210,7 +210,11 @@ def test_unplanned_failover_killed_after_the_request_asks_once(aurora_lab: Lab) 
     assert pg.in_recovery(_dsn(aurora_lab, "region-a"))
     # the failback restores the copy to a temporary cluster, reconciles it, deletes that
     # cluster only, and switches over back: every acknowledged order is there
-    back = aurora_lab.cli("failback", "--yes", "--reason", "region-a is back")
+    # killed (SIGKILL) just after the restore was requested, then resumed: one restore
+    killed = aurora_lab.cli("failback", "--yes", "--reason", "region-a is back",
+                            extra_env={"DRORCH_FAULT_KILL_AT": "restore:main:restore_requested"})
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    back = aurora_lab.cli("resume", "--yes")
     assert back.returncode == 0, back.stdout + back.stderr
     assert _writer(aurora_lab) == _cluster(aurora_lab, "region-a").arn
     with psycopg.connect(_dsn(aurora_lab, "region-a"), autocommit=True) as c:

@@ -68,3 +68,19 @@ def test_fence_security_groups_belong_to_kind_rds_only() -> None:
 def test_a_key_above_the_splits_largest_did_not_exist_at_the_split(
         key: str, split_max: int, above: bool) -> None:
     assert _key_above(key, split_max) is above
+
+
+def test_a_row_without_a_commit_time_is_unknown_not_untouched() -> None:
+    """track_commit_timestamp was off when it was written: the clock cannot say which
+    side wrote it (False would have called it untouched, and a policy would have undone
+    it)."""
+    from datetime import UTC, datetime
+
+    from drorch.reconcile.find import _after
+
+    split = datetime(2026, 12, 1, tzinfo=UTC)
+    later = datetime(2026, 12, 2, tzinfo=UTC)
+    assert _after(("{}", None), split) is None
+    assert _after(("{}", later), split) is True
+    assert _after(("{}", split), split) is False
+    assert _after(None, split) is None and _after(("{}", later), None) is None
