@@ -100,9 +100,11 @@ def status(dsn: Target) -> NodeStatus:
                 "extract(epoch from pg_last_xact_replay_timestamp())::float8").fetchone()
             assert row is not None
             return NodeStatus(True, row[0] or "0/0", row[1], row[2])
+        # pg_last_committed_xact() raises when track_commit_timestamp is off: no time then
         row = c.execute(
-            "SELECT pg_current_wal_flush_lsn()::text, "
-            "extract(epoch from (pg_last_committed_xact()).timestamp)::float8").fetchone()
+            "SELECT pg_current_wal_flush_lsn()::text, CASE WHEN "
+            "current_setting('track_commit_timestamp') = 'on' THEN "
+            "extract(epoch from (pg_last_committed_xact()).timestamp)::float8 END").fetchone()
         assert row is not None
         return NodeStatus(False, row[0], None, row[1])
 
@@ -480,14 +482,29 @@ def writes_open(dsn: str, roles: list[str], freeze: FreezeRecord | None = None) 
 # -- sequences ---------------------------------------------------------------
 _SEQUENCES = ("SELECT format('%I.%I', schemaname, sequencename), "
               "coalesce(last_value, start_value - increment_by), max_value "
-              "FROM pg_sequences WHERE increment_by > 0 AND schemaname <> 'drorch_reconcile'")
+              "FROM pg_sequences WHERE increment_by > 0 AND schemaname <> 'drorch_reconcile' "
+              "AND has_sequence_privilege(format('%I.%I', schemaname, sequencename)::regclass, "
+              "'UPDATE')")
+_SEQUENCES_OUT_OF_REACH = (
+    "SELECT format('%I.%I', schemaname, sequencename) FROM pg_sequences "
+    "WHERE increment_by > 0 AND schemaname <> 'drorch_reconcile' "
+    "AND NOT has_sequence_privilege(format('%I.%I', schemaname, sequencename)::regclass, "
+    "'UPDATE') ORDER BY 1")
+
+
+def sequences_out_of_reach(target: Target) -> list[str]:
+    """Ascending sequences the connecting role may not ``setval`` (no UPDATE privilege:
+    on RDS and Aurora the master user does not own what an application role created)."""
+    with _use(target) as c:
+        return [str(r[0]) for r in c.execute(_SEQUENCES_OUT_OF_REACH)]
 
 
 def sequence_positions(target: Target) -> dict[str, int]:
-    """Every ascending sequence of the database (``schema.name``, quoted as needed) -> the
-    value it last handed out (``start - increment`` when never used). From
-    ``pg_sequences`` (https://www.postgresql.org/docs/15/view-pg-sequences.html);
-    descending sequences are left out."""
+    """Every ascending sequence of the database the connecting role may ``setval``
+    (``schema.name``, quoted as needed) -> the value it last handed out (``start -
+    increment`` when never used). From ``pg_sequences``
+    (https://www.postgresql.org/docs/15/view-pg-sequences.html); descending sequences,
+    and those out of the role's reach (:func:`sequences_out_of_reach`), are left out."""
     with _use(target) as c:
         return {str(r[0]): int(r[1]) for r in c.execute(_SEQUENCES)}
 

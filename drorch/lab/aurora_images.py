@@ -29,7 +29,6 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from drorch.adapters.nodes import LocalPgNode
 from drorch.config import Endpoint
-from drorch.lab.ports import free_port
 from drorch.reconcile.node import write_owned
 
 STATE_FILES = ("postmaster.pid", "standby.signal", "recovery.signal")
@@ -57,9 +56,10 @@ def _node(datadir: Path, dsn: str, logfile: Path) -> LocalPgNode:
     return LocalPgNode(datadir.resolve(), endpoint.port, endpoint, logfile)
 
 
-def restore_image(image: str, identifier: str, dsn: str) -> tuple[str, str, int, str]:
-    """A cluster of its own from a copy of ``image``, started as a primary on a free
-    port. ``dsn``: the old writer's connection string (its user and host are kept).
+def restore_image(image: str, identifier: str, dsn: str,
+                  port: int) -> tuple[str, str, int, str]:
+    """A cluster of its own from a copy of ``image``, started as a primary on ``port``.
+    ``dsn``: the old writer's connection string (its user and host are kept).
     Returns (data directory, connection string, port, log file). Raises
     ``RuntimeError`` when it does not start."""
     datadir = Path(f"{image}.restored-{identifier}")
@@ -68,7 +68,6 @@ def restore_image(image: str, identifier: str, dsn: str) -> tuple[str, str, int,
     _copy(Path(image), datadir)
     for name in STATE_FILES:
         (datadir / name).unlink(missing_ok=True)
-    port = free_port()
     conf = datadir / "postgresql.conf"
     write_owned(conf, conf.read_text() + f"\n# drorch lab: restored as {identifier}\n"
                 f"port = {port}\nprimary_conninfo = ''\n", datadir)
@@ -76,7 +75,11 @@ def restore_image(image: str, identifier: str, dsn: str) -> tuple[str, str, int,
     log.touch()
     shutil.chown(log, user=datadir.owner(), group=datadir.group())
     restored_dsn = make_conninfo(dsn, port=str(port))
-    _node(datadir, restored_dsn, log).start()
+    try:
+        _node(datadir, restored_dsn, log).start()
+    except Exception:
+        drop_restored(str(datadir), restored_dsn, str(log))
+        raise
     return str(datadir), restored_dsn, port, str(log)
 
 

@@ -787,16 +787,21 @@ def restore_db_cluster_from_snapshot(self: RDSBackend, from_snapshot_id: str,
     image = getattr(snapshot, "_drorch_image", None)
     restored = None
     if image:
+        from drorch.lab.ports import free_port
+
+        props["port"] = free_port()
+    cluster = self.create_db_cluster(props)  # moto's record first: its refusal starts nothing
+    if image:
         from drorch.lab.aurora_images import restore_image
 
         try:
-            restored = restore_image(image[0], props["db_cluster_identifier"], image[1])
+            restored = restore_image(image[0], cluster.db_cluster_identifier, image[1],
+                                     cluster.port)
         except Exception as exc:  # noqa: BLE001 (answered as the API's fault)
+            self.clusters.pop(cluster.db_cluster_identifier, None)
             raise fault("InvalidDBClusterSnapshotStateFault",
                         f"DB cluster snapshot {from_snapshot_id} could not be restored: "
                         f"{exc}") from exc
-        props["port"] = restored[2]
-    cluster = self.create_db_cluster(props)
     if restored is not None:
         datadir, dsn, _port, log = restored
         cluster.tags = [*cluster.tags, {"Key": LAB_ADDRESS_TAG, "Value": "127.0.0.1"},
@@ -812,6 +817,11 @@ def delete_db_cluster(self: RDSBackend, cluster_identifier: str,
     """moto's; in the lab a cluster restored from a volume image is stopped and its
     files removed (only such a cluster: never the lab's own)."""
     cluster = _moto["delete_db_cluster"](self, cluster_identifier, snapshot_name)
+    # automated snapshots go with their cluster (moto kept them, and a cluster made again
+    # under the name within the minute then collided with its own old snapshot's name)
+    for name in [n for n, snap in self.cluster_snapshots.items()
+                 if snap.cluster is cluster and snap.snapshot_type == "automated"]:
+        del self.cluster_snapshots[name]
     if lab_tag(cluster, RESTORED_TAG) == "true":
         from drorch.lab.aurora_images import drop_restored
 

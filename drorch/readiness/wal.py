@@ -24,6 +24,9 @@ def check(ctx: Context) -> list[CheckResult]:
     out: list[CheckResult] = []
     for db in ctx.runbook.databases:
         target = f"{db.name} in {ctx.serving}"
+        if db.kind in ("rds", "aurora-global"):
+            out.append(_managed(db.kind, db.endpoints[ctx.serving].dsn(), target))
+            continue
         try:
             problem = wal_retention_warning(db.endpoints[ctx.serving].dsn())
         except Exception as exc:  # noqa: BLE001 (a plan must still print)
@@ -45,6 +48,28 @@ def check(ctx: Context) -> list[CheckResult]:
     return out
 
 
+def _managed(kind: str, dsn: str, target: str) -> CheckResult:
+    """RDS and Aurora: the master user may not read the WAL, so a failback compares in
+    full; which side changed a row that existed at the split is then told by commit time
+    (``track_commit_timestamp``, a parameter group setting), else by a human."""
+    from drorch.adapters import postgres as pg
+
+    try:
+        with pg.connect(dsn, 3000) as c:
+            kept = c.execute("SELECT current_setting('track_commit_timestamp')"
+                             ).fetchone() == ("on",)
+    except pg.Error as exc:
+        return warned(CHECK, target, f"could not check ({str(exc).strip().splitlines()[0]})",
+                      "check that it answers")
+    if not kept:
+        return warned(CHECK, target, f"kind {kind}: a failback compares in full (the master "
+                      "user may not read the WAL) and track_commit_timestamp is off: a row "
+                      "that existed at the split and changed on one side will go to a human",
+                      "turn track_commit_timestamp on in the parameter group (both regions)")
+    return passed(CHECK, target, f"kind {kind}: a failback compares in full (the master "
+                  "user may not read the WAL); commit times are kept (track_commit_timestamp)")
+
+
 def split_pin_warnings(rb: Runbook, region: str) -> tuple[list[str], list[str]]:
     """(warnings, notes): a failed-over primary should keep its WAL from the split until
     the failback reads it (a slot drorch made at promotion): without it, rows only it
@@ -56,8 +81,8 @@ def split_pin_warnings(rb: Runbook, region: str) -> tuple[list[str], list[str]]:
     notes: list[str] = []
     for db in rb.databases:
         if db.kind in ("rds", "aurora-global"):
-            # no slot there (see steps.promote.MANAGED_NO_SLOT), and an Aurora failback
-            # follows a switchover, where nothing diverged
+            # no slot there (see steps.promote.MANAGED_NO_SLOT): their failback compares
+            # in full
             continue
         slot = pg.split_slot_name(db.name)
         try:

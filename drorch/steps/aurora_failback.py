@@ -32,6 +32,8 @@ from drorch.steps.evidence import copy_identifier
 from drorch.steps.rds_failback import KEPT_TAG, _identifier
 
 ENGINE = "aurora-postgresql"
+TEMPORARY_TAG = "drorch:temporary"
+"""On a cluster drorch restored for a reconcile: the only kind it deletes."""
 INSTANCE_CLASS = "db.r6g.large"
 """The temporary cluster's one instance: it only answers drorch's comparison."""
 
@@ -87,14 +89,25 @@ class RestoreLostWrites(_Restored):
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         db = ctx.runbook.database(self.target)
         ep = db.endpoints[ctx.to_region]
+        if not pg.reachable(ep.dsn()):  # the switch back needs it: check before restoring
+            raise StepFailed(
+                f"{self.target}'s cluster in {ctx.to_region} does not answer: the way back "
+                "switches over to it, so nothing is restored until it is back (Aurora "
+                "rebuilds it as a secondary once its region recovers); run the failback "
+                "again then")
         cluster_id, instance_id = self._ids(ctx)
         client = self._client(ctx)
         try:
-            if aurora.find_cluster(client, cluster_id) is None:
+            found = aurora.find_cluster(client, cluster_id)
+            if found is not None and not _ours(client, found):
+                raise StepFailed(f"{self.target}: a cluster named {cluster_id} exists that "
+                                 "drorch did not restore (no drorch:temporary tag); not "
+                                 "using it: rename or delete it, then run the failback again")
+            if found is None:
                 ctx.facts.set(f"{self.id}:requested", cluster_id)
                 rid = aurora.restore_cluster(client, cluster_id, self._snapshot(ctx), ENGINE,
                                              {KEPT_TAG: ctx.incident_id,
-                                              "drorch:temporary": "delete after reconcile",
+                                              TEMPORARY_TAG: "delete after reconcile",
                                               "drorch:database": self.target})
                 ctx.record("aws.rds.restore_db_cluster_from_snapshot", {
                     "database": self.target, "region": ctx.to_region,
@@ -123,6 +136,27 @@ class RestoreLostWrites(_Restored):
                  "port": restored.port, "snapshot": self._snapshot(ctx)}
         ctx.facts.set(restored_fact(self.target), found)
         return {**found, "region": ctx.to_region, "sql_lockout": record.to_dict()}
+
+    def undo(self, ctx: StepContext) -> dict[str, Any] | None:
+        """A failback rolled back leaves no copy of the old writer running (it holds every
+        row, sensitive ones too, and costs money): the temporary cluster is deleted; the
+        snapshot copy stays, and a retry restores it again."""
+        cluster_id, instance_id = self._ids(ctx)
+        client = self._client(ctx)
+        found = aurora.find_cluster(client, cluster_id)
+        if found is None or not _ours(client, found):
+            return None
+        ids = aurora.delete_restored(client, cluster_id, instance_id)
+        ctx.record("aws.rds.delete_db_cluster", {
+            "database": self.target, "region": ctx.to_region, "cluster": cluster_id,
+            "instance": instance_id, "request_ids": ids, "why": "rollback"})
+        return {"deleted": cluster_id}
+
+
+def _ours(client: Any, cluster: aurora.Cluster) -> bool:
+    """The cluster carries the tag drorch puts on what it restores."""
+    tags = client.list_tags_for_resource(ResourceName=cluster.arn).get("TagList") or []
+    return any(t.get("Key") == TEMPORARY_TAG for t in tags)
 
 
 class DeleteRestoredCluster(_Restored):
@@ -155,6 +189,10 @@ class DeleteRestoredCluster(_Restored):
         if cluster_id in {ep.cluster_id for ep in db.endpoints.values()}:
             raise StepFailed(f"{self.target}: {cluster_id} is one of the global database's "
                              "clusters; drorch deletes only what it restored")
+        found = aurora.find_cluster(client, cluster_id)
+        if found is not None and not _ours(client, found):
+            raise StepFailed(f"{self.target}: {cluster_id} has no drorch:temporary tag; "
+                             "drorch deletes only what it restored")
         try:
             ids = aurora.delete_restored(client, cluster_id, instance_id)
             aurora.wait_cluster(client, cluster_id, db.resync_timeout_s, deleted=True)

@@ -492,10 +492,13 @@ def advance_sequences(ctx: StepContext, database: str, dsn: str) -> dict[str, An
                    "targets": {n: v + gap for n, v in before.items()}, "done": False}
         ctx.facts.set(key, planned)
     if planned.get("done"):
-        return {k: planned[k] for k in ("gap", "sequences", "capped")}
+        return {k: planned.get(k) for k in ("gap", "sequences", "capped", "not_advanced")}
     now = pg.advance_sequences(dsn, planned["targets"])
     done = {"gap": planned["gap"], "sequences": len(now),
-            "capped": sorted(n for n, v in now.items() if v < planned["targets"][n])}
+            "capped": sorted(n for n, v in now.items() if v < planned["targets"][n]),
+            # not moved (the role may not setval them): their collisions are re-keyed at
+            # the failback; grant the role UPDATE on them to have them skip ahead
+            "not_advanced": pg.sequences_out_of_reach(dsn)}
     ctx.facts.set(key, {**planned, **done, "done": True})
     ctx.record("step.promote.sequences_advanced", {"database": database, **done})
     return done

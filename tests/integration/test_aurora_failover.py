@@ -203,6 +203,12 @@ def test_unplanned_failover_killed_after_the_request_asks_once(aurora_lab: Lab) 
     assert evidence["detail"]["copy"] in names
     assert evidence["detail"]["source"].startswith("rds:unplanned-global-failover-")
     assert _actions(aurora_lab, "CopyDBClusterSnapshot") == 1
+    # while region-a is still down the way back cannot end (it switches over to it):
+    # nothing is restored, the run rolls back at once
+    early = aurora_lab.cli("failback", "--yes", "--reason", "region-a not back yet")
+    assert early.returncode == 4, early.stdout + early.stderr
+    assert "does not answer" in early.stdout + early.stderr
+    assert _actions(aurora_lab, "RestoreDBClusterFromSnapshot") == 0
     # region-a comes back: Aurora makes its cluster a secondary again, the writes it
     # never replicated gone from it (the snapshot keeps them)
     healed = aurora_lab.cli("lab", "heal", "region-a")
