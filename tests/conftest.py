@@ -191,6 +191,17 @@ def running_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         lab_mod.down(runbook)
 
 
+RDS_RUNBOOK = ROOT / "runbooks" / "aws-rds.yaml"
+
+
+@pytest.fixture
+def rds_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            worker_moto: tuple[int, Path]) -> Iterator[Lab]:
+    """A running lab from ``runbooks/aws-rds.yaml`` on this worker's moto server."""
+    with running_lab(tmp_path, monkeypatch, RDS_RUNBOOK, worker_moto) as running:
+        yield running
+
+
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         worker_moto: tuple[int, Path]) -> Iterator[Lab]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,19 +22,9 @@ from drorch.adapters import postgres as pg
 from drorch.adapters import rds
 from drorch.adapters.aws import AwsClients
 from drorch.lab import lab as lab_mod
-from tests.conftest import ROOT, Lab, running_lab
+from tests.conftest import Lab
 
 pytestmark = pytest.mark.postgres
-
-RDS_RUNBOOK = ROOT / "runbooks" / "aws-rds.yaml"
-
-
-@pytest.fixture
-def rds_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-            worker_moto: tuple[int, Path]) -> Iterator[Lab]:
-    with running_lab(tmp_path, monkeypatch, RDS_RUNBOOK, worker_moto) as running:
-        yield running
-
 
 def _admin(lab: Lab, region: str) -> str:
     """The lab's superuser on the cluster behind ``region``'s instance identifier now."""

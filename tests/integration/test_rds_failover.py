@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,19 +16,9 @@ from drorch.adapters import postgres as pg
 from drorch.adapters import rds, secrets
 from drorch.adapters.aws import AwsClients
 from drorch.lab import lab as lab_mod
-from tests.conftest import ROOT, Lab, running_lab
+from tests.conftest import Lab
 
 pytestmark = pytest.mark.postgres
-
-RDS_RUNBOOK = ROOT / "runbooks" / "aws-rds.yaml"
-
-
-@pytest.fixture
-def rds_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-            worker_moto: tuple[int, Path]) -> Iterator[Lab]:
-    with running_lab(tmp_path, monkeypatch, RDS_RUNBOOK, worker_moto) as running:
-        yield running
-
 
 def _dsn(lab: Lab, region: str) -> str:
     return lab.runbook.database("main").endpoints[region].dsn()
