@@ -32,7 +32,9 @@ def build_plan(rb: Runbook, engine: Any, kind: str = "failover", *,
     refused = engine.refusal(kind)
     stages: list[PlannedStage] = []
     if refused is None:
-        ctx = _dry_ctx(rb, src, dst, engine.aws)
+        last = engine.last_failover() if kind == "failback" else None
+        ctx = _dry_ctx(rb, src, dst, engine.aws,
+                       {"failover_incident": last.id} if last is not None else {})
         for stage in engine.plan(src, dst, kind):
             stages.append(PlannedStage(
                 name=stage.name, parallel=len(stage.steps) > 1,
@@ -126,12 +128,15 @@ def unreachable_targets(rb: Runbook, dst: str) -> list[str]:
     return out
 
 
-def _dry_ctx(rb: Runbook, src: str, dst: str, aws: Any) -> Any:
+def _dry_ctx(rb: Runbook, src: str, dst: str, aws: Any,
+             known: dict[str, Any] | None = None) -> Any:
+    """``known``: facts a real run would start with (a failback's ``failover_incident``,
+    which names what it restores and keeps)."""
     from drorch.steps.base import StepContext
 
     class _NoFacts:
         def get(self, key: str, default: Any = None) -> Any:
-            return default
+            return (known or {}).get(key, default)
 
         def set(self, key: str, value: Any) -> None:
             raise RuntimeError("dry run: nothing is recorded")
