@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import structlog
@@ -158,9 +159,9 @@ class Engine:
             # Aurora after a switchover or a managed failover needs no node control
             # (another switchover; a restore of the failover's snapshot): after a detach
             # it would, and the refusal says so.
-            switched = {db.name for db in self.runbook.databases
-                        if self.store.fact(last.id, f"promote:{db.name}:aurora_path")
-                        in ("switchover", "failover")}
+            switched = {name for name, path in
+                        self._per_database(last.id, "promote:{}:aurora_path").items()
+                        if path in ("switchover", "failover")}
             problems = self._node_control_problems(str(back_to), switched)
             if problems:
                 return IncidentRefused(
@@ -217,32 +218,22 @@ class Engine:
             for e in self.store.events(last.id):
                 if e.kind == "step" and e.name.startswith("promote:") and e.status == "started":
                     promoted.setdefault(e.name.split(":", 1)[1], e.at)
-            # The WAL caps the failover set on the promoted nodes: the failback restores them.
-            caps = {db.name: cap for db in self.runbook.databases
-                    if (cap := self.store.fact(last.id, f"split:{db.name}:cap")) is not None}
-            # The synchronous standbys the failover's promotion emptied: restored once the
-            # old primary streams again.
-            sync = {db.name: fit for db in self.runbook.databases
-                    if (fit := self.store.fact(last.id, f"sync:{db.name}")) is not None}
-            # What each promotion measured on the replica before promoting it: the split
-            # where the new primary's timeline history is not readable (RDS).
-            measured = {db.name: m for db in self.runbook.databases
-                        if (m := self.store.fact(last.id, f"promote:{db.name}:measured"))
-                        is not None}
-            split = {db.name: k for db in self.runbook.databases
-                     if (k := self.store.fact(last.id, f"promote:{db.name}:split"))
-                     is not None}
+            per_db = partial(self._per_database, last.id)
             # A failback is planned only: the region it leaves serves, so its promotion
             # first replays everything written there; if that region does not answer,
             # going back is a new failover (with whatever it loses), never a failback.
             return (self.store.fact(last.id, "to_region"), self.store.fact(last.id, "from_region"),
                     {"failover_incident": last.id, "failover_promoted_at": promoted,
-                     "split_wal_caps": caps, "failover_sync_fits": sync,
-                     "failover_measured": measured, "failover_split": split,
-                     "failover_aurora_paths": {
-                         db.name: p for db in self.runbook.databases
-                         if (p := self.store.fact(last.id, f"promote:{db.name}:aurora_path"))
-                         is not None},
+                     # the WAL caps the failover set on the promoted nodes: restored
+                     "split_wal_caps": per_db("split:{}:cap"),
+                     # the synchronous standbys its promotion emptied: restored once the
+                     # old primary streams again
+                     "failover_sync_fits": per_db("sync:{}"),
+                     # what each promotion measured, and the split as it ended recovery:
+                     # where the new primary's timeline history is not readable (RDS)
+                     "failover_measured": per_db("promote:{}:measured"),
+                     "failover_split": per_db("promote:{}:split"),
+                     "failover_aurora_paths": per_db("promote:{}:aurora_path"),
                      "planned_only": True})
 
         return self._open("failback", actor, reason, trigger, where)
@@ -291,10 +282,14 @@ class Engine:
         each Aurora writer; without one (a plan, a dry run) the last failover's does."""
         paths = self.store.fact(incident_id, "failover_aurora_paths") if incident_id else None
         if paths is None and kind == "failback" and (last := self.last_failover()) is not None:
-            paths = {db.name: p for db in self.runbook.databases
-                     if (p := self.store.fact(last.id, f"promote:{db.name}:aurora_path"))
-                     is not None}
+            paths = self._per_database(last.id, "promote:{}:aurora_path")
         return plan_for(kind, self.runbook, from_region, to_region, paths)
+
+    def _per_database(self, incident_id: str, key: str) -> dict[str, Any]:
+        """Database -> its fact ``key`` (``{}`` standing for its name) in the incident, for
+        the databases that have one."""
+        return {db.name: value for db in self.runbook.databases
+                if (value := self.store.fact(incident_id, key.format(db.name))) is not None}
 
     # -- running -----------------------------------------------------------
     def run(self, incident_id: str, *, actor: str | None = None,

@@ -186,18 +186,6 @@ def add_instance(client: Any, cluster_id: str, instance_id: str, engine: str,
     return _request_id(resp)
 
 
-def instance_exists(client: Any, instance_id: str) -> bool:
-    """Whether RDS knows the DB instance."""
-    try:
-        client.describe_db_instances(DBInstanceIdentifier=instance_id)
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("DBInstanceNotFound",
-                                                        "DBInstanceNotFoundFault"):
-            return False
-        raise _fail("describe instance", instance_id, e) from e
-    return True
-
-
 def wait_cluster(client: Any, identifier: str, timeout_s: float, *, deleted: bool = False,
                  delay_s: float = 10.0) -> None:
     """boto3's ``db_cluster_available`` (or ``db_cluster_deleted``) waiter, at most
@@ -219,9 +207,11 @@ def delete_restored(client: Any, cluster_id: str, instance_id: str) -> list[str 
     """``DeleteDBInstance`` then ``DeleteDBCluster`` (no final snapshot: the failover's
     copy is the evidence and stays) of a cluster drorch restored; what is already gone is
     skipped. Returns the request ids."""
+    from drorch.adapters import rds
+
     ids: list[str | None] = []
     try:
-        if instance_exists(client, instance_id):
+        if rds.find(client, instance_id) is not None:
             ids.append(_request_id(client.delete_db_instance(
                 DBInstanceIdentifier=instance_id, SkipFinalSnapshot=True)))
         if find_cluster(client, cluster_id) is not None:
@@ -229,4 +219,6 @@ def delete_restored(client: Any, cluster_id: str, instance_id: str) -> list[str 
                 DBClusterIdentifier=cluster_id, SkipFinalSnapshot=True)))
     except ClientError as e:
         raise _fail("delete", cluster_id, e) from e
+    except rds.RdsError as e:
+        raise AuroraError(str(e)) from e
     return ids

@@ -25,10 +25,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
-from drorch.adapters.nodes import LocalPgNode
-from drorch.config import Endpoint
+from drorch.lab.rds_nodes import lab_node
 from drorch.reconcile.node import write_owned
 
 STATE_FILES = ("postmaster.pid", "standby.signal", "recovery.signal")
@@ -47,13 +46,6 @@ def take_image(datadir: str, stamp: str) -> str:
     if not image.exists():
         _copy(Path(datadir), image)
     return str(image)
-
-
-def _node(datadir: Path, dsn: str, logfile: Path) -> LocalPgNode:
-    info = conninfo_to_dict(dsn)
-    endpoint = Endpoint(host=str(info.get("host") or "127.0.0.1"), port=int(info["port"]),
-                        dbname="postgres", user=str(info.get("user") or "postgres"))
-    return LocalPgNode(datadir.resolve(), endpoint.port, endpoint, logfile)
 
 
 def restore_image(image: str, identifier: str, dsn: str,
@@ -76,7 +68,7 @@ def restore_image(image: str, identifier: str, dsn: str,
     shutil.chown(log, user=datadir.owner(), group=datadir.group())
     restored_dsn = make_conninfo(dsn, port=str(port))
     try:
-        _node(datadir, restored_dsn, log).start()
+        lab_node(datadir, restored_dsn, log).start()
     except Exception:
         drop_restored(str(datadir), restored_dsn, str(log))
         raise
@@ -87,7 +79,7 @@ def drop_restored(datadir: str, dsn: str, logfile: str) -> None:
     """Stop the restored cluster and remove its files."""
     path = Path(datadir)
     if path.exists():
-        _node(path, dsn, Path(logfile)).stop("immediate")
+        lab_node(path, dsn, Path(logfile)).stop("immediate")
         shutil.rmtree(path, ignore_errors=True)
     Path(logfile).unlink(missing_ok=True)
 

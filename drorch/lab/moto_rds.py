@@ -608,14 +608,10 @@ def _lab_node(cluster: DBCluster, dsn: str, datadir: str) -> Any:
     directory's owner)."""
     from pathlib import Path
 
-    from drorch.adapters.nodes import LocalPgNode
-    from drorch.config import Endpoint
+    from drorch.lab.rds_nodes import lab_node
 
-    info = _conninfo(dsn)
-    endpoint = Endpoint(host=str(info.get("host") or "127.0.0.1"), port=int(info["port"]),
-                        dbname="postgres", user=str(info.get("user") or "postgres"))
     log = lab_tag(cluster, LAB_LOGFILE_TAG) or str(Path(datadir).parent / "switchover.log")
-    return LocalPgNode(Path(datadir).resolve(), endpoint.port, endpoint, Path(log))
+    return lab_node(Path(datadir), dsn, Path(log))
 
 
 def _cluster_endpoint(self: DBCluster) -> str:

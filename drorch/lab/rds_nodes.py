@@ -63,7 +63,9 @@ class Slot:
         return Slot(**json.loads(value))
 
 
-def _node(datadir: Path, dsn: str, logfile: Path) -> LocalPgNode:
+def lab_node(datadir: Path, dsn: str, logfile: Path) -> LocalPgNode:
+    """The lab's cluster in ``datadir``, reached at ``dsn``, as node control (``pg_ctl``
+    as the data directory's owner, logging to ``logfile``)."""
     info = conninfo_to_dict(dsn)
     endpoint = Endpoint(host=str(info.get("host") or "127.0.0.1"), port=int(info["port"]),
                         dbname="postgres", user=str(info.get("user") or "postgres"))
@@ -85,7 +87,7 @@ def vacate(identifier: str, new_identifier: str, datadir: str, dsn: str,
     if moved.exists():
         raise RuntimeError(f"{moved} exists already")
     port = free_port()
-    node = _node(here, dsn, Path(logfile))
+    node = lab_node(here, dsn, Path(logfile))
     node.stop("fast")
     here.rename(moved)
     conf = moved / "postgresql.conf"
@@ -97,7 +99,7 @@ def vacate(identifier: str, new_identifier: str, datadir: str, dsn: str,
     if os.geteuid() == 0:
         st = moved.stat()
         os.chown(now.logfile, st.st_uid, st.st_gid)
-    _node(moved, now.dsn, Path(now.logfile)).start()
+    lab_node(moved, now.dsn, Path(now.logfile)).start()
     return left, now
 
 
@@ -123,7 +125,7 @@ def fill(slot: Slot, source_dsn: str, moved_datadir: str) -> None:
         write_owned(datadir / name, (moved / name).read_text(), datadir)
     write_owned(datadir / "postgresql.conf", (moved / "postgresql.conf").read_text()
                 + f"\n# drorch lab: replica {slot.identifier}\nport = {slot.port}\n", datadir)
-    _node(datadir, slot.dsn, Path(slot.logfile)).start()
+    lab_node(datadir, slot.dsn, Path(slot.logfile)).start()
 
 
 def kept_clusters(datadir: Path) -> list[Path]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drorch.adapters import aurora
+from drorch.adapters import aurora, rds
 from drorch.adapters import postgres as pg
 from drorch.faultpoints import fault_point
 from drorch.steps.base import Step, StepContext, StepFailed
@@ -114,7 +114,7 @@ class RestoreLostWrites(_Restored):
                     "cluster": cluster_id, "snapshot": self._snapshot(ctx),
                     "request_id": rid})
                 fault_point(f"{self.id}:restore_requested")
-            if not aurora.instance_exists(client, instance_id):
+            if rds.find(client, instance_id) is None:
                 rid = aurora.add_instance(client, cluster_id, instance_id, ENGINE,
                                           INSTANCE_CLASS)
                 ctx.record("aws.rds.create_db_instance", {
@@ -122,7 +122,7 @@ class RestoreLostWrites(_Restored):
                     "cluster": cluster_id, "instance": instance_id, "request_id": rid})
             aurora.wait_cluster(client, cluster_id, db.resync_timeout_s)
             restored = aurora.describe_cluster(client, cluster_id)
-        except aurora.AuroraError as exc:
+        except (aurora.AuroraError, rds.RdsError) as exc:
             raise StepFailed(f"{self.target} in {ctx.to_region}: {exc}") from exc
         if not restored.endpoint or not restored.port:
             raise StepFailed(f"{self.target}: Aurora describes no endpoint for {cluster_id}")

@@ -263,7 +263,9 @@ class ReplaceRdsReplica(Step):
         if ctx.facts.get(self._settings_key()) is not None:
             return
         settings = rds.replica_settings(client, identifier)
-        groups = _fenced_groups(ctx, self.target) if self.stage == "resync" else None
+        # the old primary's own groups, when the failback's fence replaced them
+        groups = ctx.facts.get(groups_before_fact(self.target)) if self.stage == "resync" \
+            else None
         if groups:
             settings["VpcSecurityGroupIds"] = groups
         ctx.facts.set(self._settings_key(), settings)
@@ -349,11 +351,6 @@ class ReplaceRdsReplica(Step):
                              f"catch up: {exc}") from exc
         return {**out, "source": source.arn, "endpoint": f"{ready.address}:{ready.port}",
                 "replay_lsn": lsn, "seconds": round(time.monotonic() - t0, 3)}
-
-
-def _fenced_groups(ctx: StepContext, database: str) -> list[str] | None:
-    """The old primary's own security groups, when the failback's fence replaced them."""
-    return ctx.facts.get(groups_before_fact(database))
 
 
 def _wait_caught_up(replica_dsn: str, primary_dsn: str, timeout_s: float) -> str:
