@@ -386,11 +386,16 @@ def _end_other_sessions(c: psycopg.Connection[Any], wait_s: float
             ).fetchone()[0]:  # type: ignore[index]
         time.sleep(0.05)
     ended: dict[str, int] = {}
+    left = 0
     for role, ok in c.execute("SELECT coalesce(usename, '?'), pg_terminate_backend(pid, 5000) "
                               + scope):
         if ok:
             ended[role] = ended.get(role, 0) + 1
-    left = c.execute("SELECT count(*) " + scope).fetchone()[0]  # type: ignore[index]
+        else:
+            left += 1
+    # Only the sessions asked to end count: one that connects after this (a health
+    # probe, say) starts under the read-only default already in force, like any session
+    # after the freeze; counting it again made the freeze fail on a busy node.
     if left:
         raise FreezeIncomplete(f"{left} other session(s) still connected after "
                                "pg_terminate_backend waited 5 s for each: writes not stopped")
