@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from typing import Any, TypeVar
 
 from psycopg import sql
 
-from drorch.reconcile import store
+from drorch.reconcile import bulk, store, walread
 from drorch.reconcile._db import Conn, connect, scalar
 from drorch.reconcile.catalog import (
     TableMeta,
@@ -330,6 +331,9 @@ def split_in_time(report: DivergenceReport, commit_times: dict[int, datetime],
 
     rows = {"before": 0, "after": 0, "unknown": 0}
     for t in report.tables:
+        for xid, n in t.bulk_commits.items():
+            at = commit_times.get(xid)
+            rows["unknown" if at is None else "before" if at <= promoted_at else "after"] += n
         for c in t.changes:
             if c.old_op is None:
                 continue
@@ -409,7 +413,8 @@ def _load_metas(old: Conn, new: Conn, tables: list[ReconcileTable], problems: li
 
 def _read_wal(old: Conn, new: Conn, divergence: Divergence, old_end: str, new_end: str,
               metas: dict[str, tuple[TableMeta, TableMeta]], dboids: tuple[int, int],
-              why: list[str]) -> tuple[WalSide | None, WalSide | None]:
+              why: list[str], bulk_tables: frozenset[str] = frozenset()
+              ) -> tuple[WalSide | None, WalSide | None]:
     def side(name: str, read: Callable[[], WalSide]) -> WalSide | None:
         try:
             return read()
@@ -420,7 +425,7 @@ def _read_wal(old: Conn, new: Conn, divergence: Divergence, old_end: str, new_en
     wal_old, wal_new = _both(
         lambda: side("old primary", lambda: read_side(
             old, divergence.lsn, old_end, {n: m[0] for n, m in metas.items()}, dboids[0],
-            lookback=True, max_tli=divergence.parent_timeline)),
+            lookback=True, max_tli=divergence.parent_timeline, bulk_tables=bulk_tables)),
         lambda: side("new primary", lambda: read_side(
             new, divergence.lsn, new_end, {n: m[1] for n, m in metas.items()}, dboids[1],
             lookback=False, max_tli=None)))
@@ -517,8 +522,11 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
         report.default_policy = spec.default_policy
         metas = _load_metas(old, new, tables, report.problems)
         why: list[str] = []
+        sets = frozenset(n for n, (mo, mn) in metas.items()
+                         if capture and spec.method != "full" and mo.pk
+                         and bulk.ineligible(old, new, mo, mn) is None)
         wal_old, wal_new = _read_wal(old, new, divergence, old_end, new_end, metas,
-                                     (oi.oid, ni.oid), why)
+                                     (oi.oid, ni.oid), why, sets)
         if spec.method == "wal" and why:
             raise WalUnavailable("; ".join(why))
         if spec.method == "full":
@@ -550,8 +558,7 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
             report.rows_shipped += w.rows_shipped if w else 0
         with _capturing(new_dsn, run_id, capture) as cap:
             old_xids = _find_tables(old, new, tables, metas, report, (wal_old, wal_new), at,
-                                    cap.add if cap is not None else None,
-                                    split_max_keys or {})
+                                    cap, split_max_keys or {})
             _conclude(old, report, wal_old, wal_new, old_xids, promoted_at)
             report.seconds = time.monotonic() - t0
             if cap is not None and not blocked(report):
@@ -574,10 +581,11 @@ def _capturing(new_dsn: str, run_id: str, capture: bool) -> Iterator[store.Captu
 def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
                  metas: dict[str, tuple[TableMeta, TableMeta]], report: DivergenceReport,
                  wal: tuple[WalSide | None, WalSide | None], at: datetime | None,
-                 emit: Emit | None, split_max_keys: dict[str, int]) -> set[int]:
-    """Every table's changes into ``report`` (and to ``emit`` as found, in report order);
-    the old side's transactions that touched them."""
+                 cap: store.Capture | None, split_max_keys: dict[str, int]) -> set[int]:
+    """Every table's changes into ``report`` (and to the capture as found, in report
+    order); the old side's transactions that touched them."""
     wal_old, wal_new = wal
+    emit = cap.add if cap is not None else None
     run_id = report.run_id
     old_xids: set[int] = set()
     for cfg in tables:
@@ -595,10 +603,13 @@ def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
             continue
         if report.method == "wal":
             assert so is not None and sn is not None
+            as_set, per_xid = _apply_as_set(old, new, cap, (mo, mn), so, sn, report)
             keys = set(so.touched) | set(sn.touched)
             lookup = list(keys)
             tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, keys, at,
                                  report, emit)
+            tr.bulk_applied, tr.bulk_commits = as_set, per_xid
+            tr.old_touched = (tr.old_touched or 0) + as_set
         else:
             diff = compare_table(old, new, mo, mn.columns if mn.hidden else None)
             report.rows_shipped += diff.rows_shipped
@@ -613,6 +624,49 @@ def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
         old_xids |= so.transactions if so else set()
         report.tables.append(tr)
     return old_xids
+
+
+def _apply_as_set(old: Conn, new: Conn, cap: store.Capture | None,
+                  metas: tuple[TableMeta, TableMeta], so: SideTable, sn: SideTable,
+                  report: DivergenceReport) -> tuple[int, dict[int, int]]:
+    """Apply the table's plain old-side inserts as one set (:mod:`drorch.reconcile.bulk`)
+    where nothing on the new primary can make them anything but *old-only, apply*; hand
+    every other one back to the row path (:func:`walread.demote`). Returns the rows
+    applied and their count per old-side top-level xid."""
+    mo, mn = metas
+    rows = so.bulk
+    if rows is None or not rows.count():
+        return 0, {}
+    keys = rows.all_keys()
+    back = keys & {int(k[1:-1]) for k in sn.touched if walread.int_key(k)}
+    if len(keys) != rows.count():  # one key in two tuples: let the row path say why
+        seen: set[int] = set()
+        back |= {k for by in rows.keys.values() for ks in by.values() for k in ks
+                 if k in seen or seen.add(k)}  # type: ignore[func-returns-value]
+    ask = keys - back
+    if ask:  # keys the new primary has now: collisions (its row stands beside the old one)
+        back |= {int(r[0]) for r in new.execute(sql.SQL(
+            "SELECT {k} FROM {t} WHERE {k} = ANY(%s::bigint[])").format(
+            k=sql.Identifier(mn.pk[0]), t=mn.ident), ("{" + ",".join(map(str, ask)) + "}",))}
+    applied = 0
+    if cap is not None and len(keys - back) >= bulk.MIN_ROWS:
+        cap.close_copy()
+        try:
+            applied, _digest = bulk.apply_set(old, cap.conn, cap.run_id, mo, mn, rows, back)
+        except bulk.BulkRefused as e:
+            report.notes.append(
+                f"{mn.name}: {len(keys - back)} rows the old primary inserted went row by "
+                f"row: the new primary refused them as one set ({e})")
+    if not applied:
+        back = keys
+    walread.demote(old, mo, so, back)
+    per_xid: Counter[int] = Counter()
+    assert so.parts is not None
+    top_of = so.parts.top_of
+    for by_xmin in rows.keys.values():
+        for xmin, ks in by_xmin.items():
+            per_xid[top_of.get(xmin, xmin)] += len(ks)
+    return applied, dict(per_xid)
 
 
 def _conclude(old: Conn, report: DivergenceReport, wal_old: WalSide | None,

@@ -117,18 +117,27 @@ class TableReport:
     captured_counts: dict[str, int] | None = None
     """The counts as captured, for a report read back without its changes (they are
     rows of ``drorch_reconcile.changes``)."""
+    bulk_applied: int = 0
+    """Old-only inserts applied as one set while captured (``drorch_reconcile.bulk_sets``,
+    :mod:`drorch.reconcile.bulk`): counted as old-only changes to apply, not in
+    ``changes``."""
+    bulk_commits: dict[int, int] = field(default_factory=dict, repr=False)
+    """The set's rows per old-side top-level xid (for the split in time; not stored)."""
 
     def counts(self) -> dict[str, int]:
         if self.captured_counts is not None and not self.changes:
             return dict(self.captured_counts)
         kinds = Counter(c.kind for c in self.changes)  # one pass each: reports hold
         actions = Counter(c.action for c in self.changes)  # hundreds of thousands
-        return {"rows_diverged": len(self.changes), "old_only": kinds["old-only"],
+        bulk = self.bulk_applied
+        return {"rows_diverged": len(self.changes) + bulk,
+                "old_only": kinds["old-only"] + bulk,
                 "new_only": kinds["new-only"], "conflicts": kinds["conflict"],
                 "collisions": kinds["collision"], "unkeyed": kinds["unkeyed"],
                 "undetermined": sum(1 for c in self.changes if c.undetermined),
-                "to_apply": actions["apply-old"], "to_rekey": actions["rekey"],
-                "manual": actions["manual"], "converged": self.converged}
+                "to_apply": actions["apply-old"] + bulk, "to_rekey": actions["rekey"],
+                "manual": actions["manual"], "converged": self.converged,
+                "applied_as_set": bulk}
 
     def to_dict(self, with_changes: bool = True) -> dict[str, Any]:
         sens = set(self.sensitive)
@@ -242,7 +251,8 @@ class DivergenceReport:
                                       t.get("old_transactions"), t.get("new_transactions"),
                                       t["counts"].get("converged", 0),
                                       list(t.get("new_only_columns", [])),
-                                      None if "changes" in t else dict(t["counts"])))
+                                      None if "changes" in t else dict(t["counts"]),
+                                      int(t["counts"].get("applied_as_set", 0))))
         return cls(d["run_id"], d["database"], d["method"], d["method_reason"],
                    Divergence.from_dict(d["divergence"]), d.get("attribution", {}),
                    d.get("old_end_lsn"), d.get("new_end_lsn"), d.get("transactions", {}),
@@ -267,6 +277,9 @@ class ApplyResult:
     conflict_file: str | None = None
     rekeyed: int = 0
     """Collisions resolved by inserting the old primary's row under a fresh key."""
+    applied_as_set: int = 0
+    """Old-only inserts applied as one set per table while the run was captured
+    (``drorch_reconcile.bulk_sets``): their outcome entries carry ``as_set``."""
     mapping_file: str | None = None
     """CSV of every re-keyed row's old and new key."""
     rekeyed_sample: list[dict[str, Any]] = field(default_factory=list)
@@ -284,12 +297,14 @@ class ApplyResult:
 
     @property
     def rows_recovered(self) -> int:
-        """Old-side rows now on the new primary (this call and earlier ones)."""
-        return self.applied + self.already_applied
+        """Old-side rows now on the new primary (this call, earlier ones and the sets
+        applied at capture)."""
+        return self.applied + self.already_applied + self.applied_as_set
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "applied": self.applied,
                 "already_applied": self.already_applied, "rows_recovered": self.rows_recovered,
+                "applied_as_set": self.applied_as_set,
                 "kept_new": self.kept_new, "rekeyed": self.rekeyed,
                 "mapping_file": self.mapping_file, "rekeyed_sample": self.rekeyed_sample,
                 "manual_pending": self.manual_pending,

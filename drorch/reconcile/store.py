@@ -11,9 +11,12 @@ which is not a decision). A change's outcome is its ``applied`` row, else (an ``
 change) the batch whose range holds it: :data:`UNDECIDED` and the ``outcomes`` view say
 so in SQL. Recording a batch costs one row, not one per change (80,000 per-row records
 cost as much as writing the rows they record); the records grow with batches and
-exceptions, the audit with tables. The schema is readable by
-superusers only: it holds the same values as the application tables,
-sensitive ones included, and they never leave the database except masked.
+exceptions, the audit with tables. ``bulk_sets``: the old primary's plain inserts applied
+as one set per table while the run was captured (:mod:`drorch.reconcile.bulk`): every key
+(as ranges: keys from a sequence run in long stretches), the row count and the digest of
+the rows copied; their outcome is *applied*. The schema is readable by superusers only:
+it holds the same values as the application tables, sensitive ones included, and they
+never leave the database except masked.
 
 A run is captured in one transaction: it exists completely or not at all. Its
 changes are written while they are still being found (:func:`capturing`), on a
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +89,17 @@ CREATE TABLE IF NOT EXISTS drorch_reconcile.applied_batches (
     rows       int NOT NULL,
     decided_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, tbl, deletes, lo, hi)
+);
+CREATE TABLE IF NOT EXISTS drorch_reconcile.bulk_sets (
+    run_id      text NOT NULL REFERENCES drorch_reconcile.runs ON DELETE CASCADE,
+    tbl         text NOT NULL,
+    rows        int NOT NULL,
+    first_key   bigint NOT NULL,
+    last_key    bigint NOT NULL,
+    keys        int8multirange NOT NULL,
+    rows_sha256 text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, tbl)
 );
 DO $$ BEGIN
     -- created once: replacing it at every start would wait on each reader of it
@@ -238,11 +252,16 @@ class Capture:
     Fed table by table in the report's order (``seq`` numbers them as :func:`changes`
     returns them). The COPY's writes are queued to a thread of psycopg's, so the server
     parses and indexes one batch while drorch classifies the next: capture no longer
-    waits for the whole classification, nor classification for the server."""
+    waits for the whole classification, nor classification for the server. The COPY
+    opens at the first change and closes before a bulk set (:meth:`bulk`) uses the
+    connection."""
 
-    def __init__(self, copy: Copy, run_id: str) -> None:
-        self._copy = copy
+    def __init__(self, conn: Conn, run_id: str) -> None:
+        self.conn = conn
+        self._stack: ExitStack | None = None
+        self._copy: Copy | None = None
         self._run = _copy_text(run_id)
+        self.run_id = run_id
         self._seq = 0
         self._columns: dict[tuple[str, ...], str] = {}  # a table's changes share a few lists
         self._names: dict[str, str] = {}
@@ -251,8 +270,24 @@ class Capture:
 
     def add(self, table: str, changes: Sequence[Change]) -> None:
         """Capture these changes of ``table`` (after every change added before)."""
+        if not changes:
+            return
+        if self._copy is None:
+            self._stack = ExitStack()
+            cur = self._stack.enter_context(self.conn.cursor())
+            self._copy = self._stack.enter_context(
+                cur.copy(_COPY_CHANGES, writer=QueuedLibpqWriter(cur)))
         for i in range(0, len(changes), COPY_CHUNK_LINES):
             self._copy.write(self._lines(table, changes[i:i + COPY_CHUNK_LINES]))
+
+    def close_copy(self, exc: BaseException | None = None) -> None:
+        """End the changes' COPY (the server has every line sent so far)."""
+        stack, self._stack, self._copy = self._stack, None, None
+        if stack is not None:
+            if exc is None:
+                stack.close()
+            else:
+                stack.__exit__(type(exc), exc, exc.__traceback__)
 
     def finish(self, report: DivergenceReport) -> None:
         """Keep the run, with ``report`` (counts only): it commits when the block ends.
@@ -291,14 +326,27 @@ def capturing(conn: Conn, run_id: str) -> Iterator[Capture | None]:
             yield None
             return
         _skip_proven_reference_checks(conn)
-        with conn.cursor() as cur, cur.copy(_COPY_CHANGES,
-                                            writer=QueuedLibpqWriter(cur)) as copy:
-            cap = Capture(copy, run_id)
+        cap = Capture(conn, run_id)
+        try:
             yield cap
+        except BaseException as e:
+            cap.close_copy(e)
+            raise
+        cap.close_copy()
         if cap.report is None:
             raise psycopg.Rollback(tx)
         conn.execute("UPDATE drorch_reconcile.runs SET report = %s::jsonb WHERE run_id = %s",
                      (cap.report, run_id))
+
+
+def bulk_sets(conn: Conn, run_id: str) -> list[tuple[str, int, str]]:
+    """(table, rows, digest) of each set the run applied at capture."""
+    if conn.execute("SELECT to_regclass('drorch_reconcile.bulk_sets') IS NOT NULL"
+                    ).fetchone() != (True,):
+        return []
+    return [(str(t), int(n), str(d)) for t, n, d in conn.execute(
+        "SELECT tbl, rows, rows_sha256 FROM drorch_reconcile.bulk_sets WHERE run_id = %s "
+        "ORDER BY tbl", (run_id,))]
 
 
 def _skip_proven_reference_checks(conn: Conn) -> None:

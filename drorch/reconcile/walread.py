@@ -103,6 +103,49 @@ class SideTable:
     records: int = 0
     last_commit: dict[str, datetime] = field(default_factory=dict)
     """key -> commit time (this node's clock) of the transaction that last changed it"""
+    bulk: BulkRows | None = None
+    """Rows inserted after the split that nothing later touched on this side, read as
+    keys only (the old side of a table :func:`read_side` was asked to read in bulk):
+    not in ``touched`` or ``rows`` until :func:`demote` hands some back."""
+    parts: _Parts | None = None
+    """What ``touched`` was computed from (bulk tables only): :func:`demote` adds to it."""
+
+
+@dataclass
+class BulkRows:
+    """Live tuples the old primary inserted after the split and never updated or deleted
+    there: per relation, the candidate TIDs (a ``tid[]`` literal) and the keys found
+    live at them, by ``xmin``.
+
+    Their key is new on this side (the chain is one insert), so whether they can be
+    applied as they are depends only on the new primary (:mod:`drorch.reconcile.bulk`).
+    Kept as plain lists: a divergence of a million rows is mostly such tuples, and one
+    object per tuple was the largest cost of reading a side."""
+
+    tids: dict[str, str] = field(default_factory=dict)
+    keys: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    """rel -> xmin -> keys"""
+    lsn_of: dict[tuple[str, int], list[tuple[int, int, list[int]]]] = field(
+        default_factory=dict)
+    """(rel, block) -> (lsn, xid, offsets) of each candidate record on that block"""
+    handed_back: set[int] = field(default_factory=set)
+    """Keys :func:`demote` gave to the row path (still in ``keys``' TIDs: the copy skips
+    them by key)."""
+
+    def count(self) -> int:
+        return sum(len(ks) for by in self.keys.values() for ks in by.values())
+
+    def all_keys(self) -> set[int]:
+        return {k for by in self.keys.values() for ks in by.values() for k in ks}
+
+
+@dataclass
+class _Parts:
+    records: list[wp.HeapRecord]
+    live: dict[tuple[str, tuple[int, int]], str]
+    old_keys: dict[int, str]
+    top_of: dict[int, int]
+    commit_at: dict[int, datetime]
 
 
 @dataclass
@@ -217,8 +260,12 @@ def _canonical_keys(conn: Conn, meta: TableMeta, raw: dict[int, dict[str, Any]])
 
 
 def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], dboid: int, *,
-              lookback: bool, max_tli: int | None) -> WalSide:
-    """This node's committed changes after ``start`` to the configured tables."""
+              lookback: bool, max_tli: int | None,
+              bulk_tables: frozenset[str] = frozenset()) -> WalSide:
+    """This node's committed changes after ``start`` to the configured tables.
+
+    ``bulk_tables``: tables (one integer key column) whose untouched inserts are read as
+    keys only, into ``SideTable.bulk``."""
     files = _wal_files(conn)
     dbpat = f"%rel %/{dboid}/%"
     split = wp.lsn_to_int(start)
@@ -283,15 +330,18 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
             side.rows_shipped += len(side.no_pk_rows[name])
             continue
         st = _table_changes(conn, files, meta, sorted(recs, key=lambda r: r.lsn), top_of,
-                            max_tli, side)
+                            max_tli, side, name in bulk_tables)
         st.last_commit = {k: at for k, t in st.touched.items()
                           if (at := commit_at.get(top_of.get(t.last_xid, t.last_xid)))}
+        if st.parts is not None:
+            st.parts.commit_at = commit_at
         side.tables[name] = st
     return side
 
 
 def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.HeapRecord],
-                   top_of: dict[int, int], max_tli: int | None, side: WalSide) -> SideTable:
+                   top_of: dict[int, int], max_tli: int | None, side: WalSide,
+                   bulk: bool = False) -> SideTable:
     needs_bytes = [r for r in recs if (r.op == "multi_insert" and not r.init_page)
                    or (r.op == "delete" and not r.flags & wp.DELETE_IS_SUPER)
                    or (r.op == "update" and r.flags & (wp.UPDATE_CONTAINS_OLD_KEY
@@ -300,12 +350,34 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
     expanded: list[wp.HeapRecord] = []
     raw_keys: dict[int, dict[str, Any]] = {}
     want = set(meta.pk)
+    # A tuple some record ended (updated, deleted) or an update created is no candidate:
+    # its chain is walked. Blocks without such tuples need no check per tuple.
+    busy: dict[tuple[str, int], set[int]] = defaultdict(set)
+    if bulk:
+        for r in recs:
+            if r.old_tid is not None:
+                busy[(r.rel, r.old_tid[0])].add(r.old_tid[1])
+            if r.op == "update" and r.tid is not None:
+                busy[(r.rel, r.tid[0])].add(r.tid[1])
+    cands: dict[tuple[str, int], list[tuple[int, int, list[int]]]] = defaultdict(list)
     try:
         for r in recs:
-            if r.op == "multi_insert":
+            if r.op in ("multi_insert", "insert"):
                 assert r.tid is not None
                 blk = r.tid[0]
-                for off in wb.multi_insert_offsets(tails.get(r.lsn, b""), r.ntuples, r.init_page):
+                offs = (wb.multi_insert_offsets(tails.get(r.lsn, b""), r.ntuples, r.init_page)
+                        if r.op == "multi_insert" else [r.tid[1]])
+                walk = offs
+                if bulk:
+                    ended = busy.get((r.rel, blk))
+                    walk = [o for o in offs if o in ended] if ended else []
+                    if len(walk) < len(offs):
+                        cands[(r.rel, blk)].append((r.lsn, r.xid, [o for o in offs
+                                                                    if o not in walk]))
+                if r.op == "insert" and walk:
+                    expanded.append(r)
+                    continue
+                for off in walk:
                     expanded.append(wp.HeapRecord(r.lsn, r.xid, "insert", r.rel, (blk, off), None,
                                                   r.flags, r.record_length, r.main_data_length))
                 continue
@@ -318,6 +390,14 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
                     raw_keys[r.lsn] = decode_logged_tuple(blob, list(meta.rels[r.rel].attrs), want)
     except (UnsupportedKey, wp.WalFormatError) as e:
         raise WalUnavailable(f"{meta.name}: {e}") from e
+    for where, lst in list(cands.items()):
+        offs_all = [o for _lsn, _xid, offs in lst for o in offs]
+        if len(set(offs_all)) != len(offs_all):  # a line pointer filled twice: walk it
+            del cands[where]
+            expanded += [wp.HeapRecord(lsn, xid, "insert", where[0], (where[1], o), None, 0, 0, 0)
+                         for lsn, xid, offs in lst for o in offs]
+    if cands:
+        expanded.sort(key=lambda r: r.lsn)
     old_keys = _canonical_keys(conn, meta, raw_keys)
     live, rows = fetch_live(conn, meta, expanded, set(top_of))
     side.rows_shipped += len(rows) + len(old_keys)
@@ -327,4 +407,86 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
         raise WalUnavailable(f"{meta.name}: {e} (needs wal_level=logical and a primary key)"
                              ) from e
     txns = transactions_touching(expanded, top_of)
-    return SideTable(touched, rows, txns, len(expanded))
+    txns |= {top_of.get(xid, xid) for lst in cands.values() for _lsn, xid, _o in lst}
+    st = SideTable(touched, rows, txns, len(expanded) + sum(
+        len(o) for lst in cands.values() for _l, _x, o in lst))
+    if bulk:
+        st.parts = _Parts(expanded, live, old_keys, top_of, {})
+        st.bulk = fetch_bulk(conn, meta, cands, set(top_of))
+        side.rows_shipped += st.bulk.count()
+        again = {int(k[1:-1]) for k in touched if int_key(k)} & st.bulk.all_keys()
+        if again:  # a key this side also changed otherwise (deleted, then inserted anew)
+            demote(conn, meta, st, again)
+    return st
+
+
+def int_key(key: str) -> bool:
+    """A canonical one-column integer key (``[123]``)."""
+    return key.startswith("[") and key.endswith("]") and key[1:-1].lstrip("-").isdigit()
+
+
+def fetch_bulk(conn: Conn, meta: TableMeta,
+               cands: dict[tuple[str, int], list[tuple[int, int, list[int]]]],
+               committed: set[int]) -> BulkRows:
+    """The keys of the live candidate tuples by ``xmin`` (one Tid Scan per relation, one
+    array per transaction): a tuple at a candidate TID written by another xid is not one
+    of them."""
+    out = BulkRows(lsn_of=dict(cands))
+    xids = "{" + ",".join(str(x) for x in committed) + "}"
+    by_rel: dict[str, list[str]] = defaultdict(list)
+    for (rel, blk), lst in cands.items():
+        by_rel[rel] += [f'"({blk},{o})"' for _lsn, _xid, offs in lst for o in offs]
+    key = sql.Identifier(meta.pk[0])
+    for rel, tids in by_rel.items():
+        out.tids[rel] = "{" + ",".join(tids) + "}"
+        q = sql.SQL("SELECT xmin::text::bigint, array_agg({key}) FROM ONLY {rel} AS t "
+                    "WHERE ctid = ANY(%s::tid[]) AND xmin = ANY(%s::xid[]) GROUP BY 1").format(
+            key=key, rel=sql.SQL(meta.rels[rel].qualified))
+        out.keys[rel] = {int(x): list(ks) for x, ks in conn.execute(q, (out.tids[rel], xids))}
+    return out
+
+
+def demote(conn: Conn, meta: TableMeta, st: SideTable, keys: set[int]) -> None:
+    """Hand these bulk keys back to the row-by-row path: their tuples are read whole and
+    join ``touched`` and ``rows`` exactly as if they had never been set aside."""
+    assert st.bulk is not None and st.parts is not None
+    bulk, parts = st.bulk, st.parts
+    keys = keys & bulk.all_keys() - bulk.handed_back
+    if not keys:
+        return
+    recs: list[wp.HeapRecord] = []
+    live: dict[tuple[str, tuple[int, int]], str] = {}
+    xids = "{" + ",".join(str(x) for x in parts.top_of) + "}"
+    arr = "{" + ",".join(map(str, keys)) + "}"
+    k = sql.Identifier(meta.pk[0])
+    for rel, by_xmin in bulk.keys.items():
+        q = sql.SQL("SELECT ctid::text, xmin::text::bigint, jsonb_build_array({k})::text, "
+                    "to_jsonb(t)::text FROM ONLY {rel} AS t WHERE {k} = ANY(%s::bigint[]) "
+                    "AND xmin = ANY(%s::xid[])").format(k=k, rel=sql.SQL(meta.rels[rel].qualified))
+        for ctid, xmin, key_text, text in conn.execute(q, (arr, xids)).fetchall():
+            blk, off = (int(x) for x in ctid.strip("()").split(","))
+            rec = next((wp.HeapRecord(lsn, xid, "insert", rel, (blk, off), None, 0, 0, 0)
+                        for lsn, xid, offs in bulk.lsn_of.get((rel, blk), []) if off in offs
+                        and xid == xmin), None)
+            if rec is None:
+                continue  # the key's live tuple is not one of the candidates
+            recs.append(rec)
+            ck = key_from_array(key_text)
+            live[(rel, (blk, off))] = ck
+            st.rows[ck] = text
+        for xmin, ks in by_xmin.items():
+            if any(x in keys for x in ks):
+                by_xmin[xmin] = [x for x in ks if x not in keys]
+    bulk.handed_back |= keys
+    parts.live.update(live)
+    parts.records += recs
+    if any(ck in st.touched for ck in live.values()):
+        parts.records.sort(key=lambda r: r.lsn)
+        st.touched = touched_keys(parts.records, parts.live, parts.old_keys)
+    else:  # keys new to this side's changes: what touched_keys concludes for a lone insert
+        for r in recs:
+            assert r.tid is not None
+            st.touched[live[(r.rel, r.tid)]] = Touch(False, r.lsn, r.lsn, r.xid)
+    top_of, commit_at = parts.top_of, parts.commit_at
+    st.last_commit.update({ck: at for ck, t in st.touched.items() if ck not in st.last_commit
+                           and (at := commit_at.get(top_of.get(t.last_xid, t.last_xid)))})

@@ -1,0 +1,157 @@
+"""The old primary's plain inserts, applied as one set per table while they are captured.
+
+Most of a large divergence is rows the old primary inserted after the split and never
+touched again (the traffic of the minutes before the region died). When the new primary
+neither has their keys nor touched them, classification can only say *old-only, apply*
+(``classify.decide``), whatever the table's policy: judging, capturing and applying
+them one by one only spends time. Such a set is copied server to server instead (binary
+``COPY`` from the fenced old primary straight into the table on the new primary), in
+the capture's transaction, under a savepoint:
+
+* the set is recorded in ``drorch_reconcile.bulk_sets`` with every key (an
+  ``int8multirange``),
+  the row count and the SHA-256 of the rows as copied (the binary COPY stream), and it
+  commits with the run's report or not at all (a kill before the capture commits
+  leaves neither rows nor record; a rerun finds them afresh);
+* anything the new primary refuses (a key inserted there meanwhile, another unique
+  column, a check, a lock wait past ``lock_timeout``) rolls the savepoint back, and the
+  whole set goes row by row like any change (refusals then reach the conflict file with
+  the database's words).
+
+Only tables where the shortcut cannot change an outcome take it (:func:`ineligible`):
+one integer key column, the same columns with the same types on both nodes (binary COPY
+needs them), and no foreign key of their own (a child row may name a parent that is
+re-keyed or gone: the row path carries or holds it). Writes run as the apply's do:
+``session_replication_role = replica`` (triggers do not fire again).
+
+The copy's rows never pass through drorch as values: it only forwards the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+from psycopg import sql
+
+from drorch.reconcile._db import Conn
+from drorch.reconcile.catalog import TableMeta
+from drorch.reconcile.walread import BulkRows
+
+MIN_ROWS = 1_000
+"""Smaller sets go row by row: the per-row report and capture cost little there, and
+each such row stays visible in ``drorch_reconcile.changes``."""
+
+FLUSH_BYTES = 1 << 18
+"""Bytes forwarded per write to the new primary's COPY (the old side's COPY hands over
+one row per read)."""
+
+
+class BulkRefused(Exception):
+    """The new primary refused the set (its error text), or the set changed underneath."""
+
+
+def _types(conn: Conn, meta: TableMeta) -> dict[str, str]:
+    return {str(n): str(t) for n, t in conn.execute(
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (meta.oid,))}
+
+
+def ineligible(old: Conn, new: Conn, mo: TableMeta, mn: TableMeta) -> str | None:
+    """Why the table's plain inserts cannot go as a set (None: they can)."""
+    if len(mo.pk) != 1 or mo.pk_types.get(mo.pk[0]) not in ("int2", "int4", "int8"):
+        return "not a one-column integer key"
+    if mo.pk != mn.pk:
+        return "primary keys differ"
+    if new.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s AND contype = 'f' "
+                   "LIMIT 1", (mn.oid,)).fetchone():
+        return "has foreign keys (a parent may be re-keyed or gone)"
+    to, tn = _types(old, mo), _types(new, mn)
+    if any(tn.get(c) != t for c, t in to.items()):
+        return "column types differ between the nodes"
+    return None
+
+
+def columns(mo: TableMeta, mn: TableMeta) -> list[str]:
+    """The columns a set writes: the old table's, less generated ones (computed again)."""
+    return [c for c in mo.columns if c not in mo.generated | mn.generated]
+
+
+def apply_set(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMeta,
+              rows: BulkRows, skip: set[int]) -> tuple[int, str]:
+    """Copy the set's rows (``rows`` less the keys in ``skip``) into the new primary's table
+    and record them, under a savepoint of ``cap``'s open transaction (the capture's).
+    Returns (rows, SHA-256 hex of the copied stream). Raises :class:`BulkRefused` with the
+    database's error when the new primary refuses any row (nothing of the set is kept)."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns(mo, mn)))
+    skip = skip | rows.handed_back
+    keys = sorted(k for by in rows.keys.values() for ks in by.values() for k in ks
+                  if k not in skip)
+    digest = hashlib.sha256()
+    copied = 0
+    try:
+        with cap.transaction():
+            if cap.execute("SELECT current_setting('session_replication_role')"
+                           ).fetchone() != ("replica",):
+                cap.execute("SET LOCAL session_replication_role = replica")
+            for rel, by_xmin in rows.keys.items():
+                xids = [x for x, ks in by_xmin.items() if any(k not in skip for k in ks)]
+                if not xids:
+                    continue
+                copied += _copy(old, cap, sql.SQL(
+                    "COPY (SELECT {cols} FROM ONLY {rel} AS t WHERE ctid = ANY({tids}::tid[]) "
+                    "AND xmin = ANY({xids}::xid[]) AND NOT ({k} = ANY({skip}::bigint[]))) "
+                    "TO STDOUT (FORMAT binary)").format(
+                    cols=cols, rel=sql.SQL(mo.rels[rel].qualified),
+                    tids=sql.Literal(rows.tids[rel]), k=sql.Identifier(mo.pk[0]),
+                    xids=sql.Literal("{" + ",".join(map(str, xids)) + "}"),
+                    skip=sql.Literal("{" + ",".join(map(str, skip)) + "}")), sql.SQL(
+                    "COPY {tbl} ({cols}) FROM STDIN (FORMAT binary)").format(
+                    tbl=mn.ident, cols=cols), digest)
+            if copied != len(keys):
+                raise BulkRefused(f"{copied} rows copied for {len(keys)} keys")
+            if keys:
+                cap.execute(
+                    "INSERT INTO drorch_reconcile.bulk_sets (run_id, tbl, rows, first_key, "
+                    "last_key, keys, rows_sha256) VALUES (%s, %s, %s, %s, %s, "
+                    "%s::int8multirange, %s)",
+                    (run_id, mn.name, copied, keys[0], keys[-1], key_ranges(keys),
+                     digest.hexdigest()))
+    except psycopg.Error as e:
+        if cap.broken or old.broken:
+            raise
+        raise BulkRefused(f"{e.sqlstate}: {str(e).splitlines()[0]}") from e
+    return copied, digest.hexdigest()
+
+
+def key_ranges(keys: list[int]) -> str:
+    """Sorted distinct keys as an ``int8multirange`` literal: a sequence's keys come in
+    long runs, so a million keys are a few ranges (a ``bigint[]`` of them cost ~0.8 s to
+    store)."""
+    parts = []
+    lo = prev = keys[0]
+    for k in keys[1:]:
+        if k != prev + 1:
+            parts.append(f"[{lo},{prev + 1})")
+            lo = k
+        prev = k
+    parts.append(f"[{lo},{prev + 1})")
+    return "{" + ",".join(parts) + "}"
+
+
+def _copy(old: Conn, cap: Conn, out: sql.Composable, into: sql.Composable,
+          digest: hashlib._Hash) -> int:
+    """Forward one binary COPY from ``old`` into ``cap``; rows copied."""
+    buf = bytearray()
+    with old.cursor() as oc, oc.copy(out) as src, cap.cursor() as cc:
+        with cc.copy(into) as dst:
+            for chunk in src:
+                buf += chunk
+                if len(buf) >= FLUSH_BYTES:
+                    digest.update(buf)
+                    dst.write(bytes(buf))
+                    buf.clear()
+            if buf:
+                digest.update(buf)
+                dst.write(bytes(buf))
+        return max(cc.rowcount, 0)

@@ -1,0 +1,223 @@
+"""The old primary's plain inserts applied as one set while captured (``reconcile.bulk``).
+
+Ordinary traffic: both primaries insert through their sequences (so region-b's ids run
+into region-a's), region-a also updates and deletes rows both had at the split, and
+writes to a table nobody listed. ``bulk.MIN_ROWS`` is lowered so that a few hundred rows
+take the set path; what must hold is what holds for the row path: every acknowledged
+row is on the new primary afterwards (a collision under its new key), every change has
+one outcome, and a set the new primary refuses goes row by row.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from drorch.reconcile import (
+    apply_reconciliation,
+    bulk,
+    divergence_point,
+    find_divergence,
+    load_report,
+)
+from drorch.reconcile import find as find_mod
+from drorch.reconcile.accounting import account
+from drorch.reconcile.conflicts import load as load_conflicts
+from tests.integration.reconcile.test_reconcile_accounting import (
+    Split,
+    _mapping,
+    _q,
+    _reconcile,
+    _rows,
+    _spec,
+    _split,
+    cleanup,  # noqa: F401 - fixture
+    workdir,  # noqa: F401 - fixture
+)
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(autouse=True)
+def _small_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bulk, "MIN_ROWS", 20)
+
+
+def _insert_many(s: Split, table: str, columns: str, rows: list[tuple[object, ...]]) -> None:
+    """One transaction of many default-id rows; every id kept once COMMIT returned."""
+    with psycopg.connect(s.a.dsn()) as c:
+        got = []
+        for values in rows:
+            marks = ", ".join(["%s"] * len(values))
+            got.append(c.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks}) "
+                                 f"RETURNING id, to_jsonb({table})", values).fetchone())
+        c.commit()
+    for row in got:
+        assert row is not None
+        s.old.rows.setdefault(table, {})[int(row[0])] = row[1]
+
+
+def _old_traffic(s: Split) -> None:
+    with psycopg.connect(s.a.dsn()) as c:  # an ordinary COPY: a bulk insert (MULTI_INSERT)
+        with c.cursor().copy("COPY notes (body) FROM STDIN") as cp:
+            for i in range(150):
+                cp.write_row((f"copied {i} \\ tab\there",))
+        got = c.execute("SELECT id, to_jsonb(notes) FROM notes WHERE body LIKE 'copied %'"
+                        ).fetchall()
+        c.commit()
+    s.old.rows["notes"] = {int(k): r for k, r in got}
+    _insert_many(s, "emails", "message_id, recipient",
+                 [(f"a-{i}", f"ra{i}") for i in range(60)])
+    for i in range(40):
+        s.old.insert(s.a.dsn(), "orders", "amount, region", (i, "eu"))
+    _q(s.a.dsn(), "UPDATE emails SET recipient = 'changed on a' WHERE id <= 3")
+    _q(s.a.dsn(), "DELETE FROM notes WHERE id IN (4, 5)")
+
+
+def _new_traffic(s: Split) -> None:
+    for i in range(10):  # default ids: they collide with region-a's
+        s.new.insert(s.b.dsn(), "emails", "message_id, recipient", (f"b-{i}", f"rb{i}"))
+        s.new.insert(s.b.dsn(), "notes", "body", (f"b-note {i}",))
+
+
+def test_plain_inserts_go_as_one_set_and_every_acknowledged_row_is_there(
+        workdir: Path, cleanup: list[Split]) -> None:  # noqa: F811
+    split = _split(workdir, _old_traffic, _new_traffic)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    report, applied, accounting = _reconcile(split, conflict_file)
+    assert accounting.holds, accounting.problem()
+    by_table = {t.table: t for t in report.tables}
+    # notes and emails are eligible (emails has a second unique column: fine, it holds);
+    # orders went too (40 rows), the rows region-b collided with did not
+    sets = {t: n for t, n, _d in _sets(split)}
+    assert set(sets) == {"public.notes", "public.emails", "public.orders"}
+    for name, n in sets.items():
+        assert by_table[name].bulk_applied == n
+    assert applied.applied_as_set == sum(sets.values())
+    assert applied.rekeyed > 0  # region-b's default ids ran into region-a's
+    mapping = _mapping(Path(applied.mapping_file))
+    for table in ("notes", "emails", "orders"):
+        now = _rows(split.b.dsn(), table)
+        for key, row in split.old.rows[table].items():
+            if table == "notes" and key in (4, 5):
+                continue
+            new_key = mapping.get((table, key), key)
+            assert now[new_key] | {"id": key} == row, (table, key)
+        for key, row in split.new.rows.get(table, {}).items():
+            assert now[key] == row, (table, key)
+    assert 4 not in _rows(split.b.dsn(), "notes")
+    assert all(r["recipient"] == "changed on a" for k, r in _rows(split.b.dsn(), "emails").items()
+               if k <= 3)
+    # the set's record holds exactly the keys applied as a set: no collision among them
+    for table, keys in _set_keys(split).items():
+        short = table.split(".")[1]
+        assert keys.isdisjoint(k for t, k in mapping if t == short)
+        assert keys <= set(split.old.rows[short])
+        assert len(keys) == sets[table]
+    outcomes = [o for o in applied.outcomes if o.get("as_set")]
+    assert {o["table"] for o in outcomes} == set(sets)
+    assert all(o["kind"] == "old-only" and o["outcome"] == "applied" and len(o["digest"]) == 64
+               for o in outcomes)
+    # the counts in the report (stored with the run) include the set's rows
+    stored = load_report(split.b.dsn(), report.run_id)
+    assert stored is not None
+    assert stored.table("public.notes").counts()["applied_as_set"] == sets["public.notes"]
+    assert accounting.totals()["found"] == report.totals()["rows_diverged"]
+
+
+def test_the_set_is_split_in_time_like_any_row(workdir: Path, cleanup: list[Split]) -> None:  # noqa: F811
+    marks: dict[str, datetime] = {}
+
+    def on_old(s: Split) -> None:
+        _insert_many(s, "notes", "body", [(f"before {i}",) for i in range(30)])
+        marks["promoted"] = datetime.now(UTC)
+        _insert_many(s, "notes", "body", [(f"after {i}",) for i in range(50)])
+
+    split = _split(workdir, on_old, lambda s: None)
+    cleanup.append(split)
+    report = find_divergence(split.a.dsn(), split.b.dsn(), _spec(workdir / "c.jsonl"),
+                             divergence_point(split.b.dsn()), promoted_at=marks["promoted"])
+    assert report.table("public.notes").bulk_applied == 80
+    assert report.in_time["before"]["rows"] == 30
+    assert report.in_time["after"]["rows"] == 50
+
+
+def test_a_set_the_new_primary_refuses_goes_row_by_row_with_the_databases_error(
+        workdir: Path, cleanup: list[Split]) -> None:  # noqa: F811
+    def on_old(s: Split) -> None:
+        _insert_many(s, "notes", "body", [(f"n{i}" if i != 40 else "BAD",) for i in range(80)])
+
+    def on_new(s: Split) -> None:
+        _q(s.b.dsn(), "SELECT setval('notes_id_seq', 10000)")
+        _q(s.b.dsn(), "ALTER TABLE notes ADD CONSTRAINT no_bad CHECK (body <> 'BAD')")
+
+    split = _split(workdir, on_old, on_new)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    report, applied, accounting = _reconcile(split, conflict_file)
+    assert accounting.holds, accounting.problem()
+    assert report.table("public.notes").bulk_applied == 0
+    assert any("refused them as one set" in n and "23514" in n for n in report.notes)
+    assert (applied.applied, applied.errors, applied.applied_as_set) == (79, 1, 0)
+    (entry,) = load_conflicts(conflict_file).conflicts
+    assert "no_bad" in entry.reason
+    assert _sets(split) == []
+
+
+def test_a_capture_killed_after_the_set_was_copied_leaves_nothing_and_reruns(
+        workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    split = _split(workdir, _old_traffic, _new_traffic)
+    cleanup.append(split)
+    spec = _spec(workdir / "conflicts.jsonl")
+    real = find_mod._conclude
+
+    def dies(*a: object, **k: object) -> None:
+        assert _sets_in_txn_are_invisible(split)  # copied, not committed
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(find_mod, "_conclude", dies)
+    with pytest.raises(KeyboardInterrupt):
+        find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
+    before = set(_rows(split.b.dsn(), "notes"))
+    old_only = set(split.old.rows["notes"]) - set(split.new.rows["notes"])
+    assert old_only and before.isdisjoint(old_only)
+    assert _q(split.b.dsn(), "SELECT count(*) FROM drorch_reconcile.runs") == [(0,)]
+    assert _sets(split) == []
+    monkeypatch.setattr(find_mod, "_conclude", real)
+    report = find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
+    applied = apply_reconciliation(report, split.b.dsn(), spec)
+    accounting = account(report.to_dict(), applied.to_dict())
+    assert accounting.holds, accounting.problem()
+    assert applied.applied_as_set > 0
+    # found again, then returned as stored: the set is not copied twice
+    again = find_divergence(split.a.dsn(), split.b.dsn(), spec, divergence_point(split.b.dsn()))
+    assert again.totals() == report.totals()
+    now = _rows(split.b.dsn(), "notes")
+    assert old_only <= set(now)
+
+
+def _sets(split: Split) -> list[tuple[str, int, str]]:
+    return [(str(t), int(n), str(d)) for t, n, d in _q(
+        split.b.dsn(), "SELECT tbl, rows, rows_sha256 FROM drorch_reconcile.bulk_sets "
+                       "ORDER BY tbl")] if _q(split.b.dsn(), "SELECT to_regclass("
+                                                             "'drorch_reconcile.bulk_sets')"
+                                                             )[0][0] else []
+
+
+def _set_keys(split: Split) -> dict[str, set[int]]:
+    out: dict[str, set[int]] = {}
+    for tbl, lo, hi in _q(split.b.dsn(), "SELECT b.tbl, lower(r), upper(r) FROM "
+                                         "drorch_reconcile.bulk_sets b, unnest(b.keys) r"):
+        out.setdefault(str(tbl), set()).update(range(int(lo), int(hi)))
+    return out
+
+
+def _sets_in_txn_are_invisible(split: Split) -> bool:
+    """Another session sees no set while the capture's transaction is open."""
+    return not _q(split.b.dsn(), "SELECT 1 FROM pg_tables WHERE schemaname = "
+                                 "'drorch_reconcile' AND tablename = 'bulk_sets'") or \
+        not _q(split.b.dsn(), "SELECT 1 FROM drorch_reconcile.bulk_sets")
