@@ -111,17 +111,99 @@ def apply_set(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMeta,
             if copied != len(keys):
                 raise BulkRefused(f"{copied} rows copied for {len(keys)} keys")
             if keys:
-                cap.execute(
-                    "INSERT INTO drorch_reconcile.bulk_sets (run_id, tbl, rows, first_key, "
-                    "last_key, keys, rows_sha256) VALUES (%s, %s, %s, %s, %s, "
-                    "%s::int8multirange, %s)",
-                    (run_id, mn.name, copied, keys[0], keys[-1], key_ranges(keys),
-                     digest.hexdigest()))
+                _record(cap, run_id, mn.name, "insert", keys, digest.hexdigest())
     except psycopg.Error as e:
         if cap.broken or old.broken:
             raise
         raise BulkRefused(f"{e.sqlstate}: {str(e).splitlines()[0]}") from e
     return copied, digest.hexdigest()
+
+
+def _record(cap: Conn, run_id: str, table: str, op: str, keys: list[int], digest: str
+            ) -> None:
+    cap.execute("INSERT INTO drorch_reconcile.bulk_sets (run_id, tbl, op, rows, first_key, "
+                "last_key, keys, rows_sha256) VALUES (%s, %s, %s, %s, %s, %s, "
+                "%s::int8multirange, %s)",
+                (run_id, table, op, len(keys), keys[0], keys[-1], key_ranges(keys), digest))
+
+
+def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMeta,
+                  updated: dict[str, list[tuple[int, int]]], deleted: list[int],
+                  new_xmin: dict[int, int]) -> tuple[list[int], list[int]]:
+    """Apply the old primary's updates and deletes of rows both nodes had at the split and
+    the new primary never touched, as one set each, under a savepoint of ``cap``'s open
+    transaction (the capture's).
+
+    ``updated``: per old relation, (TID block, offset) of each updated key's live tuple;
+    ``deleted``: keys the old primary deleted; ``new_xmin``: the ``xmin`` each key's row
+    had on the new primary when it was read (after its WAL said it was untouched). Every
+    row is locked first and must still be that version (else the set is refused, as a
+    stale row would be); an update whose old row equals the new one is no change.
+    Returns the keys updated and the keys deleted. Raises :class:`BulkRefused`."""
+    key = sql.Identifier(mn.pk[0])
+    cols = columns(mo, mn)
+    writable = [c for c in cols if c not in mn.identity_always]
+    digest = hashlib.sha256()
+    keys = sorted(new_xmin)
+    try:
+        with cap.transaction():
+            if cap.execute("SELECT current_setting('session_replication_role')"
+                           ).fetchone() != ("replica",):
+                cap.execute("SET LOCAL session_replication_role = replica")
+            locked = cap.execute(sql.SQL(
+                "SELECT count(*) FROM (SELECT 1 FROM {t} t JOIN unnest(%s::bigint[], "
+                "%s::xid[]) u(k, x) ON t.{k} = u.k AND t.xmin = u.x FOR UPDATE OF t) l").format(
+                t=mn.ident, k=key), ("{" + ",".join(map(str, keys)) + "}",
+                                     "{" + ",".join(str(new_xmin[k]) for k in keys) + "}")
+            ).fetchone()
+            if locked != (len(keys),):
+                raise BulkRefused("the new primary changed some of these rows meanwhile")
+            upd: list[int] = []
+            if updated:
+                ident = sql.Identifier("drorch_lane")
+                cap.execute(sql.SQL("CREATE TEMP TABLE {s} ON COMMIT DROP AS SELECT {c} FROM {t} "
+                                    "WITH NO DATA").format(
+                    s=ident, c=sql.SQL(", ").join(map(sql.Identifier, cols)), t=mn.ident))
+                copied = 0
+                for rel, tids in updated.items():
+                    lit = "{" + ",".join(f'"({b},{o})"' for b, o in tids) + "}"
+                    copied += _copy(old, cap, sql.SQL(
+                        "COPY (SELECT {c} FROM ONLY {rel} AS t WHERE ctid = ANY({tids}::tid[])) "
+                        "TO STDOUT (FORMAT binary)").format(
+                        c=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                        rel=sql.SQL(mo.rels[rel].qualified), tids=sql.Literal(lit)),
+                        sql.SQL("COPY {s} FROM STDIN (FORMAT binary)").format(s=ident), digest)
+                if copied != sum(len(t) for t in updated.values()):
+                    raise BulkRefused(f"{copied} rows read for "
+                                      f"{sum(len(t) for t in updated.values())} updated keys")
+                row_t = sql.SQL("row({})::text").format(sql.SQL(", ").join(
+                    sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols))
+                row_s = sql.SQL("row({})::text").format(sql.SQL(", ").join(
+                    sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols))
+                upd = sorted(int(r[0]) for r in cap.execute(sql.SQL(
+                    "UPDATE {t} t SET {sets} FROM {s} s WHERE t.{k} = s.{k} "
+                    "AND {rt} IS DISTINCT FROM {rs} RETURNING t.{k}").format(
+                    t=mn.ident, s=ident, k=key, rt=row_t, rs=row_s,
+                    sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
+                                            for c in writable))))
+                cap.execute(sql.SQL("DROP TABLE {}").format(ident))
+                if upd:
+                    _record(cap, run_id, mn.name, "update", upd, digest.hexdigest())
+            gone: list[int] = []
+            if deleted:
+                gone = sorted(int(r[0]) for r in cap.execute(sql.SQL(
+                    "DELETE FROM {t} t USING unnest(%s::bigint[]) u(k) WHERE t.{k} = u.k "
+                    "RETURNING t.{k}").format(t=mn.ident, k=key),
+                    ("{" + ",".join(map(str, deleted)) + "}",)))
+                if len(gone) != len(deleted):
+                    raise BulkRefused(f"{len(gone)} rows deleted for {len(deleted)} keys")
+                _record(cap, run_id, mn.name, "delete", gone,
+                        hashlib.sha256(",".join(map(str, gone)).encode()).hexdigest())
+    except psycopg.Error as e:
+        if cap.broken or old.broken:
+            raise
+        raise BulkRefused(f"{e.sqlstate}: {str(e).splitlines()[0]}") from e
+    return upd, gone
 
 
 def key_ranges(keys: list[int]) -> str:

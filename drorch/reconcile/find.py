@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -59,6 +60,7 @@ from drorch.reconcile.fence import FenceError, verify_fenced, verify_locked_out,
 from drorch.reconcile.fullcompare import compare_table
 from drorch.reconcile.model import Change, Divergence, DivergenceReport, TableReport
 from drorch.reconcile.unkeyed import unkeyed_table
+from drorch.reconcile.walchanges import Touch
 from drorch.reconcile.walread import SideTable, WalSide, WalUnavailable, read_side
 
 T = TypeVar("T")
@@ -111,7 +113,7 @@ def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[str], with_ts: bool,
     with conn.transaction():
         conn.execute("SET LOCAL enable_hashjoin = off")
         conn.execute("SET LOCAL enable_mergejoin = off")
-        for key_text, text, at in conn.execute(q, (list(meta.hidden), arg)):
+        for key_text, text, at in conn.execute(q, (list(meta.hidden), arg)).fetchall():
             out[key_from_array(key_text)] = (text, at)
             shipped += 1
     return out, shipped
@@ -178,13 +180,16 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
                     wal_old: SideTable | None, wal_new: SideTable | None,
                     lookup: list[str], keys: set[str] | None, at: datetime | None,
                     report: DivergenceReport, emit: Emit | None = None,
-                    split_max: int | None = None) -> TableReport:
+                    split_max: int | None = None,
+                    new_rows: tuple[Rows, list[str]] | None = None) -> TableReport:
     """Read both rows of every key in ``lookup``, classify, decide.
 
     ``metas``: the old and the new node's table (the new one may hide columns it alone
     has: rows are compared on the columns both share). ``keys``: the canonical keys to
     judge (WAL method: every touched key); None means every key found on either side
-    (full method: the diff's keys)."""
+    (full method: the diff's keys). ``new_rows``: the new primary's rows read before its
+    WAL end was fixed (a key missing there had no row) and the keys to read now instead
+    of ``lookup``."""
     meta, new_meta = metas
     with_ts = (wal_old is None or wal_new is None) and at is not None \
         and report.commit_timestamps
@@ -193,9 +198,12 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
     a_known = wal_old.rows if wal_old is not None and keys is not None else None
     b_known = wal_new.rows if wal_new is not None and keys is not None \
         and not new_meta.hidden else None
+    b_lookup = new_rows[1] if new_rows is not None else lookup
     (a_rows, a_shipped), (b_rows, b_shipped) = _both(
         lambda: _rows_by_key(old, meta, lookup, with_ts, a_known),
-        lambda: _rows_by_key(new, new_meta, lookup, with_ts, b_known))
+        lambda: _rows_by_key(new, new_meta, b_lookup, with_ts, b_known))
+    if new_rows is not None:
+        b_rows = {**new_rows[0], **b_rows}
     report.rows_shipped += a_shipped + b_shipped
     tr = TableReport(cfg.name, meta.pk, cfg.policy, masked_columns(cfg.sensitive_columns,
                                                                new_meta.columns + meta.columns),
@@ -411,10 +419,17 @@ def _load_metas(old: Conn, new: Conn, tables: list[ReconcileTable], problems: li
     return out
 
 
-def _read_wal(old: Conn, new: Conn, divergence: Divergence, old_end: str, new_end: str,
+def _read_wal(old: Conn, new: Conn, divergence: Divergence, old_end: str,
               metas: dict[str, tuple[TableMeta, TableMeta]], dboids: tuple[int, int],
-              why: list[str], bulk_tables: frozenset[str] = frozenset()
-              ) -> tuple[WalSide | None, WalSide | None]:
+              why: list[str], bulk_tables: frozenset[str],
+              before_new_end: Callable[[WalSide | None], None]
+              ) -> tuple[WalSide | None, WalSide | None, str]:
+    """Both nodes' WAL from the split, and the new primary's WAL end used.
+
+    The old side first; then ``before_new_end`` reads what the new primary holds for the
+    keys the old side changed; only then is the new primary's end fixed and its WAL read.
+    A key the application changes there after that read is in that WAL (touched), never
+    judged on a row the new primary no longer has."""
     def side(name: str, read: Callable[[], WalSide]) -> WalSide | None:
         try:
             return read()
@@ -422,15 +437,27 @@ def _read_wal(old: Conn, new: Conn, divergence: Divergence, old_end: str, new_en
             why.append(f"{name}'s WAL: {e}")
             return None
 
-    wal_old, wal_new = _both(
-        lambda: side("old primary", lambda: read_side(
-            old, divergence.lsn, old_end, {n: m[0] for n, m in metas.items()}, dboids[0],
-            lookback=True, max_tli=divergence.parent_timeline, bulk_tables=bulk_tables)),
-        lambda: side("new primary", lambda: read_side(
-            new, divergence.lsn, new_end, {n: m[1] for n, m in metas.items()}, dboids[1],
-            lookback=False, max_tli=None)))
-    why.sort(key=lambda w: not w.startswith("old"))  # old first, as the report always said
-    return wal_old, wal_new
+    wal_old = side("old primary", lambda: read_side(
+        old, divergence.lsn, old_end, {n: m[0] for n, m in metas.items()}, dboids[0],
+        lookback=True, max_tli=divergence.parent_timeline, bulk_tables=bulk_tables))
+    before_new_end(wal_old)
+    new_end = flushed_now(new)
+    wal_new = side("new primary", lambda: read_side(
+        new, divergence.lsn, new_end, {n: m[1] for n, m in metas.items()}, dboids[1],
+        lookback=False, max_tli=None))
+    return wal_old, wal_new, new_end
+
+
+def flushed_now(conn: Conn) -> str:
+    """A flushed LSN at or after every commit record written so far
+    (``pg_get_wal_records_info`` reads flushed WAL only; a commit already visible may not
+    be flushed yet under ``synchronous_commit = off``). An empty transaction that takes
+    an xid commits with a local flush: WAL is flushed in order, so everything before its
+    commit record is flushed too (PostgreSQL 15, "WAL Configuration")."""
+    with conn.transaction():
+        conn.execute("SET LOCAL synchronous_commit = local")
+        conn.execute("SELECT txid_current()")
+    return str(scalar(conn, "SELECT pg_current_wal_flush_lsn()::text"))
 
 
 def _other_tables(conn: Conn, side: WalSide | None) -> list[str]:
@@ -514,9 +541,8 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
                                  f"timeline {divergence.parent_timeline}")
         old_end = wait_replay_idle(old) if fence.state == "fenced" else \
             str(scalar(old, "SELECT pg_current_wal_flush_lsn()::text"))
-        new_end = str(scalar(new, "SELECT pg_current_wal_flush_lsn()::text"))
         report = DivergenceReport(run_id, ni.name, spec.method, "", divergence,
-                                  old_end_lsn=old_end, new_end_lsn=new_end)
+                                  old_end_lsn=old_end)
         tables = effective_tables(old, new, spec)
         report.unlisted_tables = [t.name for t in tables if not spec.listed(t.name)]
         report.default_policy = spec.default_policy
@@ -525,8 +551,17 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
         sets = frozenset(n for n, (mo, mn) in metas.items()
                          if capture and spec.method != "full" and mo.pk
                          and bulk.ineligible(old, new, mo, mn) is None)
-        wal_old, wal_new = _read_wal(old, new, divergence, old_end, new_end, metas,
-                                     (oi.oid, ni.oid), why, sets)
+        pre: dict[str, PreRead] = {}
+
+        def before_new_end(wal_old: WalSide | None) -> None:
+            for name, (_mo, mn) in metas.items():
+                st = wal_old.tables.get(name) if wal_old is not None else None
+                if st is not None and mn.pk:
+                    pre[name] = _pre_read(new, mn, st, name in sets)
+
+        wal_old, wal_new, new_end = _read_wal(old, new, divergence, old_end, metas,
+                                              (oi.oid, ni.oid), why, sets, before_new_end)
+        report.new_end_lsn = new_end
         if spec.method == "wal" and why:
             raise WalUnavailable("; ".join(why))
         if spec.method == "full":
@@ -558,7 +593,7 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
             report.rows_shipped += w.rows_shipped if w else 0
         with _capturing(new_dsn, run_id, capture) as cap:
             old_xids = _find_tables(old, new, tables, metas, report, (wal_old, wal_new), at,
-                                    cap, split_max_keys or {})
+                                    cap, split_max_keys or {}, pre, ni.oid)
             _conclude(old, report, wal_old, wal_new, old_xids, promoted_at)
             report.seconds = time.monotonic() - t0
             if cap is not None and not blocked(report):
@@ -581,7 +616,8 @@ def _capturing(new_dsn: str, run_id: str, capture: bool) -> Iterator[store.Captu
 def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
                  metas: dict[str, tuple[TableMeta, TableMeta]], report: DivergenceReport,
                  wal: tuple[WalSide | None, WalSide | None], at: datetime | None,
-                 cap: store.Capture | None, split_max_keys: dict[str, int]) -> set[int]:
+                 cap: store.Capture | None, split_max_keys: dict[str, int],
+                 pre: dict[str, PreRead], new_dboid: int) -> set[int]:
     """Every table's changes into ``report`` (and to the capture as found, in report
     order); the old side's transactions that touched them."""
     wal_old, wal_new = wal
@@ -603,13 +639,24 @@ def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
             continue
         if report.method == "wal":
             assert so is not None and sn is not None
-            as_set, per_xid = _apply_as_set(old, new, cap, (mo, mn), so, sn, report)
+            p = pre[cfg.name]
+            as_set, per_xid = _apply_as_set(old, cap, (mo, mn), so, sn, report, p)
+            old_touched = len(so.touched) + as_set
+            changed, changed_xid = _apply_changes_as_set(
+                old, new, cap, (mo, mn), (so, sn), report, p,
+                lambda mn=mn: _touched_since(new, report.new_end_lsn or "", mn, new_dboid))
             keys = set(so.touched) | set(sn.touched)
             lookup = list(keys)
+            # the new primary's rows as read before its WAL end (a key it changed since is
+            # touched there and read afresh, as is every key only it changed)
+            now = [k for k in keys if k in sn.touched or (k not in p.rows and k not in p.absent)]
             tr = _classify_table(old, new, (mo, mn), cfg, run_id, so, sn, lookup, keys, at,
-                                 report, emit)
-            tr.bulk_applied, tr.bulk_commits = as_set, per_xid
-            tr.old_touched = (tr.old_touched or 0) + as_set
+                                 report, emit, new_rows=(
+                                     {k: v for k, v in p.rows.items() if k not in sn.touched},
+                                     now))
+            tr.bulk_applied = as_set + changed
+            tr.bulk_commits = dict(Counter(per_xid) + Counter(changed_xid))
+            tr.old_touched = old_touched
         else:
             diff = compare_table(old, new, mo, mn.columns if mn.hidden else None)
             report.rows_shipped += diff.rows_shipped
@@ -626,9 +673,58 @@ def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
     return old_xids
 
 
-def _apply_as_set(old: Conn, new: Conn, cap: store.Capture | None,
+@dataclass
+class PreRead:
+    """What the new primary held, before its WAL end was fixed, for keys the old side
+    changed: rows (canonical key -> ``to_jsonb`` text), keys it had no row for, bulk
+    candidates it had (collisions) and, for update/delete set candidates, each row's
+    ``xmin`` (the version the set may overwrite)."""
+
+    rows: Rows = field(default_factory=dict)
+    absent: set[str] = field(default_factory=set)
+    present: set[int] = field(default_factory=set)
+    xmin: dict[int, int] = field(default_factory=dict)
+    lane: set[str] = field(default_factory=set)
+
+
+def _pre_read(new: Conn, mn: TableMeta, so: SideTable, sets: bool) -> PreRead:
+    p = PreRead()
+    if so.bulk is not None and so.bulk.count():
+        k = sql.Identifier(mn.pk[0])
+        for key_text, text in new.execute(sql.SQL(
+                "SELECT jsonb_build_array({k})::text, (to_jsonb(t) - %s::text[])::text "
+                "FROM {t} AS t WHERE {k} = ANY(%s::bigint[])").format(k=k, t=mn.ident),
+                (list(mn.hidden), "{" + ",".join(map(str, so.bulk.all_keys())) + "}")):
+            ck = key_from_array(key_text)
+            p.rows[ck] = (text, None)
+            p.present.add(int(ck[1:-1]))
+    # a delete of a row a child may name stays on the row path (it is held there)
+    lane = [k for k, t in so.touched.items() if t.base_had is True and walread.int_key(k)
+            and (k in so.rows or not mn.referenced_by)] if sets else []
+    if len(lane) >= bulk.MIN_ROWS:
+        p.lane = set(lane)
+        p.xmin = {int(k): int(x) for k, x in new.execute(sql.SQL(
+            "SELECT {k}, xmin::text::bigint FROM {t} WHERE {k} = ANY(%s::bigint[])").format(
+            k=sql.Identifier(mn.pk[0]), t=mn.ident),
+            ("{" + ",".join(k[1:-1] for k in lane) + "}",))}
+    regular = [k for k in so.touched if k not in p.lane]
+    got, _n = _rows_by_key(new, mn, regular, False, None)
+    p.rows.update(got)
+    p.absent = {k for k in regular if k not in got}
+    return p
+
+
+def _touched_since(new: Conn, start: str, mn: TableMeta, dboid: int) -> dict[str, Touch]:
+    """Keys of ``mn`` committed transactions changed on the new primary after ``start``."""
+    end = flushed_now(new)
+    side = read_side(new, start, end, {mn.name: mn}, dboid, lookback=False, max_tli=None)
+    st = side.tables.get(mn.name)
+    return st.touched if st is not None else {}
+
+
+def _apply_as_set(old: Conn, cap: store.Capture | None,
                   metas: tuple[TableMeta, TableMeta], so: SideTable, sn: SideTable,
-                  report: DivergenceReport) -> tuple[int, dict[int, int]]:
+                  report: DivergenceReport, p: PreRead) -> tuple[int, dict[int, int]]:
     """Apply the table's plain old-side inserts as one set (:mod:`drorch.reconcile.bulk`)
     where nothing on the new primary can make them anything but *old-only, apply*; hand
     every other one back to the row path (:func:`walread.demote`). Returns the rows
@@ -643,11 +739,7 @@ def _apply_as_set(old: Conn, new: Conn, cap: store.Capture | None,
         seen: set[int] = set()
         back |= {k for by in rows.keys.values() for ks in by.values() for k in ks
                  if k in seen or seen.add(k)}  # type: ignore[func-returns-value]
-    ask = keys - back
-    if ask:  # keys the new primary has now: collisions (its row stands beside the old one)
-        back |= {int(r[0]) for r in new.execute(sql.SQL(
-            "SELECT {k} FROM {t} WHERE {k} = ANY(%s::bigint[])").format(
-            k=sql.Identifier(mn.pk[0]), t=mn.ident), ("{" + ",".join(map(str, ask)) + "}",))}
+    back |= p.present  # collisions: the new primary's row stands beside the old one
     applied = 0
     if cap is not None and len(keys - back) >= bulk.MIN_ROWS:
         cap.close_copy()
@@ -660,6 +752,7 @@ def _apply_as_set(old: Conn, new: Conn, cap: store.Capture | None,
     if not applied:
         back = keys
     walread.demote(old, mo, so, back)
+    p.absent |= {f"[{k}]" for k in back - p.present}
     per_xid: Counter[int] = Counter()
     assert so.parts is not None
     top_of = so.parts.top_of
@@ -667,6 +760,66 @@ def _apply_as_set(old: Conn, new: Conn, cap: store.Capture | None,
         for xmin, ks in by_xmin.items():
             per_xid[top_of.get(xmin, xmin)] += len(ks)
     return applied, dict(per_xid)
+
+
+def _apply_changes_as_set(old: Conn, new: Conn, cap: store.Capture | None,
+                          metas: tuple[TableMeta, TableMeta], sides: tuple[SideTable, SideTable],
+                          report: DivergenceReport, p: PreRead,
+                          touched_since: Callable[[], dict[str, Touch]]
+                          ) -> tuple[int, dict[int, int]]:
+    """Apply the table's old-side updates and deletes of rows both nodes had at the split
+    and the new primary never touched as one set each (:func:`bulk.apply_changed`): the
+    classification can only say *old-only, apply* for them. Keys applied leave ``so``'s
+    touched keys (the row path skips them). Keys handed back to the row path (too few, or
+    a refused set) are read now, and the new primary's WAL since its end says which of
+    them it changed meanwhile (touched). Returns the rows changed and their count per
+    old-side top-level xid."""
+    mo, mn = metas
+    so, sn = sides
+    if not p.lane:
+        return 0, {}
+    lane = {k: so.touched[k] for k in p.lane if k not in sn.touched
+            and int(k[1:-1]) in p.xmin and (k in so.rows or not mn.referenced_by)}
+    updated: dict[str, list[tuple[int, int]]] = {}
+    assert so.parts is not None
+    for (rel, tid), k in so.parts.live.items():
+        if k in lane and k in so.rows:
+            updated.setdefault(rel, []).append(tid)
+    deleted = [int(k[1:-1]) for k in lane if k not in so.rows]
+    if sum(map(len, updated.values())) != len(lane) - len(deleted):
+        lane = {}  # a key live in two tuples: the row path says why
+    done: set[int] = set()
+    if cap is not None and len(lane) >= bulk.MIN_ROWS:
+        cap.close_copy()
+        try:
+            upd, gone = bulk.apply_changed(old, cap.conn, cap.run_id, mo, mn, updated,
+                                           deleted, {int(k[1:-1]): p.xmin[int(k[1:-1])]
+                                                     for k in lane})
+            done = set(upd) | set(gone)
+        except bulk.BulkRefused as e:
+            report.notes.append(
+                f"{mn.name}: {len(lane)} rows the old primary updated or deleted went row "
+                f"by row: the new primary refused them as one set ({e})")
+            lane = {}
+    back = [k for k in p.lane if k not in lane and k not in sn.touched]
+    if back:  # read after the WAL end: what the new primary changed since is touched
+        got, _n = _rows_by_key(new, mn, back, False, None)
+        late = touched_since()
+        for k in back:
+            if k in late:
+                sn.touched[k] = late[k]
+            elif k in got:
+                p.rows[k] = got[k]
+            else:
+                p.absent.add(k)
+    top_of = so.parts.top_of
+    per_xid: Counter[int] = Counter()
+    for k, t in lane.items():
+        so.touched.pop(k)
+        so.rows.pop(k, None)
+        if int(k[1:-1]) in done:
+            per_xid[top_of.get(t.last_xid, t.last_xid)] += 1
+    return len(done), dict(per_xid)
 
 
 def _conclude(old: Conn, report: DivergenceReport, wal_old: WalSide | None,

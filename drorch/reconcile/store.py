@@ -12,7 +12,8 @@ change) the batch whose range holds it: :data:`UNDECIDED` and the ``outcomes`` v
 so in SQL. Recording a batch costs one row, not one per change (80,000 per-row records
 cost as much as writing the rows they record); the records grow with batches and
 exceptions, the audit with tables. ``bulk_sets``: the old primary's plain inserts applied
-as one set per table while the run was captured (:mod:`drorch.reconcile.bulk`): every key
+(and its updates and deletes of rows the new primary never touched) as one set per table
+and operation while the run was captured (:mod:`drorch.reconcile.bulk`): every key
 (as ranges: keys from a sequence run in long stretches), the row count and the digest of
 the rows copied; their outcome is *applied*. The schema is readable by superusers only:
 it holds the same values as the application tables, sensitive ones included, and they
@@ -93,13 +94,14 @@ CREATE TABLE IF NOT EXISTS drorch_reconcile.applied_batches (
 CREATE TABLE IF NOT EXISTS drorch_reconcile.bulk_sets (
     run_id      text NOT NULL REFERENCES drorch_reconcile.runs ON DELETE CASCADE,
     tbl         text NOT NULL,
+    op          text NOT NULL,
     rows        int NOT NULL,
     first_key   bigint NOT NULL,
     last_key    bigint NOT NULL,
     keys        int8multirange NOT NULL,
     rows_sha256 text NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (run_id, tbl)
+    PRIMARY KEY (run_id, tbl, op)
 );
 DO $$ BEGIN
     -- created once: replacing it at every start would wait on each reader of it
@@ -340,13 +342,14 @@ def capturing(conn: Conn, run_id: str) -> Iterator[Capture | None]:
 
 
 def bulk_sets(conn: Conn, run_id: str) -> list[tuple[str, int, str]]:
-    """(table, rows, digest) of each set the run applied at capture."""
+    """(table, rows, digest) of each set the run applied at capture (inserts, updates,
+    deletes: one set each)."""
     if conn.execute("SELECT to_regclass('drorch_reconcile.bulk_sets') IS NOT NULL"
                     ).fetchone() != (True,):
         return []
     return [(str(t), int(n), str(d)) for t, n, d in conn.execute(
         "SELECT tbl, rows, rows_sha256 FROM drorch_reconcile.bulk_sets WHERE run_id = %s "
-        "ORDER BY tbl", (run_id,))]
+        "ORDER BY tbl, op", (run_id,))]
 
 
 def _skip_proven_reference_checks(conn: Conn) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 # xl_heap_delete.flags / xl_heap_update.flags (heapam_xlog.h, PG 15)
 DELETE_CONTAINS_OLD_TUPLE = 0x02
@@ -34,7 +35,7 @@ SIZE_OF_HEAP_HEADER = 5
 
 HEAP_OPS = {"INSERT": "insert", "UPDATE": "update", "HOT_UPDATE": "update", "DELETE": "delete"}
 
-_BLKREF = re.compile(r"blkref #(\d+): rel (\d+)/(\d+)/(\d+)(?: fork (\w+))? blk (\d+)")
+_BLKREF = re.compile(r"blkref #(\d+): rel (\d+/\d+/\d+)(?: fork (\w+))? blk (\d+)")
 _OFF = re.compile(r"^off (\d+)")
 _NEW_OFF = re.compile(r"new off (\d+)")
 _FLAGS = re.compile(r"flags 0x([0-9A-Fa-f]+)")
@@ -51,8 +52,10 @@ class WalFormatError(ValueError):
     """A WAL record did not look the way this module expects (a new PG version?)."""
 
 
-@dataclass(frozen=True)
-class BlockRef:
+class BlockRef(NamedTuple):
+    """One block reference of a record (a tuple: built once per reference of every
+    divergent record, where a frozen dataclass cost several times as much)."""
+
     block_id: int
     rel: str
     """``spcoid/dboid/filenode``"""
@@ -86,10 +89,8 @@ class HeapRecord:
 
 def parse_block_refs(text: str | None) -> list[BlockRef]:
     """Every ``blkref #N: rel S/D/F [fork F] blk B`` in a block reference string."""
-    refs = []
-    for m in _BLKREF.finditer(text or ""):
-        refs.append(BlockRef(int(m[1]), f"{m[2]}/{m[3]}/{m[4]}", m[5] or "main", int(m[6])))
-    return refs
+    return [BlockRef(int(i), rel, fork or "main", int(blk))
+            for i, rel, fork, blk in _BLKREF.findall(text or "")]
 
 
 def _flags(desc: str) -> int:

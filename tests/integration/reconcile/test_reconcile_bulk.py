@@ -221,3 +221,75 @@ def _sets_in_txn_are_invisible(split: Split) -> bool:
     return not _q(split.b.dsn(), "SELECT 1 FROM pg_tables WHERE schemaname = "
                                  "'drorch_reconcile' AND tablename = 'bulk_sets'") or \
         not _q(split.b.dsn(), "SELECT 1 FROM drorch_reconcile.bulk_sets")
+
+
+def _old_changes(s: Split) -> None:
+    """Updates and deletes of rows both nodes had at the split (ids 1..20 of each table)."""
+    _q(s.a.dsn(), "UPDATE notes SET body = 'a-upd ' || id WHERE id <= 12")
+    _q(s.a.dsn(), "DELETE FROM notes WHERE id BETWEEN 13 AND 16")
+    _q(s.a.dsn(), "UPDATE notes SET body = body WHERE id = 17")  # no change at all
+    _q(s.a.dsn(), "UPDATE emails SET recipient = 'a-upd' WHERE id <= 6")
+    _q(s.a.dsn(), "DELETE FROM emails WHERE id IN (7, 8)")
+    _q(s.a.dsn(), "UPDATE orders SET amount = amount + 1000 WHERE id <= 6")
+    _q(s.a.dsn(), "DELETE FROM orders WHERE id IN (7, 8)")
+
+
+def _new_changes(s: Split) -> None:
+    _q(s.b.dsn(), "UPDATE notes SET body = 'b-upd' WHERE id = 1")
+    _q(s.b.dsn(), "UPDATE emails SET recipient = 'b-upd' WHERE id = 2")
+    _q(s.b.dsn(), "INSERT INTO order_lines (order_id, sku) VALUES (8, 'kept by region-b')")
+
+
+def test_updates_and_deletes_of_rows_the_new_primary_never_touched_go_as_sets(
+        workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setattr(bulk, "MIN_ROWS", 3)
+    split = _split(workdir, _old_changes, _new_changes)
+    cleanup.append(split)
+    conflict_file = workdir / "conflicts.jsonl"
+    report, applied, accounting = _reconcile(split, conflict_file)
+    assert accounting.holds, accounting.problem()
+    ops = {(str(t), str(o)): int(n) for t, o, n in _q(
+        split.b.dsn(), "SELECT tbl, op, rows FROM drorch_reconcile.bulk_sets")}
+    # notes: 2..12 updated (1 was changed on both: the row path), 13..16 deleted, 17 no
+    # change; emails 1, 3..6 and 7, 8; orders' deletes stay on the row path (order_lines
+    # references orders: a child on region-b names order 8)
+    assert ops == {("public.notes", "update"): 11, ("public.notes", "delete"): 4,
+                   ("public.emails", "update"): 5, ("public.emails", "delete"): 2,
+                   ("public.orders", "update"): 6}
+    notes, emails, orders = (_rows(split.b.dsn(), t) for t in ("notes", "emails", "orders"))
+    assert all(notes[i]["body"] == f"a-upd {i}" for i in range(2, 13))
+    assert not set(range(13, 17)) & set(notes) and notes[17]["body"] == "base-17"
+    assert notes[1]["body"] == "b-upd"  # a conflict in a table nobody listed: a human's
+    assert all(emails[i]["recipient"] == "a-upd" for i in range(1, 7))  # 2: old-wins
+    assert 7 not in emails and 8 not in emails
+    assert all(orders[i]["amount"] == i + 1000 for i in range(1, 7))
+    assert 7 not in orders and orders[8]["amount"] == 8  # held: region-b's line names it
+    counts = report.table("public.notes").counts()
+    assert counts["applied_as_set"] == 15 and counts["rows_diverged"] == 16
+    assert {e.key["id"] for e in load_conflicts(conflict_file).conflicts} >= {1}
+
+
+def test_a_row_the_new_primary_changes_before_the_set_is_written_refuses_the_set(
+        workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setattr(bulk, "MIN_ROWS", 3)
+    split = _split(workdir, _old_changes, lambda s: None)
+    cleanup.append(split)
+    real = bulk.apply_changed
+
+    def app_writes_first(*a: object, **k: object) -> object:
+        mn = a[4]
+        if getattr(mn, "name", "") == "public.notes":
+            _q(split.b.dsn(), "UPDATE notes SET body = 'app wrote this' WHERE id = 3")
+        return real(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bulk, "apply_changed", app_writes_first)
+    report, _applied, accounting = _reconcile(split, workdir / "conflicts.jsonl")
+    assert accounting.holds, accounting.problem()
+    assert any("public.notes" in n and "changed some of these rows meanwhile" in n
+               for n in report.notes)
+    ops = {(str(t), str(o)) for t, o in _q(
+        split.b.dsn(), "SELECT tbl, op FROM drorch_reconcile.bulk_sets")}
+    assert ("public.notes", "update") not in ops and ("public.emails", "update") in ops
+    notes = _rows(split.b.dsn(), "notes")
+    assert all(notes[i]["body"] == f"a-upd {i}" for i in range(1, 13) if i != 3)
+    assert not set(range(13, 17)) & set(notes)
