@@ -178,6 +178,8 @@ def reconcile_section(facts: dict[str, Any], steps: list[dict[str, Any]]) -> dic
             "invariant_holds": accounting.get("holds"),
             "conflict_file": accounting.get("conflict_file"),
             "rekeyed": totals.get("rekeyed", 0),
+            "applied_as_set": (facts.get(f"reconcile:{db}:applied") or {}).get(
+                "applied_as_set", 0),
             "key_mapping_file": (facts.get(f"reconcile:{db}:applied") or {}).get(
                 "mapping_file"),
             "rekeyed_sample": (facts.get(f"reconcile:{db}:applied") or {}).get(

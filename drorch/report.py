@@ -296,6 +296,11 @@ def _reconcile_lines(db: str, r: Mapping[str, Any]) -> list[str]:
                      + "; ".join(r["blocked"]))
     if r.get("conflict_file"):
         lines.append(f"Conflict file: {r['conflict_file']}")
+    if r.get("applied_as_set"):
+        lines.append(f"Applied as sets (region-a's plain inserts, and its updates and deletes "
+                     f"of rows region-b never touched, copied server to server; each set's "
+                     f"keys and digest in drorch_reconcile.bulk_sets): {r['applied_as_set']} "
+                     "rows (counted in Applied).")
     if r.get("rekeyed"):
         sample = ", ".join(f"{m['table']}.{m['column']} {m['old']} → {m['new']}"
                            for m in r.get("rekeyed_sample", [])[:5])
