@@ -658,6 +658,10 @@ def _find_tables(old: Conn, new: Conn, tables: list[ReconcileTable],
             tr.bulk_commits = dict(Counter(per_xid) + Counter(changed_xid))
             tr.old_touched = old_touched
         else:
+            if so is not None and so.bulk is not None:
+                # the old side's WAL still says which keys it changed: its inserts set
+                # aside for a set path that the new side's WAL cannot support go back
+                walread.demote(old, mo, so, so.bulk.all_keys())
             diff = compare_table(old, new, mo, mn.columns if mn.hidden else None)
             report.rows_shipped += diff.rows_shipped
             lookup = [json.dumps([kd[c] for c in mo.pk], default=str) for kd in diff.keys]
@@ -751,6 +755,7 @@ def _apply_as_set(old: Conn, cap: store.Capture | None,
                 f"row: the new primary refused them as one set ({e})")
     if not applied:
         back = keys
+    report.rows_shipped += applied
     walread.demote(old, mo, so, back)
     p.absent |= {f"[{k}]" for k in back - p.present}
     per_xid: Counter[int] = Counter()
@@ -796,6 +801,7 @@ def _apply_changes_as_set(old: Conn, new: Conn, cap: store.Capture | None,
                                            deleted, {int(k[1:-1]): p.xmin[int(k[1:-1])]
                                                      for k in lane})
             done = set(upd) | set(gone)
+            report.rows_shipped += sum(map(len, updated.values()))
         except bulk.BulkRefused as e:
             report.notes.append(
                 f"{mn.name}: {len(lane)} rows the old primary updated or deleted went row "
