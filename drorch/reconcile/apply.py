@@ -146,7 +146,7 @@ def _ref_params(meta: TableMeta) -> dict[str, list[str]]:
 def _current(conn: Conn, meta: TableMeta, params: dict[str, str]) -> str | None:
     """The target row on the compared columns (as the conflict file's fingerprint is),
     locked; None when absent."""
-    row = conn.execute(sql.SQL("SELECT (to_jsonb(t) - %(hidden)s::text[])::text FROM {} AS t "
+    row = conn.execute(sql.SQL("SELECT (to_jsonb(t.*) - %(hidden)s::text[])::text FROM {} AS t "
                                "WHERE {} FOR UPDATE").format(meta.ident, _key_pred(meta)),
                        {**params, "hidden": list(meta.hidden)}).fetchone()
     return row[0] if row else None
@@ -521,6 +521,31 @@ def _hold_referenced(conn: Conn, meta: TableMeta, p: dict[str, Any],
     _collect_held(conn, parents)
 
 
+def _hold_renamed(conn: Conn, meta: TableMeta, p: dict[str, Any], parents: _Parents) -> None:
+    """Hold back updates that change a column a child on the new primary names (a foreign
+    key to a unique column other than the primary key): with the key's checks off while
+    applying, the child would be left naming a value no row has."""
+    for child, ccols, pcols in meta.referenced_by:
+        if list(pcols) == list(meta.pk):
+            continue  # an update never changes the key it is matched on
+        cschema, ctable = child.split(".", 1)
+        names = sql.SQL(" AND ").join(
+            sql.SQL("x.{cc} = t2.{pc}").format(cc=sql.Identifier(cc), pc=sql.Identifier(pc))
+            for cc, pc in zip(ccols, pcols, strict=True))
+        now = sql.SQL(", ").join(sql.SQL("t2.{}").format(sql.Identifier(pc)) for pc in pcols)
+        then = sql.SQL(", ").join(sql.SQL("(b.r).{}").format(sql.Identifier(pc)) for pc in pcols)
+        conn.execute(sql.SQL(
+            "UPDATE drorch_batch b SET held = format('rows of %%s on the new primary still "
+            "name its current %%s', %(child)s::text, %(pcols)s::text) WHERE b.held IS NULL "
+            "AND b.had AND b.cur IS NOT DISTINCT FROM b.new_row AND EXISTS (SELECT 1 FROM "
+            "{tbl} t2 JOIN {ct} x ON {names} WHERE {m} AND ROW({now}) IS DISTINCT FROM "
+            "ROW({then}))").format(tbl=meta.ident, ct=sql.Identifier(cschema, ctable),
+                                   names=names, m=_match(meta, "t2", "b.r"), now=now,
+                                   then=then),
+            {**p, "child": child, "pcols": ", ".join(pcols)})
+    _collect_held(conn, parents)
+
+
 _HELD = "held: "
 """Marks a reason as a row held back for its parent (not refused by the database)."""
 
@@ -645,7 +670,7 @@ def _load_batch(conn: Conn, meta: TableMeta, p: dict[str, Any], deletes: bool,
     if meta.pk:  # the target row, locked, on the compared columns
         target = sql.SQL("x.cur")
         lateral = sql.SQL(
-            "LEFT JOIN LATERAL (SELECT to_jsonb(t) - %(hidden)s::text[] AS cur FROM {tbl} t "
+            "LEFT JOIN LATERAL (SELECT to_jsonb(t.*) - %(hidden)s::text[] AS cur FROM {tbl} t "
             "WHERE {m} FOR UPDATE) x ON true").format(tbl=tbl, m=_match(meta, "t", "s.r"))
     # A change a recorded batch covers has an outcome: asked only where a batch of this
     # table and side overlaps the range (a rerun's), not once per change of every batch.
@@ -699,6 +724,8 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
         _hold_referenced(conn, meta, p, parents)
     else:
         _hold_orphans(conn, meta, p, parents)
+        if any(list(pc) != list(meta.pk) for _c, _cc, pc in meta.referenced_by):
+            _hold_renamed(conn, meta, p, parents)
     _record(conn, meta, p)
     if deletes:
         conn.execute(sql.SQL(
@@ -1086,8 +1113,8 @@ def _conflict_rows(conn: Conn, run_id: str, meta: TableMeta) -> Iterator[tuple[A
     new_row = compared = sql.SQL("NULL::text")
     join = sql.SQL("")
     if meta.pk:
-        new_row = sql.SQL("to_jsonb(t)::text")
-        compared = sql.SQL("(to_jsonb(t) - %(hidden)s::text[])::text")
+        new_row = sql.SQL("to_jsonb(t.*)::text")
+        compared = sql.SQL("(to_jsonb(t.*) - %(hidden)s::text[])::text")
         join = sql.SQL("LEFT JOIN {tbl} t ON {m}").format(
             tbl=meta.ident, m=sql.SQL(" AND ").join(
                 sql.SQL("t.{c} = (jsonb_populate_record(NULL::{tbl}, c.key)).{c}").format(

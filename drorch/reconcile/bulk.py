@@ -69,6 +69,8 @@ def ineligible(old: Conn, new: Conn, mo: TableMeta, mn: TableMeta) -> str | None
     to, tn = _types(old, mo), _types(new, mn)
     if any(tn.get(c) != t for c, t in to.items()):
         return "column types differ between the nodes"
+    if set(mo.generated) != {c for c in mn.generated if c in mo.columns}:
+        return "generated columns differ between the nodes"
     return None
 
 
@@ -180,12 +182,19 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
                     sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols))
                 row_s = sql.SQL("row({})::text").format(sql.SQL(", ").join(
                     sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols))
+                differ = sql.SQL("FROM {s} s WHERE t.{k} = s.{k} AND {rt} IS DISTINCT FROM {rs}"
+                                 ).format(s=ident, k=key, rt=row_t, rs=row_s)
+                expected = sorted(int(r[0]) for r in cap.execute(sql.SQL(
+                    "SELECT t.{k} FROM {t} t JOIN {s} s ON t.{k} = s.{k} "
+                    "WHERE {rt} IS DISTINCT FROM {rs}").format(
+                    k=key, t=mn.ident, s=ident, rt=row_t, rs=row_s)))
                 upd = sorted(int(r[0]) for r in cap.execute(sql.SQL(
-                    "UPDATE {t} t SET {sets} FROM {s} s WHERE t.{k} = s.{k} "
-                    "AND {rt} IS DISTINCT FROM {rs} RETURNING t.{k}").format(
-                    t=mn.ident, s=ident, k=key, rt=row_t, rs=row_s,
+                    "UPDATE {t} t SET {sets} {differ} RETURNING t.{k}").format(
+                    t=mn.ident, k=key, differ=differ,
                     sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
                                             for c in writable))))
+                if upd != expected:  # e.g. an ENABLE ALWAYS trigger kept some rows as they were
+                    raise BulkRefused(f"{len(upd)} rows updated for {len(expected)} that differ")
                 cap.execute(sql.SQL("DROP TABLE {}").format(ident))
                 if upd:
                     _record(cap, run_id, mn.name, "update", upd, digest.hexdigest())
@@ -206,6 +215,9 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
     return upd, gone
 
 
+INT8_MAX = 2**63 - 1
+
+
 def key_ranges(keys: list[int]) -> str:
     """Sorted distinct keys as an ``int8multirange`` literal: a sequence's keys come in
     long runs, so a million keys are a few ranges (a ``bigint[]`` of them cost ~0.8 s to
@@ -217,7 +229,8 @@ def key_ranges(keys: list[int]) -> str:
             parts.append(f"[{lo},{prev + 1})")
             lo = k
         prev = k
-    parts.append(f"[{lo},{prev + 1})")
+    # the largest bigint has no successor: its range is open above
+    parts.append(f"[{lo},{prev + 1})" if prev < INT8_MAX else f"[{lo},)")
     return "{" + ",".join(parts) + "}"
 
 

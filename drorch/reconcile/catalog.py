@@ -137,15 +137,17 @@ def load_table(conn: Conn, name: str) -> TableMeta | None:
         "AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = k.confrelid "
         "AND i.indisprimary AND i.indnkeyatts = 1 AND i.indkey[0] = k.confkey[1]) "
         "ORDER BY k.conname", (oid,)).fetchall()
+    # keys naming the table or any of its partitions (a child may name one partition)
     children = conn.execute(
-        "SELECT format('%%s.%%s', n.nspname, c.relname), "
+        "SELECT DISTINCT format('%%s.%%s', n.nspname, c.relname), "
         "array(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY u(n, i) "
         "JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.i), "
         "array(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY u(n, i) "
         "JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.i) "
         "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE k.confrelid = %s AND k.contype = 'f' ORDER BY k.conname", (oid,)).fetchall()
+        "WHERE k.contype = 'f' AND (k.confrelid = %s OR k.confrelid IN "
+        "(SELECT relid FROM pg_partition_tree(%s))) ORDER BY 1, 2, 3", (oid, oid)).fetchall()
     return TableMeta(name, oid, pk, [str(r[0]) for r in cols], rels, {c: types[c] for c in pk},
                      frozenset(str(r[0]) for r in cols if r[2]),
                      frozenset(str(r[0]) for r in cols if r[3]), tuple(seqs),

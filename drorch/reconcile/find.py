@@ -95,7 +95,7 @@ def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[str], with_ts: bool,
     ts = sql.SQL("pg_xact_commit_timestamp(t.xmin)" if with_ts else "NULL::timestamptz")
     ints = _int_key_array(meta, keys)
     if ints is not None:  # one integer column: one index scan over a plain array
-        q = sql.SQL("SELECT jsonb_build_array({t})::text, (to_jsonb(t) - %s::text[])::text, "
+        q = sql.SQL("SELECT jsonb_build_array({t})::text, (to_jsonb(t.*) - %s::text[])::text, "
                     "{ts} FROM {tbl} AS t WHERE {t} = ANY(%s::bigint[])").format(
             ts=ts, tbl=meta.ident, t=t_cols)
         arg = ints
@@ -104,7 +104,7 @@ def _rows_by_key(conn: Conn, meta: TableMeta, keys: list[str], with_ts: bool,
         fields = sql.SQL(", ").join(sql.SQL("{}, a.v -> {}").format(sql.Literal(c),
                                                                     sql.Literal(i))
                                     for i, c in enumerate(meta.pk))
-        q = sql.SQL("SELECT jsonb_build_array({t})::text, (to_jsonb(t) - %s::text[])::text, "
+        q = sql.SQL("SELECT jsonb_build_array({t})::text, (to_jsonb(t.*) - %s::text[])::text, "
                     "{ts} FROM {tbl} AS t JOIN jsonb_populate_recordset(NULL::{tbl}, "
                     "(SELECT jsonb_agg(jsonb_build_object({fields})) "
                     "FROM jsonb_array_elements(%s::jsonb) AS a(v))) AS k ON ({t}) = ({k})"
@@ -696,15 +696,17 @@ def _pre_read(new: Conn, mn: TableMeta, so: SideTable, sets: bool) -> PreRead:
     if so.bulk is not None and so.bulk.count():
         k = sql.Identifier(mn.pk[0])
         for key_text, text in new.execute(sql.SQL(
-                "SELECT jsonb_build_array({k})::text, (to_jsonb(t) - %s::text[])::text "
+                "SELECT jsonb_build_array({k})::text, (to_jsonb(t.*) - %s::text[])::text "
                 "FROM {t} AS t WHERE {k} = ANY(%s::bigint[])").format(k=k, t=mn.ident),
                 (list(mn.hidden), "{" + ",".join(map(str, so.bulk.all_keys())) + "}")):
             ck = key_from_array(key_text)
             p.rows[ck] = (text, None)
             p.present.add(int(ck[1:-1]))
-    # a delete of a row a child may name stays on the row path (it is held there)
+    # a delete of a row a child may name stays on the row path (it is held there), as
+    # does every change of a table whose other unique columns children name
+    renames = any(list(pc) != list(mn.pk) for _c, _cc, pc in mn.referenced_by)
     lane = [k for k, t in so.touched.items() if t.base_had is True and walread.int_key(k)
-            and (k in so.rows or not mn.referenced_by)] if sets else []
+            and (k in so.rows or not mn.referenced_by)] if sets and not renames else []
     if len(lane) >= bulk.MIN_ROWS:
         p.lane = set(lane)
         p.xmin = {int(k): int(x) for k, x in new.execute(sql.SQL(

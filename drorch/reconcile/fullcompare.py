@@ -106,7 +106,8 @@ def compare_table(old: Conn, new: Conn, meta: TableMeta,
     whole row)."""
     order, parsers = _key_plan(meta)
     keys_sql = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in meta.pk)
-    row = sql.SQL("t::text") if columns is None else sql.SQL("ROW({})::text").format(
+    # ``ROW(t.*)``: a column named ``t`` would stand for the row in ``t::text``
+    row = sql.SQL("ROW(t.*)::text") if columns is None else sql.SQL("ROW({})::text").format(
         sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns))
     q = sql.SQL("COPY (SELECT {keys}, {row} FROM {tbl} AS t ORDER BY {order}) TO STDOUT"
                 ).format(keys=keys_sql, row=row, tbl=meta.ident, order=order)
@@ -149,8 +150,8 @@ def compare_table(old: Conn, new: Conn, meta: TableMeta,
 
 def compare_no_pk(old: Conn, new: Conn, meta: TableMeta) -> FullDiff:
     """Rows present more often on one side than the other, counted (no key to name them)."""
-    q = sql.SQL("COPY (SELECT t::text FROM {} AS t ORDER BY t::text COLLATE \"C\") TO STDOUT"
-                ).format(meta.ident)
+    q = sql.SQL("COPY (SELECT ROW(t.*)::text FROM {} AS t ORDER BY ROW(t.*)::text "
+                "COLLATE \"C\") TO STDOUT").format(meta.ident)
     out = FullDiff()
     ia, ib = _lines(old, q, out), _lines(new, q, out)
     a, b = next(ia, None), next(ib, None)

@@ -35,7 +35,7 @@ def fetch_live(conn: Conn, meta: TableMeta, recs: list[wp.HeapRecord], committed
     key = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in meta.pk)
     for rel, tids in created_tids(recs).items():
         q = sql.SQL("SELECT (ctid::text::point)[0]::bigint, (ctid::text::point)[1]::int, "
-                    "jsonb_build_array({key})::text, to_jsonb(t)::text "
+                    "jsonb_build_array({key})::text, to_jsonb(t.*)::text "
                     "FROM ONLY {rel} AS t WHERE ctid = ANY(%s::tid[]) "
                     "AND xmin = ANY(%s::xid[])").format(
             key=key, rel=sql.SQL(meta.rels[rel].qualified))
@@ -69,7 +69,7 @@ def fetch_unkeyed(conn: Conn, meta: TableMeta, recs: list[wp.HeapRecord], commit
         elif r.tid is not None:
             tids[r.rel].add(r.tid)
     for rel, tset in tids.items():
-        q = sql.SQL("SELECT to_jsonb(t)::text FROM ONLY {} AS t WHERE ctid = ANY(%s::tid[]) "
+        q = sql.SQL("SELECT to_jsonb(t.*)::text FROM ONLY {} AS t WHERE ctid = ANY(%s::tid[]) "
                     "AND xmin = ANY(%s::xid[])").format(sql.SQL(meta.rels[rel].qualified))
         out += [r[0] for r in conn.execute(q, ([f"({b},{o})" for b, o in tset], xids))]
     return sorted(out)

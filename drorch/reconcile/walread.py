@@ -479,7 +479,7 @@ def demote(conn: Conn, meta: TableMeta, st: SideTable, keys: set[int]) -> None:
     k = sql.Identifier(meta.pk[0])
     for rel, by_xmin in bulk.keys.items():
         q = sql.SQL("SELECT ctid::text, xmin::text::bigint, jsonb_build_array({k})::text, "
-                    "to_jsonb(t)::text FROM ONLY {rel} AS t WHERE {k} = ANY(%s::bigint[]) "
+                    "to_jsonb(t.*)::text FROM ONLY {rel} AS t WHERE {k} = ANY(%s::bigint[]) "
                     "AND xmin = ANY(%s::xid[])").format(k=k, rel=sql.SQL(meta.rels[rel].qualified))
         for ctid, xmin, key_text, text in conn.execute(q, (arr, xids)).fetchall():
             blk, off = (int(x) for x in ctid.strip("()").split(","))
