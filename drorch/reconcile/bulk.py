@@ -30,6 +30,8 @@ The copy's rows never pass through drorch as values: it only forwards the stream
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
@@ -91,34 +93,44 @@ def apply_set(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMeta,
                   if k not in skip)
     digest = hashlib.sha256()
     copied = 0
+    with _savepoint(old, cap):
+        for rel, by_xmin in rows.keys.items():
+            xids = [x for x, ks in by_xmin.items() if any(k not in skip for k in ks)]
+            if not xids:
+                continue
+            copied += _copy(old, cap, sql.SQL(
+                "COPY (SELECT {cols} FROM ONLY {rel} AS t WHERE ctid = ANY({tids}::tid[]) "
+                "AND xmin = ANY({xids}::xid[]) AND NOT ({k} = ANY({skip}::bigint[]))) "
+                "TO STDOUT (FORMAT binary)").format(
+                cols=cols, rel=sql.SQL(mo.rels[rel].qualified),
+                tids=sql.Literal(rows.tids[rel]), k=sql.Identifier(mo.pk[0]),
+                xids=sql.Literal("{" + ",".join(map(str, xids)) + "}"),
+                skip=sql.Literal("{" + ",".join(map(str, skip)) + "}")), sql.SQL(
+                "COPY {tbl} ({cols}) FROM STDIN (FORMAT binary)").format(
+                tbl=mn.ident, cols=cols), digest)
+        if copied != len(keys):
+            raise BulkRefused(f"{copied} rows copied for {len(keys)} keys")
+        if keys:
+            _record(cap, run_id, mn.name, "insert", keys, digest.hexdigest())
+    return copied, digest.hexdigest()
+
+
+@contextmanager
+def _savepoint(old: Conn, cap: Conn) -> Iterator[None]:
+    """A savepoint of ``cap``'s open transaction, writing as the apply does
+    (``session_replication_role = replica``); what the new primary refuses rolls it back
+    and becomes :class:`BulkRefused` with the database's words (a broken connection is
+    raised as it is)."""
     try:
         with cap.transaction():
             if cap.execute("SELECT current_setting('session_replication_role')"
                            ).fetchone() != ("replica",):
                 cap.execute("SET LOCAL session_replication_role = replica")
-            for rel, by_xmin in rows.keys.items():
-                xids = [x for x, ks in by_xmin.items() if any(k not in skip for k in ks)]
-                if not xids:
-                    continue
-                copied += _copy(old, cap, sql.SQL(
-                    "COPY (SELECT {cols} FROM ONLY {rel} AS t WHERE ctid = ANY({tids}::tid[]) "
-                    "AND xmin = ANY({xids}::xid[]) AND NOT ({k} = ANY({skip}::bigint[]))) "
-                    "TO STDOUT (FORMAT binary)").format(
-                    cols=cols, rel=sql.SQL(mo.rels[rel].qualified),
-                    tids=sql.Literal(rows.tids[rel]), k=sql.Identifier(mo.pk[0]),
-                    xids=sql.Literal("{" + ",".join(map(str, xids)) + "}"),
-                    skip=sql.Literal("{" + ",".join(map(str, skip)) + "}")), sql.SQL(
-                    "COPY {tbl} ({cols}) FROM STDIN (FORMAT binary)").format(
-                    tbl=mn.ident, cols=cols), digest)
-            if copied != len(keys):
-                raise BulkRefused(f"{copied} rows copied for {len(keys)} keys")
-            if keys:
-                _record(cap, run_id, mn.name, "insert", keys, digest.hexdigest())
+            yield
     except psycopg.Error as e:
         if cap.broken or old.broken:
             raise
         raise BulkRefused(f"{e.sqlstate}: {str(e).splitlines()[0]}") from e
-    return copied, digest.hexdigest()
 
 
 def _record(cap: Conn, run_id: str, table: str, op: str, keys: list[int], digest: str
@@ -147,71 +159,63 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
     writable = [c for c in cols if c not in mn.identity_always]
     digest = hashlib.sha256()
     keys = sorted(new_xmin)
-    try:
-        with cap.transaction():
-            if cap.execute("SELECT current_setting('session_replication_role')"
-                           ).fetchone() != ("replica",):
-                cap.execute("SET LOCAL session_replication_role = replica")
-            locked = cap.execute(sql.SQL(
-                "SELECT count(*) FROM (SELECT 1 FROM {t} t JOIN unnest(%s::bigint[], "
-                "%s::xid[]) u(k, x) ON t.{k} = u.k AND t.xmin = u.x FOR UPDATE OF t) l").format(
-                t=mn.ident, k=key), ("{" + ",".join(map(str, keys)) + "}",
-                                     "{" + ",".join(str(new_xmin[k]) for k in keys) + "}")
-            ).fetchone()
-            if locked != (len(keys),):
-                raise BulkRefused("the new primary changed some of these rows meanwhile")
-            upd: list[int] = []
-            if updated:
-                ident = sql.Identifier("drorch_lane")
-                cap.execute(sql.SQL("CREATE TEMP TABLE {s} ON COMMIT DROP AS SELECT {c} FROM {t} "
-                                    "WITH NO DATA").format(
-                    s=ident, c=sql.SQL(", ").join(map(sql.Identifier, cols)), t=mn.ident))
-                copied = 0
-                for rel, tids in updated.items():
-                    lit = "{" + ",".join(f'"({b},{o})"' for b, o in tids) + "}"
-                    copied += _copy(old, cap, sql.SQL(
-                        "COPY (SELECT {c} FROM ONLY {rel} AS t WHERE ctid = ANY({tids}::tid[])) "
-                        "TO STDOUT (FORMAT binary)").format(
-                        c=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                        rel=sql.SQL(mo.rels[rel].qualified), tids=sql.Literal(lit)),
-                        sql.SQL("COPY {s} FROM STDIN (FORMAT binary)").format(s=ident), digest)
-                if copied != sum(len(t) for t in updated.values()):
-                    raise BulkRefused(f"{copied} rows read for "
-                                      f"{sum(len(t) for t in updated.values())} updated keys")
-                row_t = sql.SQL("row({})::text").format(sql.SQL(", ").join(
-                    sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols))
-                row_s = sql.SQL("row({})::text").format(sql.SQL(", ").join(
-                    sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols))
-                differ = sql.SQL("FROM {s} s WHERE t.{k} = s.{k} AND {rt} IS DISTINCT FROM {rs}"
-                                 ).format(s=ident, k=key, rt=row_t, rs=row_s)
-                expected = sorted(int(r[0]) for r in cap.execute(sql.SQL(
-                    "SELECT t.{k} FROM {t} t JOIN {s} s ON t.{k} = s.{k} "
-                    "WHERE {rt} IS DISTINCT FROM {rs}").format(
-                    k=key, t=mn.ident, s=ident, rt=row_t, rs=row_s)))
-                upd = sorted(int(r[0]) for r in cap.execute(sql.SQL(
-                    "UPDATE {t} t SET {sets} {differ} RETURNING t.{k}").format(
-                    t=mn.ident, k=key, differ=differ,
-                    sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
-                                            for c in writable))))
-                if upd != expected:  # e.g. an ENABLE ALWAYS trigger kept some rows as they were
-                    raise BulkRefused(f"{len(upd)} rows updated for {len(expected)} that differ")
-                cap.execute(sql.SQL("DROP TABLE {}").format(ident))
-                if upd:
-                    _record(cap, run_id, mn.name, "update", upd, digest.hexdigest())
-            gone: list[int] = []
-            if deleted:
-                gone = sorted(int(r[0]) for r in cap.execute(sql.SQL(
-                    "DELETE FROM {t} t USING unnest(%s::bigint[]) u(k) WHERE t.{k} = u.k "
-                    "RETURNING t.{k}").format(t=mn.ident, k=key),
-                    ("{" + ",".join(map(str, deleted)) + "}",)))
-                if len(gone) != len(deleted):
-                    raise BulkRefused(f"{len(gone)} rows deleted for {len(deleted)} keys")
-                _record(cap, run_id, mn.name, "delete", gone,
-                        hashlib.sha256(",".join(map(str, gone)).encode()).hexdigest())
-    except psycopg.Error as e:
-        if cap.broken or old.broken:
-            raise
-        raise BulkRefused(f"{e.sqlstate}: {str(e).splitlines()[0]}") from e
+    with _savepoint(old, cap):
+        locked = cap.execute(sql.SQL(
+            "SELECT count(*) FROM (SELECT 1 FROM {t} t JOIN unnest(%s::bigint[], "
+            "%s::xid[]) u(k, x) ON t.{k} = u.k AND t.xmin = u.x FOR UPDATE OF t) l").format(
+            t=mn.ident, k=key), ("{" + ",".join(map(str, keys)) + "}",
+                                 "{" + ",".join(str(new_xmin[k]) for k in keys) + "}")
+        ).fetchone()
+        if locked != (len(keys),):
+            raise BulkRefused("the new primary changed some of these rows meanwhile")
+        upd: list[int] = []
+        if updated:
+            ident = sql.Identifier("drorch_lane")
+            cap.execute(sql.SQL("CREATE TEMP TABLE {s} ON COMMIT DROP AS SELECT {c} FROM {t} "
+                                "WITH NO DATA").format(
+                s=ident, c=sql.SQL(", ").join(map(sql.Identifier, cols)), t=mn.ident))
+            copied = 0
+            for rel, tids in updated.items():
+                lit = "{" + ",".join(f'"({b},{o})"' for b, o in tids) + "}"
+                copied += _copy(old, cap, sql.SQL(
+                    "COPY (SELECT {c} FROM ONLY {rel} AS t WHERE ctid = ANY({tids}::tid[])) "
+                    "TO STDOUT (FORMAT binary)").format(
+                    c=sql.SQL(", ").join(map(sql.Identifier, cols)),
+                    rel=sql.SQL(mo.rels[rel].qualified), tids=sql.Literal(lit)),
+                    sql.SQL("COPY {s} FROM STDIN (FORMAT binary)").format(s=ident), digest)
+            if copied != sum(len(t) for t in updated.values()):
+                raise BulkRefused(f"{copied} rows read for "
+                                  f"{sum(len(t) for t in updated.values())} updated keys")
+            row_t = sql.SQL("row({})::text").format(sql.SQL(", ").join(
+                sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols))
+            row_s = sql.SQL("row({})::text").format(sql.SQL(", ").join(
+                sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols))
+            differ = sql.SQL("FROM {s} s WHERE t.{k} = s.{k} AND {rt} IS DISTINCT FROM {rs}"
+                             ).format(s=ident, k=key, rt=row_t, rs=row_s)
+            expected = sorted(int(r[0]) for r in cap.execute(sql.SQL(
+                "SELECT t.{k} FROM {t} t JOIN {s} s ON t.{k} = s.{k} "
+                "WHERE {rt} IS DISTINCT FROM {rs}").format(
+                k=key, t=mn.ident, s=ident, rt=row_t, rs=row_s)))
+            upd = sorted(int(r[0]) for r in cap.execute(sql.SQL(
+                "UPDATE {t} t SET {sets} {differ} RETURNING t.{k}").format(
+                t=mn.ident, k=key, differ=differ,
+                sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
+                                        for c in writable))))
+            if upd != expected:  # e.g. an ENABLE ALWAYS trigger kept some rows as they were
+                raise BulkRefused(f"{len(upd)} rows updated for {len(expected)} that differ")
+            cap.execute(sql.SQL("DROP TABLE {}").format(ident))
+            if upd:
+                _record(cap, run_id, mn.name, "update", upd, digest.hexdigest())
+        gone: list[int] = []
+        if deleted:
+            gone = sorted(int(r[0]) for r in cap.execute(sql.SQL(
+                "DELETE FROM {t} t USING unnest(%s::bigint[]) u(k) WHERE t.{k} = u.k "
+                "RETURNING t.{k}").format(t=mn.ident, k=key),
+                ("{" + ",".join(map(str, deleted)) + "}",)))
+            if len(gone) != len(deleted):
+                raise BulkRefused(f"{len(gone)} rows deleted for {len(deleted)} keys")
+            _record(cap, run_id, mn.name, "delete", gone,
+                    hashlib.sha256(",".join(map(str, gone)).encode()).hexdigest())
     return upd, gone
 
 
