@@ -83,7 +83,12 @@ lab's request log (what was asked, never a body: a body can carry a secret's val
 
 def log_actions() -> None:
     """Wrap moto's dispatch of every action (``BaseResponse.call_action``) to log it to
-    stderr (the lab sends it to ``moto.log``). Idempotent."""
+    stderr (the lab sends it to ``moto.log``). Idempotent.
+
+    Each line goes in one ``write``: the server answers on many threads, and ``print``
+    writes the text and its newline as two calls, between which another thread's line
+    (an action, werkzeug's request log) landed; the two fused lines then counted as
+    neither action (``drorch.lab.lab.moto_actions``)."""
     from moto.core.responses import BaseResponse
 
     if getattr(BaseResponse.call_action, "_drorch_wrapped", False):
@@ -95,8 +100,9 @@ def log_actions() -> None:
             action = self._get_action()
         except Exception:  # noqa: BLE001 (the log line must not fail the request)
             action = "?"
-        print(f"{ACTION_LOG_PREFIX} {self.service_name} {getattr(self, 'region', '?')} "
-              f"{action}", file=sys.stderr, flush=True)
+        sys.stderr.write(f"{ACTION_LOG_PREFIX} {self.service_name} "
+                         f"{getattr(self, 'region', '?')} {action}\n")
+        sys.stderr.flush()
         return original(self)
 
     call_action._drorch_wrapped = True  # type: ignore[attr-defined]
