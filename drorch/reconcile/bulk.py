@@ -38,6 +38,7 @@ from psycopg import pq, sql
 
 from drorch.reconcile._db import Conn
 from drorch.reconcile.catalog import TableMeta
+from drorch.reconcile.tidfetch import number_array, tid_array
 from drorch.reconcile.walread import BulkRows
 
 MIN_ROWS = 1_000
@@ -104,8 +105,8 @@ def apply_set(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMeta,
                 "TO STDOUT (FORMAT binary)").format(
                 cols=cols, rel=sql.SQL(mo.rels[rel].qualified),
                 tids=sql.Literal(rows.tids[rel]), k=sql.Identifier(mo.pk[0]),
-                xids=sql.Literal("{" + ",".join(map(str, xids)) + "}"),
-                skip=sql.Literal("{" + ",".join(map(str, skip)) + "}")), sql.SQL(
+                xids=sql.Literal(number_array(xids)),
+                skip=sql.Literal(number_array(skip))), sql.SQL(
                 "COPY {tbl} ({cols}) FROM STDIN (FORMAT binary)").format(
                 tbl=mn.ident, cols=cols), digest)
         if copied != len(keys):
@@ -163,8 +164,7 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
         locked = cap.execute(sql.SQL(
             "SELECT count(*) FROM (SELECT 1 FROM {t} t JOIN unnest(%s::bigint[], "
             "%s::xid[]) u(k, x) ON t.{k} = u.k AND t.xmin = u.x FOR UPDATE OF t) l").format(
-            t=mn.ident, k=key), ("{" + ",".join(map(str, keys)) + "}",
-                                 "{" + ",".join(str(new_xmin[k]) for k in keys) + "}")
+            t=mn.ident, k=key), (number_array(keys), number_array(new_xmin[k] for k in keys))
         ).fetchone()
         if locked != (len(keys),):
             raise BulkRefused("the new primary changed some of these rows meanwhile")
@@ -176,12 +176,11 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
                 s=ident, c=sql.SQL(", ").join(map(sql.Identifier, cols)), t=mn.ident))
             copied = 0
             for rel, tids in updated.items():
-                lit = "{" + ",".join(f'"({b},{o})"' for b, o in tids) + "}"
                 copied += _copy(old, cap, sql.SQL(
                     "COPY (SELECT {c} FROM ONLY {rel} AS t WHERE ctid = ANY({tids}::tid[])) "
                     "TO STDOUT (FORMAT binary)").format(
                     c=sql.SQL(", ").join(map(sql.Identifier, cols)),
-                    rel=sql.SQL(mo.rels[rel].qualified), tids=sql.Literal(lit)),
+                    rel=sql.SQL(mo.rels[rel].qualified), tids=sql.Literal(tid_array(tids))),
                     sql.SQL("COPY {s} FROM STDIN (FORMAT binary)").format(s=ident), digest)
             if copied != sum(len(t) for t in updated.values()):
                 raise BulkRefused(f"{copied} rows read for "
@@ -211,7 +210,7 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
             gone = sorted(int(r[0]) for r in cap.execute(sql.SQL(
                 "DELETE FROM {t} t USING unnest(%s::bigint[]) u(k) WHERE t.{k} = u.k "
                 "RETURNING t.{k}").format(t=mn.ident, k=key),
-                ("{" + ",".join(map(str, deleted)) + "}",)))
+                (number_array(deleted),)))
             if len(gone) != len(deleted):
                 raise BulkRefused(f"{len(gone)} rows deleted for {len(deleted)} keys")
             _record(cap, run_id, mn.name, "delete", gone,

@@ -59,6 +59,7 @@ from drorch.reconcile.config import ReconcileSpec, ReconcileTable, masked_column
 from drorch.reconcile.fence import FenceError, verify_fenced, verify_locked_out, wait_replay_idle
 from drorch.reconcile.fullcompare import compare_table
 from drorch.reconcile.model import Change, Divergence, DivergenceReport, TableReport
+from drorch.reconcile.tidfetch import number_array
 from drorch.reconcile.unkeyed import unkeyed_table
 from drorch.reconcile.walchanges import Touch
 from drorch.reconcile.walread import SideTable, WalSide, WalUnavailable, read_side
@@ -698,7 +699,7 @@ def _pre_read(new: Conn, mn: TableMeta, so: SideTable, sets: bool) -> PreRead:
         for key_text, text in new.execute(sql.SQL(
                 "SELECT jsonb_build_array({k})::text, (to_jsonb(t.*) - %s::text[])::text "
                 "FROM {t} AS t WHERE {k} = ANY(%s::bigint[])").format(k=k, t=mn.ident),
-                (list(mn.hidden), "{" + ",".join(map(str, so.bulk.all_keys())) + "}")):
+                (list(mn.hidden), number_array(so.bulk.all_keys()))):
             ck = key_from_array(key_text)
             p.rows[ck] = (text, None)
             p.present.add(int(ck[1:-1]))
@@ -712,7 +713,7 @@ def _pre_read(new: Conn, mn: TableMeta, so: SideTable, sets: bool) -> PreRead:
         p.xmin = {int(k): int(x) for k, x in new.execute(sql.SQL(
             "SELECT {k}, xmin::text::bigint FROM {t} WHERE {k} = ANY(%s::bigint[])").format(
             k=sql.Identifier(mn.pk[0]), t=mn.ident),
-            ("{" + ",".join(k[1:-1] for k in lane) + "}",))}
+            (number_array(int(k[1:-1]) for k in lane),))}
     regular = [k for k in so.touched if k not in p.lane]
     got, _n = _rows_by_key(new, mn, regular, False, None)
     p.rows.update(got)

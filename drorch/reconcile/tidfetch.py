@@ -52,6 +52,11 @@ def tid_array(tids: Iterable[tuple[int, int]]) -> str:
     return _array_literal(f"({b},{o})" for b, o in tids)
 
 
+def number_array(items: Iterable[int]) -> str:
+    """``{1,2,3}``: an array literal of integers (keys, xids) as one text parameter."""
+    return "{" + ",".join(map(str, items)) + "}"
+
+
 def _array_literal(items: Iterable[str]) -> str:
     """``{"a","b"}`` for items that hold no quote or backslash (numbers, TIDs)."""
     return "{" + ",".join(f'"{i}"' for i in items) + "}"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,7 +36,7 @@ from drorch.reconcile import walparse as wp
 from drorch.reconcile._db import Conn
 from drorch.reconcile.catalog import TableMeta
 from drorch.reconcile.classify import key_from_array
-from drorch.reconcile.tidfetch import fetch_live, fetch_unkeyed
+from drorch.reconcile.tidfetch import fetch_live, fetch_unkeyed, number_array, tid_array
 from drorch.reconcile.tupledecode import UnsupportedKey, decode_logged_tuple
 from drorch.reconcile.walchanges import (
     KeysNotLogged,
@@ -450,13 +451,13 @@ def fetch_bulk(conn: Conn, meta: TableMeta,
     array per transaction): a tuple at a candidate TID written by another xid is not one
     of them."""
     out = BulkRows(lsn_of=dict(cands))
-    xids = "{" + ",".join(str(x) for x in committed) + "}"
-    by_rel: dict[str, list[str]] = defaultdict(list)
+    xids = number_array(committed)
+    by_rel: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for (rel, blk), lst in cands.items():
-        by_rel[rel] += [f'"({blk},{o})"' for _lsn, _xid, offs in lst for o in offs]
+        by_rel[rel] += [(blk, o) for _lsn, _xid, offs in lst for o in offs]
     key = sql.Identifier(meta.pk[0])
     for rel, tids in by_rel.items():
-        out.tids[rel] = "{" + ",".join(tids) + "}"
+        out.tids[rel] = tid_array(tids)
         q = sql.SQL("SELECT xmin::text::bigint, array_agg({key}) FROM ONLY {rel} AS t "
                     "WHERE ctid = ANY(%s::tid[]) AND xmin = ANY(%s::xid[]) GROUP BY 1").format(
             key=key, rel=sql.SQL(meta.rels[rel].qualified))
@@ -474,8 +475,8 @@ def demote(conn: Conn, meta: TableMeta, st: SideTable, keys: set[int]) -> None:
         return
     recs: list[wp.HeapRecord] = []
     live: dict[tuple[str, tuple[int, int]], str] = {}
-    xids = "{" + ",".join(str(x) for x in parts.top_of) + "}"
-    arr = "{" + ",".join(map(str, keys)) + "}"
+    xids = number_array(parts.top_of)
+    arr = number_array(keys)
     k = sql.Identifier(meta.pk[0])
     for rel, by_xmin in bulk.keys.items():
         q = sql.SQL("SELECT ctid::text, xmin::text::bigint, jsonb_build_array({k})::text, "
@@ -498,13 +499,18 @@ def demote(conn: Conn, meta: TableMeta, st: SideTable, keys: set[int]) -> None:
     bulk.handed_back |= keys
     parts.live.update(live)
     parts.records += recs
+    changed: Iterable[str]
     if any(ck in st.touched for ck in live.values()):
         parts.records.sort(key=lambda r: r.lsn)
         st.touched = touched_keys(parts.records, parts.live, parts.old_keys)
+        changed = list(st.touched)
     else:  # keys new to this side's changes: what touched_keys concludes for a lone insert
         for r in recs:
             assert r.tid is not None
             st.touched[live[(r.rel, r.tid)]] = Touch(False, r.lsn, r.lsn, r.xid)
+        changed = live.values()
     top_of, commit_at = parts.top_of, parts.commit_at
-    st.last_commit.update({ck: at for ck, t in st.touched.items() if ck not in st.last_commit
-                           and (at := commit_at.get(top_of.get(t.last_xid, t.last_xid)))})
+    for ck in changed:
+        t = st.touched[ck]
+        if (at := commit_at.get(top_of.get(t.last_xid, t.last_xid))) is not None:
+            st.last_commit[ck] = at
