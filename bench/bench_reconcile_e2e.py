@@ -1,11 +1,12 @@
 """Reconcile end to end (find + capture + apply + account) at volume: rows per second.
 
-For each size N: a primary and its replica share a small ``orders`` table (bigserial
-key); the replica is cut off; the primary takes N divergent rows through the sequence
-(70 % inserts by COPY, 20 % updates, 10 % deletes of the shared rows, in transactions of
-1,000) and is killed; the replica is promoted and inserts N/100 rows through the same
-sequence (their ids collide with the primary's, as default ids do after a failover
-without drorch's sequence gap) and updates a few shared rows. Then, timed separately:
+For each size N: a primary and its replica share an ``orders`` table (bigserial key,
+max(10,000, 0.3 N) rows); the replica is cut off; the primary takes N divergent rows
+through the sequence (70 % inserts by COPY in transactions of 1,000, then 20 % updates
+and 10 % deletes of distinct shared rows) and is killed; the replica is promoted and
+inserts N/100 rows through the same sequence (their ids collide with the primary's, as
+default ids do after a failover without drorch's sequence gap) and updates a few shared
+rows. Then, timed separately:
 ``find_divergence`` (capture on), ``apply_reconciliation``, ``account``.
 
 Prints seconds, rows per second end to end, the audit bytes the failback step would
@@ -51,7 +52,7 @@ def _q(node: PgNode, query: str, params: object = None) -> list[tuple]:
         return cur.fetchall() if cur.description else []
 
 
-def _pair(workdir: Path) -> tuple[PgNode, PgNode]:
+def _pair(workdir: Path, base_rows: int = BASE_ROWS) -> tuple[PgNode, PgNode]:
     conf = {"max_wal_size": "'4GB'", "shared_buffers": "'256MB'"}
     a = PgNode("region-a", workdir / "region-a" / "data", free_port(), workdir / "region-a",
                conf)
@@ -63,16 +64,22 @@ def _pair(workdir: Path) -> tuple[PgNode, PgNode]:
     _q(a, "CREATE TABLE orders (id bigserial PRIMARY KEY, amount int NOT NULL, "
           "note text NOT NULL)")
     _q(a, "INSERT INTO orders (amount, note) SELECT g, 'base' FROM generate_series(1, %s) g",
-       (BASE_ROWS,))
+       (base_rows,))
     b.init_replica_of(a)
     b.start()
     wait_caught_up(b.dsn(), a.dsn(), 120)
     return a, b
 
 
+def _base_rows(n: int) -> int:
+    """Shared rows enough for the updates and deletes to touch distinct rows."""
+    return max(BASE_ROWS, n - n * 70 // 100)
+
+
 def _diverge(a: PgNode, b: PgNode, n: int) -> None:
     inserts, updates = n * 70 // 100, n * 20 // 100
     deletes = n - inserts - updates
+    shared = _base_rows(n)
     b.stop()
     with psycopg.connect(a.dsn()) as c:
         for start in range(0, inserts, 1000):
@@ -81,10 +88,8 @@ def _diverge(a: PgNode, b: PgNode, n: int) -> None:
             with c.cursor().copy("COPY orders (amount, note) FROM STDIN") as cp:
                 cp.write(buf.getvalue())
             c.commit()
-        shared = BASE_ROWS
-        c.execute("UPDATE orders SET note = 'a-upd' WHERE id <= %s", (min(updates, shared),))
-        c.execute("DELETE FROM orders WHERE id > %s AND id <= %s",
-                  (shared - min(deletes, shared // 2), shared))
+        c.execute("UPDATE orders SET note = 'a-upd' WHERE id <= %s", (updates,))
+        c.execute("DELETE FROM orders WHERE id > %s AND id <= %s", (shared - deletes, shared))
         c.commit()
     a.kill()
     b.start()
@@ -100,7 +105,7 @@ def run(n: int) -> None:
     os.chmod(workdir, 0o755)
     a = b = None
     try:
-        a, b = _pair(workdir)
+        a, b = _pair(workdir, _base_rows(n))
         _diverge(a, b, n)
         spec = ReconcileSpec(tables=[ReconcileTable(name="public.orders", policy="old-wins")],
                              conflict_file=str(workdir / "conflicts.json"))

@@ -46,27 +46,28 @@ from drorch.reconcile.walchanges import (
     transactions_touching,
 )
 
-_RECORDS_SQL = """
-SELECT start_lsn::text, xid::text,
-       CASE WHEN x.other THEN %(other)s ELSE resource_manager END,
-       CASE WHEN x.other THEN split_part(split_part(block_ref, '/', 2), '/', 1)
+_RECORDS_SQL = f"""
+SELECT (start_lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint,
+       CASE WHEN other THEN %(other)s ELSE resource_manager END,
+       CASE WHEN other THEN split_part(split_part(block_ref, '/', 2), '/', 1)
             ELSE record_type END,
        record_length, main_data_length,
-       CASE WHEN x.other THEN '' ELSE coalesce(description, '') END,
-       CASE WHEN x.other THEN NULL ELSE block_ref END
-FROM (SELECT * FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn)
-      WHERE resource_manager IN ('Heap', 'Heap2', 'Transaction', 'Storage') OFFSET 0) AS w,
-     LATERAL (SELECT resource_manager IN ('Heap', 'Heap2')
-              AND block_ref LIKE '%%rel %%' AND block_ref NOT LIKE %(dbpat)s
-              AND block_ref NOT LIKE '%%rel %%/0/%%'
-              AND split_part(split_part(split_part(block_ref, 'rel ', 2), '/', 3), ' ', 1)::bigint
-                  >= 16384 AS other) x
-WHERE x.other
+       CASE WHEN other OR op IS NOT NULL THEN '' ELSE coalesce(description, '') END,
+       {wp.HEAP_FIELDS_SQL.replace('%', '%%')}
+FROM (SELECT *, CASE WHEN other OR block_ref NOT LIKE %(dbpat)s THEN NULL
+                     ELSE {wp.HEAP_OP_SQL} END AS op
+      FROM (SELECT *, resource_manager IN ('Heap', 'Heap2')
+                      AND block_ref LIKE '%%rel %%' AND block_ref NOT LIKE %(dbpat)s
+                      AND block_ref NOT LIKE '%%rel %%/0/%%'
+                      AND split_part(split_part(split_part(block_ref, 'rel ', 2), '/', 3),
+                                     ' ', 1)::bigint >= 16384 AS other
+            FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn)
+            WHERE resource_manager IN ('Heap', 'Heap2', 'Transaction', 'Storage')
+            OFFSET 0) AS w
+      OFFSET 0) AS w
+WHERE other
    OR (resource_manager = 'Transaction' AND record_type IN ('COMMIT', 'COMMIT_PREPARED'))
-   OR (resource_manager = 'Heap' AND block_ref LIKE %(dbpat)s
-       AND split_part(record_type, '+', 1) IN ('INSERT', 'UPDATE', 'HOT_UPDATE', 'DELETE'))
-   OR (resource_manager = 'Heap2' AND block_ref LIKE %(dbpat)s
-       AND split_part(record_type, '+', 1) = 'MULTI_INSERT')
+   OR op IS NOT NULL
    OR (resource_manager = 'Heap' AND record_type = 'TRUNCATE')
    OR (resource_manager = 'Storage' AND record_type = 'CREATE')
 """
@@ -80,13 +81,14 @@ Index records (most of the WAL) are dropped before the per-record tests run."""
 
 _OTHER = "drorch:other-database"
 
-_LOOKBACK_SQL = """
-SELECT start_lsn::text, xid::text, resource_manager, record_type, record_length,
-       main_data_length, coalesce(description, ''), block_ref
-FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn)
-WHERE (resource_manager = 'Standby' AND record_type = 'RUNNING_XACTS')
-   OR (resource_manager IN ('Heap', 'Heap2') AND xid = ANY(%(xids)s::xid[])
-       AND block_ref LIKE %(dbpat)s)
+_LOOKBACK_SQL = f"""
+SELECT (start_lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, resource_manager, record_type,
+       record_length, main_data_length, coalesce(description, ''),
+       {wp.HEAP_FIELDS_SQL.replace('%', '%%')}
+FROM (SELECT *, CASE WHEN xid = ANY(%(xids)s::xid[]) AND block_ref LIKE %(dbpat)s
+                     THEN {wp.HEAP_OP_SQL} END AS op
+      FROM pg_get_wal_records_info(%(start)s::pg_lsn, %(end)s::pg_lsn) OFFSET 0) AS w
+WHERE (resource_manager = 'Standby' AND record_type = 'RUNNING_XACTS') OR op IS NOT NULL
 """
 
 
@@ -219,11 +221,11 @@ def _lookback(conn: Conn, files: _WalFiles, split: int, xids: list[int],
     for lo in wb.lookback_starts(split, files.seg_size, files.oldest_lsn()):
         rows = _query(conn, _LOOKBACK_SQL, {"start": wp.int_to_lsn(lo), "end": wp.int_to_lsn(split),
                                             "xids": [str(x) for x in xids], "dbpat": dbpat})
-        starts = [wp.lsn_to_int(r[0]) for r in rows if r[2] == "Standby"
+        starts = [r[0] for r in rows if r[2] == "Standby"
                   and not wp.xid_precedes(need, wp.running_xacts_next_xid(r[6]))]
         if starts:
             cutoff = max(starts)
-            return [r for r in rows if r[2] != "Standby" and wp.lsn_to_int(r[0]) > cutoff]
+            return [r for r in rows if r[2] != "Standby" and r[0] > cutoff]
     raise WalUnavailable("a divergent transaction began before the oldest WAL kept")
 
 
@@ -297,32 +299,29 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
     created: set[int] = set()
     truncated: set[int] = set()
     other_dbs: list[tuple[int, int]] = []  # (xid, database oid) of each record
-    for lsn, xid, rm, rt, rlen, mlen, desc, bref in rows:
-        if rm == _OTHER:
-            other_dbs.append((int(xid), int(rt)))
-        elif rm == "Transaction":
-            ids = wp.commit_xids(int(xid), desc, rt)
-            top_of.update({x: ids[0] for x in ids})
-            if (at := wp.commit_time(desc)) is not None:
-                commit_at[ids[0]] = at
-        elif rm == "Storage":
-            node = wp.storage_create_filenode(desc)
-            if node and node[0] == dboid:
-                created.add(node[1])
-        elif rt == "TRUNCATE":
-            truncated.update(wp.truncate_relids(desc))
-        else:
-            rec = wp.parse_heap_record(wp.lsn_to_int(lsn), int(xid), rm, rt, desc, bref,
-                                       int(rlen), int(mlen))
-            if rec:
-                heap.append(rec)
-    committed = set(top_of)
-    if lookback and committed:
-        for r in _lookback(conn, files, split, sorted(committed), dbpat):
-            rec = wp.parse_heap_record(wp.lsn_to_int(r[0]), int(r[1]), r[2], r[3], r[6], r[7],
-                                       int(r[4]), int(r[5]))
-            if rec:
-                heap.append(rec)
+    try:
+        for lsn, xid, rm, rt, rlen, mlen, desc, *fields in rows:
+            if rm == _OTHER:
+                other_dbs.append((xid, int(rt)))
+            elif fields[0] is not None:
+                heap.append(wp.heap_record(lsn, xid, rlen, mlen, *fields))
+            elif rm == "Transaction":
+                ids = wp.commit_xids(xid, desc, rt)
+                top_of.update({x: ids[0] for x in ids})
+                if (at := wp.commit_time(desc)) is not None:
+                    commit_at[ids[0]] = at
+            elif rm == "Storage":
+                node = wp.storage_create_filenode(desc)
+                if node and node[0] == dboid:
+                    created.add(node[1])
+            elif rt == "TRUNCATE":
+                truncated.update(wp.truncate_relids(desc))
+        committed = set(top_of)
+        if lookback and committed:
+            heap += [wp.heap_record(r[0], r[1], r[4], r[5], *r[7:])
+                     for r in _lookback(conn, files, split, sorted(committed), dbpat)]
+    except wp.WalFormatError as e:
+        raise WalUnavailable(str(e)) from e
     heap = committed_records(heap, committed)
     side = WalSide(end, len({t for t in top_of.values()}), commit_times=commit_at,
                    created_filenodes=created)

@@ -231,3 +231,41 @@ def test_a_capture_streamed_while_finding_is_kept_only_when_finished(shared_stor
             assert not store.capture(conn, rep)
         finally:
             conn.execute("DELETE FROM drorch_reconcile.runs WHERE run_id = %s", (run_id,))
+
+
+def test_server_side_record_fields_match_the_python_parser(shared_story: Story) -> None:
+    """Every heap data record of both nodes' WAL since the split: the fields the server
+    extracts (``HEAP_FIELDS_SQL``) build the same record as ``parse_heap_record`` does
+    from pg_walinspect's text (the story has inserts, HOT and cross-page updates, deletes
+    and bulk inserts)."""
+    from drorch.reconcile import walparse as wp
+
+    q = (f"SELECT (start_lsn - '0/0'::pg_lsn)::bigint, xid::text::bigint, resource_manager, "
+         f"record_type, coalesce(description, ''), block_ref, record_length, "
+         f"main_data_length, {wp.HEAP_FIELDS_SQL.replace('%', '%%')} "
+         f"FROM (SELECT *, {wp.HEAP_OP_SQL} AS op "
+         f"FROM pg_get_wal_records_info(%s::pg_lsn, %s::pg_lsn) OFFSET 0) w "
+         f"WHERE op IS NOT NULL")
+    ops: set[str] = set()
+    for node in (shared_story.a, shared_story.b):
+        with connect(node.dsn()) as c:
+            end = c.execute("SELECT CASE WHEN pg_is_in_recovery() THEN "
+                            "pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text"
+                            ).fetchone()
+            assert end is not None
+            rows = c.execute(q, (shared_story.divergence.lsn, end[0])).fetchall()
+        assert rows
+        for lsn, xid, rm, rt, desc, bref, rlen, mlen, *fields in rows:
+            parsed = wp.parse_heap_record(lsn, xid, rm, rt, desc, bref, rlen, mlen)
+            assert parsed is not None
+            assert wp.heap_record(lsn, xid, rlen, mlen, *fields) == parsed, (rt, desc, bref)
+            ops.add(rt.split("+")[0])
+    assert {"INSERT", "UPDATE", "HOT_UPDATE", "DELETE", "MULTI_INSERT"} <= ops
+
+
+def test_a_record_in_an_unexpected_format_is_a_format_error() -> None:
+    """A block reference that does not start with block #0 of the main fork."""
+    from drorch.reconcile import walparse as wp
+
+    with pytest.raises(wp.WalFormatError):
+        wp.heap_record(1, 2, 10, 3, "insert", False, "1/2/3", 0, 1, None, None, 0, False, None)
