@@ -99,14 +99,12 @@ def apply_set(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMeta,
             xids = [x for x, ks in by_xmin.items() if any(k not in skip for k in ks)]
             if not xids:
                 continue
-            copied += _copy(old, cap, sql.SQL(
-                "COPY (SELECT {cols} FROM ONLY {rel} AS t WHERE ctid = ANY({tids}::tid[]) "
-                "AND xmin = ANY({xids}::xid[]) AND NOT ({k} = ANY({skip}::bigint[]))) "
-                "TO STDOUT (FORMAT binary)").format(
-                cols=cols, rel=sql.SQL(mo.rels[rel].qualified),
-                tids=sql.Literal(rows.tids[rel]), k=sql.Identifier(mo.pk[0]),
-                xids=sql.Literal(number_array(xids)),
-                skip=sql.Literal(number_array(skip))), sql.SQL(
+            scan = rows.scan(rel, mo.rels[rel].qualified, cols, sql.SQL(
+                "xmin = ANY({xids}::xid[]) AND NOT ({k} = ANY({skip}::bigint[]))").format(
+                k=sql.Identifier(mo.pk[0]), xids=sql.Literal(number_array(xids)),
+                skip=sql.Literal(number_array(skip))))
+            copied += _copy(old, cap, sql.SQL("COPY ({s}) TO STDOUT (FORMAT binary)").format(
+                s=scan), sql.SQL(
                 "COPY {tbl} ({cols}) FROM STDIN (FORMAT binary)").format(
                 tbl=mn.ident, cols=cols), digest)
         if copied != len(keys):
@@ -152,25 +150,25 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
     ``updated``: per old relation, (TID block, offset) of each updated key's live tuple;
     ``deleted``: keys the old primary deleted; ``new_xmin``: the ``xmin`` each key's row
     had on the new primary when it was read (after its WAL said it was untouched). Every
-    row is locked first and must still be that version (else the set is refused, as a
-    stale row would be); an update whose old row equals the new one is no change.
-    Returns the keys updated and the keys deleted. Raises :class:`BulkRefused`."""
+    row must still be that version, when checked and when written (else the set is
+    refused, as a stale row would be): the writes name the version they replace, so a
+    row the application changes meanwhile is skipped by them and the counts differ. An
+    update whose old row equals the new one is no change. Returns the keys updated and
+    the keys deleted. Raises :class:`BulkRefused`."""
     key = sql.Identifier(mn.pk[0])
     cols = columns(mo, mn)
     writable = [c for c in cols if c not in mn.identity_always]
     digest = hashlib.sha256()
     keys = sorted(new_xmin)
+    ident = sql.Identifier("drorch_lane")
+    versions = sql.SQL("unnest({k}::bigint[], {x}::xid[]) AS u(k, x)").format(
+        k=sql.Literal(number_array(keys)), x=sql.Literal(number_array(new_xmin[k] for k in keys)))
+    row_t = sql.SQL("row({})::text").format(sql.SQL(", ").join(
+        sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols))
+    row_s = sql.SQL("row({})::text").format(sql.SQL(", ").join(
+        sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols))
     with _savepoint(old, cap):
-        locked = cap.execute(sql.SQL(
-            "SELECT count(*) FROM (SELECT 1 FROM {t} t JOIN unnest(%s::bigint[], "
-            "%s::xid[]) u(k, x) ON t.{k} = u.k AND t.xmin = u.x FOR UPDATE OF t) l").format(
-            t=mn.ident, k=key), (number_array(keys), number_array(new_xmin[k] for k in keys))
-        ).fetchone()
-        if locked != (len(keys),):
-            raise BulkRefused("the new primary changed some of these rows meanwhile")
-        upd: list[int] = []
         if updated:
-            ident = sql.Identifier("drorch_lane")
             cap.execute(sql.SQL("CREATE TEMP TABLE {s} ON COMMIT DROP AS SELECT {c} FROM {t} "
                                 "WITH NO DATA").format(
                 s=ident, c=sql.SQL(", ").join(map(sql.Identifier, cols)), t=mn.ident))
@@ -185,21 +183,28 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
             if copied != sum(len(t) for t in updated.values()):
                 raise BulkRefused(f"{copied} rows read for "
                                   f"{sum(len(t) for t in updated.values())} updated keys")
-            row_t = sql.SQL("row({})::text").format(sql.SQL(", ").join(
-                sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols))
-            row_s = sql.SQL("row({})::text").format(sql.SQL(", ").join(
-                sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols))
-            differ = sql.SQL("FROM {s} s WHERE t.{k} = s.{k} AND {rt} IS DISTINCT FROM {rs}"
-                             ).format(s=ident, k=key, rt=row_t, rs=row_s)
-            expected = sorted(int(r[0]) for r in cap.execute(sql.SQL(
-                "SELECT t.{k} FROM {t} t JOIN {s} s ON t.{k} = s.{k} "
-                "WHERE {rt} IS DISTINCT FROM {rs}").format(
-                k=key, t=mn.ident, s=ident, rt=row_t, rs=row_s)))
-            upd = sorted(int(r[0]) for r in cap.execute(sql.SQL(
-                "UPDATE {t} t SET {sets} {differ} RETURNING t.{k}").format(
-                t=mn.ident, k=key, differ=differ,
+        # one pass over every key: still the version read, and which updated rows differ
+        differ = sql.SQL("s.{k} IS NOT NULL AND {rt} IS DISTINCT FROM {rs}").format(
+            k=key, rt=row_t, rs=row_s) if updated else sql.SQL("false")
+        lane = sql.SQL("LEFT JOIN {s} s ON s.{k} = u.k").format(s=ident, k=key) \
+            if updated else sql.SQL("")
+        row = cap.execute(sql.SQL(
+            "SELECT count(*), coalesce(array_agg(t.{k}) FILTER (WHERE {d}), '{{}}') "
+            "FROM {v} JOIN {t} t ON t.{k} = u.k AND t.xmin = u.x {lane}").format(
+            k=key, d=differ, v=versions, t=mn.ident, lane=lane)).fetchone()
+        assert row is not None
+        if row[0] != len(keys):
+            raise BulkRefused("the new primary changed some of these rows meanwhile")
+        expected = sorted(row[1])
+        upd: list[int] = []
+        if updated:
+            upd = sorted(r[0] for r in cap.execute(sql.SQL(
+                "UPDATE {t} t SET {sets} FROM {s} s, {v} WHERE t.{k} = s.{k} "
+                "AND u.k = s.{k} AND t.xmin = u.x AND {rt} IS DISTINCT FROM {rs} "
+                "RETURNING t.{k}").format(
+                t=mn.ident, k=key, s=ident, v=versions, rt=row_t, rs=row_s,
                 sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
-                                        for c in writable))))
+                                        for c in writable))).fetchall())
             if upd != expected:  # e.g. an ENABLE ALWAYS trigger kept some rows as they were
                 raise BulkRefused(f"{len(upd)} rows updated for {len(expected)} that differ")
             cap.execute(sql.SQL("DROP TABLE {}").format(ident))
@@ -207,10 +212,11 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
                 _record(cap, run_id, mn.name, "update", upd, digest.hexdigest())
         gone: list[int] = []
         if deleted:
-            gone = sorted(int(r[0]) for r in cap.execute(sql.SQL(
-                "DELETE FROM {t} t USING unnest(%s::bigint[]) u(k) WHERE t.{k} = u.k "
-                "RETURNING t.{k}").format(t=mn.ident, k=key),
-                (number_array(deleted),)))
+            gone = sorted(r[0] for r in cap.execute(sql.SQL(
+                "DELETE FROM {t} t USING unnest({d}::bigint[], {x}::xid[]) AS u(k, x) "
+                "WHERE t.{k} = u.k AND t.xmin = u.x RETURNING t.{k}").format(
+                t=mn.ident, k=key, d=sql.Literal(number_array(deleted)),
+                x=sql.Literal(number_array(new_xmin[k] for k in deleted)))).fetchall())
             if len(gone) != len(deleted):
                 raise BulkRefused(f"{len(gone)} rows deleted for {len(deleted)} keys")
             _record(cap, run_id, mn.name, "delete", gone,
@@ -221,20 +227,26 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
 INT8_MAX = 2**63 - 1
 
 
+def key_runs(keys: list[int]) -> tuple[list[int], list[int]]:
+    """Sorted distinct keys as runs of consecutive keys: (first keys, last keys)."""
+    first: list[int] = []
+    last: list[int] = []
+    for k in keys:
+        if last and k == last[-1] + 1:
+            last[-1] = k
+        else:
+            first.append(k)
+            last.append(k)
+    return first, last
+
+
 def key_ranges(keys: list[int]) -> str:
     """Sorted distinct keys as an ``int8multirange`` literal: a sequence's keys come in
     long runs, so a million keys are a few ranges (a ``bigint[]`` of them cost ~0.8 s to
     store)."""
-    parts = []
-    lo = prev = keys[0]
-    for k in keys[1:]:
-        if k != prev + 1:
-            parts.append(f"[{lo},{prev + 1})")
-            lo = k
-        prev = k
     # the largest bigint has no successor: its range is open above
-    parts.append(f"[{lo},{prev + 1})" if prev < INT8_MAX else f"[{lo},)")
-    return "{" + ",".join(parts) + "}"
+    return "{" + ",".join(f"[{lo},{hi + 1})" if hi < INT8_MAX else f"[{lo},)"
+                          for lo, hi in zip(*key_runs(keys), strict=True)) + "}"
 
 
 def _copy(old: Conn, cap: Conn, out: sql.Composable, into: sql.Composable,

@@ -108,13 +108,18 @@ def touched_keys(records: list[HeapRecord], live: Mapping[RelTid, str],
 
     for (rel, tid), key in live.items():
         creators = chains.creators.get((rel, tid))
-        if creators is not None and len(creators) == 1 and creators[0].op == "insert" \
-                and key not in out:
-            # the usual case (bulk inserts): the chain is one insert in the window, so the
-            # key is new on this side; what ``head`` and ``note`` conclude, without them
+        if creators is not None and len(creators) == 1 and key not in out:
+            # the usual cases, what ``head`` and ``note`` conclude without them: the chain
+            # is one insert in the window (the key is new on this side: bulk inserts), or
+            # one update of a tuple no record in the window created (the key existed at
+            # the split: bulk updates)
             r = creators[0]
-            out[key] = Touch(False, r.lsn, r.lsn, r.xid)
-            continue
+            if r.op == "insert":
+                out[key] = Touch(False, r.lsn, r.lsn, r.xid)
+                continue
+            if r.lsn not in key_changed and (rel, r.old_tid) not in chains.creators:
+                out[key] = Touch(True, r.lsn, r.lsn, r.xid)
+                continue
         base, head_lsn = chains.head(rel, tid, 1 << 64)
         note(key, base, head_lsn, creators[-1] if creators else None)
     for r in records:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -102,7 +103,8 @@ class SideTable:
 
     touched: dict[str, Touch] = field(default_factory=dict)
     rows: dict[str, str] = field(default_factory=dict)
-    """key -> ``to_jsonb`` text of the live row read by TID"""
+    """key -> ``to_jsonb`` text of the live row read by TID (a table read in bulk: only
+    keys handed to the row path; the row path reads the others by key)"""
     transactions: set[int] = field(default_factory=set)
     """Top-level xids (this node's) that touched the table."""
     records: int = 0
@@ -114,6 +116,8 @@ class SideTable:
     not in ``touched`` or ``rows`` until :func:`demote` hands some back."""
     parts: _Parts | None = None
     """What ``touched`` was computed from (bulk tables only): :func:`demote` adds to it."""
+    live: set[str] = field(default_factory=set)
+    """Keys whose row this side holds now, written after the split (read by TID)."""
 
 
 @dataclass
@@ -128,6 +132,12 @@ class BulkRows:
     object per tuple was the largest cost of reading a side."""
 
     tids: dict[str, str] = field(default_factory=dict)
+    """rel -> candidate TIDs on blocks where other tuples were written too (``tid[]``)"""
+    ranges: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    """rel -> block ranges ``[first, end)`` where every tuple written after the split is a
+    candidate: read whole by TID range (one Tid Range Scan each; a ``tid[]`` of 70,000
+    candidates cost ~0.1 s to build and look up), the ``xmin`` filter leaving out what
+    was there before"""
     keys: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     """rel -> xmin -> keys"""
     lsn_of: dict[tuple[str, int], list[tuple[int, int, list[int]]]] = field(
@@ -142,6 +152,22 @@ class BulkRows:
 
     def all_keys(self) -> set[int]:
         return {k for by in self.keys.values() for ks in by.values() for k in ks}
+
+    def scan(self, rel: str, qualified: str, cols: sql.Composable, where: sql.Composable
+             ) -> sql.Composable:
+        """SQL: ``SELECT cols`` from relation ``rel`` (``qualified``, aliased ``t``) of the
+        tuples at its candidate TIDs that also meet ``where``: one branch per block
+        range and one for the listed TIDs, as a ``UNION ALL`` (an ``OR`` of them would
+        scan the whole relation)."""
+        head = sql.SQL("SELECT {c} FROM ONLY {r} AS t WHERE ").format(
+            c=cols, r=sql.SQL(qualified))
+        branches = [head + sql.SQL("ctid >= {lo}::tid AND ctid < {hi}::tid AND ").format(
+            lo=sql.Literal(f"({lo},0)"), hi=sql.Literal(f"({hi},0)")) + where
+            for lo, hi in self.ranges.get(rel, [])]
+        if self.tids.get(rel, "{}") != "{}" or not branches:
+            branches.append(head + sql.SQL("ctid = ANY({t}::tid[]) AND ").format(
+                t=sql.Literal(self.tids.get(rel, "{}"))) + where)
+        return sql.SQL(" UNION ALL ").join(branches)
 
 
 @dataclass
@@ -202,7 +228,8 @@ def _wal_files(conn: Conn) -> _WalFiles:
     return _WalFiles(seg, dict(names))
 
 
-def _query(conn: Conn, q: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+def _query(conn: Conn, q: str, params: dict[str, Any] | tuple[Any, ...]
+           ) -> list[tuple[Any, ...]]:
     try:
         return conn.execute(q, params).fetchall()
     except psycopg.errors.UndefinedFunction as e:
@@ -280,19 +307,52 @@ def _canonical_keys(conn: Conn, meta: TableMeta, raw: dict[int, dict[str, Any]])
     return {lsn: key_from_array(t) for lsn, (t,) in zip(lsns, rows, strict=True)}
 
 
+SPLIT_READ_BYTES = 4 << 20
+"""WAL from this size on is read in two halves at once (:func:`_records`)."""
+
+
+def _records(conn: Conn, start: str, end: str, dbpat: str, helper: Conn | None
+             ) -> list[tuple[Any, ...]]:
+    """:data:`_RECORDS_SQL`'s rows from ``start`` to ``end``, in LSN order.
+
+    With a ``helper`` connection to the same node and at least :data:`SPLIT_READ_BYTES`
+    of WAL, the two halves are decoded at once, one per connection (pg_walinspect
+    decodes on one core). ``pg_get_wal_records_info(a, b)`` returns the records from
+    the first one starting at or after ``a`` to the last one *ending* at or before
+    ``b`` (PostgreSQL 15, ``contrib/pg_walinspect``: ``XLogFindNextRecord``, then
+    ``EndRecPtr <= end_lsn``): so the halves meet at the start of a record (the first
+    one at or after the middle), and the one before it ends there. No record starting
+    in the first 1 MB after the middle (a huge one spans it): one read."""
+    params = {"start": start, "end": end, "dbpat": dbpat, "other": _OTHER}
+    lo, hi = wp.lsn_to_int(start), wp.lsn_to_int(end)
+    if helper is None or hi - lo < SPLIT_READ_BYTES:
+        return _query(conn, _RECORDS_SQL, params)
+    mid = lo + (hi - lo) // 2
+    row = _query(conn, "SELECT min(start_lsn)::text FROM pg_get_wal_records_info("
+                       "%s::pg_lsn, %s::pg_lsn)",
+                 (wp.int_to_lsn(mid), wp.int_to_lsn(min(mid + (1 << 20), hi))))
+    meet = row[0][0] if row else None
+    if meet is None:
+        return _query(conn, _RECORDS_SQL, params)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        later = pool.submit(_query, helper, _RECORDS_SQL, {**params, "start": meet})
+        first = _query(conn, _RECORDS_SQL, {**params, "end": meet})
+        return first + later.result()
+
+
 def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], dboid: int, *,
               lookback: bool, max_tli: int | None,
-              bulk_tables: frozenset[str] = frozenset()) -> WalSide:
+              bulk_tables: frozenset[str] = frozenset(), helper: Conn | None = None
+              ) -> WalSide:
     """This node's committed changes after ``start`` to the configured tables.
 
     ``bulk_tables``: tables (one integer key column) whose untouched inserts are read as
-    keys only, into ``SideTable.bulk``."""
+    keys only, into ``SideTable.bulk``. ``helper``: a second connection to the node, to
+    decode a long WAL in two halves at once."""
     files = _wal_files(conn)
     dbpat = f"%rel %/{dboid}/%"
     split = wp.lsn_to_int(start)
-    rows = (_query(conn, _RECORDS_SQL, {"start": start, "end": end, "dbpat": dbpat,
-                                        "other": _OTHER})
-            if wp.lsn_to_int(end) > split else [])
+    rows = _records(conn, start, end, dbpat, helper) if wp.lsn_to_int(end) > split else []
     top_of: dict[int, int] = {}
     commit_at: dict[int, datetime] = {}
     heap: list[wp.HeapRecord] = []
@@ -417,8 +477,8 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
     if cands:
         expanded.sort(key=lambda r: r.lsn)
     old_keys = _canonical_keys(conn, meta, raw_keys)
-    live, rows = fetch_live(conn, meta, expanded, set(top_of))
-    side.rows_shipped += len(rows) + len(old_keys)
+    live, rows = fetch_live(conn, meta, expanded, set(top_of), whole=not bulk)
+    side.rows_shipped += len(live) + len(old_keys)
     try:
         touched = touched_keys(expanded, live, old_keys)
     except KeysNotLogged as e:
@@ -427,10 +487,11 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
     txns = transactions_touching(expanded, top_of)
     txns |= {top_of.get(xid, xid) for lst in cands.values() for _lsn, xid, _o in lst}
     st = SideTable(touched, rows, txns, len(expanded) + sum(
-        len(o) for lst in cands.values() for _l, _x, o in lst))
+        len(o) for lst in cands.values() for _l, _x, o in lst), live=set(live.values()))
     if bulk:
         st.parts = _Parts(expanded, live, old_keys, top_of, {})
-        st.bulk = fetch_bulk(conn, meta, cands, set(top_of))
+        st.bulk = fetch_bulk(conn, meta, cands, set(top_of),
+                             {(r.rel, r.tid[0]) for r in expanded if r.tid is not None})
         side.rows_shipped += st.bulk.count()
         again = {int(k[1:-1]) for k in touched if int_key(k)} & st.bulk.all_keys()
         if again:  # a key this side also changed otherwise (deleted, then inserted anew)
@@ -443,24 +504,51 @@ def int_key(key: str) -> bool:
     return key.startswith("[") and key.endswith("]") and key[1:-1].lstrip("-").isdigit()
 
 
+MAX_RANGES = 64
+"""Block ranges read per relation by :meth:`BulkRows.scan`; candidates on further, smaller
+runs of blocks are listed by TID (a query of thousands of branches costs more to plan)."""
+
+
+def block_ranges(blocks: list[int], dirty: set[int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """Sorted candidate ``blocks`` as runs of consecutive blocks ``[first, end)`` that no
+    ``dirty`` block (one where a tuple that is no candidate was written after the split)
+    belongs to, the largest :data:`MAX_RANGES` of them; and the blocks left, whose
+    candidates are listed by TID."""
+    runs: list[list[int]] = []
+    listed: list[int] = []
+    for b in blocks:
+        if b in dirty:
+            listed.append(b)
+        elif runs and runs[-1][1] == b:
+            runs[-1][1] = b + 1
+        else:
+            runs.append([b, b + 1])
+    runs.sort(key=lambda r: r[0] - r[1])
+    listed += [b for lo, hi in runs[MAX_RANGES:] for b in range(lo, hi)]
+    return sorted((lo, hi) for lo, hi in runs[:MAX_RANGES]), sorted(listed)
+
+
 def fetch_bulk(conn: Conn, meta: TableMeta,
                cands: dict[tuple[str, int], list[tuple[int, int, list[int]]]],
-               committed: set[int]) -> BulkRows:
-    """The keys of the live candidate tuples by ``xmin`` (one Tid Scan per relation, one
-    array per transaction): a tuple at a candidate TID written by another xid is not one
-    of them."""
+               committed: set[int], dirty: set[tuple[str, int]]) -> BulkRows:
+    """The keys of the live candidate tuples by ``xmin`` (block ranges, and TIDs where the
+    block holds other tuples written after the split (``dirty``: (rel, block)), one array
+    per transaction): a tuple there written by another xid is not one of them."""
     out = BulkRows(lsn_of=dict(cands))
     xids = number_array(committed)
-    by_rel: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    by_rel: dict[str, dict[int, list[int]]] = defaultdict(dict)
     for (rel, blk), lst in cands.items():
-        by_rel[rel] += [(blk, o) for _lsn, _xid, offs in lst for o in offs]
+        by_rel[rel][blk] = [o for _lsn, _xid, offs in lst for o in offs]
     key = sql.Identifier(meta.pk[0])
-    for rel, tids in by_rel.items():
-        out.tids[rel] = tid_array(tids)
-        q = sql.SQL("SELECT xmin::text::bigint, array_agg({key}) FROM ONLY {rel} AS t "
-                    "WHERE ctid = ANY(%s::tid[]) AND xmin = ANY(%s::xid[]) GROUP BY 1").format(
-            key=key, rel=sql.SQL(meta.rels[rel].qualified))
-        out.keys[rel] = {int(x): list(ks) for x, ks in conn.execute(q, (out.tids[rel], xids))}
+    for rel, offs_of in by_rel.items():
+        ranges, listed = block_ranges(sorted(offs_of), {b for r, b in dirty if r == rel})
+        out.ranges[rel] = ranges
+        out.tids[rel] = tid_array((b, o) for b in listed for o in offs_of[b])
+        scan = out.scan(rel, meta.rels[rel].qualified,
+                        sql.SQL("xmin::text::bigint AS x, {k} AS k").format(k=key),
+                        sql.SQL("xmin = ANY({x}::xid[])").format(x=sql.Literal(xids)))
+        out.keys[rel] = {int(x): list(ks) for x, ks in conn.execute(
+            sql.SQL("SELECT x, array_agg(k) FROM ({s}) AS c GROUP BY 1").format(s=scan))}
     return out
 
 
@@ -492,6 +580,7 @@ def demote(conn: Conn, meta: TableMeta, st: SideTable, keys: set[int]) -> None:
             ck = key_from_array(key_text)
             live[(rel, (blk, off))] = ck
             st.rows[ck] = text
+            st.live.add(ck)
         for xmin, ks in by_xmin.items():
             if any(x in keys for x in ks):
                 by_xmin[xmin] = [x for x in ks if x not in keys]

@@ -93,3 +93,17 @@ def test_a_bulk_inserted_tuple_is_a_new_key_last_written_by_its_insert() -> None
     assert out["[1]"] == Touch(False, 1, 1, 20)
     assert out["[2]"].base_had is True  # deleted at the split's row first, then inserted
     assert (out["[2]"].last_lsn, out["[2]"].last_xid) == (3, 22)
+
+
+def test_a_lone_update_of_a_tuple_from_before_the_split_is_a_key_that_existed() -> None:
+    """One update whose old tuple no record of the window created (the bulk update case):
+    the key existed, last written by that update; a key change, or an old tuple the
+    window created, still walks the chain."""
+    recs = [rec(5, "update", (1, 4), (0, 9), xid=30),
+            rec(6, "insert", (2, 1), xid=31), rec(7, "update", (2, 2), (2, 1), xid=32),
+            rec(8, "update", (3, 1), (0, 3), UPDATE_CONTAINS_OLD_KEY, xid=33)]
+    out = touched_keys(recs, {(REL, (1, 4)): "[3]", (REL, (2, 2)): "[4]",
+                              (REL, (3, 1)): "[5]"}, {8: "[6]"})
+    assert out["[3]"] == Touch(True, 5, 5, 30)
+    assert out["[4]"] == Touch(False, 6, 7, 32)
+    assert out["[5]"].base_had is None and out["[6]"].base_had is True
