@@ -69,6 +69,13 @@ def ineligible(old: Conn, new: Conn, mo: TableMeta, mn: TableMeta) -> str | None
     if new.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s AND contype = 'f' "
                    "LIMIT 1", (mn.oid,)).fetchone():
         return "has foreign keys (a parent may be re-keyed or gone)"
+    if new.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = %s AND tgenabled IN ('A', 'R') "
+                   "UNION ALL SELECT 1 FROM pg_rewrite WHERE ev_class = %s "
+                   "AND ev_enabled IN ('A', 'R') AND rulename <> '_RETURN' LIMIT 1",
+                   (mn.oid, mn.oid)).fetchone():
+        # PostgreSQL 15, "ALTER TABLE ... ENABLE ALWAYS | REPLICA TRIGGER / RULE": these
+        # fire under session_replication_role = replica and may change or skip a row
+        return "has triggers or rules enabled ALWAYS or REPLICA (they may change a set's rows)"
     to, tn = _types(old, mo), _types(new, mn)
     if any(tn.get(c) != t for c, t in to.items()):
         return "column types differ between the nodes"
@@ -150,11 +157,13 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
     ``updated``: per old relation, (TID block, offset) of each updated key's live tuple;
     ``deleted``: keys the old primary deleted; ``new_xmin``: the ``xmin`` each key's row
     had on the new primary when it was read (after its WAL said it was untouched). Every
-    row must still be that version, when checked and when written (else the set is
-    refused, as a stale row would be): the writes name the version they replace, so a
-    row the application changes meanwhile is skipped by them and the counts differ. An
-    update whose old row equals the new one is no change. Returns the keys updated and
-    the keys deleted. Raises :class:`BulkRefused`."""
+    row must still be that version (else the set is refused, as a stale row would be):
+    the writes name the version they replace, so a row the application changed meanwhile
+    is skipped by them, and afterwards every updated key must hold either the version
+    written here or, for a row that needed no change, the version read. An update whose
+    old row equals the new one is no change (no trigger or rule can skip or alter a
+    write: :func:`ineligible`). Returns the keys updated and the keys deleted. Raises
+    :class:`BulkRefused`."""
     key = sql.Identifier(mn.pk[0])
     cols = columns(mo, mn)
     writable = [c for c in cols if c not in mn.identity_always]
@@ -183,19 +192,6 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
             if copied != sum(len(t) for t in updated.values()):
                 raise BulkRefused(f"{copied} rows read for "
                                   f"{sum(len(t) for t in updated.values())} updated keys")
-        # one pass over every key: still the version read, and which updated rows differ
-        differ = sql.SQL("s.{k} IS NOT NULL AND {rt} IS DISTINCT FROM {rs}").format(
-            k=key, rt=row_t, rs=row_s) if updated else sql.SQL("false")
-        lane = sql.SQL("LEFT JOIN {s} s ON s.{k} = u.k").format(s=ident, k=key) \
-            if updated else sql.SQL("")
-        row = cap.execute(sql.SQL(
-            "SELECT count(*), coalesce(array_agg(t.{k}) FILTER (WHERE {d}), '{{}}') "
-            "FROM {v} JOIN {t} t ON t.{k} = u.k AND t.xmin = u.x {lane}").format(
-            k=key, d=differ, v=versions, t=mn.ident, lane=lane)).fetchone()
-        assert row is not None
-        if row[0] != len(keys):
-            raise BulkRefused("the new primary changed some of these rows meanwhile")
-        expected = sorted(row[1])
         upd: list[int] = []
         if updated:
             upd = sorted(r[0] for r in cap.execute(sql.SQL(
@@ -205,8 +201,14 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
                 t=mn.ident, k=key, s=ident, v=versions, rt=row_t, rs=row_s,
                 sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
                                         for c in writable))).fetchall())
-            if upd != expected:  # e.g. an ENABLE ALWAYS trigger kept some rows as they were
-                raise BulkRefused(f"{len(upd)} rows updated for {len(expected)} that differ")
+            # every updated key is now either written here (a new version) or still the
+            # version read: one the application changed meanwhile is neither
+            still = cap.execute(sql.SQL(
+                "SELECT count(*) FROM {s} s, {v} JOIN {t} t ON t.{k} = u.k AND t.xmin = u.x "
+                "WHERE u.k = s.{k}").format(s=ident, v=versions, t=mn.ident, k=key)
+            ).fetchone()
+            if still is None or still[0] + len(upd) != copied:
+                raise BulkRefused("the new primary changed some of these rows meanwhile")
             cap.execute(sql.SQL("DROP TABLE {}").format(ident))
             if upd:
                 _record(cap, run_id, mn.name, "update", upd, digest.hexdigest())
@@ -218,7 +220,8 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
                 t=mn.ident, k=key, d=sql.Literal(number_array(deleted)),
                 x=sql.Literal(number_array(new_xmin[k] for k in deleted)))).fetchall())
             if len(gone) != len(deleted):
-                raise BulkRefused(f"{len(gone)} rows deleted for {len(deleted)} keys")
+                raise BulkRefused("the new primary changed some of these rows meanwhile "
+                                  f"({len(gone)} of {len(deleted)} deleted)")
             _record(cap, run_id, mn.name, "delete", gone,
                     hashlib.sha256(",".join(map(str, gone)).encode()).hexdigest())
     return upd, gone

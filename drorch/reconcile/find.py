@@ -809,14 +809,15 @@ def _apply_changes_as_set(old: Conn, new: Conn, cap: store.Capture | None,
     so, sn = sides
     if not p.lane:
         return 0, {}
-    lane = {k: so.touched[k] for k in p.lane if k not in sn.touched
-            and int(k[1:-1]) in p.xmin and (k in so.live or not mn.referenced_by)}
+    # key -> its integer (a table that takes sets has a one-integer key: ``[n]``)
+    lane = {k: n for k in p.lane if k not in sn.touched
+            and (n := int(k[1:-1])) in p.xmin and (k in so.live or not mn.referenced_by)}
     updated: dict[str, list[tuple[int, int]]] = {}
     assert so.parts is not None
     for (rel, tid), k in so.parts.live.items():
-        if k in lane and k in so.live:
+        if k in lane:  # live on the old side: updated
             updated.setdefault(rel, []).append(tid)
-    deleted = [int(k[1:-1]) for k in lane if k not in so.live]
+    deleted = [n for k, n in lane.items() if k not in so.live]
     if sum(map(len, updated.values())) != len(lane) - len(deleted):
         lane = {}  # a key live in two tuples: the row path says why
     done: set[int] = set()
@@ -824,8 +825,7 @@ def _apply_changes_as_set(old: Conn, new: Conn, cap: store.Capture | None,
         cap.close_copy()
         try:
             upd, gone = bulk.apply_changed(old, cap.conn, cap.run_id, mo, mn, updated,
-                                           deleted, {int(k[1:-1]): p.xmin[int(k[1:-1])]
-                                                     for k in lane})
+                                           deleted, {n: p.xmin[n] for n in lane.values()})
             done = set(upd) | set(gone)
             report.rows_shipped += sum(map(len, updated.values()))
         except bulk.BulkRefused as e:
@@ -846,11 +846,11 @@ def _apply_changes_as_set(old: Conn, new: Conn, cap: store.Capture | None,
                 p.absent.add(k)
     top_of = so.parts.top_of
     per_xid: Counter[int] = Counter()
-    for k, t in lane.items():
-        so.touched.pop(k)
+    for k, n in lane.items():
+        t = so.touched.pop(k)
         so.rows.pop(k, None)
         so.live.discard(k)
-        if int(k[1:-1]) in done:
+        if n in done:
             per_xid[top_of.get(t.last_xid, t.last_xid)] += 1
     return len(done), dict(per_xid)
 

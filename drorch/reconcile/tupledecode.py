@@ -106,7 +106,8 @@ def _value(att: Attr, raw: bytes) -> Any:
 def decode_logged_tuple(blob: bytes, attrs: list[Attr], want: set[str]) -> dict[str, Any]:
     """Values of the columns named in ``want`` from a logged old tuple.
 
-    ``blob`` is ``xl_heap_header`` followed by the tuple from ``t_bits`` on.
+    ``blob`` is ``xl_heap_header`` followed by the tuple from ``t_bits`` on; ``attrs``
+    in ``attnum`` order (the caller sorts once: this runs once per logged delete).
     A wanted column that is NULL in the tuple is an error: a key is never NULL.
     """
     if len(blob) < 5:
@@ -116,10 +117,9 @@ def decode_logged_tuple(blob: bytes, attrs: list[Attr], want: set[str]) -> dict[
     natts = infomask2 & HEAP_NATTS_MASK
     bitmap = body[: (natts + 7) // 8] if infomask & HEAP_HASNULL else None
     data = body[hoff - HEADER_BITS_OFFSET:]
-    ordered = sorted(attrs, key=lambda a: a.attnum)
     out: dict[str, Any] = {}
     off = 0
-    for i, att in enumerate(ordered[:natts]):
+    for i, att in enumerate(attrs[:natts]):
         if bitmap is not None and not bitmap[i >> 3] & (1 << (i & 7)):
             continue
         if att.attlen == -1:

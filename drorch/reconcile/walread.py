@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
+from queue import Queue
 from typing import Any
 
 import psycopg
@@ -298,6 +301,11 @@ def _canonical_keys(conn: Conn, meta: TableMeta, raw: dict[int, dict[str, Any]])
     """Decoded keys rendered by the server, so they equal keys read from rows."""
     if not raw:
         return {}
+    if len(meta.pk) == 1 and meta.pk_types.get(meta.pk[0]) in ("int2", "int4", "int8"):
+        # an integer renders alike in Python and in jsonb: no round trip (10,000 deletes'
+        # keys cost ~40 ms through the server)
+        col = meta.pk[0]
+        return {lsn: f"[{int(v[col])}]" for lsn, v in raw.items()}
     lsns = list(raw)
     payload = json.dumps([raw[k] for k in lsns], default=str)
     key = sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c)) for c in meta.pk)
@@ -307,37 +315,57 @@ def _canonical_keys(conn: Conn, meta: TableMeta, raw: dict[int, dict[str, Any]])
     return {lsn: key_from_array(t) for lsn, (t,) in zip(lsns, rows, strict=True)}
 
 
-SPLIT_READ_BYTES = 4 << 20
-"""WAL from this size on is read in two halves at once (:func:`_records`)."""
+CHUNK_BYTES = 2 << 20
+"""WAL is decoded in pieces of about this size, two at a time (:func:`_record_chunks`)."""
+MAX_CHUNKS = 8
 
 
-def _records(conn: Conn, start: str, end: str, dbpat: str, helper: Conn | None
-             ) -> list[tuple[Any, ...]]:
-    """:data:`_RECORDS_SQL`'s rows from ``start`` to ``end``, in LSN order.
+def _record_chunks(conn: Conn, start: str, end: str, dbpat: str, helper: Conn | None
+                   ) -> Iterator[list[tuple[Any, ...]]]:
+    """:data:`_RECORDS_SQL`'s rows from ``start`` to ``end``, in LSN order, piece by piece.
 
-    With a ``helper`` connection to the same node and at least :data:`SPLIT_READ_BYTES`
-    of WAL, the two halves are decoded at once, one per connection (pg_walinspect
-    decodes on one core). ``pg_get_wal_records_info(a, b)`` returns the records from
-    the first one starting at or after ``a`` to the last one *ending* at or before
-    ``b`` (PostgreSQL 15, ``contrib/pg_walinspect``: ``XLogFindNextRecord``, then
-    ``EndRecPtr <= end_lsn``): so the halves meet at the start of a record (the first
-    one at or after the middle), and the one before it ends there. No record starting
-    in the first 1 MB after the middle (a huge one spans it): one read."""
+    With a ``helper`` connection to the same node, a long WAL is cut into up to
+    :data:`MAX_CHUNKS` pieces decoded two at a time, one per connection (pg_walinspect
+    decodes on one core), while the caller handles the pieces already read.
+    ``pg_get_wal_records_info(a, b)`` returns the records from the first one starting
+    at or after ``a`` to the last one *ending* at or before ``b`` (PostgreSQL 15,
+    ``contrib/pg_walinspect``: ``XLogFindNextRecord``, then ``EndRecPtr <= end_lsn``):
+    so pieces meet at the start of a record (the first one starting in the 64 kB after
+    an even cut), and the record before it ends there. A cut with no record starting
+    in those 64 kB (a huge record spans them) is dropped."""
     params = {"start": start, "end": end, "dbpat": dbpat, "other": _OTHER}
     lo, hi = wp.lsn_to_int(start), wp.lsn_to_int(end)
-    if helper is None or hi - lo < SPLIT_READ_BYTES:
-        return _query(conn, _RECORDS_SQL, params)
-    mid = lo + (hi - lo) // 2
-    row = _query(conn, "SELECT min(start_lsn)::text FROM pg_get_wal_records_info("
-                       "%s::pg_lsn, %s::pg_lsn)",
-                 (wp.int_to_lsn(mid), wp.int_to_lsn(min(mid + (1 << 20), hi))))
-    meet = row[0][0] if row else None
-    if meet is None:
-        return _query(conn, _RECORDS_SQL, params)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        later = pool.submit(_query, helper, _RECORDS_SQL, {**params, "start": meet})
-        first = _query(conn, _RECORDS_SQL, {**params, "end": meet})
-        return first + later.result()
+    if hi <= lo:
+        return
+    pieces = min(MAX_CHUNKS, (hi - lo) // CHUNK_BYTES)
+    if helper is None or pieces < 2:
+        yield _query(conn, _RECORDS_SQL, params)
+        return
+    cuts = [wp.int_to_lsn(lo + (hi - lo) * i // pieces) for i in range(1, pieces)]
+    found = _query(conn, "SELECT (SELECT min(start_lsn) FROM pg_get_wal_records_info("
+                         "c, least(c + 65536, %s::pg_lsn)))::text "
+                         "FROM unnest(%s::pg_lsn[]) AS u(c)", (end, cuts))
+    meets = sorted({wp.lsn_to_int(m) for (m,) in found if m is not None} - {lo, hi})
+    bounds = [start, *(wp.int_to_lsn(m) for m in meets), end]
+    free: Queue[Conn] = Queue()
+    free.put(conn)
+    free.put(helper)
+
+    def piece(a: str, b: str) -> list[tuple[Any, ...]]:
+        c = free.get()
+        try:
+            return _query(c, _RECORDS_SQL, {**params, "start": a, "end": b})
+        finally:
+            free.put(c)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(piece, a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+        try:
+            for f in futures:
+                yield f.result()
+        finally:
+            for f in futures:
+                f.cancel()
 
 
 def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], dboid: int, *,
@@ -352,7 +380,7 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
     files = _wal_files(conn)
     dbpat = f"%rel %/{dboid}/%"
     split = wp.lsn_to_int(start)
-    rows = _records(conn, start, end, dbpat, helper) if wp.lsn_to_int(end) > split else []
+    chunks = _record_chunks(conn, start, end, dbpat, helper)
     top_of: dict[int, int] = {}
     commit_at: dict[int, datetime] = {}
     heap: list[wp.HeapRecord] = []
@@ -360,22 +388,23 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
     truncated: set[int] = set()
     other_dbs: list[tuple[int, int]] = []  # (xid, database oid) of each record
     try:
-        for lsn, xid, rm, rt, rlen, mlen, desc, *fields in rows:
-            if rm == _OTHER:
-                other_dbs.append((xid, int(rt)))
-            elif fields[0] is not None:
-                heap.append(wp.heap_record(lsn, xid, rlen, mlen, *fields))
-            elif rm == "Transaction":
-                ids = wp.commit_xids(xid, desc, rt)
-                top_of.update({x: ids[0] for x in ids})
-                if (at := wp.commit_time(desc)) is not None:
-                    commit_at[ids[0]] = at
-            elif rm == "Storage":
-                node = wp.storage_create_filenode(desc)
-                if node and node[0] == dboid:
-                    created.add(node[1])
-            elif rt == "TRUNCATE":
-                truncated.update(wp.truncate_relids(desc))
+        with closing(chunks):  # on an error: the pieces still being read are waited for
+            for lsn, xid, rm, rt, rlen, mlen, desc, *fields in chain.from_iterable(chunks):
+                if rm == _OTHER:
+                    other_dbs.append((xid, int(rt)))
+                elif fields[0] is not None:
+                    heap.append(wp.heap_record(lsn, xid, rlen, mlen, *fields))
+                elif rm == "Transaction":
+                    ids = wp.commit_xids(xid, desc, rt)
+                    top_of.update({x: ids[0] for x in ids})
+                    if (at := wp.commit_time(desc)) is not None:
+                        commit_at[ids[0]] = at
+                elif rm == "Storage":
+                    node = wp.storage_create_filenode(desc)
+                    if node and node[0] == dboid:
+                        created.add(node[1])
+                elif rt == "TRUNCATE":
+                    truncated.update(wp.truncate_relids(desc))
         committed = set(top_of)
         if lookback and committed:
             heap += [wp.heap_record(r[0], r[1], r[4], r[5], *r[7:])
@@ -407,8 +436,10 @@ def read_side(conn: Conn, start: str, end: str, tables: dict[str, TableMeta], db
             side.no_pk_rows[name] = fetch_unkeyed(conn, meta, recs, set(top_of))
             side.rows_shipped += len(side.no_pk_rows[name])
             continue
-        st = _table_changes(conn, files, meta, sorted(recs, key=lambda r: r.lsn), top_of,
-                            max_tli, side, name in bulk_tables)
+        if len(meta.rels) > 1:  # each relation's records are in LSN order already
+            recs.sort(key=lambda r: r.lsn)
+        st = _table_changes(conn, files, meta, recs, top_of, max_tli, side,
+                            name in bulk_tables)
         st.last_commit = {k: at for k, t in st.touched.items()
                           if (at := commit_at.get(top_of.get(t.last_xid, t.last_xid)))}
         if st.parts is not None:
@@ -428,6 +459,7 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
     expanded: list[wp.HeapRecord] = []
     raw_keys: dict[int, dict[str, Any]] = {}
     want = set(meta.pk)
+    attrs = {rel: sorted(m.attrs, key=lambda a: a.attnum) for rel, m in meta.rels.items()}
     # A tuple some record ended (updated, deleted) or an update created is no candidate:
     # its chain is walked. Blocks without such tuples need no check per tuple.
     busy: dict[tuple[str, int], set[int]] = defaultdict(set)
@@ -465,7 +497,7 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
             if r.lsn in tails and r.op in ("delete", "update"):
                 blob = wb.old_tuple_of(r.op, tails[r.lsn])
                 if blob is not None:
-                    raw_keys[r.lsn] = decode_logged_tuple(blob, list(meta.rels[r.rel].attrs), want)
+                    raw_keys[r.lsn] = decode_logged_tuple(blob, attrs[r.rel], want)
     except (UnsupportedKey, wp.WalFormatError) as e:
         raise WalUnavailable(f"{meta.name}: {e}") from e
     for where, lst in list(cands.items()):
@@ -493,7 +525,8 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
         st.bulk = fetch_bulk(conn, meta, cands, set(top_of),
                              {(r.rel, r.tid[0]) for r in expanded if r.tid is not None})
         side.rows_shipped += st.bulk.count()
-        again = {int(k[1:-1]) for k in touched if int_key(k)} & st.bulk.all_keys()
+        # a bulk table has a one-integer key: every canonical key is ``[n]``
+        again = {int(k[1:-1]) for k in touched} & st.bulk.all_keys()
         if again:  # a key this side also changed otherwise (deleted, then inserted anew)
             demote(conn, meta, st, again)
     return st

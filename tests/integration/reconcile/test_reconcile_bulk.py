@@ -24,7 +24,9 @@ from drorch.reconcile import (
     load_report,
 )
 from drorch.reconcile import find as find_mod
+from drorch.reconcile._db import connect
 from drorch.reconcile.accounting import account
+from drorch.reconcile.catalog import load_table
 from drorch.reconcile.conflicts import load as load_conflicts
 from tests.integration.reconcile.test_reconcile_accounting import (
     Split,
@@ -269,8 +271,17 @@ def test_updates_and_deletes_of_rows_the_new_primary_never_touched_go_as_sets(
     assert {e.key["id"] for e in load_conflicts(conflict_file).conflicts} >= {1}
 
 
+@pytest.mark.parametrize("app_write", [
+    "UPDATE notes SET body = 'app wrote this' WHERE id = 3",
+    "UPDATE notes SET body = 'app wrote this' WHERE id = 17",
+    "UPDATE notes SET body = 'app wrote this' WHERE id = 14"],
+    ids=["a-row-to-update", "a-row-needing-no-change", "a-row-to-delete"])
 def test_a_row_the_new_primary_changes_before_the_set_is_written_refuses_the_set(
-        workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        app_write: str) -> None:
+    """The writes name the version read: whichever row of the set the application changed
+    meanwhile (one to update, one whose old version equals the new, one to delete), the
+    whole set goes row by row and the application's write is judged there."""
     monkeypatch.setattr(bulk, "MIN_ROWS", 3)
     split = _split(workdir, _old_changes, lambda s: None)
     cleanup.append(split)
@@ -279,7 +290,7 @@ def test_a_row_the_new_primary_changes_before_the_set_is_written_refuses_the_set
     def app_writes_first(*a: object, **k: object) -> object:
         mn = a[4]
         if getattr(mn, "name", "") == "public.notes":
-            _q(split.b.dsn(), "UPDATE notes SET body = 'app wrote this' WHERE id = 3")
+            _q(split.b.dsn(), app_write)
         return real(*a, **k)  # type: ignore[arg-type]
 
     monkeypatch.setattr(bulk, "apply_changed", app_writes_first)
@@ -290,9 +301,13 @@ def test_a_row_the_new_primary_changes_before_the_set_is_written_refuses_the_set
     ops = {(str(t), str(o)) for t, o in _q(
         split.b.dsn(), "SELECT tbl, op FROM drorch_reconcile.bulk_sets")}
     assert ("public.notes", "update") not in ops and ("public.emails", "update") in ops
+    assert ("public.notes", "delete") not in ops
     notes = _rows(split.b.dsn(), "notes")
-    assert all(notes[i]["body"] == f"a-upd {i}" for i in range(1, 13) if i != 3)
-    assert not set(range(13, 17)) & set(notes)
+    changed = int(app_write.rsplit(" ", 1)[1])
+    assert all(notes[i]["body"] == f"a-upd {i}" for i in range(1, 13) if i != changed)
+    assert not set(range(13, 17)) - {changed} & set(notes)
+    # the application's write is never overwritten: kept, or a conflict for a human
+    assert notes[changed]["body"] == "app wrote this"
 
 
 @pytest.mark.parametrize("min_rows", [3, 1_000_000], ids=["as-sets", "row-by-row"])
@@ -354,3 +369,37 @@ def test_when_only_the_old_sides_wal_can_be_read_its_inserts_are_all_compared(
     # for a human: only keys region-b wrote too, or rows both had that region-a changed
     both = {(t, k) for t, rows in split.new.rows.items() for k in rows}
     assert pending <= both | {("emails", k) for k in (1, 2, 3)} | {("notes", 4), ("notes", 5)}
+
+
+def test_a_table_with_a_trigger_or_rule_that_fires_in_replication_takes_no_set(
+        workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """A trigger or rule enabled ALWAYS or REPLICA fires under session_replication_role =
+    replica and could change or skip a set's rows unseen: such a table takes the row path
+    (which checks every row), and its changes are all there afterwards."""
+    def on_new(s: Split) -> None:
+        _new_changes(s)
+        _q(s.b.dsn(), "CREATE FUNCTION keep_body() RETURNS trigger LANGUAGE plpgsql AS "
+                      "$$BEGIN RETURN NEW; END$$; "
+                      "CREATE TRIGGER keep BEFORE UPDATE ON notes FOR EACH ROW "
+                      "EXECUTE FUNCTION keep_body(); ALTER TABLE notes ENABLE ALWAYS TRIGGER keep; "
+                      "CREATE RULE noop AS ON DELETE TO emails DO ALSO NOTIFY drorch; "
+                      "ALTER TABLE emails ENABLE REPLICA RULE noop")
+
+    monkeypatch.setattr(bulk, "MIN_ROWS", 3)
+    split = _split(workdir, _old_changes, on_new)
+    cleanup.append(split)
+    with connect(split.a.dsn()) as a, connect(split.b.dsn()) as b:
+        for table, why in (("public.notes", "triggers or rules"),
+                           ("public.emails", "triggers or rules"), ("public.orders", None)):
+            mo, mn = load_table(a, table), load_table(b, table)
+            assert mo is not None and mn is not None
+            reason = bulk.ineligible(a, b, mo, mn)
+            assert (reason is None) if why is None else (why in (reason or "")), (table, reason)
+    report, _applied, accounting = _reconcile(split, workdir / "conflicts.jsonl")
+    assert accounting.holds, accounting.problem()
+    tables = {str(t) for (t,) in _q(split.b.dsn(),
+                                     "SELECT DISTINCT tbl FROM drorch_reconcile.bulk_sets")}
+    assert not {"public.notes", "public.emails"} & tables and "public.orders" in tables
+    notes = _rows(split.b.dsn(), "notes")
+    assert all(notes[i]["body"] == f"a-upd {i}" for i in range(2, 13))
+    assert not set(range(13, 17)) & set(notes)
