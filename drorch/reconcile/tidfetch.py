@@ -21,9 +21,48 @@ from drorch.reconcile.walchanges import created_tids
 
 MAX_TUPLES_PER_PAGE = 291  # MaxHeapTuplesPerPage for 8 kB pages
 
+MAX_RANGES = 64
+"""Block ranges read per relation by :meth:`BulkRows.scan`; candidates on further, smaller
+runs of blocks are listed by TID (a query of thousands of branches costs more to plan)."""
+
+
+def block_ranges(blocks: list[int], dirty: set[int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """Sorted candidate ``blocks`` as runs of consecutive blocks ``[first, end)`` that no
+    ``dirty`` block (one where a tuple that is no candidate was written after the split)
+    belongs to, the largest :data:`MAX_RANGES` of them; and the blocks left, whose
+    candidates are listed by TID."""
+    runs: list[list[int]] = []
+    listed: list[int] = []
+    for b in blocks:
+        if b in dirty:
+            listed.append(b)
+        elif runs and runs[-1][1] == b:
+            runs[-1][1] = b + 1
+        else:
+            runs.append([b, b + 1])
+    runs.sort(key=lambda r: r[0] - r[1])
+    listed += [b for lo, hi in runs[MAX_RANGES:] for b in range(lo, hi)]
+    return sorted((lo, hi) for lo, hi in runs[:MAX_RANGES]), sorted(listed)
+
+
+def tid_scan(qualified: str, cols: sql.Composable, where: sql.Composable,
+             ranges: list[tuple[int, int]], tids: str) -> sql.Composable:
+    """SQL: ``SELECT cols`` from relation ``qualified`` (aliased ``t``) of the tuples in the
+    block ``ranges`` and at the ``tids`` (a ``tid[]`` literal) that also meet ``where``:
+    one branch per range (a Tid Range Scan) and one for the TIDs (a Tid Scan), as a
+    ``UNION ALL`` (an ``OR`` of them would scan the whole relation)."""
+    head = sql.SQL("SELECT {c} FROM ONLY {r} AS t WHERE ").format(c=cols, r=sql.SQL(qualified))
+    branches = [head + sql.SQL("ctid >= {lo}::tid AND ctid < {hi}::tid AND ").format(
+        lo=sql.Literal(f"({lo},0)"), hi=sql.Literal(f"({hi},0)")) + where
+        for lo, hi in ranges]
+    if tids != "{}" or not branches:
+        branches.append(head + sql.SQL("ctid = ANY({t}::tid[]) AND ").format(
+            t=sql.Literal(tids)) + where)
+    return sql.SQL(" UNION ALL ").join(branches)
+
 
 def fetch_live(conn: Conn, meta: TableMeta, recs: list[wp.HeapRecord], committed: set[int],
-               *, whole: bool = True
+               *, whole: bool = True, skip_blocks: set[tuple[str, int]] | None = None
                ) -> tuple[dict[tuple[str, tuple[int, int]], str], dict[str, str]]:
     """Live tuples at the created TIDs written by committed divergent xids, per relation:
     each one's canonical key by ``(rel, TID)``, and its row (``to_jsonb`` text) by key.
@@ -32,20 +71,26 @@ def fetch_live(conn: Conn, meta: TableMeta, recs: list[wp.HeapRecord], committed
     key is what drorch needs here, and parsing every whole row for it was the largest
     cost of reading a side. ``whole=False``: keys only, no rows (a table whose changes
     mostly go as sets: rendering 20,000 rows drorch never looks at cost ~0.1 s; the few
-    the row path needs are read by key)."""
+    the row path needs are read by key). Blocks where only these records wrote after the
+    split are read whole by TID range (every tuple there written by a committed
+    divergent xid is one of them); ``skip_blocks`` ((rel, block)) hold other such tuples
+    (set aside as bulk candidates): their TIDs are listed."""
     live: dict[tuple[str, tuple[int, int]], str] = {}
     rows: dict[str, str] = {}
-    xids = _array_literal(str(x) for x in committed)
+    xids = sql.Literal(_array_literal(str(x) for x in committed))
     key = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in meta.pk)
+    cols = sql.SQL("(ctid::text::point)[0]::bigint, (ctid::text::point)[1]::int, "
+                   "jsonb_build_array({key})::text, {row}").format(
+        key=key, row=sql.SQL("to_jsonb(t.*)::text" if whole else "NULL::text"))
     for rel, tids in created_tids(recs).items():
-        q = sql.SQL("SELECT (ctid::text::point)[0]::bigint, (ctid::text::point)[1]::int, "
-                    "jsonb_build_array({key})::text, {row} "
-                    "FROM ONLY {rel} AS t WHERE ctid = ANY(%s::tid[]) "
-                    "AND xmin = ANY(%s::xid[])").format(
-            key=key, rel=sql.SQL(meta.rels[rel].qualified),
-            row=sql.SQL("to_jsonb(t.*)::text" if whole else "NULL::text"))
+        ranges, listed = block_ranges(sorted({b for b, _o in tids}),
+                                      {b for r, b in skip_blocks or () if r == rel})
+        keep = set(listed)
+        q = tid_scan(meta.rels[rel].qualified, cols,
+                     sql.SQL("xmin = ANY({x}::xid[])").format(x=xids), ranges,
+                     tid_array(t for t in tids if t[0] in keep))
         # fetchall: one call instead of the cursor's per-row iteration (75,000 rows)
-        for b, o, key_text, text in conn.execute(q, (tid_array(tids), xids)).fetchall():
+        for b, o, key_text, text in conn.execute(q).fetchall():
             k = key_from_array(key_text)
             live[(rel, (b, o))] = k
             if whole:

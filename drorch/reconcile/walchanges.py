@@ -56,18 +56,33 @@ def created_tids(records: Iterable[HeapRecord]) -> dict[str, set[Tid]]:
 
 class _Chains:
     def __init__(self, records: list[HeapRecord], key_changed: set[int]) -> None:
-        self.creators: dict[RelTid, list[HeapRecord]] = defaultdict(list)
+        # the record that created each tuple; the rare TID filled again (a line pointer
+        # reused) keeps every creator, in LSN order, in ``more`` (one dict entry per
+        # record, without a list each: this runs once per divergent tuple)
+        self.first: dict[RelTid, HeapRecord] = {}
+        self.more: dict[RelTid, list[HeapRecord]] = {}
+        first = self.first
         for r in records:
             if r.tid is not None:
-                self.creators[(r.rel, r.tid)].append(r)
+                k = (r.rel, r.tid)
+                if (prev := first.setdefault(k, r)) is not r:
+                    self.more.setdefault(k, [prev]).append(r)
         self.key_changed = key_changed
+
+    def creators(self, rel: str, tid: Tid) -> list[HeapRecord]:
+        k = (rel, tid)
+        more = self.more.get(k)
+        if more is not None:
+            return more
+        r = self.first.get(k)
+        return [r] if r is not None else []
 
     def head(self, rel: str, tid: Tid, before: int) -> tuple[bool | None, int]:
         """(key existed at the split?, LSN where the chain starts) for the tuple at ``tid``."""
         changed = False
         head_lsn = before
         for _ in range(100_000):
-            lst = self.creators.get((rel, tid), [])
+            lst = self.creators(rel, tid)
             i = bisect_left([r.lsn for r in lst], before)
             if i == 0:
                 return (None if changed else True), head_lsn
@@ -106,21 +121,22 @@ def touched_keys(records: list[HeapRecord], live: Mapping[RelTid, str],
         out[key] = Touch(first.base_had if first else base,
                          first.head_lsn if first else head_lsn, *latest)
 
-    for (rel, tid), key in live.items():
-        creators = chains.creators.get((rel, tid))
-        if creators is not None and len(creators) == 1 and key not in out:
+    first, more = chains.first, chains.more
+    for rel_tid, key in live.items():
+        r = first.get(rel_tid)
+        if r is not None and key not in out and rel_tid not in more:
             # the usual cases, what ``head`` and ``note`` conclude without them: the chain
             # is one insert in the window (the key is new on this side: bulk inserts), or
             # one update of a tuple no record in the window created (the key existed at
             # the split: bulk updates)
-            r = creators[0]
             if r.op == "insert":
                 out[key] = Touch(False, r.lsn, r.lsn, r.xid)
                 continue
-            if r.lsn not in key_changed and (rel, r.old_tid) not in chains.creators:
+            if r.lsn not in key_changed and (rel_tid[0], r.old_tid) not in first:
                 out[key] = Touch(True, r.lsn, r.lsn, r.xid)
                 continue
-        base, head_lsn = chains.head(rel, tid, 1 << 64)
+        creators = chains.creators(*rel_tid)
+        base, head_lsn = chains.head(rel_tid[0], rel_tid[1], 1 << 64)
         note(key, base, head_lsn, creators[-1] if creators else None)
     for r in records:
         if r.op == "delete" or (r.op == "update" and r.lsn in old_keys):

@@ -40,7 +40,14 @@ from drorch.reconcile import walparse as wp
 from drorch.reconcile._db import Conn
 from drorch.reconcile.catalog import TableMeta
 from drorch.reconcile.classify import key_from_array
-from drorch.reconcile.tidfetch import fetch_live, fetch_unkeyed, number_array, tid_array
+from drorch.reconcile.tidfetch import (
+    block_ranges,
+    fetch_live,
+    fetch_unkeyed,
+    number_array,
+    tid_array,
+    tid_scan,
+)
 from drorch.reconcile.tupledecode import UnsupportedKey, decode_logged_tuple
 from drorch.reconcile.walchanges import (
     KeysNotLogged,
@@ -159,18 +166,9 @@ class BulkRows:
     def scan(self, rel: str, qualified: str, cols: sql.Composable, where: sql.Composable
              ) -> sql.Composable:
         """SQL: ``SELECT cols`` from relation ``rel`` (``qualified``, aliased ``t``) of the
-        tuples at its candidate TIDs that also meet ``where``: one branch per block
-        range and one for the listed TIDs, as a ``UNION ALL`` (an ``OR`` of them would
-        scan the whole relation)."""
-        head = sql.SQL("SELECT {c} FROM ONLY {r} AS t WHERE ").format(
-            c=cols, r=sql.SQL(qualified))
-        branches = [head + sql.SQL("ctid >= {lo}::tid AND ctid < {hi}::tid AND ").format(
-            lo=sql.Literal(f"({lo},0)"), hi=sql.Literal(f"({hi},0)")) + where
-            for lo, hi in self.ranges.get(rel, [])]
-        if self.tids.get(rel, "{}") != "{}" or not branches:
-            branches.append(head + sql.SQL("ctid = ANY({t}::tid[]) AND ").format(
-                t=sql.Literal(self.tids.get(rel, "{}"))) + where)
-        return sql.SQL(" UNION ALL ").join(branches)
+        tuples at its candidate TIDs that also meet ``where`` (:func:`tid_scan`)."""
+        return tid_scan(qualified, cols, where, self.ranges.get(rel, []),
+                        self.tids.get(rel, "{}"))
 
 
 @dataclass
@@ -509,7 +507,8 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
     if cands:
         expanded.sort(key=lambda r: r.lsn)
     old_keys = _canonical_keys(conn, meta, raw_keys)
-    live, rows = fetch_live(conn, meta, expanded, set(top_of), whole=not bulk)
+    live, rows = fetch_live(conn, meta, expanded, set(top_of), whole=not bulk,
+                            skip_blocks=set(cands))
     side.rows_shipped += len(live) + len(old_keys)
     try:
         touched = touched_keys(expanded, live, old_keys)
@@ -535,30 +534,6 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
 def int_key(key: str) -> bool:
     """A canonical one-column integer key (``[123]``)."""
     return key.startswith("[") and key.endswith("]") and key[1:-1].lstrip("-").isdigit()
-
-
-MAX_RANGES = 64
-"""Block ranges read per relation by :meth:`BulkRows.scan`; candidates on further, smaller
-runs of blocks are listed by TID (a query of thousands of branches costs more to plan)."""
-
-
-def block_ranges(blocks: list[int], dirty: set[int]) -> tuple[list[tuple[int, int]], list[int]]:
-    """Sorted candidate ``blocks`` as runs of consecutive blocks ``[first, end)`` that no
-    ``dirty`` block (one where a tuple that is no candidate was written after the split)
-    belongs to, the largest :data:`MAX_RANGES` of them; and the blocks left, whose
-    candidates are listed by TID."""
-    runs: list[list[int]] = []
-    listed: list[int] = []
-    for b in blocks:
-        if b in dirty:
-            listed.append(b)
-        elif runs and runs[-1][1] == b:
-            runs[-1][1] = b + 1
-        else:
-            runs.append([b, b + 1])
-    runs.sort(key=lambda r: r[0] - r[1])
-    listed += [b for lo, hi in runs[MAX_RANGES:] for b in range(lo, hi)]
-    return sorted((lo, hi) for lo, hi in runs[:MAX_RANGES]), sorted(listed)
 
 
 def fetch_bulk(conn: Conn, meta: TableMeta,

@@ -69,12 +69,12 @@ def test_block_ranges_keep_dirty_blocks_listed_and_cap_the_ranges() -> None:
     """Runs of consecutive clean blocks become ranges; a block where another tuple was
     written after the split breaks a run and its candidates are listed; beyond
     MAX_RANGES, the smallest runs are listed too."""
-    from drorch.reconcile import walread
+    from drorch.reconcile import tidfetch
 
-    assert walread.block_ranges([3, 4, 5, 7, 8, 10], {7}) == ([(3, 6), (8, 9), (10, 11)], [7])
-    assert walread.block_ranges([], set()) == ([], [])
-    many = list(range(0, 2 * walread.MAX_RANGES + 4, 2)) + [1000, 1001, 1002]
-    ranges, listed = walread.block_ranges(many, set())
-    assert len(ranges) == walread.MAX_RANGES and (1000, 1003) in ranges
+    assert tidfetch.block_ranges([3, 4, 5, 7, 8, 10], {7}) == ([(3, 6), (8, 9), (10, 11)], [7])
+    assert tidfetch.block_ranges([], set()) == ([], [])
+    many = list(range(0, 2 * tidfetch.MAX_RANGES + 4, 2)) + [1000, 1001, 1002]
+    ranges, listed = tidfetch.block_ranges(many, set())
+    assert len(ranges) == tidfetch.MAX_RANGES and (1000, 1003) in ranges
     covered = {b for lo, hi in ranges for b in range(lo, hi)}
     assert covered | set(listed) == set(many) and not covered & set(listed)
