@@ -810,8 +810,9 @@ def _apply_changes_as_set(old: Conn, new: Conn, cap: store.Capture | None,
     if not p.lane:
         return 0, {}
     # key -> its integer (a table that takes sets has a one-integer key: ``[n]``)
+    live = so.live if mn.referenced_by else None  # None: deleted keys may go too
     lane = {k: n for k in p.lane if k not in sn.touched
-            and (n := int(k[1:-1])) in p.xmin and (k in so.live or not mn.referenced_by)}
+            and (n := int(k[1:-1])) in p.xmin and (live is None or k in live)}
     updated: dict[str, list[tuple[int, int]]] = {}
     assert so.parts is not None
     for (rel, tid), k in so.parts.live.items():
@@ -846,12 +847,13 @@ def _apply_changes_as_set(old: Conn, new: Conn, cap: store.Capture | None,
                 p.absent.add(k)
     top_of = so.parts.top_of
     per_xid: Counter[int] = Counter()
-    for k, n in lane.items():
-        t = so.touched.pop(k)
-        so.rows.pop(k, None)
-        so.live.discard(k)
-        if n in done:
-            per_xid[top_of.get(t.last_xid, t.last_xid)] += 1
+    touched = so.touched
+    per_xid.update(top_of.get(t.last_xid, t.last_xid)
+                   for k, n in lane.items() if (t := touched.pop(k)) and n in done)
+    so.live -= lane.keys()
+    if so.rows:
+        for k in lane:
+            so.rows.pop(k, None)
     return len(done), dict(per_xid)
 
 

@@ -139,3 +139,26 @@ def decode_logged_tuple(blob: bytes, attrs: list[Attr], want: set[str]) -> dict[
     if missing:
         raise UnsupportedKey(f"logged tuple lacks key columns {sorted(missing)}")
     return out
+
+
+def first_int_format(attrs: list[Attr], key: list[str]) -> str | None:
+    """The ``struct`` format of a one-column integer key stored first in the tuple
+    (``attrs`` in ``attnum`` order), for :func:`decode_first_int`; None otherwise."""
+    if len(key) != 1 or not attrs:
+        return None
+    a = attrs[0]
+    if a.attnum != 1 or a.dropped or a.name != key[0] or a.typname not in ("int2", "int4",
+                                                                             "int8"):
+        return None
+    return _INT_FORMATS[a.typname]
+
+
+def decode_first_int(blob: bytes, fmt: str) -> int:
+    """The key :func:`decode_logged_tuple` would read, when it is an integer stored first
+    (:func:`first_int_format`): at the start of the data, aligned by construction."""
+    if len(blob) < 6:
+        raise UnsupportedKey("logged tuple too short")
+    _infomask2, infomask, hoff = struct.unpack_from("<HHB", blob, 0)
+    if infomask & HEAP_HASNULL and not blob[5] & 1:
+        raise UnsupportedKey("logged tuple lacks its key column")
+    return int(struct.unpack_from(fmt, blob, 5 + hoff - HEADER_BITS_OFFSET)[0])

@@ -144,6 +144,11 @@ def touched_keys(records: list[HeapRecord], live: Mapping[RelTid, str],
             if key is None:
                 raise KeysNotLogged(f"delete at LSN {r.lsn:X} on {r.rel} carries no old key")
             assert r.old_tid is not None
+            if key not in out and (r.rel, r.old_tid) not in first:
+                # the usual case (bulk deletes), what ``head`` and ``note`` conclude: the
+                # ended tuple was no record's of the window, so the key existed
+                out[key] = Touch(True, r.lsn, r.lsn, r.xid)
+                continue
             base, head_lsn = chains.head(r.rel, r.old_tid, r.lsn)
             note(key, base, min(head_lsn, r.lsn), r)
     return out

@@ -48,7 +48,12 @@ from drorch.reconcile.tidfetch import (
     tid_array,
     tid_scan,
 )
-from drorch.reconcile.tupledecode import UnsupportedKey, decode_logged_tuple
+from drorch.reconcile.tupledecode import (
+    UnsupportedKey,
+    decode_first_int,
+    decode_logged_tuple,
+    first_int_format,
+)
 from drorch.reconcile.walchanges import (
     KeysNotLogged,
     Touch,
@@ -208,10 +213,17 @@ class _WalFiles:
     names: dict[int, list[tuple[int, str]]]
     """segno -> [(timeline, file name)]"""
 
+    chosen: dict[tuple[int, int | None], str] = field(default_factory=dict, compare=False,
+                                                      repr=False)
+    """Answers of :meth:`file_for` (asked once per record whose bytes are read)."""
+
     def file_for(self, segno: int, max_tli: int | None) -> str:
+        if (got := self.chosen.get((segno, max_tli))) is not None:
+            return got
         cands = [(t, n) for t, n in self.names.get(segno, []) if max_tli is None or t <= max_tli]
         if not cands:
             raise WalUnavailable(f"WAL segment {segno:X} is no longer in pg_wal")
+        self.chosen[(segno, max_tli)] = max(cands)[1]
         return max(cands)[1]
 
     def oldest_lsn(self) -> int:
@@ -458,6 +470,7 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
     raw_keys: dict[int, dict[str, Any]] = {}
     want = set(meta.pk)
     attrs = {rel: sorted(m.attrs, key=lambda a: a.attnum) for rel, m in meta.rels.items()}
+    first_int = {rel: first_int_format(a, meta.pk) for rel, a in attrs.items()}
     # A tuple some record ended (updated, deleted) or an update created is no candidate:
     # its chain is walked. Blocks without such tuples need no check per tuple.
     busy: dict[tuple[str, int], set[int]] = defaultdict(set)
@@ -495,7 +508,9 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
             if r.lsn in tails and r.op in ("delete", "update"):
                 blob = wb.old_tuple_of(r.op, tails[r.lsn])
                 if blob is not None:
-                    raw_keys[r.lsn] = decode_logged_tuple(blob, attrs[r.rel], want)
+                    fmt = first_int[r.rel]
+                    raw_keys[r.lsn] = {meta.pk[0]: decode_first_int(blob, fmt)} if fmt \
+                        else decode_logged_tuple(blob, attrs[r.rel], want)
     except (UnsupportedKey, wp.WalFormatError) as e:
         raise WalUnavailable(f"{meta.name}: {e}") from e
     for where, lst in list(cands.items()):

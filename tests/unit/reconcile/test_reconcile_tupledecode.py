@@ -75,3 +75,20 @@ def test_unsupported_type_and_missing_key_column_raise() -> None:
                             [Attr(1, "k", "numeric", -1, "i")], {"k"})
     with pytest.raises(UnsupportedKey):
         decode_logged_tuple(_blob(3, bytes([0b000]), b""), [ID8, V, N], {"id"})
+
+
+def test_an_integer_key_stored_first_reads_as_the_general_decoder_reads_it() -> None:
+    """The shortcut for the usual key (an integer, the first column) gives what
+    decode_logged_tuple gives; any other layout takes the general decoder."""
+    from drorch.reconcile.tupledecode import decode_first_int, first_int_format
+
+    for value in (5, -1, 2**63 - 1):
+        blob = _blob(3, bytes([0b001]), value.to_bytes(8, "little", signed=True))
+        fmt = first_int_format([ID8, V, N], ["id"])
+        assert fmt is not None
+        assert decode_first_int(blob, fmt) == decode_logged_tuple(blob, [ID8, V, N], {"id"})["id"]
+    assert first_int_format([V, N], ["v"]) is None  # not an integer
+    assert first_int_format([ID8, V, N], ["n"]) is None  # not first
+    assert first_int_format([ID8, V, N], ["id", "n"]) is None  # two columns
+    with pytest.raises(UnsupportedKey):  # the key's bit is NULL: never read as a value
+        decode_first_int(_blob(3, bytes([0b010]), b"\0" * 8), "<q")
