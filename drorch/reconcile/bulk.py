@@ -168,10 +168,9 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
     cols = columns(mo, mn)
     writable = [c for c in cols if c not in mn.identity_always]
     digest = hashlib.sha256()
-    keys = sorted(new_xmin)
     ident = sql.Identifier("drorch_lane")
     versions = sql.SQL("unnest({k}::bigint[], {x}::xid[]) AS u(k, x)").format(
-        k=sql.Literal(number_array(keys)), x=sql.Literal(number_array(new_xmin[k] for k in keys)))
+        k=sql.Literal(number_array(new_xmin)), x=sql.Literal(number_array(new_xmin.values())))
     row_t = sql.SQL("row({})::text").format(sql.SQL(", ").join(
         sql.SQL("t.{}").format(sql.Identifier(c)) for c in cols))
     row_s = sql.SQL("row({})::text").format(sql.SQL(", ").join(

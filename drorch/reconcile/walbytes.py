@@ -57,8 +57,12 @@ def parse_wal_file_name(name: str, seg_size: int) -> tuple[int, int] | None:
     return int(name[:8], 16), int(name[8:16], 16) * per_id + int(name[16:], 16)
 
 
+PAGE_SIZE = 8192
+"""``XLOG_BLCKSZ``: the WAL page size of a default build."""
+
+
 def record_tail_spans(lsn: int, total_len: int, tail_len: int, seg_size: int,
-                      page_size: int = 8192) -> list[tuple[int, int, int]]:
+                      page_size: int = PAGE_SIZE) -> list[tuple[int, int, int]]:
     """Where the last ``tail_len`` bytes of a record lie: ``[(segno, offset, length)]``.
 
     A record's bytes are contiguous except where they cross a page: each page

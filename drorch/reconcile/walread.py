@@ -278,9 +278,17 @@ def _read_tails(conn: Conn, files: _WalFiles, recs: list[wp.HeapRecord],
                 max_tli: int | None) -> dict[int, bytes]:
     """Main data (the record's last bytes) of each record, by LSN, in one query."""
     spans: list[tuple[str, int, int, int]] = []  # (file, offset, length, owner lsn)
+    seg = files.seg_size
     for r in recs:
+        in_page = r.lsn % wb.PAGE_SIZE
+        if in_page and in_page + r.record_length <= wb.PAGE_SIZE:
+            # the usual record, on one page: its tail is its last bytes
+            at = r.lsn + r.record_length - r.main_data_length
+            spans.append(("pg_wal/" + files.file_for(at // seg, max_tli), at % seg,
+                          r.main_data_length, r.lsn))
+            continue
         for segno, off, n in wb.record_tail_spans(r.lsn, r.record_length, r.main_data_length,
-                                                  files.seg_size):
+                                                  seg):
             spans.append(("pg_wal/" + files.file_for(segno, max_tli), off, n, r.lsn))
     if not spans:
         return {}
@@ -301,10 +309,11 @@ def _read_tails(conn: Conn, files: _WalFiles, recs: list[wp.HeapRecord],
                   {"f": [names[r[0]] for r in reads], "o": [r[1] for r in reads],
                    "n": [r[2] for r in reads]})
     chunks = [bytes(chunk) for _i, chunk in rows]
-    out: dict[int, bytearray] = defaultdict(bytearray)
+    out: dict[int, bytes] = {}
     for (_f, _o, n, owner), (ri, at) in zip(spans, where, strict=True):
-        out[owner] += chunks[ri][at:at + n]
-    return {k: bytes(v) for k, v in out.items()}
+        piece = chunks[ri][at:at + n]
+        out[owner] = piece if (prev := out.get(owner)) is None else prev + piece
+    return out
 
 
 def _canonical_keys(conn: Conn, meta: TableMeta, raw: dict[int, dict[str, Any]]) -> dict[int, str]:
