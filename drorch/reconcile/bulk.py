@@ -20,9 +20,11 @@ the capture's transaction, under a savepoint:
 
 Only tables where the shortcut cannot change an outcome take it (:func:`ineligible`):
 one integer key column, the same columns with the same types on both nodes (binary COPY
-needs them), and no foreign key of their own (a child row may name a parent that is
-re-keyed or gone: the row path carries or holds it). Writes run as the apply's do:
-``session_replication_role = replica`` (triggers do not fire again).
+needs them), no foreign key of their own (a child row may name a parent that is
+re-keyed or gone: the row path carries or holds it), and no trigger or rule enabled
+``ALWAYS`` or ``REPLICA`` (one could change or skip a set's rows unseen). Writes run as
+the apply's do: ``session_replication_role = replica`` (other triggers do not fire
+again).
 
 The copy's rows never pass through drorch as values: it only forwards the stream.
 """
