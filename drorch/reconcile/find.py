@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+import psycopg
 from psycopg import sql
 
 from drorch.reconcile import bulk, store, walread
-from drorch.reconcile._db import Conn, connect, scalar
+from drorch.reconcile._db import Conn, connect, open_conn, scalar
 from drorch.reconcile.catalog import (
     TableMeta,
     db_info,
@@ -438,7 +439,7 @@ def _read_wal(old: Conn, old_dsn: str, new: Conn, divergence: Divergence, old_en
             why.append(f"{name}'s WAL: {e}")
             return None
 
-    with connect(old_dsn) as helper:
+    with _spare_connection(old_dsn) as helper:
         wal_old = side("old primary", lambda: read_side(
             old, divergence.lsn, old_end, {n: m[0] for n, m in metas.items()}, dboids[0],
             lookback=True, max_tli=divergence.parent_timeline, bulk_tables=bulk_tables,
@@ -604,6 +605,21 @@ def find_divergence(old_dsn: str, new_dsn: str, spec: ReconcileSpec, divergence:
             if cap is not None and not blocked(report):
                 cap.finish(report)  # a blocked run is not kept: a retry finds afresh
     return report
+
+
+@contextmanager
+def _spare_connection(dsn: str) -> Iterator[Conn | None]:
+    """A second connection to a node, to read with two at once; None when the node will
+    not give one (its connection limit reached): then one connection reads it all."""
+    try:
+        conn = open_conn(dsn)
+    except psycopg.Error:
+        yield None
+        return
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 @contextmanager

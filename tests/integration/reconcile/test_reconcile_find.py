@@ -291,3 +291,25 @@ def test_wal_read_in_pieces_gives_every_record_once(shared_story: Story,
         pieces = list(walread._record_chunks(c, *args, helper))
     assert len(pieces) > 2
     assert [r for piece in pieces for r in piece] == whole and len(whole) > 100
+
+
+def test_an_old_primary_that_gives_no_second_connection_is_read_with_one(
+        shared_story: Story, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second connection that reads the WAL in pieces is a spare: refused (the node's
+    connection limit), the one connection reads it all and finds the same."""
+    from drorch.reconcile import find as find_mod
+
+    st = shared_story
+    asked: list[str] = []
+
+    def refuse(dsn: str, **_kw: object) -> object:
+        asked.append(dsn)
+        raise psycopg.OperationalError("FATAL: sorry, too many clients already")
+
+    monkeypatch.setattr(find_mod, "open_conn", refuse)
+    rep = find_divergence(st.a.dsn(), st.b.dsn(), spec(tmp_path / "c.json"), st.divergence,
+                          capture=False)
+    assert asked == [st.a.dsn()]
+    assert rep.method == "wal"
+    for table in KEYED:
+        assert _kinds(rep, table) == expected(st, table), table
