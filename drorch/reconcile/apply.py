@@ -472,30 +472,39 @@ def _hold_orphans(conn: Conn, meta: TableMeta, p: dict[str, Any], parents: _Pare
             ).format(in_batch=in_batch),
                 {**p, "col": col, "parent": parent, "pcol": pcol,
                  "group": parents.group}).rowcount
-            if not parents.group:  # (a group's rows are checked all together)
-                held += _hold_missing_parent(conn, meta, p, col, parent, pcol)
+            held += _hold_missing_parent(conn, meta, p, col, parent, pcol, parents.group)
         if not held or all(parent != meta.name for _c, parent, _k in refs):
             break
     _collect_held(conn, parents)
 
 
 def _hold_missing_parent(conn: Conn, meta: TableMeta, p: dict[str, Any], col: str,
-                         parent: str, pcol: str) -> int:
+                         parent: str, pcol: str, group: list[str]) -> int:
     """Hold rows whose foreign key names a row that is not on the new primary now (the
-    new primary deleted it, or it was never there) and is not being written in this batch:
-    foreign keys are not checked while applying. Returns rows held."""
+    new primary deleted it, or it was never there) and is not being written in this batch
+    or with this ``group`` (change ids written in one transaction: a parent among them
+    counts, under its old or its new key): foreign keys are not checked while applying.
+    Returns rows held."""
     pschema, ptable = parent.split(".", 1)
     in_batch = sql.SQL(
         "AND NOT EXISTS (SELECT 1 FROM drorch_batch s WHERE s.held IS NULL "
         "AND s.cur IS NOT DISTINCT FROM s.new_row AND (s.r).{pc} = (b.r).{c})").format(
         pc=sql.Identifier(pcol), c=sql.Identifier(col)) if parent == meta.name else sql.SQL("")
+    in_group = sql.SQL(
+        "AND NOT EXISTS (SELECT 1 FROM drorch_reconcile.changes g "
+        "LEFT JOIN drorch_reconcile.rekeyed m ON m.run_id = g.run_id "
+        "AND m.change_id = g.change_id WHERE g.run_id = %(run)s "
+        "AND g.change_id = ANY(%(group)s::text[]) AND g.tbl = %(parent)s "
+        "AND (b.r).{c}::text IN (g.key->>%(pcol)s, m.new_id::text))").format(
+        c=sql.Identifier(col)) if group else sql.SQL("")
     return conn.execute(sql.SQL(
         "UPDATE drorch_batch b SET held = format('its %%s names a row of %%s that is not on "
         "the new primary (deleted there, or never written)', %(col)s::text, %(parent)s::text) "
         "WHERE b.held IS NULL AND (b.r).{c} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {pt} x "
-        "WHERE x.{pc} = (b.r).{c}) {in_batch}").format(
+        "WHERE x.{pc} = (b.r).{c}) {in_batch} {in_group}").format(
         c=sql.Identifier(col), pt=sql.Identifier(pschema, ptable), pc=sql.Identifier(pcol),
-        in_batch=in_batch), {**p, "col": col, "parent": parent}).rowcount
+        in_batch=in_batch, in_group=in_group),
+        {**p, "col": col, "parent": parent, "pcol": pcol, "group": group}).rowcount
 
 
 def _hold_referenced(conn: Conn, meta: TableMeta, p: dict[str, Any],
@@ -727,27 +736,45 @@ def _apply_set(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int,
         if any(list(pc) != list(meta.pk) for _c, _cc, pc in meta.referenced_by):
             _hold_renamed(conn, meta, p, parents)
     _record(conn, meta, p)
+    counts = conn.execute(
+        f"SELECT count(*) FILTER (WHERE {_WRITTEN} AND b.had), "
+        f"count(*) FILTER (WHERE {_WRITTEN} AND NOT b.had) FROM drorch_batch b").fetchone()
+    assert counts is not None
     if deletes:
-        conn.execute(sql.SQL(
+        cur = conn.execute(sql.SQL(
             "DELETE FROM {tbl} t USING drorch_batch b WHERE {w} AND {m}"
         ).format(tbl=tbl, w=sql.SQL(_WRITTEN), m=_match(meta, "t", "b.r")))
+        _all_written(meta, "deleted", cur.rowcount, counts[0])
     else:
         writable = [c for c in meta.columns if c not in meta.generated | meta.identity_always]
         if meta.pk and writable:
-            conn.execute(sql.SQL(
+            cur = conn.execute(sql.SQL(
                 "UPDATE {tbl} t SET {sets} FROM drorch_batch b WHERE {w} AND b.had "
                 "AND {m}").format(
                 tbl=tbl, w=sql.SQL(_WRITTEN), m=_match(meta, "t", "b.r"),
                 sets=sql.SQL(", ").join(
                     sql.SQL("{c} = (b.r).{c}").format(c=sql.Identifier(c)) for c in writable)))
+            _all_written(meta, "updated", cur.rowcount, counts[0])
         cols = [c for c in meta.columns if c not in meta.generated]
-        conn.execute(sql.SQL(
+        cur = conn.execute(sql.SQL(
             "INSERT INTO {tbl} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} "
             "FROM drorch_batch b WHERE {w} AND NOT b.had"
         ).format(tbl=tbl, w=sql.SQL(_WRITTEN), cols=sql.SQL(", ").join(map(sql.Identifier, cols)),
                  rcols=sql.SQL(", ").join(sql.SQL("(b.r).{}").format(sql.Identifier(c))
                                           for c in cols)))
+        _all_written(meta, "inserted", cur.rowcount, counts[1])
     conn.execute("DROP TABLE drorch_batch")
+
+
+def _all_written(meta: TableMeta, what: str, written: int, staged: int) -> None:
+    """Every staged row was written: a trigger or rule enabled ``ALWAYS`` or ``REPLICA``
+    (they fire under ``session_replication_role = replica``) may skip a write without an
+    error. Raised as a refusal of the rows (P0001): the batch is retried in halves, down
+    to the rows such a trigger skips, which go to a human with this reason."""
+    if meta.pk and written != staged:
+        raise psycopg.errors.RaiseException(
+            f"{meta.name}: {written} of {staged} rows {what}: a trigger or rule of the "
+            "table (or a partition) enabled ALWAYS or REPLICA skipped the others")
 
 
 _ON_ITS_OWN = ("b.own OR b.held IS NOT NULL OR b.action = 'rekey' "
@@ -816,7 +843,7 @@ def resolve_rekeyed(conn: Conn, meta: TableMeta, run_id: str, change_id: str
 def _refusal(e: psycopg.Error) -> str:
     diag = e.diag
     where = f" (constraint {diag.constraint_name})" if diag.constraint_name else ""
-    return f"{diag.sqlstate}: {diag.message_primary or e}{where}"
+    return f"{diag.sqlstate or e.sqlstate}: {diag.message_primary or e}{where}"
 
 
 def _apply_rows(conn: Conn, meta: TableMeta, run_id: str, lo: int, hi: int, deletes: bool,

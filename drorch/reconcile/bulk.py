@@ -68,13 +68,16 @@ def ineligible(old: Conn, new: Conn, mo: TableMeta, mn: TableMeta) -> str | None
         return "not a one-column integer key"
     if mo.pk != mn.pk:
         return "primary keys differ"
-    if new.execute("SELECT 1 FROM pg_constraint WHERE conrelid = %s AND contype = 'f' "
-                   "LIMIT 1", (mn.oid,)).fetchone():
+    # the table and, partitioned, every partition (a key, trigger or rule may be declared
+    # on one partition only; pg_partition_tree gives no row for a plain table)
+    tree = "(SELECT %(oid)s::oid UNION SELECT relid FROM pg_partition_tree(%(oid)s::regclass))"
+    if new.execute(f"SELECT 1 FROM pg_constraint WHERE conrelid IN {tree} AND contype = 'f' "
+                   "LIMIT 1", {"oid": mn.oid}).fetchone():
         return "has foreign keys (a parent may be re-keyed or gone)"
-    if new.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = %s AND tgenabled IN ('A', 'R') "
-                   "UNION ALL SELECT 1 FROM pg_rewrite WHERE ev_class = %s "
-                   "AND ev_enabled IN ('A', 'R') AND rulename <> '_RETURN' LIMIT 1",
-                   (mn.oid, mn.oid)).fetchone():
+    if new.execute(f"SELECT 1 FROM pg_trigger WHERE tgrelid IN {tree} "
+                   "AND tgenabled IN ('A', 'R') UNION ALL SELECT 1 FROM pg_rewrite "
+                   f"WHERE ev_class IN {tree} AND ev_enabled IN ('A', 'R') "
+                   "AND rulename <> '_RETURN' LIMIT 1", {"oid": mn.oid}).fetchone():
         # PostgreSQL 15, "ALTER TABLE ... ENABLE ALWAYS | REPLICA TRIGGER / RULE": these
         # fire under session_replication_role = replica and may change or skip a row
         return "has triggers or rules enabled ALWAYS or REPLICA (they may change a set's rows)"
@@ -161,11 +164,11 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
     had on the new primary when it was read (after its WAL said it was untouched). Every
     row must still be that version (else the set is refused, as a stale row would be):
     the writes name the version they replace, so a row the application changed meanwhile
-    is skipped by them, and afterwards every updated key must hold either the version
-    written here or, for a row that needed no change, the version read. An update whose
-    old row equals the new one is no change (no trigger or rule can skip or alter a
-    write: :func:`ineligible`). Returns the keys updated and the keys deleted. Raises
-    :class:`BulkRefused`."""
+    is skipped by them, and afterwards every updated key must hold the old primary's
+    version (a trigger or rule that skipped or altered a write fails this too, though
+    :func:`ineligible` keeps tables with such triggers off sets). An update whose old row
+    equals the new one is no change. Returns the keys updated and the keys deleted.
+    Raises :class:`BulkRefused`."""
     key = sql.Identifier(mn.pk[0])
     cols = columns(mo, mn)
     writable = [c for c in cols if c not in mn.identity_always]
@@ -202,14 +205,16 @@ def apply_changed(old: Conn, cap: Conn, run_id: str, mo: TableMeta, mn: TableMet
                 t=mn.ident, k=key, s=ident, v=versions, rt=row_t, rs=row_s,
                 sets=sql.SQL(", ").join(sql.SQL("{c} = s.{c}").format(c=sql.Identifier(c))
                                         for c in writable))).fetchall())
-            # every updated key is now either written here (a new version) or still the
-            # version read: one the application changed meanwhile is neither
-            still = cap.execute(sql.SQL(
-                "SELECT count(*) FROM {s} s, {v} JOIN {t} t ON t.{k} = u.k AND t.xmin = u.x "
-                "WHERE u.k = s.{k}").format(s=ident, v=versions, t=mn.ident, k=key)
-            ).fetchone()
-            if still is None or still[0] + len(upd) != copied:
-                raise BulkRefused("the new primary changed some of these rows meanwhile")
+            # every updated key now holds the old primary's version: written here, or
+            # equal already. A row the application changed meanwhile (skipped by the
+            # version named) or a write something kept from a row is not
+            same = cap.execute(sql.SQL(
+                "SELECT count(*) FROM {s} s JOIN {t} t ON t.{k} = s.{k} "
+                "WHERE {rt} IS NOT DISTINCT FROM {rs}").format(
+                s=ident, t=mn.ident, k=key, rt=row_t, rs=row_s)).fetchone()
+            if same is None or same[0] != copied:
+                raise BulkRefused("the new primary changed some of these rows meanwhile, or "
+                                  "something kept drorch's write from them")
             cap.execute(sql.SQL("DROP TABLE {}").format(ident))
             if upd:
                 _record(cap, run_id, mn.name, "update", upd, digest.hexdigest())

@@ -127,16 +127,21 @@ def load_table(conn: Conn, name: str) -> TableMeta | None:
         rels[f"{spc}/{dboid}/{filenode}"] = RelMeta(str(qualified), _attrs(conn, int(relid)))
     seqs = [(str(r[0]), str(r[1])) for r in conn.execute(_SEQUENCES, (oid,))]
     types = {str(r[0]): str(r[1]) for r in cols}
+    # keys the table declares, and those declared on one of its partitions only (binding
+    # that partition's rows; a key of the table is copied to each partition: conparentid)
     refs = conn.execute(
-        "SELECT a.attname, format('%%s.%%s', n.nspname, p.relname) FROM pg_constraint k "
+        "SELECT DISTINCT a.attname, format('%%s.%%s', n.nspname, p.relname) "
+        "FROM pg_constraint k "
         "JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1] "
         "JOIN pg_class p ON p.oid = k.confrelid JOIN pg_namespace n ON n.oid = p.relnamespace "
-        "WHERE k.conrelid = %s AND k.contype = 'f' AND cardinality(k.conkey) = 1 "
+        "WHERE (k.conrelid = %s OR (k.conparentid = 0 "
+        "AND k.conrelid IN (SELECT relid FROM pg_partition_tree(%s)))) "
+        "AND k.contype = 'f' AND cardinality(k.conkey) = 1 "
         # only a key naming the parent's one-column primary key: that is what re-keying
         # changes (a reference to another unique column keeps its value)
         "AND EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = k.confrelid "
         "AND i.indisprimary AND i.indnkeyatts = 1 AND i.indkey[0] = k.confkey[1]) "
-        "ORDER BY k.conname", (oid,)).fetchall()
+        "ORDER BY 1, 2", (oid, oid)).fetchall()
     # keys naming the table or any of its partitions (a child may name one partition)
     children = conn.execute(
         "SELECT DISTINCT format('%%s.%%s', n.nspname, c.relname), "

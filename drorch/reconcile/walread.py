@@ -351,7 +351,8 @@ def _record_chunks(conn: Conn, start: str, end: str, dbpat: str, helper: Conn | 
     ``contrib/pg_walinspect``: ``XLogFindNextRecord``, then ``EndRecPtr <= end_lsn``):
     so pieces meet at the start of a record (the first one starting in the 64 kB after
     an even cut), and the record before it ends there. A cut with no record starting
-    in those 64 kB (a huge record spans them) is dropped."""
+    in those 64 kB (a huge record spans them, or the unused rest of a segment that
+    ``pg_switch_wal`` ended) is dropped."""
     params = {"start": start, "end": end, "dbpat": dbpat, "other": _OTHER}
     lo, hi = wp.lsn_to_int(start), wp.lsn_to_int(end)
     if hi <= lo:
@@ -360,12 +361,24 @@ def _record_chunks(conn: Conn, start: str, end: str, dbpat: str, helper: Conn | 
     if helper is None or pieces < 2:
         yield _query(conn, _RECORDS_SQL, params)
         return
-    cuts = [wp.int_to_lsn(lo + (hi - lo) * i // pieces) for i in range(1, pieces)]
-    found = _query(conn, "SELECT (SELECT min(start_lsn) FROM pg_get_wal_records_info("
-                         "c, least(c + 65536, %s::pg_lsn)))::text "
-                         "FROM unnest(%s::pg_lsn[]) AS u(c)", (end, cuts))
-    meets = sorted({wp.lsn_to_int(m) for (m,) in found if m is not None} - {lo, hi})
-    bounds = [start, *(wp.int_to_lsn(m) for m in meets), end]
+    meets: set[int] = set()
+    for i in range(1, pieces):
+        cut = lo + (hi - lo) * i // pieces
+        try:  # one query a cut: after a segment switch, a cut in the segment's unused
+            # rest finds no record ("could not find a valid record after"): dropped
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT min(start_lsn)::text FROM pg_get_wal_records_info(%s::pg_lsn, "
+                    "%s::pg_lsn)", (wp.int_to_lsn(cut), wp.int_to_lsn(min(cut + 65536, hi))),
+                ).fetchone()
+        except psycopg.Error:
+            if conn.broken:
+                raise
+            continue
+        if row is not None and row[0] is not None:
+            meets.add(wp.lsn_to_int(row[0]))
+    meets -= {lo, hi}
+    bounds = [start, *(wp.int_to_lsn(m) for m in sorted(meets)), end]
     free: Queue[Conn] = Queue()
     free.put(conn)
     free.put(helper)
