@@ -82,6 +82,16 @@ def _same(split: Split, *tables: str) -> None:
         assert b == a, (t, sorted(set(a) - set(b))[:5], sorted(set(b) - set(a))[:5])
 
 
+def _holds_and_same(workdir: Path, cleanup: list[Split], schema: str,  # noqa: F811
+                    old: list[Step], *tables: str) -> Split:
+    """:func:`_case` without writes on the new primary: the accounting holds and each
+    table is on the new primary exactly as on the old one."""
+    split, _report, _applied, accounting = _case(workdir, cleanup, schema, old)
+    assert accounting.holds, accounting.problem()
+    _same(split, *tables)
+    return split
+
+
 def _set_ops(split: Split) -> set[tuple[str, str]]:
     return {(str(t), str(o)) for t, o in _q(
         split.b.dsn(), "SELECT tbl, op FROM drorch_reconcile.bulk_sets")}
@@ -178,9 +188,7 @@ def test_line_pointers_reused_after_vacuum_and_hot_pruning(
         workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
         min_rows: int) -> None:
     monkeypatch.setattr(bulk, "MIN_ROWS", min_rows)
-    split, report, applied, accounting = _case(workdir, cleanup, LP, LP_OLD)
-    assert accounting.holds, accounting.problem()
-    _same(split, "lp")
+    split = _holds_and_same(workdir, cleanup, LP, LP_OLD, "lp")
     if min_rows == 5:
         assert ("public.lp", "insert") in _set_ops(split)
 
@@ -222,9 +230,7 @@ def test_aborts_subtransactions_upserts_and_updates_among_bulk_inserts(
         workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
         min_rows: int) -> None:
     monkeypatch.setattr(bulk, "MIN_ROWS", min_rows)
-    split, report, applied, accounting = _case(workdir, cleanup, AB, AB_OLD)
-    assert accounting.holds, accounting.problem()
-    _same(split, "ab")
+    split = _holds_and_same(workdir, cleanup, AB, AB_OLD, "ab")
     if min_rows == 5:
         assert ("public.ab", "insert") in _set_ops(split)
     b = {r[0]: r[1] for r in _q(split.b.dsn(), "SELECT id, v FROM ab")}
@@ -262,9 +268,7 @@ def test_partitions_two_tables_and_rows_moved_between_partitions(
         workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
         min_rows: int) -> None:
     monkeypatch.setattr(bulk, "MIN_ROWS", min_rows)
-    split, report, applied, accounting = _case(workdir, cleanup, PT, PT_OLD)
-    assert accounting.holds, accounting.problem()
-    _same(split, "pt", "other")
+    split = _holds_and_same(workdir, cleanup, PT, PT_OLD, "pt", "other")
     if min_rows == 5:
         assert {("public.pt", "update"), ("public.pt", "delete"),
                 ("public.pt", "insert")} <= _set_ops(split)
@@ -324,9 +328,7 @@ def test_keys_not_first_dropped_before_smallint_composite_text_and_replica_ident
         workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
         min_rows: int) -> None:
     monkeypatch.setattr(bulk, "MIN_ROWS", min_rows)
-    split, report, applied, accounting = _case(workdir, cleanup, KEYS, KEYS_OLD)
-    assert accounting.holds, accounting.problem()
-    _same(split, "nf", "dc", "s2", "ck", "tk", "rif")
+    _holds_and_same(workdir, cleanup, KEYS, KEYS_OLD, "nf", "dc", "s2", "ck", "tk", "rif")
 
 
 # ---------------------------------------------------------------------------------------
@@ -355,9 +357,7 @@ def test_deleted_keys_taken_again_and_lone_updates(
         workdir: Path, cleanup: list[Split], monkeypatch: pytest.MonkeyPatch,  # noqa: F811
         min_rows: int) -> None:
     monkeypatch.setattr(bulk, "MIN_ROWS", min_rows)
-    split, report, applied, accounting = _case(workdir, cleanup, FP, FP_OLD)
-    assert accounting.holds, accounting.problem()
-    _same(split, "fp")
+    _holds_and_same(workdir, cleanup, FP, FP_OLD, "fp")
 
 
 # ---------------------------------------------------------------------------------------
