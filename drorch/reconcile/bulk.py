@@ -64,7 +64,7 @@ def _types(conn: Conn, meta: TableMeta) -> dict[str, str]:
 
 def ineligible(old: Conn, new: Conn, mo: TableMeta, mn: TableMeta) -> str | None:
     """Why the table's plain inserts cannot go as a set (None: they can)."""
-    if len(mo.pk) != 1 or mo.pk_types.get(mo.pk[0]) not in ("int2", "int4", "int8"):
+    if not mo.int_key:
         return "not a one-column integer key"
     if mo.pk != mn.pk:
         return "primary keys differ"

@@ -59,9 +59,14 @@ class TableMeta:
                        hidden=tuple(columns))
 
     @property
+    def int_key(self) -> bool:
+        """The primary key is one integer column (its canonical keys are ``[123]``)."""
+        return len(self.pk) == 1 and self.pk_types.get(self.pk[0]) in ("int2", "int4", "int8")
+
+    @property
     def key_sequence(self) -> str | None:
         """The sequence feeding a single-column primary key (None: not re-keyable)."""
-        if len(self.pk) != 1 or self.pk_types.get(self.pk[0]) not in ("int2", "int4", "int8"):
+        if not self.int_key:
             return None
         return next((seq for seq, col in self.sequences if col == self.pk[0]), None)
 

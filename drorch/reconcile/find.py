@@ -128,7 +128,7 @@ def _int_key_array(meta: TableMeta, keys: list[str]) -> str | None:
     """The keys as a ``bigint[]`` literal when the key is one integer column (canonical
     keys are then ``[123]``: checked by one match over them all), else None. The server
     parses the plain array far faster than a JSON document of key records."""
-    if len(meta.pk) != 1 or meta.pk_types.get(meta.pk[0]) not in ("int2", "int4", "int8"):
+    if not meta.int_key:
         return None
     joined = ",".join(keys)
     if not _INT_KEYS.fullmatch(joined):
@@ -142,9 +142,6 @@ def _both(on_old: Callable[[], T], on_new: Callable[[], T]) -> tuple[T, T]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         a, b = pool.submit(on_old), pool.submit(on_new)
         return a.result(), b.result()
-
-
-_INT_TYPES = ("int2", "int4", "int8")
 
 
 def _key_above(key: str, split_max: int) -> bool:
@@ -215,8 +212,7 @@ def _classify_table(old: Conn, new: Conn, metas: tuple[TableMeta, TableMeta],
     if wal_new is not None:
         tr.new_touched, tr.new_transactions = len(wal_new.touched), len(wal_new.transactions)
     _judge(tr, meta, cfg, run_id, (wal_old, wal_new), (a_rows, b_rows), keys, at, emit,
-           split_max if len(meta.pk) == 1 and meta.pk_types.get(meta.pk[0]) in _INT_TYPES
-           else None)
+           split_max if meta.int_key else None)
     return tr
 
 
@@ -780,7 +776,7 @@ def _apply_as_set(old: Conn, cap: store.Capture | None,
     if rows is None or not rows.count():
         return 0, {}
     keys = rows.all_keys()
-    back = keys & {int(k[1:-1]) for k in sn.touched if walread.int_key(k)}
+    back = keys & {int(k[1:-1]) for k in sn.touched if walread.int_key_text(k)}
     if len(keys) != rows.count():  # one key in two tuples: let the row path say why
         seen: set[int] = set()
         back |= {k for by in rows.keys.values() for ks in by.values() for k in ks

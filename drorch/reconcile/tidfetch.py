@@ -22,7 +22,7 @@ from drorch.reconcile.walchanges import created_tids
 MAX_TUPLES_PER_PAGE = 291  # MaxHeapTuplesPerPage for 8 kB pages
 
 MAX_RANGES = 64
-"""Block ranges read per relation by :meth:`BulkRows.scan`; candidates on further, smaller
+"""Block ranges read per relation by :func:`tid_scan`; tuples on further, smaller
 runs of blocks are listed by TID (a query of thousands of branches costs more to plan)."""
 
 

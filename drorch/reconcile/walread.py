@@ -223,8 +223,8 @@ class _WalFiles:
         cands = [(t, n) for t, n in self.names.get(segno, []) if max_tli is None or t <= max_tli]
         if not cands:
             raise WalUnavailable(f"WAL segment {segno:X} is no longer in pg_wal")
-        self.chosen[(segno, max_tli)] = max(cands)[1]
-        return max(cands)[1]
+        got = self.chosen[(segno, max_tli)] = max(cands)[1]
+        return got
 
     def oldest_lsn(self) -> int:
         return min(self.names) * self.seg_size if self.names else 0
@@ -241,8 +241,7 @@ def _wal_files(conn: Conn) -> _WalFiles:
     return _WalFiles(seg, dict(names))
 
 
-def _query(conn: Conn, q: str, params: dict[str, Any] | tuple[Any, ...]
-           ) -> list[tuple[Any, ...]]:
+def _query(conn: Conn, q: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     try:
         return conn.execute(q, params).fetchall()
     except psycopg.errors.UndefinedFunction as e:
@@ -320,7 +319,7 @@ def _canonical_keys(conn: Conn, meta: TableMeta, raw: dict[int, dict[str, Any]])
     """Decoded keys rendered by the server, so they equal keys read from rows."""
     if not raw:
         return {}
-    if len(meta.pk) == 1 and meta.pk_types.get(meta.pk[0]) in ("int2", "int4", "int8"):
+    if meta.int_key:
         # an integer renders alike in Python and in jsonb: no round trip (10,000 deletes'
         # keys cost ~40 ms through the server)
         col = meta.pk[0]
@@ -568,7 +567,7 @@ def _table_changes(conn: Conn, files: _WalFiles, meta: TableMeta, recs: list[wp.
     return st
 
 
-def int_key(key: str) -> bool:
+def int_key_text(key: str) -> bool:
     """A canonical one-column integer key (``[123]``)."""
     return key.startswith("[") and key.endswith("]") and key[1:-1].lstrip("-").isdigit()
 
